@@ -1,0 +1,71 @@
+//! MLP nonlinearities, as TransformerLens names them: `relu`, `gelu` (exact, erf form, as torch's
+//! `F.gelu`) and `gelu_new` (tanh form, GPT-2).
+
+use super::simd::vectorized;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActFn {
+    Relu,
+    Gelu,
+    GeluNew,
+}
+
+const PAR_CHUNK: usize = 1 << 14;
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `post = act(pre)`.
+pub fn forward(act: ActFn, pre: &[f32], post: &mut [f32]) {
+    post.par_chunks_mut(PAR_CHUNK)
+        .zip(pre.par_chunks(PAR_CHUNK))
+        .for_each(|(y, x)| match act {
+            ActFn::Relu => vectorized(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x.max(0.0);
+                }
+            }),
+            ActFn::Gelu => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 0.5 * x * (1.0 + libm::erff(x * INV_SQRT_2));
+                }
+            }
+            ActFn::GeluNew => {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh());
+                }
+            }
+        });
+}
+
+/// In place: `grad` holds d/d(post) on entry and d/d(pre) on return.
+pub fn backward(act: ActFn, pre: &[f32], grad: &mut [f32]) {
+    grad.par_chunks_mut(PAR_CHUNK)
+        .zip(pre.par_chunks(PAR_CHUNK))
+        .for_each(|(g, x)| match act {
+            ActFn::Relu => vectorized(|| {
+                for (g, &x) in g.iter_mut().zip(x) {
+                    if x <= 0.0 {
+                        *g = 0.0;
+                    }
+                }
+            }),
+            ActFn::Gelu => {
+                for (g, &x) in g.iter_mut().zip(x) {
+                    let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT_2));
+                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    *g *= cdf + x * pdf;
+                }
+            }
+            ActFn::GeluNew => {
+                for (g, &x) in g.iter_mut().zip(x) {
+                    let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+                    let dt = (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                    *g *= 0.5 * (1.0 + t) + 0.5 * x * dt;
+                }
+            }
+        });
+}

@@ -1,0 +1,199 @@
+//! Causal multi-head attention core: scores → softmax → weighted sum of values, and its backward.
+//!
+//! Layouts: `q`, `k`, `v` are head-major `[n_heads, n_rows, d_head]` over *physical* rows; a row map
+//! sends each (batch, position) to its physical row. In layer 0 many (batch, position) pairs share
+//! one physical row (one per distinct (token, position)), which is where the deduplication pays off.
+//! Scores and pattern are `[batch, n_heads, n_query, n_pos]` (TransformerLens order when all positions
+//! are queried); `z` is `[batch, n_query, n_heads·d_head]`. Only the listed query positions are
+//! computed: the last block needs just the positions that carry loss.
+
+use super::simd::{vectorized, SendPtr};
+use rayon::prelude::*;
+
+/// The value masked scores hold (TransformerLens' `IGNORE` buffer).
+pub const IGNORE: f32 = f32::NEG_INFINITY;
+
+pub struct Geometry<'a> {
+    pub batch: usize,
+    pub n_pos: usize,
+    pub n_heads: usize,
+    pub d_head: usize,
+    /// Query positions to compute, ascending.
+    pub q_pos: &'a [usize],
+    /// `[batch · n_pos]`: physical row of q/k/v for each (batch, position).
+    pub row_of: &'a [u32],
+    /// Number of physical rows in q/k/v.
+    pub n_rows: usize,
+    /// Scores are divided by this (TransformerLens `attn_scale`, sqrt(d_head)).
+    pub attn_scale: f32,
+}
+
+impl Geometry<'_> {
+    fn nq(&self) -> usize {
+        self.q_pos.len()
+    }
+    #[inline]
+    fn row(&self, b: usize, p: usize) -> usize {
+        self.row_of[b * self.n_pos + p] as usize
+    }
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `scores[b, h, i, j] = q[b, q_pos[i]] · k[b, j] / attn_scale`, or `IGNORE` for keys after the query.
+pub fn scores(g: &Geometry, q: &[f32], k: &[f32], scores: &mut [f32]) {
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let per_b = h_n * nq * p_n;
+    scores[..g.batch * per_b]
+        .par_chunks_mut(per_b)
+        .enumerate()
+        .for_each(|(b, sb)| {
+            vectorized(|| {
+                for h in 0..h_n {
+                    let qh = &q[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                    let kh = &k[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                    for (i, &qp) in g.q_pos.iter().enumerate() {
+                        let qr = g.row(b, qp);
+                        let qv = &qh[qr * dh..(qr + 1) * dh];
+                        let out = &mut sb[(h * nq + i) * p_n..(h * nq + i + 1) * p_n];
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = if j > qp {
+                                IGNORE
+                            } else {
+                                let kr = g.row(b, j);
+                                dot(qv, &kh[kr * dh..(kr + 1) * dh]) / g.attn_scale
+                            };
+                        }
+                    }
+                }
+            })
+        });
+}
+
+/// Row-wise softmax over keys. A row with no finite score gives zeros (TransformerLens turns the
+/// NaN it gets there into 0).
+pub fn softmax(scores: &[f32], pattern: &mut [f32], n_keys: usize) {
+    pattern
+        .par_chunks_mut(n_keys * 64)
+        .zip(scores.par_chunks(n_keys * 64))
+        .for_each(|(p, s)| {
+            for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
+                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if m == f32::NEG_INFINITY {
+                    p.fill(0.0);
+                    continue;
+                }
+                let mut sum = 0.0f32;
+                for (p, &s) in p.iter_mut().zip(s) {
+                    *p = (s - m).exp();
+                    sum += *p;
+                }
+                for p in p.iter_mut() {
+                    *p /= sum;
+                }
+            }
+        });
+}
+
+/// `z[b, i, h, :] = Σ_j pattern[b, h, i, j] · v[b, j, h, :]`.
+pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let per_b = nq * h_n * dh;
+    z[..g.batch * per_b]
+        .par_chunks_mut(per_b)
+        .enumerate()
+        .for_each(|(b, zb)| {
+            vectorized(|| {
+                zb.fill(0.0);
+                for h in 0..h_n {
+                    let vh = &v[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                    for i in 0..nq {
+                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                        let out = &mut zb[(i * h_n + h) * dh..][..dh];
+                        for (j, &w) in pat.iter().enumerate() {
+                            if w != 0.0 {
+                                let vr = g.row(b, j);
+                                for (o, &x) in out.iter_mut().zip(&vh[vr * dh..(vr + 1) * dh]) {
+                                    *o += w * x;
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        });
+}
+
+/// Backward through mix, softmax and scores. `dq`, `dk`, `dv` (physical layout) are added to. Work is
+/// split by head: each head owns disjoint slices of `dq/dk/dv`, and within a head the batch is walked
+/// in order, so the sums are identical for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pattern: &[f32],
+    dz: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let block = g.n_rows * dh;
+    let (dqp, dkp, dvp) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
+    );
+    assert!(dq.len() >= h_n * block && dk.len() >= h_n * block && dv.len() >= h_n * block);
+    (0..h_n).into_par_iter().for_each(|h| {
+        // SAFETY: head h touches only [h·block, (h+1)·block) of each gradient buffer.
+        let (dqh, dkh, dvh) = unsafe {
+            (
+                std::slice::from_raw_parts_mut({ dqp }.0.add(h * block), block),
+                std::slice::from_raw_parts_mut({ dkp }.0.add(h * block), block),
+                std::slice::from_raw_parts_mut({ dvp }.0.add(h * block), block),
+            )
+        };
+        let qh = &q[h * block..(h + 1) * block];
+        let kh = &k[h * block..(h + 1) * block];
+        let vh = &v[h * block..(h + 1) * block];
+        let mut dp = vec![0.0f32; p_n];
+        vectorized(|| {
+            for b in 0..g.batch {
+                for (i, &qp) in g.q_pos.iter().enumerate() {
+                    let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                    let dzi = &dz[((b * nq + i) * h_n + h) * dh..][..dh];
+                    // d pattern and d v
+                    let mut s = 0.0f32;
+                    for j in 0..=qp {
+                        let vr = g.row(b, j);
+                        dp[j] = dot(dzi, &vh[vr * dh..(vr + 1) * dh]);
+                        s += pat[j] * dp[j];
+                        let w = pat[j];
+                        for (o, &x) in dvh[vr * dh..(vr + 1) * dh].iter_mut().zip(dzi) {
+                            *o += w * x;
+                        }
+                    }
+                    // softmax backward, then scores backward
+                    let qr = g.row(b, qp);
+                    for j in 0..=qp {
+                        let ds = pat[j] * (dp[j] - s) / g.attn_scale;
+                        if ds == 0.0 {
+                            continue;
+                        }
+                        let kr = g.row(b, j);
+                        for t in 0..dh {
+                            dqh[qr * dh + t] += ds * kh[kr * dh + t];
+                            dkh[kr * dh + t] += ds * qh[qr * dh + t];
+                        }
+                    }
+                }
+            }
+        });
+    });
+}

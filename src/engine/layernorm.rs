@@ -1,0 +1,119 @@
+//! TransformerLens `LN`: `xc = x − mean(x)`, `scale = sqrt(mean(xc²) + eps)`, `y = xc/scale · w + b`.
+//! The forward is split in two so a hook on `hook_scale` sits exactly where TransformerLens has it.
+
+use super::simd::{vectorized, ROW_CHUNK};
+use rayon::prelude::*;
+
+/// First half: `xc = x − mean(x)` per row, `scale = sqrt(mean(xc²) + eps)`.
+pub fn center_and_scale(x: &[f32], xc: &mut [f32], scale: &mut [f32], d: usize, eps: f32) {
+    let rows = scale.len();
+    xc[..rows * d]
+        .par_chunks_mut(ROW_CHUNK * d)
+        .zip(x[..rows * d].par_chunks(ROW_CHUNK * d))
+        .zip(scale.par_chunks_mut(ROW_CHUNK))
+        .for_each(|((xc, x), scale)| {
+            vectorized(|| {
+                for ((xc, x), s) in xc
+                    .chunks_exact_mut(d)
+                    .zip(x.chunks_exact(d))
+                    .zip(scale.iter_mut())
+                {
+                    let mean = x.iter().sum::<f32>() / d as f32;
+                    let mut ss = 0.0f32;
+                    for (c, &v) in xc.iter_mut().zip(x) {
+                        *c = v - mean;
+                        ss += *c * *c;
+                    }
+                    *s = (ss / d as f32 + eps).sqrt();
+                }
+            })
+        });
+}
+
+/// Second half: `xhat = xc/scale` (kept for backward) and `y = xhat·w + b`.
+pub fn normalize(xc: &[f32], scale: &[f32], w: &[f32], b: &[f32], xhat: &mut [f32], y: &mut [f32]) {
+    let d = w.len();
+    let rows = scale.len();
+    xhat[..rows * d]
+        .par_chunks_mut(ROW_CHUNK * d)
+        .zip(y[..rows * d].par_chunks_mut(ROW_CHUNK * d))
+        .zip(xc[..rows * d].par_chunks(ROW_CHUNK * d))
+        .zip(scale.par_chunks(ROW_CHUNK))
+        .for_each(|(((xhat, y), xc), scale)| {
+            vectorized(|| {
+                for (((xh, y), xc), &s) in xhat
+                    .chunks_exact_mut(d)
+                    .zip(y.chunks_exact_mut(d))
+                    .zip(xc.chunks_exact(d))
+                    .zip(scale)
+                {
+                    for i in 0..d {
+                        xh[i] = xc[i] / s;
+                        y[i] = xh[i] * w[i] + b[i];
+                    }
+                }
+            })
+        });
+}
+
+/// Backward. `dx` is overwritten, or added to when `accumulate`; `dw`, `db` are added to.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dy: &[f32],
+    xhat: &[f32],
+    scale: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let d = w.len();
+    let rows = scale.len();
+    const CHUNK: usize = 256;
+    // Per-chunk partial sums for dw/db, added in chunk order: the same result for any thread count.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx[..rows * d]
+        .par_chunks_mut(CHUNK * d)
+        .zip(dy[..rows * d].par_chunks(CHUNK * d))
+        .zip(xhat[..rows * d].par_chunks(CHUNK * d))
+        .zip(scale.par_chunks(CHUNK))
+        .map(|(((dx, dy), xhat), scale)| {
+            vectorized(|| {
+                let mut pw = vec![0.0f32; d];
+                let mut pb = vec![0.0f32; d];
+                for (((dx, dy), xh), &s) in dx
+                    .chunks_exact_mut(d)
+                    .zip(dy.chunks_exact(d))
+                    .zip(xhat.chunks_exact(d))
+                    .zip(scale)
+                {
+                    let (mut m1, mut m2) = (0.0f32, 0.0f32);
+                    for i in 0..d {
+                        let g = dy[i] * w[i];
+                        m1 += g;
+                        m2 += g * xh[i];
+                        pw[i] += dy[i] * xh[i];
+                        pb[i] += dy[i];
+                    }
+                    m1 /= d as f32;
+                    m2 /= d as f32;
+                    for i in 0..d {
+                        let g = (dy[i] * w[i] - m1 - xh[i] * m2) / s;
+                        if accumulate {
+                            dx[i] += g;
+                        } else {
+                            dx[i] = g;
+                        }
+                    }
+                }
+                (pw, pb)
+            })
+        })
+        .collect();
+    for (pw, pb) in partials {
+        for i in 0..d {
+            dw[i] += pw[i];
+            db[i] += pb[i];
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Hot loops outside the matmuls. Each is plain scalar code run through [`vectorized`], which
+//! compiles it once per SIMD level (SSE2 … AVX-512) and picks the best one the CPU has at run time,
+//! so one binary runs on every node of a cluster without `-C target-cpu=native`.
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+struct Kernel<F>(F);
+
+impl<R, F: FnOnce() -> R> pulp::WithSimd for Kernel<F> {
+    type Output = R;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> R {
+        (self.0)()
+    }
+}
+
+fn arch() -> pulp::Arch {
+    static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
+    *ARCH.get_or_init(pulp::Arch::new)
+}
+
+/// Run `f` compiled for the best instruction set available (the closure is inlined into it).
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    arch().dispatch(Kernel(f))
+}
+
+/// Rows per parallel task in row-wise loops: fixed, so work splits the same way for any thread count.
+pub const ROW_CHUNK: usize = 64;
+
+/// `dst[c] += Σ_r src[r, c]`, summed in a fixed order (chunks of rows, then chunks in order), so the
+/// result is identical for any number of threads.
+pub fn column_sums_add(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    const CHUNK_ROWS: usize = 256;
+    let src = &src[..rows * cols];
+    let n_chunks = rows.div_ceil(CHUNK_ROWS);
+    if n_chunks <= 1 {
+        vectorized(|| {
+            for row in src.chunks_exact(cols) {
+                for (d, s) in dst.iter_mut().zip(row) {
+                    *d += s;
+                }
+            }
+        });
+        return;
+    }
+    let partials: Vec<Vec<f32>> = src
+        .par_chunks(CHUNK_ROWS * cols)
+        .map(|block| {
+            vectorized(|| {
+                let mut acc = vec![0.0f32; cols];
+                for row in block.chunks_exact(cols) {
+                    for (a, s) in acc.iter_mut().zip(row) {
+                        *a += s;
+                    }
+                }
+                acc
+            })
+        })
+        .collect();
+    for p in partials {
+        for (d, s) in dst.iter_mut().zip(&p) {
+            *d += s;
+        }
+    }
+}
+
+/// `dst += src`, elementwise.
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    dst.par_chunks_mut(ROW_CHUNK * 128)
+        .zip(src.par_chunks(ROW_CHUNK * 128))
+        .for_each(|(d, s)| {
+            vectorized(|| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d += s;
+                }
+            })
+        });
+}
+
+/// A raw pointer that may cross threads: for parallel loops that write provably disjoint parts of one
+/// buffer (for example one attention head each) where slices cannot express the split.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,14 @@
+//! toylens: mechanistic and developmental interpretability on small models and toy tasks.
+//!
+//! The library does the work; the `toylens` binary parses arguments and calls it.
+
+pub mod engine;
+pub mod error;
+pub mod hooks;
+pub mod io;
+pub mod models;
+pub mod pyrandom;
+pub mod tasks;
+
+pub use error::{Error, Result};
+pub use models::transformer::{Batch, LossStats, Transformer, TransformerConfig, Workspace};

@@ -1,0 +1,1041 @@
+//! A TransformerLens-compatible transformer: the same config fields, parameter names and shapes, hook
+//! names and activation shapes, computed by toylens' own engine with an explicit backward.
+//!
+//! One forward serves training and interpretability. Without hooks or cache it takes two exact
+//! shortcuts: layer 0 computes everything before attention (LN, Q/K/V) once per distinct
+//! (token, position) pair and indexes into it, and the last block computes attention queries, MLP and
+//! unembedding only at the positions that carry loss. With hooks or a cache every activation is
+//! computed at every position, so a hook always sees (and can replace) the full tensor.
+
+mod config;
+mod params;
+
+pub use config::{InitScheme, Normalization, TransformerConfig};
+pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
+
+use crate::engine::attention::{self, Geometry};
+use crate::engine::loss::{self, RowLoss};
+use crate::engine::matmul::{linear, linear_backward};
+use crate::engine::{activation, layernorm, simd};
+use crate::error::{Error, Result};
+use crate::hooks::{dyn_shape, ActivationCache, CacheFilter, HookFn, Hooks, Site};
+use ndarray::{Array2, Array3, ArrayView2, ArrayViewMutD};
+use rayon::prelude::*;
+
+/// A transformer: its config, the parameter layout and the flat parameter buffer.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    pub cfg: TransformerConfig,
+    pub layout: Layout,
+    pub params: Vec<f32>,
+}
+
+/// Inputs and targets of one batch. `targets[b, i]` is the answer at position `loss_pos[i]`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub tokens: Array2<u32>,
+    pub loss_pos: Vec<usize>,
+    pub targets: Array2<u32>,
+}
+
+/// Mean loss and accuracy over all loss positions, and per loss position.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossStats {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub per_position_loss: Vec<f64>,
+    pub per_position_accuracy: Vec<f64>,
+}
+
+#[derive(Default, Debug)]
+struct LnBufs {
+    xc: Vec<f32>,
+    scale: Vec<f32>,
+    xhat: Vec<f32>,
+    y: Vec<f32>,
+}
+
+#[derive(Default, Debug)]
+struct LayerBufs {
+    ln1: LnBufs,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+    pattern: Vec<f32>,
+    z: Vec<f32>,
+    attn_out: Vec<f32>,
+    resid_mid: Vec<f32>,
+    ln2: LnBufs,
+    pre: Vec<f32>,
+    post: Vec<f32>,
+    mlp_out: Vec<f32>,
+}
+
+/// Buffers reused across calls: after the first step of a given batch shape, a training step
+/// allocates nothing large.
+#[derive(Default, Debug)]
+pub struct Workspace {
+    batch: usize,
+    n_pos: usize,
+    /// Whether the last forward took the shortcuts (and so can be differentiated).
+    fast: bool,
+    all_pos: Vec<usize>,
+    last_q: Vec<usize>,
+    /// Layer 0: physical row of each (batch, position), the (token, position) of each physical row.
+    map0: Vec<u32>,
+    uniq: Vec<(u32, u32)>,
+    slot: Vec<u32>,
+    ident: Vec<u32>,
+    layers: Vec<LayerBufs>,
+    /// `resid[l]`: input of block l (physical rows); `resid[n_layers]`: output of the last block.
+    resid: Vec<Vec<f32>>,
+    embed: Vec<f32>,
+    pos: Vec<f32>,
+    head_tmp: Vec<f32>,
+    lnf: LnBufs,
+    logits: Vec<f32>,
+    targets: Vec<u32>,
+    row_loss: Vec<RowLoss>,
+    // backward
+    dlogits: Vec<f32>,
+    dres_a: Vec<f32>,
+    dres_b: Vec<f32>,
+    dx: Vec<f32>,
+    dhidden: Vec<f32>,
+    dz: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[inline]
+fn buf<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() != n {
+        v.resize(n, T::default());
+    }
+    &mut v[..]
+}
+
+/// Hooks and cache of a full forward, resolved to hook sites.
+struct Interceptor<'h, 'c> {
+    hooks: Vec<(Site, HookFn<'h>)>,
+    cache: Option<(&'c mut ActivationCache, Vec<Site>)>,
+}
+
+impl Interceptor<'_, '_> {
+    fn wants(&self, site: Site) -> bool {
+        self.hooks.iter().any(|(s, _)| *s == site)
+            || self.cache.as_ref().is_some_and(|(_, s)| s.contains(&site))
+    }
+    fn run(&mut self, site: Site, act: &mut ArrayViewMutD<f32>) {
+        for (s, f) in self.hooks.iter_mut() {
+            if *s == site {
+                f(act);
+            }
+        }
+        if let Some((cache, sites)) = self.cache.as_mut() {
+            if sites.contains(&site) {
+                cache.map.insert(site.name(), act.to_owned());
+            }
+        }
+    }
+}
+
+/// Run the hooks at `site` on `data` viewed with `shape` (no copy).
+fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], shape: &[usize]) {
+    if let Some(hk) = hk.as_deref_mut() {
+        if hk.wants(site) {
+            let n: usize = shape.iter().product();
+            let mut v =
+                ArrayViewMutD::from_shape(dyn_shape(shape), &mut data[..n]).expect("hook shape");
+            hk.run(site, &mut v);
+        }
+    }
+}
+
+/// Hooks on q/k/v: our layout is head-major `[head, row, d_head]`, TransformerLens' is
+/// `[batch, pos, head, d_head]`; copy out, run, copy back.
+fn intercept_heads(
+    hk: &mut Option<&mut Interceptor>,
+    site: Site,
+    data: &mut [f32],
+    tmp: &mut Vec<f32>,
+    b: usize,
+    p: usize,
+    h: usize,
+    dh: usize,
+) {
+    let Some(hki) = hk.as_deref_mut() else { return };
+    if !hki.wants(site) {
+        return;
+    }
+    let rows = b * p;
+    let t = buf(tmp, rows * h * dh);
+    for hh in 0..h {
+        for r in 0..rows {
+            t[(r * h + hh) * dh..][..dh].copy_from_slice(&data[(hh * rows + r) * dh..][..dh]);
+        }
+    }
+    intercept(hk, site, t, &[b, p, h, dh]);
+    for hh in 0..h {
+        for r in 0..rows {
+            data[(hh * rows + r) * dh..][..dh].copy_from_slice(&t[(r * h + hh) * dh..][..dh]);
+        }
+    }
+}
+
+/// LayerNorm forward with its two hook points; returns nothing, the output is in `ln.y`.
+#[allow(clippy::too_many_arguments)]
+fn ln_forward(
+    ln: &mut LnBufs,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    rows: usize,
+    d: usize,
+    eps: f32,
+    hk: &mut Option<&mut Interceptor>,
+    sites: (Site, Site),
+    shape: (usize, usize),
+) {
+    let xc = buf(&mut ln.xc, rows * d);
+    let scale = buf(&mut ln.scale, rows);
+    layernorm::center_and_scale(x, xc, scale, d, eps);
+    intercept(hk, sites.0, scale, &[shape.0, shape.1, 1]);
+    let xhat = buf(&mut ln.xhat, rows * d);
+    let y = buf(&mut ln.y, rows * d);
+    layernorm::normalize(&ln.xc, &ln.scale, w, b, xhat, y);
+    intercept(hk, sites.1, &mut ln.y, &[shape.0, shape.1, d]);
+}
+
+/// `dst[map(i)] += src[i]` over rows of width `d`. Split by columns, so rows that share a destination
+/// are still added in order: identical for any thread count.
+fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) -> usize + Sync) {
+    let rows = src.len() / d;
+    const COLS: usize = 32;
+    let dp = simd::SendPtr(dst.as_mut_ptr());
+    let dst_len = dst.len();
+    (0..d.div_ceil(COLS)).into_par_iter().for_each(|c| {
+        let (c0, c1) = (c * COLS, ((c + 1) * COLS).min(d));
+        let dp = dp;
+        for i in 0..rows {
+            let r = map(i);
+            assert!((r + 1) * d <= dst_len);
+            for j in c0..c1 {
+                // SAFETY: in bounds (checked above); column block c is written only by this task.
+                unsafe { *dp.0.add(r * d + j) += src[i * d + j] };
+            }
+        }
+    });
+}
+
+impl Transformer {
+    /// A freshly initialised model (deterministic in `cfg.seed`).
+    pub fn new(cfg: TransformerConfig) -> Result<Self> {
+        cfg.validate("model.")?;
+        let layout = Layout::new(&cfg);
+        let params = layout.init(&cfg);
+        Ok(Transformer {
+            cfg,
+            layout,
+            params,
+        })
+    }
+
+    /// A model with the given parameters (flat, in layout order).
+    pub fn from_params(cfg: TransformerConfig, params: Vec<f32>) -> Result<Self> {
+        cfg.validate("model.")?;
+        let layout = Layout::new(&cfg);
+        if params.len() != layout.total {
+            return Err(Error::Input(format!(
+                "expected {} parameters, got {}",
+                layout.total,
+                params.len()
+            )));
+        }
+        Ok(Transformer {
+            cfg,
+            layout,
+            params,
+        })
+    }
+
+    /// The parameter called `name`, as an array of its TransformerLens shape.
+    pub fn param(&self, name: &str) -> Option<ndarray::ArrayViewD<'_, f32>> {
+        let s = self.layout.find(name)?;
+        ndarray::ArrayViewD::from_shape(dyn_shape(&s.shape), &self.params[s.range()]).ok()
+    }
+
+    pub fn check_tokens(&self, tokens: ArrayView2<u32>) -> Result<()> {
+        let (b, p) = tokens.dim();
+        if b == 0 || p == 0 {
+            return Err(Error::Input(format!(
+                "empty input: tokens have shape [{b}, {p}]"
+            )));
+        }
+        if p > self.cfg.n_ctx {
+            return Err(Error::Input(format!(
+                "input has {p} positions but the model's n_ctx is {}",
+                self.cfg.n_ctx
+            )));
+        }
+        if let Some(((bi, pi), &t)) = tokens
+            .indexed_iter()
+            .find(|(_, &t)| t as usize >= self.cfg.d_vocab)
+        {
+            return Err(Error::Input(format!(
+                "token {t} at [batch {bi}, position {pi}] is outside the vocabulary (d_vocab = {})",
+                self.cfg.d_vocab
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        self.check_tokens(batch.tokens.view())?;
+        let (b, p) = batch.tokens.dim();
+        if batch.loss_pos.is_empty()
+            || batch.loss_pos.windows(2).any(|w| w[0] >= w[1])
+            || batch.loss_pos.iter().any(|&x| x >= p)
+        {
+            return Err(Error::Input(format!(
+                "loss positions {:?} must be increasing and below the input length {p}",
+                batch.loss_pos
+            )));
+        }
+        if batch.targets.dim() != (b, batch.loss_pos.len()) {
+            return Err(Error::Input(format!(
+                "targets have shape {:?}, expected [{b}, {}]",
+                batch.targets.shape(),
+                batch.loss_pos.len()
+            )));
+        }
+        let v = self.cfg.d_vocab_out();
+        if let Some(&t) = batch.targets.iter().find(|&&t| t as usize >= v) {
+            return Err(Error::Input(format!(
+                "target {t} is outside the output vocabulary (d_vocab_out = {v})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits `[batch, pos, d_vocab_out]` at every position (no hooks).
+    pub fn forward(&self, tokens: ArrayView2<u32>) -> Result<Array3<f32>> {
+        self.run(tokens, Hooks::new(), None).map(|(l, _)| l)
+    }
+
+    /// Logits and the activations the filter selects, keyed by TransformerLens hook name.
+    pub fn run_with_cache(
+        &self,
+        tokens: ArrayView2<u32>,
+        filter: CacheFilter,
+    ) -> Result<(Array3<f32>, ActivationCache)> {
+        self.run(tokens, Hooks::new(), Some(filter))
+    }
+
+    /// Logits with hooks that read or replace activations.
+    pub fn run_with_hooks(&self, tokens: ArrayView2<u32>, hooks: Hooks) -> Result<Array3<f32>> {
+        self.run(tokens, hooks, None).map(|(l, _)| l)
+    }
+
+    /// The general entry point: hooks and, optionally, a cache, at every position.
+    pub fn run(
+        &self,
+        tokens: ArrayView2<u32>,
+        hooks: Hooks,
+        filter: Option<CacheFilter>,
+    ) -> Result<(Array3<f32>, ActivationCache)> {
+        self.check_tokens(tokens)?;
+        let mut resolved = Vec::new();
+        for (name, f) in hooks.entries {
+            resolved.push((Site::parse(&self.cfg, &name)?, f));
+        }
+        let all = Site::all(&self.cfg);
+        let cache_sites = match &filter {
+            None => Vec::new(),
+            Some(CacheFilter::All) => all.clone(),
+            Some(CacheFilter::Names(names)) => names
+                .iter()
+                .map(|n| Site::parse(&self.cfg, n))
+                .collect::<Result<_>>()?,
+            Some(CacheFilter::Predicate(f)) => {
+                all.iter().copied().filter(|s| f(&s.name())).collect()
+            }
+        };
+        let mut cache = ActivationCache::default();
+        let mut icpt = Interceptor {
+            hooks: resolved,
+            cache: filter.is_some().then_some((&mut cache, cache_sites)),
+        };
+        let (b, p) = tokens.dim();
+        let mut ws = Workspace::new();
+        let all_pos: Vec<usize> = (0..p).collect();
+        self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
+        let v = self.cfg.d_vocab_out();
+        let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
+            .expect("logits shape");
+        drop(icpt);
+        Ok((logits, cache))
+    }
+
+    /// Mean loss and accuracy on a batch (forward only, with the shortcuts).
+    pub fn evaluate(&self, ws: &mut Workspace, batch: &Batch) -> Result<LossStats> {
+        self.check_batch(batch)?;
+        self.forward_impl(ws, batch.tokens.view(), &batch.loss_pos, None);
+        Ok(self.loss_stats(ws, batch, false))
+    }
+
+    /// Loss on a batch and its gradient with respect to every parameter, written to `grads` (flat,
+    /// layout order; overwritten).
+    pub fn loss_and_grad(
+        &self,
+        ws: &mut Workspace,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
+        self.check_batch(batch)?;
+        if grads.len() != self.layout.total {
+            return Err(Error::Input(format!(
+                "gradient buffer has {} entries, the model {}",
+                grads.len(),
+                self.layout.total
+            )));
+        }
+        self.forward_impl(ws, batch.tokens.view(), &batch.loss_pos, None);
+        let stats = self.loss_stats(ws, batch, true);
+        grads.fill(0.0);
+        self.backward_impl(ws, grads);
+        Ok(stats)
+    }
+
+    fn loss_stats(&self, ws: &mut Workspace, batch: &Batch, with_grad: bool) -> LossStats {
+        let v = self.cfg.d_vocab_out();
+        let nl = batch.loss_pos.len();
+        let rows = batch.tokens.nrows() * nl;
+        let targets = buf(&mut ws.targets, rows);
+        for (t, &x) in targets.iter_mut().zip(batch.targets.iter()) {
+            *t = x;
+        }
+        let out = buf(&mut ws.row_loss, rows);
+        let grad = if with_grad {
+            Some((buf(&mut ws.dlogits, rows * v), 1.0 / rows as f64))
+        } else {
+            None
+        };
+        loss::cross_entropy(&ws.logits, v, &ws.targets, out, grad);
+        let mut pl = vec![0.0f64; nl];
+        let mut pa = vec![0.0f64; nl];
+        for (i, r) in ws.row_loss.iter().enumerate() {
+            pl[i % nl] += r.loss;
+            pa[i % nl] += f64::from(u8::from(r.correct));
+        }
+        let b = batch.tokens.nrows() as f64;
+        LossStats {
+            loss: loss::mean(&ws.row_loss),
+            accuracy: pa.iter().sum::<f64>() / rows as f64,
+            per_position_loss: pl.iter().map(|x| x / b).collect(),
+            per_position_accuracy: pa.iter().map(|x| x / b).collect(),
+        }
+    }
+
+    /// Forward pass. `last_q`: positions the last block computes (loss positions, or all). With an
+    /// interceptor (hooks/cache) nothing is deduplicated and `last_q` must be all positions.
+    fn forward_impl(
+        &self,
+        ws: &mut Workspace,
+        tokens: ArrayView2<u32>,
+        last_q: &[usize],
+        mut hk: Option<&mut Interceptor>,
+    ) {
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        let w = &self.params[..];
+        let (b_n, p_n) = tokens.dim();
+        let (d, h_n, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
+        let hd = h_n * dh;
+        let n_layers = cfg.n_layers;
+        let eps = cfg.eps as f32;
+        let fast = hk.is_none();
+        ws.batch = b_n;
+        ws.n_pos = p_n;
+        ws.fast = fast;
+        ws.all_pos.clear();
+        ws.all_pos.extend(0..p_n);
+        ws.last_q.clear();
+        ws.last_q.extend_from_slice(last_q);
+        if ws.layers.len() != n_layers {
+            ws.layers.resize_with(n_layers, LayerBufs::default);
+            ws.resid.resize_with(n_layers + 1, Vec::new);
+        }
+        let ident = buf(&mut ws.ident, b_n * p_n);
+        for (i, x) in ident.iter_mut().enumerate() {
+            *x = i as u32;
+        }
+
+        // Layer-0 rows: one per distinct (token, position) on the fast path, else one per (b, p).
+        let map0 = buf(&mut ws.map0, b_n * p_n);
+        ws.uniq.clear();
+        if fast {
+            let slot = buf(&mut ws.slot, cfg.d_vocab * cfg.n_ctx);
+            slot.fill(u32::MAX);
+            for ((bi, pi), &t) in tokens.indexed_iter() {
+                let key = t as usize * cfg.n_ctx + pi;
+                if slot[key] == u32::MAX {
+                    slot[key] = ws.uniq.len() as u32;
+                    ws.uniq.push((t, pi as u32));
+                }
+                map0[bi * p_n + pi] = slot[key];
+            }
+        } else {
+            for ((bi, pi), &t) in tokens.indexed_iter() {
+                map0[bi * p_n + pi] = (bi * p_n + pi) as u32;
+                ws.uniq.push((t, pi as u32));
+            }
+        }
+        let n_rows0 = ws.uniq.len();
+
+        // Embedding + positional embedding.
+        {
+            let w_e = lay.get(w, lay.w_e);
+            let w_pos = lay.get(w, lay.w_pos);
+            let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
+            let hooked = hk
+                .as_ref()
+                .is_some_and(|h| h.wants(Site::Embed) || h.wants(Site::PosEmbed));
+            if hooked {
+                let emb = buf(&mut ws.embed, n_rows0 * d);
+                let pos = buf(&mut ws.pos, n_rows0 * d);
+                for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+                    emb[r * d..][..d].copy_from_slice(&w_e[t as usize * d..][..d]);
+                    pos[r * d..][..d].copy_from_slice(&w_pos[p as usize * d..][..d]);
+                }
+                intercept(&mut hk, Site::Embed, emb, &[b_n, p_n, d]);
+                intercept(&mut hk, Site::PosEmbed, pos, &[b_n, p_n, d]);
+                for ((o, e), p) in resid0.iter_mut().zip(&ws.embed).zip(&ws.pos) {
+                    *o = e + p;
+                }
+            } else {
+                for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+                    let (e, q) = (&w_e[t as usize * d..][..d], &w_pos[p as usize * d..][..d]);
+                    for ((o, e), q) in resid0[r * d..][..d].iter_mut().zip(e).zip(q) {
+                        *o = e + q;
+                    }
+                }
+            }
+        }
+
+        for l in 0..n_layers {
+            let ids = &lay.blocks[l];
+            let last = l + 1 == n_layers;
+            let q_pos: &[usize] = if last { &ws.last_q } else { &ws.all_pos };
+            let nq = q_pos.len();
+            let rq = b_n * nq;
+            let (map, n_rows): (&[u32], usize) = if l == 0 {
+                (&ws.map0, n_rows0)
+            } else {
+                (&ws.ident, b_n * p_n)
+            };
+            let (res_lo, res_hi) = ws.resid.split_at_mut(l + 1);
+            let res_in = &mut res_lo[l][..n_rows * d];
+            let res_out = &mut res_hi[0];
+            let lb = &mut ws.layers[l];
+
+            intercept(&mut hk, Site::ResidPre(l), res_in, &[b_n, p_n, d]);
+            let res_in: &[f32] = res_in;
+            let x1: &[f32] = match ids.ln1 {
+                Some(ln) => {
+                    ln_forward(
+                        &mut lb.ln1,
+                        res_in,
+                        lay.get(w, ln.w),
+                        lay.get(w, ln.b),
+                        n_rows,
+                        d,
+                        eps,
+                        &mut hk,
+                        (Site::Ln1Scale(l), Site::Ln1Normalized(l)),
+                        (b_n, p_n),
+                    );
+                    &lb.ln1.y
+                }
+                None => res_in,
+            };
+
+            // Q, K, V: head-major [head, row, d_head].
+            let blk = n_rows * dh;
+            for (dst, wid, bid) in [
+                (&mut lb.q, ids.w_q, ids.b_q),
+                (&mut lb.k, ids.w_k, ids.b_k),
+                (&mut lb.v, ids.w_v, ids.b_v),
+            ] {
+                let out = buf(dst, h_n * blk);
+                let (wq, bq) = (lay.get(w, wid), lay.get(w, bid));
+                for h in 0..h_n {
+                    linear(
+                        &mut out[h * blk..(h + 1) * blk],
+                        x1,
+                        &wq[h * d * dh..(h + 1) * d * dh],
+                        Some(&bq[h * dh..(h + 1) * dh]),
+                        n_rows,
+                        d,
+                        dh,
+                    );
+                }
+            }
+            intercept_heads(
+                &mut hk,
+                Site::Q(l),
+                &mut lb.q,
+                &mut ws.head_tmp,
+                b_n,
+                p_n,
+                h_n,
+                dh,
+            );
+            intercept_heads(
+                &mut hk,
+                Site::K(l),
+                &mut lb.k,
+                &mut ws.head_tmp,
+                b_n,
+                p_n,
+                h_n,
+                dh,
+            );
+            intercept_heads(
+                &mut hk,
+                Site::V(l),
+                &mut lb.v,
+                &mut ws.head_tmp,
+                b_n,
+                p_n,
+                h_n,
+                dh,
+            );
+
+            let g = Geometry {
+                batch: b_n,
+                n_pos: p_n,
+                n_heads: h_n,
+                d_head: dh,
+                q_pos,
+                row_of: map,
+                n_rows,
+                attn_scale: (dh as f32).sqrt(),
+            };
+            let n_scores = b_n * h_n * nq * p_n;
+            attention::scores(&g, &lb.q, &lb.k, buf(&mut lb.scores, n_scores));
+            intercept(
+                &mut hk,
+                Site::AttnScores(l),
+                &mut lb.scores,
+                &[b_n, h_n, nq, p_n],
+            );
+            attention::softmax(&lb.scores, buf(&mut lb.pattern, n_scores), p_n);
+            intercept(
+                &mut hk,
+                Site::Pattern(l),
+                &mut lb.pattern,
+                &[b_n, h_n, nq, p_n],
+            );
+            attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * hd));
+            intercept(&mut hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
+
+            let attn_out = buf(&mut lb.attn_out, rq * d);
+            linear(
+                attn_out,
+                &lb.z,
+                lay.get(w, ids.w_o),
+                Some(lay.get(w, ids.b_o)),
+                rq,
+                hd,
+                d,
+            );
+            intercept(&mut hk, Site::AttnOut(l), attn_out, &[b_n, nq, d]);
+
+            // Residual: resid_mid[b, i] = resid_pre[b, q_pos[i]] + attn_out[b, i].
+            let mid = buf(&mut lb.resid_mid, rq * d);
+            mid.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
+                let (bi, i) = (r / nq, r % nq);
+                let src = map[bi * p_n + q_pos[i]] as usize;
+                for ((o, a), x) in out
+                    .iter_mut()
+                    .zip(&lb.attn_out[r * d..][..d])
+                    .zip(&res_in[src * d..][..d])
+                {
+                    *o = x + a;
+                }
+            });
+
+            let res_out = buf(res_out, rq * d);
+            match ids.mlp {
+                Some(m) => {
+                    intercept(&mut hk, Site::ResidMid(l), &mut lb.resid_mid, &[b_n, nq, d]);
+                    let x2: &[f32] = match ids.ln2 {
+                        Some(ln) => {
+                            ln_forward(
+                                &mut lb.ln2,
+                                &lb.resid_mid,
+                                lay.get(w, ln.w),
+                                lay.get(w, ln.b),
+                                rq,
+                                d,
+                                eps,
+                                &mut hk,
+                                (Site::Ln2Scale(l), Site::Ln2Normalized(l)),
+                                (b_n, nq),
+                            );
+                            &lb.ln2.y
+                        }
+                        None => &lb.resid_mid,
+                    };
+                    let dm = cfg.d_mlp();
+                    let pre = buf(&mut lb.pre, rq * dm);
+                    linear(
+                        pre,
+                        x2,
+                        lay.get(w, m.w_in),
+                        Some(lay.get(w, m.b_in)),
+                        rq,
+                        d,
+                        dm,
+                    );
+                    intercept(&mut hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
+                    let post = buf(&mut lb.post, rq * dm);
+                    activation::forward(cfg.act(), &lb.pre, post);
+                    intercept(&mut hk, Site::MlpPost(l), post, &[b_n, nq, dm]);
+                    let mo = buf(&mut lb.mlp_out, rq * d);
+                    linear(
+                        mo,
+                        &lb.post,
+                        lay.get(w, m.w_out),
+                        Some(lay.get(w, m.b_out)),
+                        rq,
+                        dm,
+                        d,
+                    );
+                    intercept(&mut hk, Site::MlpOut(l), mo, &[b_n, nq, d]);
+                    res_out.copy_from_slice(&lb.resid_mid);
+                    simd::add_assign(res_out, &lb.mlp_out);
+                }
+                None => res_out.copy_from_slice(&lb.resid_mid),
+            }
+            intercept(&mut hk, Site::ResidPost(l), res_out, &[b_n, nq, d]);
+        }
+
+        // Final LayerNorm and unembedding, at the last block's query positions.
+        let nq = ws.last_q.len();
+        let rq = b_n * nq;
+        let res = &mut ws.resid[n_layers][..rq * d];
+        let xf: &mut [f32] = match lay.ln_final {
+            Some(ln) => {
+                ln_forward(
+                    &mut ws.lnf,
+                    res,
+                    lay.get(w, ln.w),
+                    lay.get(w, ln.b),
+                    rq,
+                    d,
+                    eps,
+                    &mut hk,
+                    (Site::LnFinalScale, Site::LnFinalNormalized),
+                    (b_n, nq),
+                );
+                &mut ws.lnf.y
+            }
+            None => res,
+        };
+        intercept(&mut hk, Site::UnembedIn, xf, &[b_n, nq, d]);
+        let v = cfg.d_vocab_out();
+        let logits = buf(&mut ws.logits, rq * v);
+        linear(
+            logits,
+            xf,
+            lay.get(w, lay.w_u),
+            Some(lay.get(w, lay.b_u)),
+            rq,
+            d,
+            v,
+        );
+        intercept(&mut hk, Site::UnembedOut, logits, &[b_n, nq, v]);
+    }
+
+    /// Backward of the last (fast) forward; `ws.dlogits` holds d loss / d logits. Adds into `grads`.
+    fn backward_impl(&self, ws: &mut Workspace, grads: &mut [f32]) {
+        assert!(ws.fast, "backward needs a forward without hooks");
+        let cfg = &self.cfg;
+        let lay = &self.layout;
+        let w = &self.params[..];
+        let (b_n, p_n) = (ws.batch, ws.n_pos);
+        let (d, h_n, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
+        let hd = h_n * dh;
+        let n_layers = cfg.n_layers;
+        let v = cfg.d_vocab_out();
+        let nq_last = ws.last_q.len();
+        let rq = b_n * nq_last;
+
+        // Unembedding and final LayerNorm.
+        let xf: &[f32] = if lay.ln_final.is_some() {
+            &ws.lnf.y
+        } else {
+            &ws.resid[n_layers]
+        };
+        {
+            let dxf = buf(&mut ws.dx, rq * d);
+            let (gw, gb) = two_mut(
+                grads,
+                lay.specs[lay.w_u].range(),
+                lay.specs[lay.b_u].range(),
+            );
+            linear_backward(
+                &ws.dlogits,
+                xf,
+                lay.get(w, lay.w_u),
+                gw,
+                cfg.unembed_bias.then_some(gb),
+                Some((dxf, false)),
+                rq,
+                d,
+                v,
+            );
+        }
+        let mut dres = std::mem::take(&mut ws.dres_a);
+        let mut dres_next = std::mem::take(&mut ws.dres_b);
+        match lay.ln_final {
+            Some(ln) => {
+                let out = buf(&mut dres, rq * d);
+                let (gw, gb) = two_mut(grads, lay.specs[ln.w].range(), lay.specs[ln.b].range());
+                layernorm::backward(
+                    &ws.dx,
+                    &ws.lnf.xhat,
+                    &ws.lnf.scale,
+                    lay.get(w, ln.w),
+                    out,
+                    false,
+                    gw,
+                    gb,
+                );
+            }
+            None => buf(&mut dres, rq * d).copy_from_slice(&ws.dx[..rq * d]),
+        }
+
+        for l in (0..n_layers).rev() {
+            let ids = &lay.blocks[l];
+            let last = l + 1 == n_layers;
+            let q_pos: &[usize] = if last { &ws.last_q } else { &ws.all_pos };
+            let nq = q_pos.len();
+            let rq = b_n * nq;
+            let (map, n_rows): (&[u32], usize) = if l == 0 {
+                (&ws.map0, ws.uniq.len())
+            } else {
+                (&ws.ident, b_n * p_n)
+            };
+            let lb = &ws.layers[l];
+            let res_in = &ws.resid[l][..n_rows * d];
+
+            // MLP: `dres` holds d resid_post, and becomes d resid_mid.
+            if let Some(m) = ids.mlp {
+                let dm = cfg.d_mlp();
+                let dh_buf = buf(&mut ws.dhidden, rq * dm);
+                let (gw, gb) = two_mut(
+                    grads,
+                    lay.specs[m.w_out].range(),
+                    lay.specs[m.b_out].range(),
+                );
+                linear_backward(
+                    &dres[..rq * d],
+                    &lb.post,
+                    lay.get(w, m.w_out),
+                    gw,
+                    Some(gb),
+                    Some((&mut *dh_buf, false)),
+                    rq,
+                    dm,
+                    d,
+                );
+                activation::backward(cfg.act(), &lb.pre, dh_buf);
+                let x2: &[f32] = if ids.ln2.is_some() {
+                    &lb.ln2.y
+                } else {
+                    &lb.resid_mid
+                };
+                let (gw, gb) = two_mut(grads, lay.specs[m.w_in].range(), lay.specs[m.b_in].range());
+                match ids.ln2 {
+                    Some(ln) => {
+                        let dx2 = buf(&mut ws.dx, rq * d);
+                        linear_backward(
+                            &ws.dhidden,
+                            x2,
+                            lay.get(w, m.w_in),
+                            gw,
+                            Some(gb),
+                            Some((dx2, false)),
+                            rq,
+                            d,
+                            dm,
+                        );
+                        let (gw, gb) =
+                            two_mut(grads, lay.specs[ln.w].range(), lay.specs[ln.b].range());
+                        layernorm::backward(
+                            &ws.dx,
+                            &lb.ln2.xhat,
+                            &lb.ln2.scale,
+                            lay.get(w, ln.w),
+                            &mut dres[..rq * d],
+                            true,
+                            gw,
+                            gb,
+                        );
+                    }
+                    None => {
+                        linear_backward(
+                            &ws.dhidden,
+                            x2,
+                            lay.get(w, m.w_in),
+                            gw,
+                            Some(gb),
+                            Some((&mut dres[..rq * d], true)),
+                            rq,
+                            d,
+                            dm,
+                        );
+                    }
+                }
+            }
+
+            // Attention output projection.
+            let dz = buf(&mut ws.dz, rq * hd);
+            {
+                let (gw, gb) = two_mut(
+                    grads,
+                    lay.specs[ids.w_o].range(),
+                    lay.specs[ids.b_o].range(),
+                );
+                linear_backward(
+                    &dres[..rq * d],
+                    &lb.z,
+                    lay.get(w, ids.w_o),
+                    gw,
+                    cfg.attn_bias.then_some(gb),
+                    Some((dz, false)),
+                    rq,
+                    hd,
+                    d,
+                );
+            }
+            let blk = n_rows * dh;
+            let dq = buf(&mut ws.dq, h_n * blk);
+            let dk = buf(&mut ws.dk, h_n * blk);
+            let dv = buf(&mut ws.dv, h_n * blk);
+            dq.fill(0.0);
+            dk.fill(0.0);
+            dv.fill(0.0);
+            let g = Geometry {
+                batch: b_n,
+                n_pos: p_n,
+                n_heads: h_n,
+                d_head: dh,
+                q_pos,
+                row_of: map,
+                n_rows,
+                attn_scale: (dh as f32).sqrt(),
+            };
+            attention::backward(&g, &lb.q, &lb.k, &lb.v, &lb.pattern, &ws.dz, dq, dk, dv);
+
+            // Q/K/V projections, per head, into d x1.
+            let x1: &[f32] = if ids.ln1.is_some() { &lb.ln1.y } else { res_in };
+            let dx1 = buf(&mut ws.dx, n_rows * d);
+            let mut first = true;
+            for (dsrc, wid, bid) in [
+                (&ws.dq, ids.w_q, ids.b_q),
+                (&ws.dk, ids.w_k, ids.b_k),
+                (&ws.dv, ids.w_v, ids.b_v),
+            ] {
+                let wfull = lay.get(w, wid);
+                let (gw, gb) = two_mut(grads, lay.specs[wid].range(), lay.specs[bid].range());
+                for h in 0..h_n {
+                    let gbh = cfg.attn_bias.then_some(&mut gb[h * dh..(h + 1) * dh]);
+                    linear_backward(
+                        &dsrc[h * blk..(h + 1) * blk],
+                        x1,
+                        &wfull[h * d * dh..(h + 1) * d * dh],
+                        &mut gw[h * d * dh..(h + 1) * d * dh],
+                        gbh,
+                        Some((&mut *dx1, !first)),
+                        n_rows,
+                        d,
+                        dh,
+                    );
+                    first = false;
+                }
+            }
+            // d resid_pre (physical rows) = LN1 backward + the residual path from resid_mid.
+            let dpre = buf(&mut dres_next, n_rows * d);
+            match ids.ln1 {
+                Some(ln) => {
+                    let (gw, gb) = two_mut(grads, lay.specs[ln.w].range(), lay.specs[ln.b].range());
+                    layernorm::backward(
+                        &ws.dx,
+                        &lb.ln1.xhat,
+                        &lb.ln1.scale,
+                        lay.get(w, ln.w),
+                        dpre,
+                        false,
+                        gw,
+                        gb,
+                    );
+                }
+                None => dpre.copy_from_slice(&ws.dx[..n_rows * d]),
+            }
+            scatter_add_rows(dpre, &dres[..rq * d], d, |r| {
+                map[(r / nq) * p_n + q_pos[r % nq]] as usize
+            });
+            std::mem::swap(&mut dres, &mut dres_next);
+        }
+
+        // Embeddings: scatter each physical row of layer 0 back to its token and position.
+        let (ge, gp) = two_mut(
+            grads,
+            lay.specs[lay.w_e].range(),
+            lay.specs[lay.w_pos].range(),
+        );
+        for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+            let src = &dres[r * d..][..d];
+            for (o, s) in ge[t as usize * d..][..d].iter_mut().zip(src) {
+                *o += s;
+            }
+            for (o, s) in gp[p as usize * d..][..d].iter_mut().zip(src) {
+                *o += s;
+            }
+        }
+        ws.dres_a = dres;
+        ws.dres_b = dres_next;
+    }
+}
+
+/// Two disjoint mutable sub-slices of one buffer.
+fn two_mut(
+    data: &mut [f32],
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> (&mut [f32], &mut [f32]) {
+    assert!(
+        a.end <= b.start || b.end <= a.start,
+        "overlapping parameter ranges"
+    );
+    if a.start < b.start {
+        let (lo, hi) = data.split_at_mut(b.start);
+        (&mut lo[a], &mut hi[..b.end - b.start])
+    } else {
+        let (lo, hi) = data.split_at_mut(a.start);
+        let bl = b.end - b.start;
+        (&mut hi[..a.end - a.start], &mut lo[b.start..b.start + bl])
+    }
+}

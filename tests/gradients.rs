@@ -1,0 +1,460 @@
+//! Every backward against central finite differences: each engine layer alone, then whole models.
+
+use ndarray::Array2;
+use toylens::engine::activation::{self, ActFn};
+use toylens::engine::attention::{self, Geometry};
+use toylens::engine::layernorm;
+use toylens::engine::loss::{cross_entropy, RowLoss};
+use toylens::engine::matmul::{linear, linear_backward};
+use toylens::engine::rng::Rng;
+use toylens::models::transformer::{InitScheme, Normalization};
+use toylens::{Batch, Transformer, TransformerConfig, Workspace};
+
+fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    (0..n).map(|_| (rng.normal() * scale) as f32).collect()
+}
+
+/// Projected scalar `Σ c·y` in f64, so finite differences see the function, not rounding.
+fn project(y: &[f32], c: &[f32]) -> f64 {
+    y.iter().zip(c).map(|(&a, &b)| a as f64 * b as f64).sum()
+}
+
+/// Central differences of `f` at `x` for each index in `idx`, compared with `analytic`. Several step
+/// sizes are tried and the best agreement counts: a large step can straddle a ReLU kink and a small
+/// one drowns in f32 rounding, but a wrong backward disagrees at every step.
+fn check_fd(
+    name: &str,
+    x: &mut [f32],
+    analytic: &[f32],
+    idx: impl Iterator<Item = usize>,
+    eps: f32,
+    mut f: impl FnMut(&[f32]) -> f64,
+) {
+    let mut worst = 0.0f64;
+    let mut n = 0;
+    for i in idx {
+        let orig = x[i];
+        let a = analytic[i] as f64;
+        let mut best = (f64::INFINITY, 0.0);
+        for e in [eps, eps / 3.0, eps / 10.0] {
+            x[i] = orig + e;
+            let up = f(x);
+            x[i] = orig - e;
+            let down = f(x);
+            x[i] = orig;
+            // The step actually taken, in f32.
+            let h = ((orig + e) as f64) - ((orig - e) as f64);
+            let fd = (up - down) / h;
+            // Relative error, with an absolute floor at the f32 noise level of the differences.
+            let err = ((fd - a).abs() - 5e-5).max(0.0) / fd.abs().max(a.abs()).max(1e-12);
+            if err < best.0 {
+                best = (err, fd);
+            }
+        }
+        worst = worst.max(best.0);
+        assert!(
+            best.0 < 2e-2,
+            "{name}[{i}]: finite difference {:.6e} vs backward {a:.6e}",
+            best.1
+        );
+        n += 1;
+    }
+    assert!(n > 0);
+    eprintln!("{name}: {n} entries, worst relative error {worst:.2e}");
+}
+
+#[test]
+fn linear_backward_matches_finite_differences() {
+    let mut rng = Rng::new(1);
+    let (rows, n_in, n_out) = (5, 7, 4);
+    let mut x = randn(&mut rng, rows * n_in, 1.0);
+    let mut w = randn(&mut rng, n_in * n_out, 1.0);
+    let mut b = randn(&mut rng, n_out, 1.0);
+    let c = randn(&mut rng, rows * n_out, 1.0);
+    let (mut dw, mut db, mut dx) = (
+        vec![0.0; n_in * n_out],
+        vec![0.0; n_out],
+        vec![0.0; rows * n_in],
+    );
+    linear_backward(
+        &c,
+        &x,
+        &w,
+        &mut dw,
+        Some(&mut db),
+        Some((&mut dx, false)),
+        rows,
+        n_in,
+        n_out,
+    );
+    let f = |x: &[f32], w: &[f32], b: &[f32]| {
+        let mut y = vec![0.0; rows * n_out];
+        linear(&mut y, x, w, Some(b), rows, n_in, n_out);
+        project(&y, &c)
+    };
+    let (w0, b0) = (w.clone(), b.clone());
+    check_fd(
+        "linear dx",
+        &mut x.clone(),
+        &dx,
+        0..rows * n_in,
+        1e-2,
+        |x| f(x, &w0, &b0),
+    );
+    let x0 = x.clone();
+    check_fd("linear dW", &mut w, &dw, 0..n_in * n_out, 1e-2, |w| {
+        f(&x0, w, &b0)
+    });
+    let w0 = w.clone();
+    check_fd("linear db", &mut b, &db, 0..n_out, 1e-2, |b| f(&x0, &w0, b));
+}
+
+#[test]
+fn layernorm_backward_matches_finite_differences() {
+    let mut rng = Rng::new(2);
+    let (rows, d) = (6, 8);
+    let mut x = randn(&mut rng, rows * d, 2.0);
+    let mut w = randn(&mut rng, d, 1.0);
+    let mut b = randn(&mut rng, d, 1.0);
+    let c = randn(&mut rng, rows * d, 1.0);
+    let eps = 1e-5;
+    let run = |x: &[f32], w: &[f32], b: &[f32]| {
+        let (mut xc, mut scale, mut xhat, mut y) = (
+            vec![0.0; rows * d],
+            vec![0.0; rows],
+            vec![0.0; rows * d],
+            vec![0.0; rows * d],
+        );
+        layernorm::center_and_scale(x, &mut xc, &mut scale, d, eps);
+        layernorm::normalize(&xc, &scale, w, b, &mut xhat, &mut y);
+        (y, xhat, scale)
+    };
+    let (_, xhat, scale) = run(&x, &w, &b);
+    let (mut dx, mut dw, mut db) = (vec![0.0; rows * d], vec![0.0; d], vec![0.0; d]);
+    layernorm::backward(&c, &xhat, &scale, &w, &mut dx, false, &mut dw, &mut db);
+    let (w0, b0, x0) = (w.clone(), b.clone(), x.clone());
+    check_fd("ln dx", &mut x, &dx, 0..rows * d, 1e-2, |x| {
+        project(&run(x, &w0, &b0).0, &c)
+    });
+    check_fd("ln dw", &mut w, &dw, 0..d, 1e-2, |w| {
+        project(&run(&x0, w, &b0).0, &c)
+    });
+    check_fd("ln db", &mut b, &db, 0..d, 1e-2, |b| {
+        project(&run(&x0, &w0, b).0, &c)
+    });
+}
+
+#[test]
+fn activation_backward_matches_finite_differences() {
+    for act in [ActFn::Relu, ActFn::Gelu, ActFn::GeluNew] {
+        let mut rng = Rng::new(3);
+        // Keep relu's inputs away from its kink at 0.
+        let mut x: Vec<f32> = randn(&mut rng, 40, 2.0)
+            .into_iter()
+            .map(|v| if v.abs() < 0.05 { v + 0.2 } else { v })
+            .collect();
+        let c = randn(&mut rng, 40, 1.0);
+        let mut g = c.clone();
+        activation::backward(act, &x, &mut g);
+        check_fd(&format!("{act:?}"), &mut x, &g, 0..40, 1e-2, |x| {
+            let mut y = vec![0.0; 40];
+            activation::forward(act, x, &mut y);
+            project(&y, &c)
+        });
+    }
+}
+
+#[test]
+fn gelu_matches_reference_values() {
+    // torch.nn.functional.gelu and TransformerLens gelu_new at a few points.
+    let x = [-3.0f32, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0];
+    let gelu = [
+        -0.0040496_f32,
+        -0.15865526,
+        -0.15426877,
+        0.0,
+        0.34573123,
+        0.8413447,
+        2.9959502,
+    ];
+    let gelu_new = [
+        -0.0036374_f32,
+        -0.15880801,
+        -0.15428599,
+        0.0,
+        0.34571401,
+        0.841192,
+        2.9963627,
+    ];
+    for (act, want) in [(ActFn::Gelu, gelu), (ActFn::GeluNew, gelu_new)] {
+        let mut y = [0.0f32; 7];
+        activation::forward(act, &x, &mut y);
+        for i in 0..7 {
+            assert!(
+                (y[i] - want[i]).abs() < 2e-6,
+                "{act:?}({}) = {} want {}",
+                x[i],
+                y[i],
+                want[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let mut rng = Rng::new(4);
+    let (b, p, h, dh) = (3, 4, 2, 5);
+    // Rows shared between (batch, position) pairs, as layer-0 deduplication produces.
+    let row_of: Vec<u32> = vec![0, 1, 2, 3, 0, 4, 2, 5, 6, 1, 2, 3];
+    let n_rows = 7;
+    for q_pos in [vec![0usize, 1, 2, 3], vec![1, 3]] {
+        let g = Geometry {
+            batch: b,
+            n_pos: p,
+            n_heads: h,
+            d_head: dh,
+            q_pos: &q_pos,
+            row_of: &row_of,
+            n_rows,
+            attn_scale: (dh as f32).sqrt(),
+        };
+        let nq = q_pos.len();
+        let n = h * n_rows * dh;
+        let mut q = randn(&mut rng, n, 1.0);
+        let mut k = randn(&mut rng, n, 1.0);
+        let mut v = randn(&mut rng, n, 1.0);
+        let c = randn(&mut rng, b * nq * h * dh, 1.0);
+        let run = |q: &[f32], k: &[f32], v: &[f32]| {
+            let mut s = vec![0.0; b * h * nq * p];
+            let mut pat = vec![0.0; b * h * nq * p];
+            let mut z = vec![0.0; b * nq * h * dh];
+            attention::scores(&g, q, k, &mut s);
+            attention::softmax(&s, &mut pat, p);
+            attention::mix(&g, &pat, v, &mut z);
+            (z, pat)
+        };
+        let (_, pat) = run(&q, &k, &v);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        attention::backward(&g, &q, &k, &v, &pat, &c, &mut dq, &mut dk, &mut dv);
+        let (q0, k0, v0) = (q.clone(), k.clone(), v.clone());
+        check_fd("attn dq", &mut q, &dq, 0..n, 1e-2, |q| {
+            project(&run(q, &k0, &v0).0, &c)
+        });
+        check_fd("attn dk", &mut k, &dk, 0..n, 1e-2, |k| {
+            project(&run(&q0, k, &v0).0, &c)
+        });
+        check_fd("attn dv", &mut v, &dv, 0..n, 1e-2, |v| {
+            project(&run(&q0, &k0, v).0, &c)
+        });
+    }
+}
+
+#[test]
+fn cross_entropy_gradient_and_tiny_losses() {
+    let mut rng = Rng::new(5);
+    let (rows, v) = (4, 6);
+    let mut logits = randn(&mut rng, rows * v, 2.0);
+    let targets = [0u32, 3, 5, 2];
+    let mut out = vec![RowLoss::default(); rows];
+    let mut g = vec![0.0; rows * v];
+    cross_entropy(&logits, v, &targets, &mut out, Some((&mut g, 1.0)));
+    check_fd("cross entropy", &mut logits, &g, 0..rows * v, 1e-2, |l| {
+        let mut o = vec![RowLoss::default(); rows];
+        cross_entropy(l, v, &targets, &mut o, None);
+        o.iter().map(|r| r.loss).sum()
+    });
+    // A confidently right row: the true loss is log1p(5·e^-25) ≈ 6.94e-11, which f32 logsumexp rounds to 0.
+    let l = [25.0f32, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let mut o = [RowLoss::default()];
+    let mut g = [0.0f32; 6];
+    cross_entropy(&l, 6, &[0], &mut o, Some((&mut g, 1.0)));
+    let exact = (5.0f64 * (-25.0f64).exp()).ln_1p();
+    assert!(
+        (o[0].loss - exact).abs() / exact < 1e-6,
+        "loss {} vs {}",
+        o[0].loss,
+        exact
+    );
+    assert!(o[0].correct);
+    assert!(
+        ((-g[0] as f64) - 5.0 * (-25.0f64).exp()).abs() / exact < 1e-5,
+        "gradient of the correct logit {}",
+        g[0]
+    );
+}
+
+fn nanda_small() -> TransformerConfig {
+    TransformerConfig {
+        d_model: 16,
+        n_heads: 2,
+        d_head: 8,
+        d_mlp: Some(32),
+        ..TransformerConfig::nanda(7)
+    }
+}
+
+fn ln_gelu_2l() -> TransformerConfig {
+    TransformerConfig {
+        n_layers: 2,
+        d_model: 12,
+        n_heads: 3,
+        d_head: 4,
+        d_mlp: Some(20),
+        d_vocab: 9,
+        d_vocab_out: 5,
+        n_ctx: 6,
+        act_fn: Some(ActFn::Gelu),
+        normalization_type: Some(Normalization::LN),
+        attn_only: false,
+        seed: Some(3),
+        eps: 1e-5,
+        initializer_range: 0.5,
+        init: InitScheme::TransformerLens,
+        attn_bias: true,
+        unembed_bias: true,
+    }
+}
+
+fn attn_only_gelu_new() -> TransformerConfig {
+    TransformerConfig {
+        attn_only: true,
+        d_mlp: None,
+        act_fn: None,
+        n_layers: 2,
+        ..ln_gelu_2l()
+    }
+}
+
+/// Random batch; loss at `loss_pos`.
+fn batch(cfg: &TransformerConfig, b: usize, p: usize, loss_pos: Vec<usize>, seed: u64) -> Batch {
+    let mut rng = Rng::new(seed);
+    let tokens = Array2::from_shape_fn((b, p), |_| rng.below(cfg.d_vocab as u64) as u32);
+    let targets = Array2::from_shape_fn((b, loss_pos.len()), |_| {
+        rng.below(cfg.d_vocab_out() as u64) as u32
+    });
+    Batch {
+        tokens,
+        loss_pos,
+        targets,
+    }
+}
+
+fn check_model(name: &str, cfg: TransformerConfig, batch: Batch) {
+    let mut model = Transformer::new(cfg).unwrap();
+    // Random (non-zero) biases and LN gains, so their gradients flow through non-trivial values.
+    let mut rng = Rng::new(11);
+    for s in model.layout.specs.clone() {
+        if s.trainable && !s.name.contains(".W_") {
+            for x in &mut model.params[s.range()] {
+                *x += (rng.normal() * 0.3) as f32;
+            }
+        }
+    }
+    let mut ws = Workspace::new();
+    let mut grads = vec![0.0; model.layout.total];
+    model.loss_and_grad(&mut ws, &batch, &mut grads).unwrap();
+    for s in &model.layout.specs {
+        let g = &grads[s.range()];
+        if s.name.ends_with("b_K") {
+            // Exactly zero in exact arithmetic: b_K adds q·b_K to every score of a query's row,
+            // and softmax ignores a shift shared by the whole row.
+            assert!(
+                g.iter().all(|&x| x.abs() < 1e-6),
+                "{name}: {} should have a zero gradient",
+                s.name
+            );
+        } else if s.trainable {
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{name}: {} got no gradient",
+                s.name
+            );
+        } else {
+            assert!(
+                g.iter().all(|&x| x == 0.0),
+                "{name}: frozen {} got a gradient",
+                s.name
+            );
+        }
+    }
+    let specs = model.layout.specs.clone();
+    let mut params = model.params.clone();
+    for s in specs.iter().filter(|s| s.trainable) {
+        // Up to 12 entries per tensor, spread over it.
+        let n = s.len();
+        let step = (n / 12).max(1);
+        check_fd(
+            &format!("{name} {}", s.name),
+            &mut params,
+            &grads,
+            (0..n).step_by(step).map(|i| s.offset + i),
+            1e-2,
+            |p| {
+                model.params.copy_from_slice(p);
+                let mut ws = Workspace::new();
+                model.evaluate(&mut ws, &batch).unwrap().loss
+            },
+        );
+    }
+}
+
+#[test]
+fn nanda_model_gradients_match_finite_differences() {
+    let cfg = nanda_small();
+    let b = batch(&cfg, 10, 3, vec![2], 7);
+    check_model("nanda", cfg, b);
+}
+
+#[test]
+fn two_layer_ln_gelu_gradients_match_finite_differences() {
+    let cfg = ln_gelu_2l();
+    let b = batch(&cfg, 4, 6, vec![1, 3, 5], 8);
+    check_model("2L LN gelu", cfg, b);
+}
+
+#[test]
+fn attn_only_gelu_new_gradients_match_finite_differences() {
+    let cfg = TransformerConfig {
+        act_fn: Some(ActFn::GeluNew),
+        attn_only: false,
+        d_mlp: Some(8),
+        ..attn_only_gelu_new()
+    };
+    let b = batch(&cfg, 3, 5, vec![4], 9);
+    check_model("gelu_new", cfg, b);
+    let cfg = attn_only_gelu_new();
+    let b = batch(&cfg, 3, 5, vec![0, 4], 10);
+    check_model("attn-only", cfg, b);
+}
+
+#[test]
+fn fast_path_logits_equal_full_forward() {
+    for cfg in [nanda_small(), ln_gelu_2l(), attn_only_gelu_new()] {
+        let p = cfg.n_ctx.min(5);
+        let loss_pos = vec![p - 2, p - 1];
+        let b = batch(&cfg, 6, p, loss_pos.clone(), 12);
+        let model = Transformer::new(cfg).unwrap();
+        let full = model.forward(b.tokens.view()).unwrap();
+        let mut ws = Workspace::new();
+        let stats = model.evaluate(&mut ws, &b).unwrap();
+        // Recompute the loss from the full logits at the loss positions.
+        let v = model.cfg.d_vocab_out();
+        let mut total = 0.0;
+        for bi in 0..6 {
+            for (i, &lp) in loss_pos.iter().enumerate() {
+                let row: Vec<f64> = (0..v).map(|j| full[[bi, lp, j]] as f64).collect();
+                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                total += lse - row[b.targets[[bi, i]] as usize];
+            }
+        }
+        let mean = total / (6 * loss_pos.len()) as f64;
+        assert!(
+            (mean - stats.loss).abs() < 1e-5 * mean.abs().max(1.0),
+            "fast {} vs full {}",
+            stats.loss,
+            mean
+        );
+    }
+}
