@@ -1,1 +1,184 @@
-fn main() {}
+//! The `toylens` command line: parses arguments and calls the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use toylens::io::{checkpoint, load};
+use toylens::tasks::TaskInfo;
+
+#[derive(Parser)]
+#[command(
+    name = "toylens",
+    version,
+    about = "Mechanistic and developmental interpretability on small models and toy tasks"
+)]
+struct Cli {
+    /// Worker threads (0 = one per core). Results do not depend on it.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a checkpoint of the original grokking code (.pth) into a toylens/TransformerLens
+    /// safetensors file.
+    Convert { input: PathBuf, output: PathBuf },
+    /// Loss and accuracy of a modular-arithmetic model on all p² pairs (and train/test when the split
+    /// is known). CHECKPOINT: a toylens .safetensors file or an original .pth.
+    Eval {
+        checkpoint: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
+    Hooks { checkpoint: PathBuf },
+    /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch).
+    Bench {
+        /// Steps to run (the first one, warm-up, is not timed).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the initial weights here (init.safetensors), for the PyTorch side of bench/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object (with every step's loss).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    toylens::engine::threads::init(cli.threads);
+    if let Err(e) = run(cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Convert { input, output } => {
+            let imp = toylens::io::pth::import_grokking(&input)?;
+            let task = serde_json::to_value(&imp.task)?;
+            let mut meta = HashMap::new();
+            meta.insert("toylens.source".to_string(), input.display().to_string());
+            checkpoint::save(&output, &imp.model, Some(&task), &meta)?;
+            println!(
+                "wrote {} ({} parameters, {} layer(s), d_model {}, {})",
+                output.display(),
+                imp.model
+                    .layout
+                    .specs
+                    .iter()
+                    .filter(|s| s.trainable)
+                    .map(|s| s.len())
+                    .sum::<usize>(),
+                imp.model.cfg.n_layers,
+                imp.model.cfg.d_model,
+                task
+            );
+        }
+        Cmd::Eval { checkpoint, json } => {
+            let l = load::load_model(&checkpoint)?;
+            let (p, op, split) = match &l.task {
+                Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
+                None => {
+                    // No task recorded: assume (a + b) mod p with '=' as the last token.
+                    let p = l
+                        .model
+                        .cfg
+                        .d_vocab
+                        .checked_sub(1)
+                        .context("model vocabulary too small")?;
+                    (p, Default::default(), None)
+                }
+            };
+            let ev = toylens::tasks::modular::evaluate(&l.model, p, op, split.as_ref())
+                .with_context(|| format!("evaluating {}", checkpoint.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&ev)?);
+            } else {
+                println!("{}: modular {:?}, p = {p}", checkpoint.display(), op);
+                println!(
+                    "  all pairs   loss {:.4e}  acc {:.4}",
+                    ev.loss_all, ev.acc_all
+                );
+                if let (Some(lt), Some(at), Some(le), Some(ae)) =
+                    (ev.loss_train, ev.acc_train, ev.loss_test, ev.acc_test)
+                {
+                    println!("  train       loss {lt:.4e}  acc {at:.4}");
+                    println!("  test        loss {le:.4e}  acc {ae:.4}");
+                } else {
+                    println!("  (train/test split unknown for this checkpoint)");
+                }
+                if let (Some(a), Some(b)) = (l.recorded_train_loss, l.recorded_test_loss) {
+                    println!(
+                        "  recorded by the original run: train loss {a:.4e}, test loss {b:.4e}"
+                    );
+                }
+            }
+        }
+        Cmd::Hooks { checkpoint } => {
+            let l = load::load_model(&checkpoint)?;
+            let cfg = &l.model.cfg;
+            let tokens = ndarray::Array2::<u32>::zeros((1, cfg.n_ctx));
+            let (_, cache) = l
+                .model
+                .run_with_cache(tokens.view(), toylens::hooks::CacheFilter::All)?;
+            for s in toylens::hooks::Site::all(cfg) {
+                let name = s.name();
+                println!("{name:40} {:?}", cache.get(&name)?.shape());
+            }
+        }
+        Cmd::Bench {
+            steps,
+            seed,
+            out,
+            json,
+        } => {
+            let mut w1 = toylens::bench::W1::new(seed)?;
+            if let Some(dir) = &out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let task = serde_json::to_value(TaskInfo::from_modular(&w1.task))?;
+                checkpoint::save(
+                    &dir.join("init.safetensors"),
+                    &w1.model,
+                    Some(&task),
+                    &HashMap::new(),
+                )?;
+            }
+            let r = toylens::bench::train_steps(&mut w1.model, &w1.batch, w1.optim, steps.max(2))?;
+            let ms = toylens::bench::median(&r.step_ms[1..]);
+            if json {
+                let v = serde_json::json!({
+                    "workload": "W1",
+                    "threads": rayon::current_num_threads(),
+                    "steps": r.losses.len(),
+                    "ms_per_step_median": ms,
+                    "ms_per_step_mean": r.step_ms[1..].iter().sum::<f64>() / (r.step_ms.len() - 1) as f64,
+                    "losses": r.losses,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "W1 (Nanda grokking step, batch {}): {:.2} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
+                    w1.batch.tokens.nrows(),
+                    ms,
+                    r.step_ms.len() - 1,
+                    rayon::current_num_threads(),
+                    r.losses[0],
+                    r.losses.last().unwrap()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -117,3 +117,19 @@ pub fn backward(
         }
     }
 }
+
+/// `y = xhat·w + b` (used after a hook has changed `xhat`).
+pub fn affine(xhat: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let d = w.len();
+    y.par_chunks_mut(ROW_CHUNK * d)
+        .zip(xhat.par_chunks(ROW_CHUNK * d))
+        .for_each(|(y, xh)| {
+            vectorized(|| {
+                for (y, xh) in y.chunks_exact_mut(d).zip(xh.chunks_exact(d)) {
+                    for i in 0..d {
+                        y[i] = xh[i] * w[i] + b[i];
+                    }
+                }
+            })
+        });
+}

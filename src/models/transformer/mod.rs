@@ -191,7 +191,7 @@ fn intercept_heads(
     }
 }
 
-/// LayerNorm forward with its two hook points; returns nothing, the output is in `ln.y`.
+/// LayerNorm forward with its two hook points; the output is in `ln.y`.
 #[allow(clippy::too_many_arguments)]
 fn ln_forward(
     ln: &mut LnBufs,
@@ -212,7 +212,11 @@ fn ln_forward(
     let xhat = buf(&mut ln.xhat, rows * d);
     let y = buf(&mut ln.y, rows * d);
     layernorm::normalize(&ln.xc, &ln.scale, w, b, xhat, y);
-    intercept(hk, sites.1, &mut ln.y, &[shape.0, shape.1, d]);
+    // TransformerLens' hook_normalized is x/scale, before the gain and bias.
+    if hk.as_ref().is_some_and(|h| h.wants(sites.1)) {
+        intercept(hk, sites.1, &mut ln.xhat, &[shape.0, shape.1, d]);
+        layernorm::affine(&ln.xhat, w, b, &mut ln.y);
+    }
 }
 
 /// `dst[map(i)] += src[i]` over rows of width `d`. Split by columns, so rows that share a destination

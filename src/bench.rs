@@ -1,0 +1,90 @@
+//! Benchmark workloads, shared by `toylens bench` and the side-by-side comparison in `bench/`.
+
+use crate::engine::adamw::{AdamW, AdamWConfig};
+use crate::error::Result;
+use crate::models::transformer::{Batch, Transformer, TransformerConfig, Workspace};
+use crate::tasks::modular::{ModularTask, Op, Split};
+use std::time::Instant;
+
+/// W1: one full-batch step of Nanda et al.'s grokking model (p = 113, the 3830 training pairs of the
+/// original split, d_model 128, 4 heads × 32, d_mlp 512, ReLU, no LN; AdamW lr 1e-3, wd 1,
+/// betas 0.9/0.98).
+pub struct W1 {
+    pub model: Transformer,
+    pub task: ModularTask,
+    pub batch: Batch,
+    pub optim: AdamWConfig,
+}
+
+impl W1 {
+    pub fn new(seed: u64) -> Result<Self> {
+        let cfg = TransformerConfig {
+            seed: Some(seed),
+            ..TransformerConfig::nanda(113)
+        };
+        let model = Transformer::new(cfg)?;
+        let task = ModularTask {
+            p: 113,
+            op: Op::Add,
+            frac_train: 0.3,
+            seed: 1,
+            split: Split::Reference,
+        };
+        let (train, _) = task.split_pairs();
+        let batch = task.batch(&train);
+        let optim = AdamWConfig {
+            lr: 1e-3,
+            weight_decay: 1.0,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+        };
+        Ok(W1 {
+            model,
+            task,
+            batch,
+            optim,
+        })
+    }
+}
+
+/// Losses of each step and the wall time of each step in milliseconds.
+pub struct StepTimes {
+    pub losses: Vec<f64>,
+    pub step_ms: Vec<f64>,
+}
+
+/// Train `steps` full-batch AdamW steps on `batch` at a constant learning rate.
+pub fn train_steps(
+    model: &mut Transformer,
+    batch: &Batch,
+    optim: AdamWConfig,
+    steps: usize,
+) -> Result<StepTimes> {
+    let mut ws = Workspace::new();
+    let mut grads = vec![0.0f32; model.layout.total];
+    let mut opt = AdamW::new(optim, model.layout.total);
+    let trainable = model.layout.trainable_ranges();
+    let mut out = StepTimes {
+        losses: Vec::with_capacity(steps),
+        step_ms: Vec::with_capacity(steps),
+    };
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let stats = model.loss_and_grad(&mut ws, batch, &mut grads)?;
+        opt.update(&mut model.params, &grads, &trainable, optim.lr);
+        out.step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        out.losses.push(stats.loss);
+    }
+    Ok(out)
+}
+
+/// Median of a sample.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}

@@ -1,0 +1,270 @@
+//! Model checkpoints as safetensors with TransformerLens state-dict keys and shapes, so
+//! `model.load_state_dict(safetensors.torch.load_file(path), strict=True)` works in TransformerLens.
+//! The model config (and the task, when known) travel as JSON in the metadata.
+
+use crate::error::{Error, Result};
+use crate::models::transformer::{Transformer, TransformerConfig};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Metadata key of the model config (JSON, `HookedTransformerConfig` fields).
+pub const META_MODEL: &str = "toylens.model";
+/// Metadata key of the task description (JSON), when known.
+pub const META_TASK: &str = "toylens.task";
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub model: Transformer,
+    pub task: Option<serde_json::Value>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Write `bytes` to `path` so that a crash at any moment leaves either the old file or the new one:
+/// a temporary file in the same directory, flushed to disk, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    res.map_err(|e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// The TransformerLens state dict of `model`: every parameter plus each block's `attn.mask` (bool,
+/// lower-triangular `[n_ctx, n_ctx]`) and `attn.IGNORE` (scalar −inf) buffers.
+fn state_dict_bytes(model: &Transformer, metadata: &HashMap<String, String>) -> Vec<u8> {
+    let n = model.cfg.n_ctx;
+    let mask: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
+    let ignore = f32::NEG_INFINITY.to_le_bytes();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for s in &model.layout.specs {
+        let bytes: Vec<u8> = model.params[s.range()]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        owned.push((s.name.clone(), Dtype::F32, s.shape.clone(), bytes));
+    }
+    for l in 0..model.cfg.n_layers {
+        owned.push((
+            format!("blocks.{l}.attn.mask"),
+            Dtype::BOOL,
+            vec![n, n],
+            mask.clone(),
+        ));
+        owned.push((
+            format!("blocks.{l}.attn.IGNORE"),
+            Dtype::F32,
+            vec![],
+            ignore.to_vec(),
+        ));
+    }
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(k, dt, shape, data)| {
+            (
+                k.clone(),
+                TensorView::new(*dt, shape.clone(), data).expect("tensor view"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata.clone())).expect("serialize safetensors")
+}
+
+/// Save `model` (and the task description, if any) atomically.
+pub fn save(
+    path: &Path,
+    model: &Transformer,
+    task: Option<&serde_json::Value>,
+    extra: &HashMap<String, String>,
+) -> Result<()> {
+    let mut meta = extra.clone();
+    meta.insert("format".into(), "pt".into());
+    meta.insert(
+        META_MODEL.into(),
+        serde_json::to_string(&model.cfg).expect("config json"),
+    );
+    if let Some(t) = task {
+        meta.insert(META_TASK.into(), t.to_string());
+    }
+    write_atomic(path, &state_dict_bytes(model, &meta))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Load a toylens checkpoint, checking every tensor's presence, dtype and shape against the config.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = read(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a valid safetensors file ({e}); truncated or not a checkpoint?"),
+        )
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a valid safetensors file ({e}); truncated or not a checkpoint?"),
+        )
+    })?;
+    let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
+    let cfg_json = metadata.get(META_MODEL).ok_or_else(|| {
+        Error::format(
+            path,
+            format!(
+                "no model config in the metadata (key `{META_MODEL}`): not a toylens checkpoint"
+            ),
+        )
+    })?;
+    let cfg: TransformerConfig = serde_json::from_str(cfg_json).map_err(|e| {
+        Error::format(
+            path,
+            format!("metadata `{META_MODEL}` is not a valid model config: {e}"),
+        )
+    })?;
+    cfg.validate("model.")
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    let task = match metadata.get(META_TASK) {
+        Some(t) => Some(serde_json::from_str(t).map_err(|e| {
+            Error::format(
+                path,
+                format!("metadata `{META_TASK}` is not valid JSON: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let mut model = Transformer::new(cfg)?;
+    let mut seen = 0usize;
+    for s in &model.layout.specs {
+        let t = st
+            .tensor(&s.name)
+            .map_err(|_| Error::format(path, format!("missing tensor `{}`", s.name)))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{}` has dtype {:?}, expected F32",
+                    s.name,
+                    t.dtype()
+                ),
+            ));
+        }
+        if t.shape() != s.shape.as_slice() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{}` has shape {:?}, expected {:?} for this model config",
+                    s.name,
+                    t.shape(),
+                    s.shape
+                ),
+            ));
+        }
+        for (dst, src) in model.params[s.range()]
+            .iter_mut()
+            .zip(t.data().chunks_exact(4))
+        {
+            *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+        }
+        seen += 1;
+    }
+    for name in st.names() {
+        let buffer = name.ends_with(".attn.mask") || name.ends_with(".attn.IGNORE");
+        if !buffer && model.layout.find(name).is_none() {
+            return Err(Error::format(
+                path,
+                format!("unexpected tensor `{name}` for this model config"),
+            ));
+        }
+    }
+    debug_assert_eq!(seen, model.layout.specs.len());
+    if let Some(s) = model
+        .layout
+        .specs
+        .iter()
+        .find(|s| model.params[s.range()].iter().any(|x| !x.is_finite()))
+    {
+        return Err(Error::format(
+            path,
+            format!("tensor `{}` holds NaN or infinite values", s.name),
+        ));
+    }
+    Ok(Checkpoint {
+        model,
+        task,
+        metadata,
+    })
+}
+
+/// Any safetensors file as f32 arrays by name (F32, F64, I64, I32, BOOL converted), with its metadata;
+/// used for golden files and inspection.
+pub fn read_arrays(
+    path: &Path,
+) -> Result<(
+    HashMap<String, ndarray::ArrayD<f32>>,
+    HashMap<String, String>,
+)> {
+    let bytes = read(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
+    let mut out = HashMap::new();
+    for (name, t) in st.tensors() {
+        let d = t.data();
+        let v: Vec<f32> = match t.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            Dtype::BOOL | Dtype::U8 => d.iter().map(|&b| b as f32).collect(),
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        let a = ndarray::ArrayD::from_shape_vec(t.shape().to_vec(), v)
+            .map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))?;
+        out.insert(name, a);
+    }
+    Ok((out, header.metadata().clone().unwrap_or_default()))
+}
