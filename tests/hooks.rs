@@ -1,0 +1,265 @@
+//! Hooks and cache: names, shapes and the semantics of reading and replacing activations.
+
+use ndarray::{Array2, ArrayD, Axis};
+use std::cell::RefCell;
+use toylens::engine::activation::ActFn;
+use toylens::hooks::{self, CacheFilter, Hooks, PatchSpec, Site};
+use toylens::models::transformer::Normalization;
+use toylens::{Error, Transformer, TransformerConfig};
+
+fn model() -> Transformer {
+    Transformer::new(TransformerConfig {
+        n_layers: 2,
+        d_model: 16,
+        n_heads: 2,
+        d_head: 8,
+        d_mlp: Some(24),
+        d_vocab: 11,
+        d_vocab_out: 11,
+        n_ctx: 5,
+        act_fn: Some(ActFn::Gelu),
+        normalization_type: Some(Normalization::LN),
+        seed: Some(9),
+        ..TransformerConfig::nanda(10)
+    })
+    .unwrap()
+}
+
+fn tokens() -> Array2<u32> {
+    Array2::from_shape_fn((4, 5), |(i, j)| ((i * 7 + j * 3) % 11) as u32)
+}
+
+#[test]
+fn no_hooks_changes_nothing() {
+    let m = model();
+    let plain = m.forward(tokens().view()).unwrap();
+    let hooked = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new().add("blocks.0.hook_resid_mid", |_| {}),
+        )
+        .unwrap();
+    assert_eq!(plain, hooked);
+}
+
+#[test]
+fn cache_has_every_hook_with_transformer_lens_shapes() {
+    let m = model();
+    let (_, cache) = m.run_with_cache(tokens().view(), CacheFilter::All).unwrap();
+    assert_eq!(cache.len(), Site::all(&m.cfg).len());
+    assert_eq!(cache.get("hook_embed").unwrap().shape(), &[4, 5, 16]);
+    assert_eq!(
+        cache.get("blocks.1.attn.hook_q").unwrap().shape(),
+        &[4, 5, 2, 8]
+    );
+    assert_eq!(
+        cache.get("blocks.1.attn.hook_pattern").unwrap().shape(),
+        &[4, 2, 5, 5]
+    );
+    assert_eq!(
+        cache.get("blocks.0.ln2.hook_scale").unwrap().shape(),
+        &[4, 5, 1]
+    );
+    assert_eq!(
+        cache.get("blocks.0.mlp.hook_post").unwrap().shape(),
+        &[4, 5, 24]
+    );
+    // Patterns are causal and sum to one.
+    let pat = cache.get("blocks.0.attn.hook_pattern").unwrap();
+    for ((b, h, q, k), &v) in pat
+        .view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap()
+        .indexed_iter()
+    {
+        if k > q {
+            assert_eq!(v, 0.0, "[{b},{h},{q},{k}]");
+        }
+    }
+    for s in pat.sum_axis(Axis(3)).iter() {
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+    // A name filter keeps just those.
+    let (_, c) = m
+        .run_with_cache(
+            tokens().view(),
+            CacheFilter::Names(vec!["blocks.1.hook_resid_post".into()]),
+        )
+        .unwrap();
+    assert_eq!(
+        c.map.keys().collect::<Vec<_>>(),
+        ["blocks.1.hook_resid_post"]
+    );
+    let (_, c) = m
+        .run_with_cache(
+            tokens().view(),
+            CacheFilter::Predicate(Box::new(|n: &str| n.ends_with("hook_z"))),
+        )
+        .unwrap();
+    assert_eq!(c.len(), 2);
+}
+
+#[test]
+fn unknown_hook_names_suggest_close_ones() {
+    let m = model();
+    let e = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new().add("blocks.0.attn.hook_patern", |_| {}),
+        )
+        .unwrap_err();
+    match &e {
+        Error::UnknownHook { name, suggestions } => {
+            assert_eq!(name, "blocks.0.attn.hook_patern");
+            assert_eq!(suggestions[0], "blocks.0.attn.hook_pattern");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e
+        .to_string()
+        .contains("did you mean blocks.0.attn.hook_pattern"));
+    let e = m
+        .run_with_cache(
+            tokens().view(),
+            CacheFilter::Names(vec!["blocks.7.hook_resid_pre".into()]),
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownHook { .. }), "{e}");
+}
+
+#[test]
+fn replacing_an_activation_changes_what_follows() {
+    let m = model();
+    // Zeroing the MLP's output of block 1: resid_post = resid_mid.
+    let (_, c) = m
+        .run(
+            tokens().view(),
+            Hooks::new().add("blocks.1.hook_mlp_out", hooks::zero_ablate()),
+            Some(CacheFilter::Names(vec![
+                "blocks.1.hook_resid_mid".into(),
+                "blocks.1.hook_resid_post".into(),
+                "blocks.1.hook_mlp_out".into(),
+            ])),
+        )
+        .unwrap();
+    assert!(
+        c.get("blocks.1.hook_mlp_out")
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0),
+        "the cache sees the hooked value"
+    );
+    assert_eq!(
+        c.get("blocks.1.hook_resid_mid").unwrap(),
+        c.get("blocks.1.hook_resid_post").unwrap()
+    );
+    // Zero-ablating attention changes the logits.
+    let plain = m.forward(tokens().view()).unwrap();
+    let ablated = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new().add("blocks.0.attn.hook_z", hooks::zero_ablate()),
+        )
+        .unwrap();
+    assert_ne!(plain, ablated);
+    // A uniform pattern replaces attention.
+    let seen = RefCell::new(None);
+    let uniform = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new()
+                .add("blocks.0.attn.hook_pattern", |a| {
+                    a.indexed_iter_mut().for_each(|(i, v)| {
+                        *v = if i[3] <= i[2] {
+                            1.0 / (i[2] + 1) as f32
+                        } else {
+                            0.0
+                        }
+                    });
+                })
+                .add("blocks.0.attn.hook_pattern", |a| {
+                    *seen.borrow_mut() = Some(a.to_owned())
+                }),
+        )
+        .unwrap();
+    assert_ne!(uniform, plain);
+    let s = seen.borrow().clone().unwrap();
+    assert_eq!(
+        s[[0, 1, 3, 0]],
+        0.25,
+        "hooks run in order: the second saw the first's change"
+    );
+}
+
+#[test]
+fn mean_ablation_of_identical_inputs_changes_nothing() {
+    let m = model();
+    let t = Array2::from_shape_fn((3, 5), |(_, j)| j as u32);
+    let plain = m.forward(t.view()).unwrap();
+    let out = m
+        .run_with_hooks(
+            t.view(),
+            Hooks::new().add("blocks.0.mlp.hook_post", hooks::mean_ablate()),
+        )
+        .unwrap();
+    let d = (&plain - &out).iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+    assert!(d < 1e-5, "{d}");
+}
+
+#[test]
+fn patching_a_run_into_itself_changes_nothing_and_into_another_changes_the_target() {
+    let m = model();
+    let t = tokens();
+    let (plain, cache) = m.run_with_cache(t.view(), CacheFilter::All).unwrap();
+    for s in Site::all(&m.cfg) {
+        let (pos_axis, head_axis) = hooks::patch_axes(s);
+        let src: ArrayD<f32> = cache.get(&s.name()).unwrap().clone();
+        let spec = PatchSpec {
+            position: Some(2),
+            head: head_axis.map(|_| 1),
+        };
+        let out = m
+            .run_with_hooks(
+                t.view(),
+                Hooks::new().add(s.name(), hooks::patch_from(src, spec, pos_axis, head_axis)),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            plain,
+            "patching {} into itself changed the output",
+            s.name()
+        );
+    }
+    // Patch the last position's residual stream from a different input: the target's last logits
+    // become the source's.
+    let other = Array2::from_shape_fn((4, 5), |(i, j)| ((i * 5 + j * 2 + 1) % 11) as u32);
+    let (src_logits, src_cache) = m.run_with_cache(other.view(), CacheFilter::All).unwrap();
+    let name = "blocks.1.hook_resid_post";
+    let patched = m
+        .run_with_hooks(
+            t.view(),
+            Hooks::new().add(
+                name,
+                hooks::patch_from(
+                    src_cache.get(name).unwrap().clone(),
+                    PatchSpec {
+                        position: Some(4),
+                        head: None,
+                    },
+                    1,
+                    None,
+                ),
+            ),
+        )
+        .unwrap();
+    let d = (&patched.index_axis(Axis(1), 4) - &src_logits.index_axis(Axis(1), 4))
+        .iter()
+        .fold(0.0f32, |a, &b| a.max(b.abs()));
+    assert!(d < 1e-5, "{d}");
+    assert_eq!(
+        patched.index_axis(Axis(1), 0),
+        plain.index_axis(Axis(1), 0),
+        "other positions untouched"
+    );
+}
