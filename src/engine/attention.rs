@@ -7,7 +7,7 @@
 //! are queried); `z` is `[batch, n_query, n_heads·d_head]`. Only the listed query positions are
 //! computed: the last block needs just the positions that carry loss.
 
-use super::simd::{vectorized, SendPtr};
+use super::simd::{exp_f32, vectorized, SendPtr};
 use rayon::prelude::*;
 
 /// The value masked scores hold (TransformerLens' `IGNORE` buffer).
@@ -80,21 +80,23 @@ pub fn softmax(scores: &[f32], pattern: &mut [f32], n_keys: usize) {
         .par_chunks_mut(n_keys * 64)
         .zip(scores.par_chunks(n_keys * 64))
         .for_each(|(p, s)| {
-            for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
-                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                if m == f32::NEG_INFINITY {
-                    p.fill(0.0);
-                    continue;
+            vectorized(|| {
+                for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
+                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if m == f32::NEG_INFINITY {
+                        p.fill(0.0);
+                        continue;
+                    }
+                    let mut sum = 0.0f32;
+                    for (p, &s) in p.iter_mut().zip(s) {
+                        *p = exp_f32(s - m);
+                        sum += *p;
+                    }
+                    for p in p.iter_mut() {
+                        *p /= sum;
+                    }
                 }
-                let mut sum = 0.0f32;
-                for (p, &s) in p.iter_mut().zip(s) {
-                    *p = (s - m).exp();
-                    sum += *p;
-                }
-                for p in p.iter_mut() {
-                    *p /= sum;
-                }
-            }
+            })
         });
 }
 
