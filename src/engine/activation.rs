@@ -23,11 +23,14 @@ pub fn forward(act: ActFn, pre: &[f32], post: &mut [f32]) {
     post.par_chunks_mut(PAR_CHUNK)
         .zip(pre.par_chunks(PAR_CHUNK))
         .for_each(|(y, x)| match act {
-            ActFn::Relu => vectorized(|| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x.max(0.0);
-                }
-            }),
+            ActFn::Relu => vectorized(
+                #[inline(always)]
+                || {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = x.max(0.0);
+                    }
+                },
+            ),
             ActFn::Gelu => {
                 for (y, &x) in y.iter_mut().zip(x) {
                     *y = 0.5 * x * (1.0 + libm::erff(x * INV_SQRT_2));
@@ -46,13 +49,16 @@ pub fn backward(act: ActFn, pre: &[f32], grad: &mut [f32]) {
     grad.par_chunks_mut(PAR_CHUNK)
         .zip(pre.par_chunks(PAR_CHUNK))
         .for_each(|(g, x)| match act {
-            ActFn::Relu => vectorized(|| {
-                for (g, &x) in g.iter_mut().zip(x) {
-                    if x <= 0.0 {
-                        *g = 0.0;
+            ActFn::Relu => vectorized(
+                #[inline(always)]
+                || {
+                    for (g, &x) in g.iter_mut().zip(x) {
+                        if x <= 0.0 {
+                            *g = 0.0;
+                        }
                     }
-                }
-            }),
+                },
+            ),
             ActFn::Gelu => {
                 for (g, &x) in g.iter_mut().zip(x) {
                     let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT_2));

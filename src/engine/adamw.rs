@@ -76,15 +76,18 @@ impl AdamW {
                 .zip(self.exp_avg[r.clone()].par_chunks_mut(CHUNK))
                 .zip(self.exp_avg_sq[r.clone()].par_chunks_mut(CHUNK))
                 .for_each(|(((p, g), m), v)| {
-                    vectorized(|| {
-                        for i in 0..p.len() {
-                            p[i] *= decay;
-                            m[i] += one_minus_b1 * (g[i] - m[i]);
-                            v[i] = v[i] * b2 + one_minus_b2 * g[i] * g[i];
-                            let denom = v[i].sqrt() / bc2_sqrt + eps;
-                            p[i] += neg_step_size * (m[i] / denom);
-                        }
-                    })
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for i in 0..p.len() {
+                                p[i] *= decay;
+                                m[i] += one_minus_b1 * (g[i] - m[i]);
+                                v[i] = v[i] * b2 + one_minus_b2 * g[i] * g[i];
+                                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                                p[i] += neg_step_size * (m[i] / denom);
+                            }
+                        },
+                    )
                 });
         }
     }

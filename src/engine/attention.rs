@@ -38,9 +38,36 @@ impl Geometry<'_> {
     }
 }
 
+/// Dot product in 16 independent lanes summed in a fixed tree: vectorises (a plain `.sum()` is a
+/// strict-order chain that LLVM must not reorder) and still gives the same bits on every run.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let head = n / 16 * 16;
+    let mut acc = [0.0f32; 16];
+    for (ca, cb) in a[..head].chunks_exact(16).zip(b[..head].chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    for w in [8, 4, 2, 1] {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    let mut s = acc[0];
+    for i in head..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `y += a·x` over equal-length slices.
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
 }
 
 /// `scores[b, h, i, j] = q[b, q_pos[i]] · k[b, j] / attn_scale`, or `IGNORE` for keys after the query.
@@ -51,25 +78,28 @@ pub fn scores(g: &Geometry, q: &[f32], k: &[f32], scores: &mut [f32]) {
         .par_chunks_mut(per_b)
         .enumerate()
         .for_each(|(b, sb)| {
-            vectorized(|| {
-                for h in 0..h_n {
-                    let qh = &q[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                    let kh = &k[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                    for (i, &qp) in g.q_pos.iter().enumerate() {
-                        let qr = g.row(b, qp);
-                        let qv = &qh[qr * dh..(qr + 1) * dh];
-                        let out = &mut sb[(h * nq + i) * p_n..(h * nq + i + 1) * p_n];
-                        for (j, o) in out.iter_mut().enumerate() {
-                            *o = if j > qp {
-                                IGNORE
-                            } else {
-                                let kr = g.row(b, j);
-                                dot(qv, &kh[kr * dh..(kr + 1) * dh]) / g.attn_scale
-                            };
+            vectorized(
+                #[inline(always)]
+                || {
+                    for h in 0..h_n {
+                        let qh = &q[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                        let kh = &k[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                        for (i, &qp) in g.q_pos.iter().enumerate() {
+                            let qr = g.row(b, qp);
+                            let qv = &qh[qr * dh..(qr + 1) * dh];
+                            let out = &mut sb[(h * nq + i) * p_n..(h * nq + i + 1) * p_n];
+                            for (j, o) in out.iter_mut().enumerate() {
+                                *o = if j > qp {
+                                    IGNORE
+                                } else {
+                                    let kr = g.row(b, j);
+                                    dot(qv, &kh[kr * dh..(kr + 1) * dh]) / g.attn_scale
+                                };
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
         });
 }
 
@@ -80,23 +110,26 @@ pub fn softmax(scores: &[f32], pattern: &mut [f32], n_keys: usize) {
         .par_chunks_mut(n_keys * 64)
         .zip(scores.par_chunks(n_keys * 64))
         .for_each(|(p, s)| {
-            vectorized(|| {
-                for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
-                    let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    if m == f32::NEG_INFINITY {
-                        p.fill(0.0);
-                        continue;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
+                        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        if m == f32::NEG_INFINITY {
+                            p.fill(0.0);
+                            continue;
+                        }
+                        let mut sum = 0.0f32;
+                        for (p, &s) in p.iter_mut().zip(s) {
+                            *p = exp_f32(s - m);
+                            sum += *p;
+                        }
+                        for p in p.iter_mut() {
+                            *p /= sum;
+                        }
                     }
-                    let mut sum = 0.0f32;
-                    for (p, &s) in p.iter_mut().zip(s) {
-                        *p = exp_f32(s - m);
-                        sum += *p;
-                    }
-                    for p in p.iter_mut() {
-                        *p /= sum;
-                    }
-                }
-            })
+                },
+            )
         });
 }
 
@@ -108,24 +141,27 @@ pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
         .par_chunks_mut(per_b)
         .enumerate()
         .for_each(|(b, zb)| {
-            vectorized(|| {
-                zb.fill(0.0);
-                for h in 0..h_n {
-                    let vh = &v[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                    for i in 0..nq {
-                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                        let out = &mut zb[(i * h_n + h) * dh..][..dh];
-                        for (j, &w) in pat.iter().enumerate() {
-                            if w != 0.0 {
-                                let vr = g.row(b, j);
-                                for (o, &x) in out.iter_mut().zip(&vh[vr * dh..(vr + 1) * dh]) {
-                                    *o += w * x;
+            vectorized(
+                #[inline(always)]
+                || {
+                    zb.fill(0.0);
+                    for h in 0..h_n {
+                        let vh = &v[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                        for i in 0..nq {
+                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                            let out = &mut zb[(i * h_n + h) * dh..][..dh];
+                            for (j, &w) in pat.iter().enumerate() {
+                                if w != 0.0 {
+                                    let vr = g.row(b, j);
+                                    for (o, &x) in out.iter_mut().zip(&vh[vr * dh..(vr + 1) * dh]) {
+                                        *o += w * x;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            })
+                },
+            )
         });
 }
 
@@ -165,37 +201,160 @@ pub fn backward(
         let kh = &k[h * block..(h + 1) * block];
         let vh = &v[h * block..(h + 1) * block];
         let mut dp = vec![0.0f32; p_n];
-        vectorized(|| {
-            for b in 0..g.batch {
-                for (i, &qp) in g.q_pos.iter().enumerate() {
-                    let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                    let dzi = &dz[((b * nq + i) * h_n + h) * dh..][..dh];
-                    // d pattern and d v
-                    let mut s = 0.0f32;
-                    for j in 0..=qp {
-                        let vr = g.row(b, j);
-                        dp[j] = dot(dzi, &vh[vr * dh..(vr + 1) * dh]);
-                        s += pat[j] * dp[j];
-                        let w = pat[j];
-                        for (o, &x) in dvh[vr * dh..(vr + 1) * dh].iter_mut().zip(dzi) {
-                            *o += w * x;
+        vectorized(
+            #[inline(always)]
+            || {
+                for b in 0..g.batch {
+                    for (i, &qp) in g.q_pos.iter().enumerate() {
+                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                        let dzi = &dz[((b * nq + i) * h_n + h) * dh..][..dh];
+                        // d pattern and d v
+                        let mut s = 0.0f32;
+                        for j in 0..=qp {
+                            let vr = g.row(b, j);
+                            dp[j] = dot(dzi, &vh[vr * dh..(vr + 1) * dh]);
+                            s += pat[j] * dp[j];
+                            axpy(&mut dvh[vr * dh..(vr + 1) * dh], pat[j], dzi);
                         }
-                    }
-                    // softmax backward, then scores backward
-                    let qr = g.row(b, qp);
-                    for j in 0..=qp {
-                        let ds = pat[j] * (dp[j] - s) / g.attn_scale;
-                        if ds == 0.0 {
-                            continue;
-                        }
-                        let kr = g.row(b, j);
-                        for t in 0..dh {
-                            dqh[qr * dh + t] += ds * kh[kr * dh + t];
-                            dkh[kr * dh + t] += ds * qh[qr * dh + t];
+                        // softmax backward, then scores backward
+                        let qr = g.row(b, qp);
+                        for j in 0..=qp {
+                            let ds = pat[j] * (dp[j] - s) / g.attn_scale;
+                            if ds == 0.0 {
+                                continue;
+                            }
+                            let kr = g.row(b, j);
+                            axpy(
+                                &mut dqh[qr * dh..(qr + 1) * dh],
+                                ds,
+                                &kh[kr * dh..(kr + 1) * dh],
+                            );
+                            axpy(
+                                &mut dkh[kr * dh..(kr + 1) * dh],
+                                ds,
+                                &qh[qr * dh..(qr + 1) * dh],
+                            );
                         }
                     }
                 }
-            }
+            },
+        );
+    });
+}
+
+/// Attention output with the output projection folded in: `out[b, i] = bias + Σ_h Σ_j
+/// pattern[b, h, i, j] · vo[h, row(b, j)]`, where `vo[h] = v[h]·W_O[h]` (`[n_heads, n_rows, d]`).
+/// The same as `mix` followed by `z·W_O + b_O`, but when v has few distinct rows (layer 0: one per
+/// (token, position)) projecting those first skips the big `z·W_O` product.
+pub fn mix_projected(
+    g: &Geometry,
+    pattern: &[f32],
+    vo: &[f32],
+    d: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let (h_n, p_n, nq) = (g.n_heads, g.n_pos, g.nq());
+    let per_b = nq * d;
+    out[..g.batch * per_b]
+        .par_chunks_mut(per_b)
+        .enumerate()
+        .for_each(|(b, ob)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (i, o) in ob.chunks_exact_mut(d).enumerate() {
+                        o.copy_from_slice(bias);
+                        for h in 0..h_n {
+                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                            for (j, &w) in pat.iter().enumerate() {
+                                if w != 0.0 {
+                                    let r = g.row(b, j);
+                                    for (o, &x) in
+                                        o.iter_mut().zip(&vo[(h * g.n_rows + r) * d..][..d])
+                                    {
+                                        *o += w * x;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            )
         });
+}
+
+/// Backward of [`mix_projected`] (bias excluded): adds into `dq`, `dk` (`[n_heads, n_rows, d_head]`)
+/// and `dvo` (`[n_heads, n_rows, d]`). Split by head, batch walked in order: deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_projected(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    vo: &[f32],
+    d: usize,
+    pattern: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvo: &mut [f32],
+) {
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let (blk, vblk) = (g.n_rows * dh, g.n_rows * d);
+    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvo.len() >= h_n * vblk);
+    let (dqp, dkp, dvp) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dvo.as_mut_ptr()),
+    );
+    (0..h_n).into_par_iter().for_each(|h| {
+        // SAFETY: head h touches only its own block of each gradient buffer.
+        let (dqh, dkh, dvh) = unsafe {
+            (
+                std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
+            )
+        };
+        let qh = &q[h * blk..(h + 1) * blk];
+        let kh = &k[h * blk..(h + 1) * blk];
+        let voh = &vo[h * vblk..(h + 1) * vblk];
+        let mut dp = vec![0.0f32; p_n];
+        vectorized(
+            #[inline(always)]
+            || {
+                for b in 0..g.batch {
+                    for (i, &qp) in g.q_pos.iter().enumerate() {
+                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                        let di = &dout[(b * nq + i) * d..][..d];
+                        let mut s = 0.0f32;
+                        for j in 0..=qp {
+                            let r = g.row(b, j);
+                            dp[j] = dot(di, &voh[r * d..(r + 1) * d]);
+                            s += pat[j] * dp[j];
+                            axpy(&mut dvh[r * d..(r + 1) * d], pat[j], di);
+                        }
+                        let qr = g.row(b, qp);
+                        for j in 0..=qp {
+                            let ds = pat[j] * (dp[j] - s) / g.attn_scale;
+                            if ds == 0.0 {
+                                continue;
+                            }
+                            let kr = g.row(b, j);
+                            axpy(
+                                &mut dqh[qr * dh..(qr + 1) * dh],
+                                ds,
+                                &kh[kr * dh..(kr + 1) * dh],
+                            );
+                            axpy(
+                                &mut dkh[kr * dh..(kr + 1) * dh],
+                                ds,
+                                &qh[qr * dh..(qr + 1) * dh],
+                            );
+                        }
+                    }
+                }
+            },
+        );
     });
 }

@@ -12,21 +12,24 @@ pub fn center_and_scale(x: &[f32], xc: &mut [f32], scale: &mut [f32], d: usize, 
         .zip(x[..rows * d].par_chunks(ROW_CHUNK * d))
         .zip(scale.par_chunks_mut(ROW_CHUNK))
         .for_each(|((xc, x), scale)| {
-            vectorized(|| {
-                for ((xc, x), s) in xc
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(scale.iter_mut())
-                {
-                    let mean = x.iter().sum::<f32>() / d as f32;
-                    let mut ss = 0.0f32;
-                    for (c, &v) in xc.iter_mut().zip(x) {
-                        *c = v - mean;
-                        ss += *c * *c;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((xc, x), s) in xc
+                        .chunks_exact_mut(d)
+                        .zip(x.chunks_exact(d))
+                        .zip(scale.iter_mut())
+                    {
+                        let mean = x.iter().sum::<f32>() / d as f32;
+                        let mut ss = 0.0f32;
+                        for (c, &v) in xc.iter_mut().zip(x) {
+                            *c = v - mean;
+                            ss += *c * *c;
+                        }
+                        *s = (ss / d as f32 + eps).sqrt();
                     }
-                    *s = (ss / d as f32 + eps).sqrt();
-                }
-            })
+                },
+            )
         });
 }
 
@@ -40,19 +43,22 @@ pub fn normalize(xc: &[f32], scale: &[f32], w: &[f32], b: &[f32], xhat: &mut [f3
         .zip(xc[..rows * d].par_chunks(ROW_CHUNK * d))
         .zip(scale.par_chunks(ROW_CHUNK))
         .for_each(|(((xhat, y), xc), scale)| {
-            vectorized(|| {
-                for (((xh, y), xc), &s) in xhat
-                    .chunks_exact_mut(d)
-                    .zip(y.chunks_exact_mut(d))
-                    .zip(xc.chunks_exact(d))
-                    .zip(scale)
-                {
-                    for i in 0..d {
-                        xh[i] = xc[i] / s;
-                        y[i] = xh[i] * w[i] + b[i];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (((xh, y), xc), &s) in xhat
+                        .chunks_exact_mut(d)
+                        .zip(y.chunks_exact_mut(d))
+                        .zip(xc.chunks_exact(d))
+                        .zip(scale)
+                    {
+                        for i in 0..d {
+                            xh[i] = xc[i] / s;
+                            y[i] = xh[i] * w[i] + b[i];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
 }
 
@@ -78,36 +84,39 @@ pub fn backward(
         .zip(xhat[..rows * d].par_chunks(CHUNK * d))
         .zip(scale.par_chunks(CHUNK))
         .map(|(((dx, dy), xhat), scale)| {
-            vectorized(|| {
-                let mut pw = vec![0.0f32; d];
-                let mut pb = vec![0.0f32; d];
-                for (((dx, dy), xh), &s) in dx
-                    .chunks_exact_mut(d)
-                    .zip(dy.chunks_exact(d))
-                    .zip(xhat.chunks_exact(d))
-                    .zip(scale)
-                {
-                    let (mut m1, mut m2) = (0.0f32, 0.0f32);
-                    for i in 0..d {
-                        let g = dy[i] * w[i];
-                        m1 += g;
-                        m2 += g * xh[i];
-                        pw[i] += dy[i] * xh[i];
-                        pb[i] += dy[i];
-                    }
-                    m1 /= d as f32;
-                    m2 /= d as f32;
-                    for i in 0..d {
-                        let g = (dy[i] * w[i] - m1 - xh[i] * m2) / s;
-                        if accumulate {
-                            dx[i] += g;
-                        } else {
-                            dx[i] = g;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut pw = vec![0.0f32; d];
+                    let mut pb = vec![0.0f32; d];
+                    for (((dx, dy), xh), &s) in dx
+                        .chunks_exact_mut(d)
+                        .zip(dy.chunks_exact(d))
+                        .zip(xhat.chunks_exact(d))
+                        .zip(scale)
+                    {
+                        let (mut m1, mut m2) = (0.0f32, 0.0f32);
+                        for i in 0..d {
+                            let g = dy[i] * w[i];
+                            m1 += g;
+                            m2 += g * xh[i];
+                            pw[i] += dy[i] * xh[i];
+                            pb[i] += dy[i];
+                        }
+                        m1 /= d as f32;
+                        m2 /= d as f32;
+                        for i in 0..d {
+                            let g = (dy[i] * w[i] - m1 - xh[i] * m2) / s;
+                            if accumulate {
+                                dx[i] += g;
+                            } else {
+                                dx[i] = g;
+                            }
                         }
                     }
-                }
-                (pw, pb)
-            })
+                    (pw, pb)
+                },
+            )
         })
         .collect();
     for (pw, pb) in partials {
@@ -124,12 +133,15 @@ pub fn affine(xhat: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(ROW_CHUNK * d)
         .zip(xhat.par_chunks(ROW_CHUNK * d))
         .for_each(|(y, xh)| {
-            vectorized(|| {
-                for (y, xh) in y.chunks_exact_mut(d).zip(xh.chunks_exact(d)) {
-                    for i in 0..d {
-                        y[i] = xh[i] * w[i] + b[i];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, xh) in y.chunks_exact_mut(d).zip(xh.chunks_exact(d)) {
+                        for i in 0..d {
+                            y[i] = xh[i] * w[i] + b[i];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
 }

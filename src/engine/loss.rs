@@ -20,22 +20,38 @@ const ROWS_PER_TASK: usize = 64;
 /// Loss of one row; `e` receives exp(l_j − max) (the gradient buffer, or scratch).
 #[inline(always)]
 fn one_row(l: &[f32], c: usize, e: &mut [f32]) -> (RowLoss, f64, f64) {
-    let (mut m, mut arg) = (f32::NEG_INFINITY, 0);
-    for (j, &x) in l.iter().enumerate() {
-        if x > m {
-            m = x;
-            arg = j;
+    // Max in 16 lanes (vectorises), then its first index (torch's argmax).
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let head = l.len() / 16 * 16;
+    for ch in l[..head].chunks_exact(16) {
+        for i in 0..16 {
+            lanes[i] = lanes[i].max(ch[i]);
         }
     }
+    let m = lanes
+        .iter()
+        .chain(&l[head..])
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let arg = l.iter().position(|&x| x == m).unwrap_or(0);
     for (e, &x) in e.iter_mut().zip(l) {
         *e = exp_f32(x - m);
     }
-    // Σ_{j≠c} e_j in f64, four fixed lanes (a fixed order: deterministic).
-    let mut acc = [0.0f64; 4];
-    for (j, &v) in e.iter().enumerate() {
-        acc[j % 4] += if j == c { 0.0 } else { v as f64 };
+    // Σ_{j≠c} e_j in f64, in 8 lanes with a fixed order (deterministic).
+    let ec = std::mem::replace(&mut e[c], 0.0);
+    let mut acc = [0.0f64; 8];
+    let head8 = e.len() / 8 * 8;
+    for ch in e[..head8].chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] += ch[i] as f64;
+        }
     }
-    let rest = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    let mut rest =
+        ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for &v in &e[head8..] {
+        rest += v as f64;
+    }
+    e[c] = ec;
     let lc = l[c];
     let loss = if lc == m {
         rest.ln_1p()
@@ -71,25 +87,28 @@ pub fn cross_entropy(
             .zip(logits.par_chunks(ROWS_PER_TASK * n_classes))
             .zip(targets.par_chunks(ROWS_PER_TASK))
             .for_each(|(((o, g), l), t)| {
-                vectorized(|| {
-                    for (((o, g), l), &c) in o
-                        .iter_mut()
-                        .zip(g.chunks_exact_mut(n_classes))
-                        .zip(l.chunks_exact(n_classes))
-                        .zip(t)
-                    {
-                        let c = c as usize;
-                        let (r, rest, total) = one_row(l, c, g);
-                        *o = r;
-                        // softmax·scale, and for the correct class −Σ_{j≠c} p_j·scale (not p_c − 1,
-                        // which rounds tiny values away).
-                        let f = (scale / total) as f32;
-                        for v in g.iter_mut() {
-                            *v *= f;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (((o, g), l), &c) in o
+                            .iter_mut()
+                            .zip(g.chunks_exact_mut(n_classes))
+                            .zip(l.chunks_exact(n_classes))
+                            .zip(t)
+                        {
+                            let c = c as usize;
+                            let (r, rest, total) = one_row(l, c, g);
+                            *o = r;
+                            // softmax·scale, and for the correct class −Σ_{j≠c} p_j·scale (not p_c − 1,
+                            // which rounds tiny values away).
+                            let f = (scale / total) as f32;
+                            for v in g.iter_mut() {
+                                *v *= f;
+                            }
+                            g[c] = (-(rest / total) * scale) as f32;
                         }
-                        g[c] = (-(rest / total) * scale) as f32;
-                    }
-                })
+                    },
+                )
             }),
         None => out[..rows]
             .par_chunks_mut(ROWS_PER_TASK)
@@ -97,11 +116,14 @@ pub fn cross_entropy(
             .zip(targets.par_chunks(ROWS_PER_TASK))
             .for_each(|((o, l), t)| {
                 let mut e = vec![0.0f32; n_classes];
-                vectorized(|| {
-                    for ((o, l), &c) in o.iter_mut().zip(l.chunks_exact(n_classes)).zip(t) {
-                        *o = one_row(l, c as usize, &mut e).0;
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((o, l), &c) in o.iter_mut().zip(l.chunks_exact(n_classes)).zip(t) {
+                            *o = one_row(l, c as usize, &mut e).0;
+                        }
+                    },
+                )
             }),
     }
 }

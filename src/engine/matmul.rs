@@ -18,6 +18,17 @@ pub fn matmul(
     b: &ArrayView2<f32>,
     accumulate: bool,
 ) {
+    matmul_threads(c, a, b, accumulate, rayon::current_num_threads());
+}
+
+/// [`matmul`] on at most `threads` threads.
+pub fn matmul_threads(
+    c: &mut ArrayViewMut2<f32>,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "matmul: inner dimensions differ");
@@ -31,7 +42,6 @@ pub fn matmul(
         }
         return;
     }
-    let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
         Parallelism::Rayon(threads)
     } else {
@@ -118,21 +128,42 @@ pub fn linear_backward(
     n_out: usize,
 ) {
     let dyv = view(dy, rows, n_out);
-    matmul(
-        &mut view_mut(dw, n_in, n_out),
-        &view(x, rows, n_in).t(),
-        &dyv,
-        true,
-    );
-    if let Some(db) = db {
-        crate::engine::simd::column_sums_add(db, dy, rows, n_out);
-    }
-    if let Some((dx, accumulate)) = dx {
-        matmul(
+    let weight_grad = |dw: &mut [f32], db: Option<&mut [f32]>, threads: usize| {
+        matmul_threads(
+            &mut view_mut(dw, n_in, n_out),
+            &view(x, rows, n_in).t(),
+            &dyv,
+            true,
+            threads,
+        );
+        if let Some(db) = db {
+            crate::engine::simd::column_sums_add(db, dy, rows, n_out);
+        }
+    };
+    let input_grad = |dx: &mut [f32], accumulate: bool, threads: usize| {
+        matmul_threads(
             &mut view_mut(dx, rows, n_in),
             &dyv,
             &view(w, n_in, n_out).t(),
             accumulate,
+            threads,
         );
+    };
+    let threads = rayon::current_num_threads();
+    match dx {
+        // Two independent products of equal size: one per thread beats splitting each across both
+        // (no synchronisation inside gemm). Each is still computed by one thread: deterministic.
+        Some((dx, acc)) if threads >= 2 && rows * n_in * n_out >= PARALLEL_MIN_FLOPS => {
+            let half = threads / 2;
+            rayon::join(
+                || weight_grad(dw, db, half),
+                || input_grad(dx, acc, threads - half),
+            );
+        }
+        Some((dx, acc)) => {
+            weight_grad(dw, db, threads);
+            input_grad(dx, acc, threads);
+        }
+        None => weight_grad(dw, db, threads),
     }
 }

@@ -15,7 +15,7 @@ pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 
 use crate::engine::attention::{self, Geometry};
 use crate::engine::loss::{self, RowLoss};
-use crate::engine::matmul::{linear, linear_backward};
+use crate::engine::matmul::{linear, linear_backward, matmul, view, view_mut};
 use crate::engine::{activation, layernorm, simd};
 use crate::error::{Error, Result};
 use crate::hooks::{dyn_shape, ActivationCache, CacheFilter, HookFn, Hooks, Site};
@@ -64,6 +64,8 @@ struct LayerBufs {
     scores: Vec<f32>,
     pattern: Vec<f32>,
     z: Vec<f32>,
+    /// Layer 0 fast path: v·W_O per head, `[n_heads, n_rows, d_model]`.
+    vo: Vec<f32>,
     attn_out: Vec<f32>,
     resid_mid: Vec<f32>,
     ln2: LnBufs,
@@ -107,6 +109,7 @@ pub struct Workspace {
     dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
+    dvo: Vec<f32>,
 }
 
 impl Workspace {
@@ -219,25 +222,20 @@ fn ln_forward(
     }
 }
 
-/// `dst[map(i)] += src[i]` over rows of width `d`. Split by columns, so rows that share a destination
-/// are still added in order: identical for any thread count.
-fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) -> usize + Sync) {
-    let rows = src.len() / d;
-    const COLS: usize = 32;
-    let dp = simd::SendPtr(dst.as_mut_ptr());
-    let dst_len = dst.len();
-    (0..d.div_ceil(COLS)).into_par_iter().for_each(|c| {
-        let (c0, c1) = (c * COLS, ((c + 1) * COLS).min(d));
-        let dp = dp;
-        for i in 0..rows {
-            let r = map(i);
-            assert!((r + 1) * d <= dst_len);
-            for j in c0..c1 {
-                // SAFETY: in bounds (checked above); column block c is written only by this task.
-                unsafe { *dp.0.add(r * d + j) += src[i * d + j] };
+/// `dst[map(i)] += src[i]` over rows of width `d`, in row order (rows that share a destination are
+/// added in the same order for any thread count). Sequential: it is memory-bound and short.
+fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) -> usize) {
+    simd::vectorized(
+        #[inline(always)]
+        || {
+            for (i, row) in src.chunks_exact(d).enumerate() {
+                let r = map(i);
+                for (o, s) in dst[r * d..(r + 1) * d].iter_mut().zip(row) {
+                    *o += s;
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 impl Transformer {
@@ -649,19 +647,34 @@ impl Transformer {
                 &mut lb.pattern,
                 &[b_n, h_n, nq, p_n],
             );
-            attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * hd));
-            intercept(&mut hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
-
             let attn_out = buf(&mut lb.attn_out, rq * d);
-            linear(
-                attn_out,
-                &lb.z,
-                lay.get(w, ids.w_o),
-                Some(lay.get(w, ids.b_o)),
-                rq,
-                hd,
-                d,
-            );
+            if fast && l == 0 {
+                // Layer 0 on the fast path: v has one row per distinct (token, position), so project
+                // those through W_O first and skip the big z·W_O product (exact; no hook wants z).
+                let vo = buf(&mut lb.vo, h_n * n_rows * d);
+                let w_o = lay.get(w, ids.w_o);
+                for h in 0..h_n {
+                    matmul(
+                        &mut view_mut(&mut vo[h * n_rows * d..], n_rows, d),
+                        &view(&lb.v[h * n_rows * dh..], n_rows, dh),
+                        &view(&w_o[h * dh * d..], dh, d),
+                        false,
+                    );
+                }
+                attention::mix_projected(&g, &lb.pattern, &lb.vo, d, lay.get(w, ids.b_o), attn_out);
+            } else {
+                attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * hd));
+                intercept(&mut hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
+                linear(
+                    attn_out,
+                    &lb.z,
+                    lay.get(w, ids.w_o),
+                    Some(lay.get(w, ids.b_o)),
+                    rq,
+                    hd,
+                    d,
+                );
+            }
             intercept(&mut hk, Site::AttnOut(l), attn_out, &[b_n, nq, d]);
 
             // Residual: resid_mid[b, i] = resid_pre[b, q_pos[i]] + attn_out[b, i].
@@ -726,8 +739,7 @@ impl Transformer {
                         d,
                     );
                     intercept(&mut hk, Site::MlpOut(l), mo, &[b_n, nq, d]);
-                    res_out.copy_from_slice(&lb.resid_mid);
-                    simd::add_assign(res_out, &lb.mlp_out);
+                    simd::add(res_out, &lb.resid_mid, &lb.mlp_out);
                 }
                 None => res_out.copy_from_slice(&lb.resid_mid),
             }
@@ -791,8 +803,15 @@ impl Transformer {
         } else {
             &ws.resid[n_layers]
         };
+        // d(final residual): straight from the unembedding when there is no final LayerNorm.
+        let mut dres = std::mem::take(&mut ws.dres_a);
+        let mut dres_next = std::mem::take(&mut ws.dres_b);
         {
-            let dxf = buf(&mut ws.dx, rq * d);
+            let dxf = if lay.ln_final.is_some() {
+                buf(&mut ws.dx, rq * d)
+            } else {
+                buf(&mut dres, rq * d)
+            };
             let (gw, gb) = two_mut(
                 grads,
                 lay.specs[lay.w_u].range(),
@@ -810,24 +829,19 @@ impl Transformer {
                 v,
             );
         }
-        let mut dres = std::mem::take(&mut ws.dres_a);
-        let mut dres_next = std::mem::take(&mut ws.dres_b);
-        match lay.ln_final {
-            Some(ln) => {
-                let out = buf(&mut dres, rq * d);
-                let (gw, gb) = two_mut(grads, lay.specs[ln.w].range(), lay.specs[ln.b].range());
-                layernorm::backward(
-                    &ws.dx,
-                    &ws.lnf.xhat,
-                    &ws.lnf.scale,
-                    lay.get(w, ln.w),
-                    out,
-                    false,
-                    gw,
-                    gb,
-                );
-            }
-            None => buf(&mut dres, rq * d).copy_from_slice(&ws.dx[..rq * d]),
+        if let Some(ln) = lay.ln_final {
+            let out = buf(&mut dres, rq * d);
+            let (gw, gb) = two_mut(grads, lay.specs[ln.w].range(), lay.specs[ln.b].range());
+            layernorm::backward(
+                &ws.dx,
+                &ws.lnf.xhat,
+                &ws.lnf.scale,
+                lay.get(w, ln.w),
+                out,
+                false,
+                gw,
+                gb,
+            );
         }
 
         for l in (0..n_layers).rev() {
@@ -914,14 +928,66 @@ impl Transformer {
                 }
             }
 
-            // Attention output projection.
-            let dz = buf(&mut ws.dz, rq * hd);
-            {
-                let (gw, gb) = two_mut(
-                    grads,
-                    lay.specs[ids.w_o].range(),
-                    lay.specs[ids.b_o].range(),
+            // Attention: output projection, then scores and values.
+            let blk = n_rows * dh;
+            let g = Geometry {
+                batch: b_n,
+                n_pos: p_n,
+                n_heads: h_n,
+                d_head: dh,
+                q_pos,
+                row_of: map,
+                n_rows,
+                attn_scale: (dh as f32).sqrt(),
+            };
+            let dq = buf(&mut ws.dq, h_n * blk);
+            let dk = buf(&mut ws.dk, h_n * blk);
+            let dv = buf(&mut ws.dv, h_n * blk);
+            dq.fill(0.0);
+            dk.fill(0.0);
+            let (gw, gb) = two_mut(
+                grads,
+                lay.specs[ids.w_o].range(),
+                lay.specs[ids.b_o].range(),
+            );
+            if l == 0 {
+                // The forward folded W_O into v (see mix_projected): differentiate that form.
+                if cfg.attn_bias {
+                    simd::column_sums_add(gb, &dres[..rq * d], rq, d);
+                }
+                let dvo = buf(&mut ws.dvo, h_n * n_rows * d);
+                dvo.fill(0.0);
+                attention::backward_projected(
+                    &g,
+                    &lb.q,
+                    &lb.k,
+                    &lb.vo,
+                    d,
+                    &lb.pattern,
+                    &dres[..rq * d],
+                    dq,
+                    dk,
+                    dvo,
                 );
+                let w_o = lay.get(w, ids.w_o);
+                for h in 0..h_n {
+                    let dvo_h = view(&ws.dvo[h * n_rows * d..], n_rows, d);
+                    // dv_h = dvo_h · W_O[h]ᵀ ; dW_O[h] += v_hᵀ · dvo_h
+                    matmul(
+                        &mut view_mut(&mut dv[h * blk..], n_rows, dh),
+                        &dvo_h,
+                        &view(&w_o[h * dh * d..], dh, d).t(),
+                        false,
+                    );
+                    matmul(
+                        &mut view_mut(&mut gw[h * dh * d..], dh, d),
+                        &view(&lb.v[h * blk..], n_rows, dh).t(),
+                        &dvo_h,
+                        true,
+                    );
+                }
+            } else {
+                let dz = buf(&mut ws.dz, rq * hd);
                 linear_backward(
                     &dres[..rq * d],
                     &lb.z,
@@ -933,25 +999,9 @@ impl Transformer {
                     hd,
                     d,
                 );
+                dv.fill(0.0);
+                attention::backward(&g, &lb.q, &lb.k, &lb.v, &lb.pattern, &ws.dz, dq, dk, dv);
             }
-            let blk = n_rows * dh;
-            let dq = buf(&mut ws.dq, h_n * blk);
-            let dk = buf(&mut ws.dk, h_n * blk);
-            let dv = buf(&mut ws.dv, h_n * blk);
-            dq.fill(0.0);
-            dk.fill(0.0);
-            dv.fill(0.0);
-            let g = Geometry {
-                batch: b_n,
-                n_pos: p_n,
-                n_heads: h_n,
-                d_head: dh,
-                q_pos,
-                row_of: map,
-                n_rows,
-                attn_scale: (dh as f32).sqrt(),
-            };
-            attention::backward(&g, &lb.q, &lb.k, &lb.v, &lb.pattern, &ws.dz, dq, dk, dv);
 
             // Q/K/V projections, per head, into d x1.
             let x1: &[f32] = if ids.ln1.is_some() { &lb.ln1.y } else { res_in };
