@@ -155,7 +155,9 @@ fn activation_backward_matches_finite_differences() {
             .collect();
         let c = randn(&mut rng, 40, 1.0);
         let mut g = c.clone();
-        activation::backward(act, &x, &mut g);
+        let mut y = vec![0.0; 40];
+        activation::forward(act, &x, &mut y);
+        activation::backward(act, &x, &y, &mut g);
         check_fd(&format!("{act:?}"), &mut x, &g, 0..40, 1e-2, |x| {
             let mut y = vec![0.0; 40];
             activation::forward(act, x, &mut y);

@@ -44,16 +44,39 @@ pub fn forward(act: ActFn, pre: &[f32], post: &mut [f32]) {
         });
 }
 
-/// In place: `grad` holds d/d(post) on entry and d/d(pre) on return.
-pub fn backward(act: ActFn, pre: &[f32], grad: &mut [f32]) {
+/// `post = relu(pre + b)` for rows of width `b.len()`: bias and activation in one pass (`pre` is left
+/// without the bias).
+pub fn bias_relu(pre: &[f32], b: &[f32], post: &mut [f32]) {
+    let n = b.len();
+    let chunk = (PAR_CHUNK / n).max(1) * n;
+    post.par_chunks_mut(chunk)
+        .zip(pre.par_chunks(chunk))
+        .for_each(|(y, x)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, x) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                        for i in 0..n {
+                            y[i] = (x[i] + b[i]).max(0.0);
+                        }
+                    }
+                },
+            )
+        });
+}
+
+/// In place: `grad` holds d/d(post) on entry and d/d(pre) on return. ReLU reads its mask from `post`
+/// (post > 0 exactly where pre > 0), so `pre` need not hold the bias for it.
+pub fn backward(act: ActFn, pre: &[f32], post: &[f32], grad: &mut [f32]) {
+    let x_for = if act == ActFn::Relu { post } else { pre };
     grad.par_chunks_mut(PAR_CHUNK)
-        .zip(pre.par_chunks(PAR_CHUNK))
+        .zip(x_for.par_chunks(PAR_CHUNK))
         .for_each(|(g, x)| match act {
             ActFn::Relu => vectorized(
                 #[inline(always)]
                 || {
-                    for (g, &x) in g.iter_mut().zip(x) {
-                        if x <= 0.0 {
+                    for (g, &y) in g.iter_mut().zip(x) {
+                        if y <= 0.0 {
                             *g = 0.0;
                         }
                     }

@@ -50,12 +50,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += ca[i] * cb[i];
         }
     }
-    for w in [8, 4, 2, 1] {
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    let mut s = acc[0];
+    // Fixed pairwise tree (kept in registers; the same order every time).
+    let a8: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let a4: [f32; 4] = std::array::from_fn(|i| a8[i] + a8[i + 4]);
+    let a2 = [a4[0] + a4[2], a4[1] + a4[3]];
+    let mut s = a2[0] + a2[1];
     for i in head..n {
         s += a[i] * b[i];
     }

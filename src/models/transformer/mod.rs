@@ -13,6 +13,7 @@ mod params;
 pub use config::{InitScheme, Normalization, TransformerConfig};
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 
+use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{linear, linear_backward, matmul, view, view_mut};
@@ -715,18 +716,29 @@ impl Transformer {
                     };
                     let dm = cfg.d_mlp();
                     let pre = buf(&mut lb.pre, rq * dm);
-                    linear(
-                        pre,
-                        x2,
-                        lay.get(w, m.w_in),
-                        Some(lay.get(w, m.b_in)),
-                        rq,
-                        d,
-                        dm,
-                    );
-                    intercept(&mut hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
                     let post = buf(&mut lb.post, rq * dm);
-                    activation::forward(cfg.act(), &lb.pre, post);
+                    if fast && cfg.act() == ActFn::Relu {
+                        // Bias and ReLU in one pass over the product (backward masks with post).
+                        matmul(
+                            &mut view_mut(pre, rq, dm),
+                            &view(x2, rq, d),
+                            &view(lay.get(w, m.w_in), d, dm),
+                            false,
+                        );
+                        activation::bias_relu(pre, lay.get(w, m.b_in), post);
+                    } else {
+                        linear(
+                            pre,
+                            x2,
+                            lay.get(w, m.w_in),
+                            Some(lay.get(w, m.b_in)),
+                            rq,
+                            d,
+                            dm,
+                        );
+                        intercept(&mut hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
+                        activation::forward(cfg.act(), &lb.pre, post);
+                    }
                     intercept(&mut hk, Site::MlpPost(l), post, &[b_n, nq, dm]);
                     let mo = buf(&mut lb.mlp_out, rq * d);
                     linear(
@@ -878,7 +890,7 @@ impl Transformer {
                     dm,
                     d,
                 );
-                activation::backward(cfg.act(), &lb.pre, dh_buf);
+                activation::backward(cfg.act(), &lb.pre, &lb.post, dh_buf);
                 let x2: &[f32] = if ids.ln2.is_some() {
                     &lb.ln2.y
                 } else {
