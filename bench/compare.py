@@ -6,7 +6,8 @@ eager and TransformerLens, from the same initial weights, on the same data, with
 toylens writes the initial weights (bench/out/init.safetensors); the PyTorch reference and
 TransformerLens load them. The data are the 3830 training pairs of the original split
 (`random.seed(1); random.shuffle(pairs)`, computed here independently). Prints ms/step (median),
-the ratios, and the largest relative difference between the loss curves.
+the ratios, and how far each loss curve is from PyTorch's and from a float64 run of the same model
+and optimizer (the ground truth: f32 engines drift apart as training amplifies rounding).
 """
 
 import argparse
@@ -90,8 +91,9 @@ def train(model, params, tokens, labels, steps):
     return losses, times
 
 
-def max_rel_diff(a, b):
-    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
+def max_rel_diff(a, b, n=None):
+    pairs = list(zip(a, b))[:n]
+    return max(abs(x - y) / abs(y) for x, y in pairs)
 
 
 def main():
@@ -105,7 +107,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     res = subprocess.run([args.toylens, "--threads", str(args.threads), "bench", "--steps", str(args.steps),
-                          "--out", str(OUT), "--json"], check=True, capture_output=True, text=True)
+                          "--out", str(OUT), "--json", "--peak"], check=True, capture_output=True, text=True)
     ty = json.loads(res.stdout)
     sd = load_file(str(OUT / "init.safetensors"))
     tokens, labels = original_split()
@@ -126,16 +128,32 @@ def main():
         losses, times = train(tl, params, tokens, labels, args.steps)
         rows.append(("TransformerLens", statistics.median(times[1:]), losses))
 
-    ref_ms = rows[1][1]
+    # Ground truth: the same model and optimizer in float64.
+    m64 = Nanda({k: v.double() for k, v in sd.items()})
+    f64_losses, f64_times = train(m64, list(m64.parameters()), tokens, labels, args.steps)
+
+    ref_ms, ref = rows[1][1], rows[1][2]
+    half = args.steps // 2
     print(f"W1: Nanda grokking step, batch {len(tokens)}, {args.threads} threads, {args.steps} steps, "
           f"torch {torch.__version__}")
-    print(f"{'engine':18} {'ms/step':>9} {'vs PyTorch':>11} {'loss@1':>10} {'loss@last':>10} {'max rel diff vs PyTorch':>24}")
-    for name, ms, losses in rows:
-        print(f"{name:18} {ms:9.2f} {ref_ms / ms:10.2f}x {losses[0]:10.6f} {losses[-1]:10.6f} "
-              f"{max_rel_diff(losses, rows[1][2]):24.2e}")
-    summary = {name: {"ms_per_step": ms, "speedup_vs_pytorch": ref_ms / ms,
-                      "max_rel_loss_diff_vs_pytorch": max_rel_diff(l, rows[1][2])} for name, ms, l in rows}
+    print(f"{'engine':16} {'ms/step':>8} {'vs PyTorch':>10} {'loss@1':>9} {'loss@last':>9} "
+          f"{'rel diff vs PyTorch f32':>24} {'rel diff vs float64':>24}")
+    print(f"{'':16} {'':>8} {'':>10} {'':>9} {'':>9} {f'steps 1-{half}':>12}{f'1-{args.steps}':>12} "
+          f"{f'steps 1-{half}':>12}{f'1-{args.steps}':>12}")
+    summary = {}
+    for name, ms, losses in rows + [("PyTorch float64", statistics.median(f64_times[1:]), f64_losses)]:
+        d = [max_rel_diff(losses, ref, half), max_rel_diff(losses, ref),
+             max_rel_diff(losses, f64_losses, half), max_rel_diff(losses, f64_losses)]
+        print(f"{name:16} {ms:8.2f} {ref_ms / ms:9.2f}x {losses[0]:9.5f} {losses[-1]:9.5f} "
+              f"{d[0]:12.1e}{d[1]:12.1e} {d[2]:12.1e}{d[3]:12.1e}")
+        summary[name] = {"ms_per_step": ms, "speedup_vs_pytorch": ref_ms / ms,
+                         "rel_diff_vs_pytorch": {f"1-{half}": d[0], f"1-{args.steps}": d[1]},
+                         "rel_diff_vs_float64": {f"1-{half}": d[2], f"1-{args.steps}": d[3]}}
+    summary["toylens"]["gemm"] = {k: ty[k] for k in ("step_matmul_gflop", "step_gflops", "gemm_peak_gflops")}
     (OUT / "w1.json").write_text(json.dumps(summary, indent=2))
+    if ty.get("gemm_peak_gflops"):
+        print(f"toylens: {ty['step_matmul_gflop']:.2f} GFLOP of matmuls per step at {ty['step_gflops']:.0f} GFLOP/s; "
+              f"GEMM peak {ty['gemm_peak_gflops']:.0f} GFLOP/s ({100 * ty['step_gflops'] / ty['gemm_peak_gflops']:.0f}%)")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,32 @@ pub fn median(v: &[f64]) -> f64 {
     }
     s[s.len() / 2]
 }
+
+/// GFLOP/s of one `m×k · k×n` product through our matmul (median of `reps`), for the machine's GEMM
+/// peak as this engine sees it.
+pub fn gemm_gflops(m: usize, k: usize, n: usize, reps: usize) -> f64 {
+    use crate::engine::matmul::matmul;
+    let a =
+        ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 13) as f32 * 0.1);
+    let b = ndarray::Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 11) as f32 * 0.1);
+    let mut c = ndarray::Array2::<f32>::zeros((m, n));
+    matmul(&mut c.view_mut(), &a.view(), &b.view(), false);
+    let times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            matmul(&mut c.view_mut(), &a.view(), &b.view(), false);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (m * k * n) as f64 / median(&times) / 1e9
+}
+
+/// Matmul FLOPs one W1 step executes in toylens (after the exact shortcuts), for `u` distinct
+/// (token, position) rows in layer 0: forward Q/K/V and v·W_O on those rows, MLP and unembedding at
+/// the loss position only; backward twice the forward (weight and input gradients).
+pub fn w1_step_flops(model: &Transformer, batch: usize, u: usize) -> f64 {
+    let c = &model.cfg;
+    let (d, h, dh, m, v) = (c.d_model, c.n_heads, c.d_head, c.d_mlp(), c.d_vocab_out());
+    let fwd = 2 * (3 * u * d * h * dh + h * u * dh * d + batch * (2 * d * m + d * v));
+    3.0 * fwd as f64
+}

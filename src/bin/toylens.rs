@@ -50,6 +50,9 @@ enum Cmd {
         /// Print one JSON object (with every step's loss).
         #[arg(long)]
         json: bool,
+        /// Also measure the GEMM peak (a 2048³ product) and the step's share of it.
+        #[arg(long)]
+        peak: bool,
     },
 }
 
@@ -142,6 +145,7 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             out,
             json,
+            peak,
         } => {
             let mut w1 = toylens::bench::W1::new(seed)?;
             if let Some(dir) = &out {
@@ -157,6 +161,17 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             let r = toylens::bench::train_steps(&mut w1.model, &w1.batch, w1.optim, steps.max(2))?;
             let ms = toylens::bench::median(&r.step_ms[1..]);
+            let u = {
+                let t = &w1.batch.tokens;
+                let mut seen = std::collections::HashSet::new();
+                t.indexed_iter().for_each(|((_, p), &x)| {
+                    seen.insert((x, p));
+                });
+                seen.len()
+            };
+            let flops = toylens::bench::w1_step_flops(&w1.model, w1.batch.tokens.nrows(), u);
+            let step_gflops = flops / (ms / 1e3) / 1e9;
+            let peak_gflops = peak.then(|| toylens::bench::gemm_gflops(2048, 2048, 2048, 5));
             if json {
                 let v = serde_json::json!({
                     "workload": "W1",
@@ -165,6 +180,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     "ms_per_step_median": ms,
                     "ms_per_step_mean": r.step_ms[1..].iter().sum::<f64>() / (r.step_ms.len() - 1) as f64,
                     "losses": r.losses,
+                    "step_matmul_gflop": flops / 1e9,
+                    "step_gflops": step_gflops,
+                    "gemm_peak_gflops": peak_gflops,
                 });
                 println!("{v}");
             } else {
@@ -177,6 +195,16 @@ fn run(cmd: Cmd) -> Result<()> {
                     r.losses[0],
                     r.losses.last().unwrap()
                 );
+                println!(
+                    "  matmul work {:.2} GFLOP/step -> {step_gflops:.0} GFLOP/s",
+                    flops / 1e9
+                );
+                if let Some(p) = peak_gflops {
+                    println!(
+                        "  GEMM peak (2048^3): {p:.0} GFLOP/s; the step runs at {:.0}% of it",
+                        100.0 * step_gflops / p
+                    );
+                }
             }
         }
     }
