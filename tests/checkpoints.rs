@@ -225,7 +225,7 @@ fn tampered(path: &Path, name: &str, dtype: Dtype, shape: Vec<usize>) {
     let mut tensors = Vec::new();
     for s in &model.layout.specs {
         if s.name == name {
-            let n: usize = shape.iter().product::<usize>() * dtype.size();
+            let n: usize = shape.iter().product::<usize>() * dtype.bitsize() / 8;
             tensors.push((s.name.as_str(), dtype, shape.clone(), vec![0u8; n]));
         } else {
             let b: Vec<u8> = model.params[s.range()]

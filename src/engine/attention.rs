@@ -28,7 +28,29 @@ pub struct Geometry<'a> {
     pub attn_scale: f32,
 }
 
-impl Geometry<'_> {
+impl<'a> Geometry<'a> {
+    /// Scores scaled by sqrt(d_head), as TransformerLens' default `attn_scale`.
+    pub fn new(
+        batch: usize,
+        n_pos: usize,
+        n_heads: usize,
+        d_head: usize,
+        q_pos: &'a [usize],
+        row_of: &'a [u32],
+        n_rows: usize,
+    ) -> Self {
+        Geometry {
+            batch,
+            n_pos,
+            n_heads,
+            d_head,
+            q_pos,
+            row_of,
+            n_rows,
+            attn_scale: (d_head as f32).sqrt(),
+        }
+    }
+
     fn nq(&self) -> usize {
         self.q_pos.len()
     }
@@ -164,83 +186,6 @@ pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
         });
 }
 
-/// Backward through mix, softmax and scores. `dq`, `dk`, `dv` (physical layout) are added to. Work is
-/// split by head: each head owns disjoint slices of `dq/dk/dv`, and within a head the batch is walked
-/// in order, so the sums are identical for any thread count.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    g: &Geometry,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    pattern: &[f32],
-    dz: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
-    let block = g.n_rows * dh;
-    let (dqp, dkp, dvp) = (
-        SendPtr(dq.as_mut_ptr()),
-        SendPtr(dk.as_mut_ptr()),
-        SendPtr(dv.as_mut_ptr()),
-    );
-    assert!(dq.len() >= h_n * block && dk.len() >= h_n * block && dv.len() >= h_n * block);
-    (0..h_n).into_par_iter().for_each(|h| {
-        // SAFETY: head h touches only [h·block, (h+1)·block) of each gradient buffer.
-        let (dqh, dkh, dvh) = unsafe {
-            (
-                std::slice::from_raw_parts_mut({ dqp }.0.add(h * block), block),
-                std::slice::from_raw_parts_mut({ dkp }.0.add(h * block), block),
-                std::slice::from_raw_parts_mut({ dvp }.0.add(h * block), block),
-            )
-        };
-        let qh = &q[h * block..(h + 1) * block];
-        let kh = &k[h * block..(h + 1) * block];
-        let vh = &v[h * block..(h + 1) * block];
-        let mut dp = vec![0.0f32; p_n];
-        vectorized(
-            #[inline(always)]
-            || {
-                for b in 0..g.batch {
-                    for (i, &qp) in g.q_pos.iter().enumerate() {
-                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                        let dzi = &dz[((b * nq + i) * h_n + h) * dh..][..dh];
-                        // d pattern and d v
-                        let mut s = 0.0f32;
-                        for j in 0..=qp {
-                            let vr = g.row(b, j);
-                            dp[j] = dot(dzi, &vh[vr * dh..(vr + 1) * dh]);
-                            s += pat[j] * dp[j];
-                            axpy(&mut dvh[vr * dh..(vr + 1) * dh], pat[j], dzi);
-                        }
-                        // softmax backward, then scores backward
-                        let qr = g.row(b, qp);
-                        for j in 0..=qp {
-                            let ds = pat[j] * (dp[j] - s) / g.attn_scale;
-                            if ds == 0.0 {
-                                continue;
-                            }
-                            let kr = g.row(b, j);
-                            axpy(
-                                &mut dqh[qr * dh..(qr + 1) * dh],
-                                ds,
-                                &kh[kr * dh..(kr + 1) * dh],
-                            );
-                            axpy(
-                                &mut dkh[kr * dh..(kr + 1) * dh],
-                                ds,
-                                &qh[qr * dh..(qr + 1) * dh],
-                            );
-                        }
-                    }
-                }
-            },
-        );
-    });
-}
-
 /// Attention output with the output projection folded in: `out[b, i] = bias + Σ_h Σ_j
 /// pattern[b, h, i, j] · vo[h, row(b, j)]`, where `vo[h] = v[h]·W_O[h]` (`[n_heads, n_rows, d]`).
 /// The same as `mix` followed by `z·W_O + b_O`, but when v has few distinct rows (layer 0: one per
@@ -283,8 +228,37 @@ pub fn mix_projected(
         });
 }
 
-/// Backward of [`mix_projected`] (bias excluded): adds into `dq`, `dk` (`[n_heads, n_rows, d_head]`)
-/// and `dvo` (`[n_heads, n_rows, d]`). Split by head, batch walked in order: deterministic.
+/// Backward through mix, softmax and scores. `dq`, `dk`, `dv` (physical layout) are added to.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pattern: &[f32],
+    dz: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (h_n, dh, nq) = (g.n_heads, g.d_head, g.nq());
+    backward_impl(
+        g,
+        q,
+        k,
+        v,
+        dh,
+        pattern,
+        |b, i, h| ((b * nq + i) * h_n + h) * dh,
+        dz,
+        dq,
+        dk,
+        dv,
+    );
+}
+
+/// Backward of [`mix_projected`] (bias excluded): adds into `dq`, `dk` and `dvo`
+/// (`[n_heads, n_rows, d]`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_projected(
     g: &Geometry,
@@ -298,16 +272,50 @@ pub fn backward_projected(
     dk: &mut [f32],
     dvo: &mut [f32],
 ) {
+    let nq = g.nq();
+    backward_impl(
+        g,
+        q,
+        k,
+        vo,
+        d,
+        pattern,
+        |b, i, _| (b * nq + i) * d,
+        dout,
+        dq,
+        dk,
+        dvo,
+    );
+}
+
+/// The shared backward: values (`[n_heads, n_rows, width]`) were mixed by the pattern into outputs
+/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`. Split by head:
+/// each head owns disjoint slices of `dq/dk/dvals`, and within a head the batch is walked in order,
+/// so the sums are identical for any thread count.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    vals: &[f32],
+    width: usize,
+    pattern: &[f32],
+    out_at: impl Fn(usize, usize, usize) -> usize + Sync,
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvals: &mut [f32],
+) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
-    let (blk, vblk) = (g.n_rows * dh, g.n_rows * d);
-    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvo.len() >= h_n * vblk);
+    let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
+    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
     let (dqp, dkp, dvp) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
-        SendPtr(dvo.as_mut_ptr()),
+        SendPtr(dvals.as_mut_ptr()),
     );
     (0..h_n).into_par_iter().for_each(|h| {
-        // SAFETY: head h touches only its own block of each gradient buffer.
+        // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
         let (dqh, dkh, dvh) = unsafe {
             (
                 std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
@@ -317,7 +325,7 @@ pub fn backward_projected(
         };
         let qh = &q[h * blk..(h + 1) * blk];
         let kh = &k[h * blk..(h + 1) * blk];
-        let voh = &vo[h * vblk..(h + 1) * vblk];
+        let vh = &vals[h * vblk..(h + 1) * vblk];
         let mut dp = vec![0.0f32; p_n];
         vectorized(
             #[inline(always)]
@@ -325,14 +333,16 @@ pub fn backward_projected(
                 for b in 0..g.batch {
                     for (i, &qp) in g.q_pos.iter().enumerate() {
                         let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                        let di = &dout[(b * nq + i) * d..][..d];
+                        let di = &dout[out_at(b, i, h)..][..width];
+                        // d pattern and d values
                         let mut s = 0.0f32;
                         for j in 0..=qp {
                             let r = g.row(b, j);
-                            dp[j] = dot(di, &voh[r * d..(r + 1) * d]);
+                            dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
                             s += pat[j] * dp[j];
-                            axpy(&mut dvh[r * d..(r + 1) * d], pat[j], di);
+                            axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);
                         }
+                        // softmax backward, then scores backward
                         let qr = g.row(b, qp);
                         for j in 0..=qp {
                             let ds = pat[j] * (dp[j] - s) / g.attn_scale;

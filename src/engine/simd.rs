@@ -41,7 +41,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 {
@@ -95,23 +95,6 @@ pub fn column_sums_add(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
             *d += s;
         }
     }
-}
-
-/// `dst += src`, elementwise.
-pub fn add_assign(dst: &mut [f32], src: &[f32]) {
-    assert_eq!(dst.len(), src.len());
-    dst.par_chunks_mut(ROW_CHUNK * 128)
-        .zip(src.par_chunks(ROW_CHUNK * 128))
-        .for_each(|(d, s)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (d, s) in d.iter_mut().zip(s) {
-                        *d += s;
-                    }
-                },
-            )
-        });
 }
 
 /// `dst = a + b`, elementwise.

@@ -221,14 +221,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     })
 }
 
+/// Arrays by tensor name.
+pub type Arrays = HashMap<String, ndarray::ArrayD<f32>>;
+
 /// Any safetensors file as f32 arrays by name (F32, F64, I64, I32, BOOL converted), with its metadata;
 /// used for golden files and inspection.
-pub fn read_arrays(
-    path: &Path,
-) -> Result<(
-    HashMap<String, ndarray::ArrayD<f32>>,
-    HashMap<String, String>,
-)> {
+pub fn read_arrays(path: &Path) -> Result<(Arrays, HashMap<String, String>)> {
     let bytes = read(path)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;

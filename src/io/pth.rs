@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::models::transformer::{InitScheme, Transformer, TransformerConfig};
 use crate::tasks::modular::{ModularTask, Op, Split};
 use crate::tasks::TaskInfo;
-use ndarray::{ArrayD, Axis, Ix2, Ix3, IxDyn};
+use ndarray::{ArrayD, Ix2, Ix3, IxDyn};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -370,9 +370,4 @@ pub fn import_grokking(path: &Path) -> Result<ImportedGrokking> {
         model,
         task,
     })
-}
-
-/// The first axis of `a` as rows (helper for tests).
-pub fn rows(a: &ArrayD<f32>) -> usize {
-    a.len_of(Axis(0))
 }

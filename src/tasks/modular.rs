@@ -26,6 +26,9 @@ impl Op {
     }
 }
 
+/// An input pair `(a, b)`.
+pub type Pair = (u32, u32);
+
 /// How pairs are split into train and test.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,7 +72,7 @@ impl ModularTask {
     }
 
     /// Every pair `(a, b)`, a major.
-    pub fn all_pairs(&self) -> Vec<(u32, u32)> {
+    pub fn all_pairs(&self) -> Vec<Pair> {
         let p = self.p as u32;
         (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect()
     }
@@ -80,7 +83,7 @@ impl ModularTask {
     }
 
     /// (train, test) pairs.
-    pub fn split_pairs(&self) -> (Vec<(u32, u32)>, Vec<(u32, u32)>) {
+    pub fn split_pairs(&self) -> (Vec<Pair>, Vec<Pair>) {
         let mut pairs = self.all_pairs();
         match self.split {
             Split::Reference => PyRandom::new(self.seed as i128).shuffle(&mut pairs),
@@ -91,7 +94,7 @@ impl ModularTask {
     }
 
     /// Inputs `[a, b, p]`, loss at position 2, targets `(a op b) mod p`.
-    pub fn batch(&self, pairs: &[(u32, u32)]) -> Batch {
+    pub fn batch(&self, pairs: &[Pair]) -> Batch {
         let p = self.p as u32;
         let tokens = Array2::from_shape_fn((pairs.len(), 3), |(i, j)| match j {
             0 => pairs[i].0,

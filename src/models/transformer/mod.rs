@@ -166,6 +166,7 @@ fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], sh
 
 /// Hooks on q/k/v: our layout is head-major `[head, row, d_head]`, TransformerLens' is
 /// `[batch, pos, head, d_head]`; copy out, run, copy back.
+#[allow(clippy::too_many_arguments)]
 fn intercept_heads(
     hk: &mut Option<&mut Interceptor>,
     site: Site,
@@ -623,16 +624,7 @@ impl Transformer {
                 dh,
             );
 
-            let g = Geometry {
-                batch: b_n,
-                n_pos: p_n,
-                n_heads: h_n,
-                d_head: dh,
-                q_pos,
-                row_of: map,
-                n_rows,
-                attn_scale: (dh as f32).sqrt(),
-            };
+            let g = Geometry::new(b_n, p_n, h_n, dh, q_pos, map, n_rows);
             let n_scores = b_n * h_n * nq * p_n;
             attention::scores(&g, &lb.q, &lb.k, buf(&mut lb.scores, n_scores));
             intercept(
@@ -942,16 +934,7 @@ impl Transformer {
 
             // Attention: output projection, then scores and values.
             let blk = n_rows * dh;
-            let g = Geometry {
-                batch: b_n,
-                n_pos: p_n,
-                n_heads: h_n,
-                d_head: dh,
-                q_pos,
-                row_of: map,
-                n_rows,
-                attn_scale: (dh as f32).sqrt(),
-            };
+            let g = Geometry::new(b_n, p_n, h_n, dh, q_pos, map, n_rows);
             let dq = buf(&mut ws.dq, h_n * blk);
             let dk = buf(&mut ws.dk, h_n * blk);
             let dv = buf(&mut ws.dv, h_n * blk);
