@@ -3,13 +3,16 @@
 //! The library does the work; the `toylens` binary parses arguments and calls it.
 
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod hooks;
 pub mod io;
 pub mod models;
 pub mod pyrandom;
+pub mod report;
 pub mod tasks;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use models::transformer::{Batch, LossStats, Transformer, TransformerConfig, Workspace};

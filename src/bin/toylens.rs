@@ -23,6 +23,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Train an experiment: `toylens train [PRESET] [key.sub=value ...]` (default preset: grokking).
+    Train {
+        /// A preset name and/or overrides such as `optim.weight_decay=0.5`.
+        #[arg(value_name = "PRESET|KEY=VALUE")]
+        args: Vec<String>,
+        /// Run directory (default: runs/<preset>-<date>-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its newest checkpoint (overrides may change
+        /// `train.*` only, for example a larger `train.steps`).
+        #[arg(long, conflicts_with = "out")]
+        resume: Option<PathBuf>,
+        /// Overwrite an existing run directory.
+        #[arg(long)]
+        force: bool,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the embedded presets.
+    Presets,
+    /// Print a preset with overrides applied, as the YAML a run would save.
+    Config {
+        preset: String,
+        overrides: Vec<String>,
+    },
     /// Convert a checkpoint of the original grokking code (.pth) into a toylens/TransformerLens
     /// safetensors file.
     Convert { input: PathBuf, output: PathBuf },
@@ -58,6 +84,13 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
     toylens::engine::threads::init(cli.threads);
     if let Err(e) = run(cli.cmd) {
         eprintln!("error: {e:#}");
@@ -65,8 +98,115 @@ fn main() {
     }
 }
 
+/// Split `train` arguments into a preset name (the one without `=`) and overrides.
+fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)> {
+    let (presets, overrides): (Vec<&String>, Vec<&String>) =
+        args.iter().partition(|a| !a.contains('='));
+    if presets.len() > 1 {
+        anyhow::bail!(
+            "give one preset at most (got {})",
+            presets
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok((
+        presets.first().map(|s| s.to_string()),
+        overrides.into_iter().cloned().collect(),
+    ))
+}
+
+fn default_run_dir(preset: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    PathBuf::from("runs").join(format!(
+        "{preset}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    ))
+}
+
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
+        Cmd::Train {
+            args,
+            out,
+            resume,
+            force,
+            quiet,
+        } => {
+            let (preset, overrides) = preset_and_overrides(&args)?;
+            let progress = if quiet {
+                toylens::train::Progress::Quiet
+            } else {
+                toylens::train::Progress::Auto
+            };
+            let (cfg, dir, mode) = match resume {
+                Some(dir) => {
+                    if let Some(p) = preset {
+                        anyhow::bail!(
+                            "--resume continues the run's own config; drop the preset `{p}`"
+                        );
+                    }
+                    if let Some(o) = overrides.iter().find(|o| !o.starts_with("train.")) {
+                        anyhow::bail!("--resume may change train.* only (got `{o}`)");
+                    }
+                    let saved = toylens::train::run_config(&dir)?;
+                    let cfg = toylens::config::apply_overrides(&saved, &overrides)?;
+                    cfg.validate()?;
+                    (cfg, dir, toylens::train::RunMode::Resume)
+                }
+                None => {
+                    let name = preset.unwrap_or_else(|| "grokking".to_string());
+                    let cfg = toylens::config::resolve(&name, &overrides)?;
+                    let dir = out.unwrap_or_else(|| default_run_dir(&name));
+                    let mode = if force {
+                        toylens::train::RunMode::Force
+                    } else {
+                        toylens::train::RunMode::New
+                    };
+                    (cfg, dir, mode)
+                }
+            };
+            tracing::info!("run directory {}", dir.display());
+            let s = toylens::train::train(&cfg, &dir, mode, progress)?;
+            println!(
+                "{}: {} steps in {:.1} s ({:.0} steps/s); train loss {:.3e}, test loss {:.3e}, test acc {:.4}; grok step {}",
+                dir.display(),
+                s.steps,
+                s.wall_seconds,
+                s.steps_per_second,
+                s.final_train_loss,
+                s.final_test_loss,
+                s.final_test_acc,
+                s.grok_step.map(|g| g.to_string()).unwrap_or_else(|| "none".into())
+            );
+        }
+        Cmd::Presets => {
+            for p in toylens::config::PRESETS {
+                println!("{:16} {}", p.name, p.about);
+            }
+        }
+        Cmd::Config { preset, overrides } => {
+            let cfg = toylens::config::resolve(&preset, &overrides)?;
+            print!("{}", toylens::config::to_yaml(&cfg));
+        }
         Cmd::Convert { input, output } => {
             let imp = toylens::io::pth::import_grokking(&input)?;
             let task = serde_json::to_value(&imp.task)?;

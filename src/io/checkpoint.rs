@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::transformer::{Transformer, TransformerConfig};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -54,44 +54,89 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// One tensor to write: name, dtype (safetensors spelling), shape, little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// The safetensors layout (8-byte header length, JSON header padded to 8 bytes, data), written with
+/// sorted keys so that equal checkpoints are equal bytes (the `safetensors` crate takes its metadata
+/// as a `HashMap`, whose order changes from process to process).
+pub fn serialize(
+    mut tensors: Vec<RawTensor>,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("metadata"),
+        );
+    }
+    let mut offset = 0usize;
+    for t in &tensors {
+        let end = offset + t.bytes.len();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    // serde_json's Map is sorted (BTreeMap) without the preserve_order feature.
+    let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("header");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + offset);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    for t in &tensors {
+        out.extend_from_slice(&t.bytes);
+    }
+    out
+}
+
 /// The TransformerLens state dict of `model`: every parameter plus each block's `attn.mask` (bool,
 /// lower-triangular `[n_ctx, n_ctx]`) and `attn.IGNORE` (scalar −inf) buffers.
-fn state_dict_bytes(model: &Transformer, metadata: &HashMap<String, String>) -> Vec<u8> {
+fn state_dict_bytes(
+    model: &Transformer,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Vec<u8> {
     let n = model.cfg.n_ctx;
     let mask: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
-    let ignore = f32::NEG_INFINITY.to_le_bytes();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for s in &model.layout.specs {
-        let bytes: Vec<u8> = model.params[s.range()]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        owned.push((s.name.clone(), Dtype::F32, s.shape.clone(), bytes));
-    }
-    for l in 0..model.cfg.n_layers {
-        owned.push((
-            format!("blocks.{l}.attn.mask"),
-            Dtype::BOOL,
-            vec![n, n],
-            mask.clone(),
-        ));
-        owned.push((
-            format!("blocks.{l}.attn.IGNORE"),
-            Dtype::F32,
-            vec![],
-            ignore.to_vec(),
-        ));
-    }
-    let views: Vec<(String, TensorView)> = owned
+    let mut tensors: Vec<RawTensor> = model
+        .layout
+        .specs
         .iter()
-        .map(|(k, dt, shape, data)| {
-            (
-                k.clone(),
-                TensorView::new(*dt, shape.clone(), data).expect("tensor view"),
-            )
+        .map(|s| RawTensor {
+            name: s.name.clone(),
+            dtype: "F32",
+            shape: s.shape.clone(),
+            bytes: model.params[s.range()]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
         })
         .collect();
-    safetensors::serialize(views, Some(metadata.clone())).expect("serialize safetensors")
+    for l in 0..model.cfg.n_layers {
+        tensors.push(RawTensor {
+            name: format!("blocks.{l}.attn.mask"),
+            dtype: "BOOL",
+            shape: vec![n, n],
+            bytes: mask.clone(),
+        });
+        tensors.push(RawTensor {
+            name: format!("blocks.{l}.attn.IGNORE"),
+            dtype: "F32",
+            shape: vec![],
+            bytes: f32::NEG_INFINITY.to_le_bytes().to_vec(),
+        });
+    }
+    serialize(tensors, metadata)
 }
 
 /// Save `model` (and the task description, if any) atomically.
@@ -101,7 +146,7 @@ pub fn save(
     task: Option<&serde_json::Value>,
     extra: &HashMap<String, String>,
 ) -> Result<()> {
-    let mut meta = extra.clone();
+    let mut meta: std::collections::BTreeMap<String, String> = extra.clone().into_iter().collect();
     meta.insert("format".into(), "pt".into());
     meta.insert(
         META_MODEL.into(),

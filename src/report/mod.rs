@@ -1,0 +1,4 @@
+//! Pictures of runs: plots (PNG and SVG) drawn with `plotters` and an embedded font, so they look the
+//! same on every machine.
+
+pub mod plot;
