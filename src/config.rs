@@ -243,7 +243,7 @@ impl ExperimentConfig {
             ));
         }
         if let Some(x) = t.early_stop_test_loss {
-            if !(x > 0.0) {
+            if x.is_nan() || x <= 0.0 {
                 return Err(Error::config(
                     "train.early_stop_test_loss",
                     format!("must be positive, or null (got {x})"),

@@ -42,6 +42,12 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Redraw a run's loss curves from its metrics (loss.png, or loss.svg with --svg).
+    Plot {
+        run_dir: PathBuf,
+        #[arg(long)]
+        svg: bool,
+    },
     /// List the embedded presets.
     Presets,
     /// Print a preset with overrides applied, as the YAML a run would save.
@@ -196,6 +202,12 @@ fn run(cmd: Cmd) -> Result<()> {
                 s.final_test_loss,
                 s.final_test_acc,
                 s.grok_step.map(|g| g.to_string()).unwrap_or_else(|| "none".into())
+            );
+        }
+        Cmd::Plot { run_dir, svg } => {
+            println!(
+                "wrote {}",
+                toylens::train::plot_run(&run_dir, svg)?.display()
             );
         }
         Cmd::Presets => {

@@ -4,12 +4,29 @@ use std::sync::OnceLock;
 
 static CONFIGURED: OnceLock<usize> = OnceLock::new();
 
-/// Size rayon's global pool once (0 = all cores). Later calls cannot resize it; they return the size
-/// in force. Results do not depend on the thread count, only speed does.
+/// Treat subnormal floats as zero on this thread (x86 FTZ and DAZ). Late in training, when the loss is
+/// ~1e-7, gradients and activations underflow into the subnormal range, where x86 floating-point
+/// operations take microcode assists: measured here, a grokking step slowed from 17 to 43 ms. Values
+/// below 1.2e-38 do not matter to training; PyTorch offers the same switch
+/// (`torch.set_flush_denormal(True)`).
+pub fn flush_subnormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: setting MXCSR's FTZ (bit 15) and DAZ (bit 6) flags only changes how subnormals round.
+    #[allow(deprecated)]
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}
+
+/// Size rayon's global pool once (0 = all cores), subnormals flushed on every thread. Later calls
+/// cannot resize it; they return the size in force. Results do not depend on the thread count.
 pub fn init(threads: usize) -> usize {
     *CONFIGURED.get_or_init(|| {
+        flush_subnormals();
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
+            .start_handler(|_| flush_subnormals())
             .build_global();
         rayon::current_num_threads()
     })
@@ -17,8 +34,10 @@ pub fn init(threads: usize) -> usize {
 
 /// Run `f` on a private pool of `threads` threads (used by tests comparing thread counts).
 pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    flush_subnormals();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        .start_handler(|_| flush_subnormals())
         .build()
         .expect("thread pool")
         .install(f)

@@ -71,6 +71,7 @@ where
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
         .map_err(|e| e.to_string())?;

@@ -457,10 +457,8 @@ pub fn train(
     let bar = (progress == Progress::Auto && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  ETA {eta}",
-            )
-            .expect("progress template"),
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .expect("progress template"),
         );
         b.set_position(start);
         b
@@ -492,8 +490,9 @@ pub fn train(
             let r = row_of(step, lr, &model, &tr, &te, wall(&t0));
             sinks.write(&r)?;
             if let Some(b) = &bar {
+                let rate = (step - start) as f64 / t0.elapsed().as_secs_f64();
                 b.set_message(format!(
-                    "train {:.2e}  test {:.2e}  test acc {:.3}",
+                    "train {:.2e}  test {:.2e}  test acc {:.3}  {rate:.0} steps/s",
                     r.train_loss, r.test_loss, r.test_acc
                 ));
             } else if progress == Progress::Auto && (step % log_every == 0 || step == total) {
@@ -546,31 +545,7 @@ pub fn train(
         Some(&task_json),
         &meta,
     )?;
-    let train_pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.train_loss)).collect();
-    let test_pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.test_loss)).collect();
-    plot::log_y_lines(
-        &dir.join("loss.png"),
-        &format!(
-            "{}: (a {} b) mod {}",
-            dir.file_name().unwrap_or_default().to_string_lossy(),
-            op_symbol(cfg),
-            cfg.data.p
-        ),
-        "step",
-        "loss",
-        &[
-            Series {
-                name: "train",
-                points: &train_pts,
-                color: plot::BLUE_,
-            },
-            Series {
-                name: "test",
-                points: &test_pts,
-                color: plot::ORANGE_,
-            },
-        ],
-    )?;
+    draw_losses(cfg, &rows, &dir.join("loss.png"))?;
     let wall_seconds = wall(&t0);
     let summary = Summary {
         final_train_loss: last.train_loss,
@@ -590,6 +565,47 @@ pub fn train(
             .as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// Log-y train and test loss of `rows` to `path` (PNG or SVG by extension).
+fn draw_losses(cfg: &ExperimentConfig, rows: &[MetricRow], path: &Path) -> Result<()> {
+    let train_pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.train_loss)).collect();
+    let test_pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.test_loss)).collect();
+    plot::log_y_lines(
+        path,
+        &format!(
+            "(a {} b) mod {}, {:.0}% of pairs in train: loss",
+            op_symbol(cfg),
+            cfg.data.p,
+            100.0 * cfg.data.frac_train
+        ),
+        "step",
+        "loss",
+        &[
+            Series {
+                name: "train",
+                points: &train_pts,
+                color: plot::BLUE_,
+            },
+            Series {
+                name: "test",
+                points: &test_pts,
+                color: plot::ORANGE_,
+            },
+        ],
+    )
+}
+
+/// Redraw a run's loss curves from its `metrics.jsonl` (into `loss.png`, or `loss.svg`).
+pub fn plot_run(dir: &Path, svg: bool) -> Result<PathBuf> {
+    let cfg = run_config(dir)?;
+    let rows = read_rows(dir, u64::MAX);
+    if rows.is_empty() {
+        return Err(Error::format(dir.join("metrics.jsonl"), "no metric rows"));
+    }
+    let out = dir.join(if svg { "loss.svg" } else { "loss.png" });
+    draw_losses(&cfg, &rows, &out)?;
+    Ok(out)
 }
 
 fn op_symbol(cfg: &ExperimentConfig) -> &'static str {

@@ -118,8 +118,11 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-/// Fields of a protobuf message: (field number, wire type, varint/fixed value or bytes).
-fn fields(b: &[u8]) -> Option<Vec<(u32, u8, u64, &[u8])>> {
+/// A protobuf field: (field number, wire type, varint/fixed value, bytes of a length-delimited one).
+type Field<'a> = (u32, u8, u64, &'a [u8]);
+
+/// Fields of a protobuf message.
+fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < b.len() {
