@@ -89,6 +89,13 @@ enum Cmd {
 }
 
 fn main() {
+    // Exit quietly when stdout is closed early (`toylens ... | head`), like other Unix tools, instead
+    // of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

@@ -326,7 +326,15 @@ fn backward_impl(
         let qh = &q[h * blk..(h + 1) * blk];
         let kh = &k[h * blk..(h + 1) * blk];
         let vh = &vals[h * vblk..(h + 1) * vblk];
-        let mut dp = vec![0.0f32; p_n];
+        // Scratch for one query's key gradients: on the stack for any realistic context.
+        let mut dp_stack = [0.0f32; 256];
+        let mut dp_heap = Vec::new();
+        let dp: &mut [f32] = if p_n <= dp_stack.len() {
+            &mut dp_stack[..p_n]
+        } else {
+            dp_heap.resize(p_n, 0.0);
+            &mut dp_heap
+        };
         vectorized(
             #[inline(always)]
             || {

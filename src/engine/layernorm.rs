@@ -1,7 +1,7 @@
 //! TransformerLens `LN`: `xc = x − mean(x)`, `scale = sqrt(mean(xc²) + eps)`, `y = xc/scale · w + b`.
 //! The forward is split in two so a hook on `hook_scale` sits exactly where TransformerLens has it.
 
-use super::simd::{vectorized, ROW_CHUNK};
+use super::simd::{vectorized, with_scratch, ROW_CHUNK, SUM_BLOCK_ROWS};
 use rayon::prelude::*;
 
 /// First half: `xc = x − mean(x)` per row, `scale = sqrt(mean(xc²) + eps)`.
@@ -76,55 +76,56 @@ pub fn backward(
 ) {
     let d = w.len();
     let rows = scale.len();
-    const CHUNK: usize = 256;
-    // Per-chunk partial sums for dw/db, added in chunk order: the same result for any thread count.
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx[..rows * d]
-        .par_chunks_mut(CHUNK * d)
-        .zip(dy[..rows * d].par_chunks(CHUNK * d))
-        .zip(xhat[..rows * d].par_chunks(CHUNK * d))
-        .zip(scale.par_chunks(CHUNK))
-        .map(|(((dx, dy), xhat), scale)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let mut pw = vec![0.0f32; d];
-                    let mut pb = vec![0.0f32; d];
-                    for (((dx, dy), xh), &s) in dx
-                        .chunks_exact_mut(d)
-                        .zip(dy.chunks_exact(d))
-                        .zip(xhat.chunks_exact(d))
-                        .zip(scale)
-                    {
-                        let (mut m1, mut m2) = (0.0f32, 0.0f32);
-                        for i in 0..d {
-                            let g = dy[i] * w[i];
-                            m1 += g;
-                            m2 += g * xh[i];
-                            pw[i] += dy[i] * xh[i];
-                            pb[i] += dy[i];
-                        }
-                        m1 /= d as f32;
-                        m2 /= d as f32;
-                        for i in 0..d {
-                            let g = (dy[i] * w[i] - m1 - xh[i] * m2) / s;
-                            if accumulate {
-                                dx[i] += g;
-                            } else {
-                                dx[i] = g;
+    // Per-block partial sums of dw and db (scratch, reused), added in block order: the same result
+    // for any thread count.
+    let n_blocks = rows.div_ceil(SUM_BLOCK_ROWS);
+    with_scratch(2 * n_blocks * d, |partials| {
+        partials
+            .par_chunks_mut(2 * d)
+            .zip(dx[..rows * d].par_chunks_mut(SUM_BLOCK_ROWS * d))
+            .zip(dy[..rows * d].par_chunks(SUM_BLOCK_ROWS * d))
+            .zip(xhat[..rows * d].par_chunks(SUM_BLOCK_ROWS * d))
+            .zip(scale.par_chunks(SUM_BLOCK_ROWS))
+            .for_each(|((((part, dx), dy), xhat), scale)| {
+                let (pw, pb) = part.split_at_mut(d);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (((dx, dy), xh), &s) in dx
+                            .chunks_exact_mut(d)
+                            .zip(dy.chunks_exact(d))
+                            .zip(xhat.chunks_exact(d))
+                            .zip(scale)
+                        {
+                            let (mut m1, mut m2) = (0.0f32, 0.0f32);
+                            for i in 0..d {
+                                let g = dy[i] * w[i];
+                                m1 += g;
+                                m2 += g * xh[i];
+                                pw[i] += dy[i] * xh[i];
+                                pb[i] += dy[i];
+                            }
+                            m1 /= d as f32;
+                            m2 /= d as f32;
+                            for i in 0..d {
+                                let g = (dy[i] * w[i] - m1 - xh[i] * m2) / s;
+                                if accumulate {
+                                    dx[i] += g;
+                                } else {
+                                    dx[i] = g;
+                                }
                             }
                         }
-                    }
-                    (pw, pb)
-                },
-            )
-        })
-        .collect();
-    for (pw, pb) in partials {
-        for i in 0..d {
-            dw[i] += pw[i];
-            db[i] += pb[i];
+                    },
+                )
+            });
+        for part in partials.chunks_exact(2 * d) {
+            for i in 0..d {
+                dw[i] += part[i];
+                db[i] += part[d + i];
+            }
         }
-    }
+    });
 }
 
 /// `y = xhat·w + b` (used after a hook has changed `xhat`).

@@ -54,47 +54,52 @@ pub fn exp_f32(x: f32) -> f32 {
 /// Rows per parallel task in row-wise loops: fixed, so work splits the same way for any thread count.
 pub const ROW_CHUNK: usize = 64;
 
-/// `dst[c] += Σ_r src[r, c]`, summed in a fixed order (chunks of rows, then chunks in order), so the
-/// result is identical for any number of threads.
-pub fn column_sums_add(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
-    const CHUNK_ROWS: usize = 256;
-    let src = &src[..rows * cols];
-    let n_chunks = rows.div_ceil(CHUNK_ROWS);
-    if n_chunks <= 1 {
-        vectorized(
-            #[inline(always)]
-            || {
-                for row in src.chunks_exact(cols) {
-                    for (d, s) in dst.iter_mut().zip(row) {
-                        *d += s;
-                    }
-                }
-            },
-        );
-        return;
+/// Run `f` on a zeroed scratch buffer of `n` floats, reused by this thread across calls (a training
+/// step allocates nothing once warmed up). A nested call on the same thread gets its own buffer.
+pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let partials: Vec<Vec<f32>> = src
-        .par_chunks(CHUNK_ROWS * cols)
-        .map(|block| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let mut acc = vec![0.0f32; cols];
-                    for row in block.chunks_exact(cols) {
-                        for (a, s) in acc.iter_mut().zip(row) {
-                            *a += s;
-                        }
-                    }
-                    acc
-                },
-            )
-        })
-        .collect();
-    for p in partials {
-        for (d, s) in dst.iter_mut().zip(&p) {
-            *d += s;
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            v.resize(n, 0.0);
+            f(&mut v)
         }
-    }
+        Err(_) => f(&mut vec![0.0; n]),
+    })
+}
+
+/// Rows per block of the column sums: the partial sum of each block is added in block order, so the
+/// result is the same for any thread count.
+pub const SUM_BLOCK_ROWS: usize = 256;
+
+/// `dst[c] += Σ_r src[r, c]` (bias gradients).
+pub fn column_sums_add(dst: &mut [f32], src: &[f32], rows: usize, cols: usize) {
+    let src = &src[..rows * cols];
+    let n_blocks = rows.div_ceil(SUM_BLOCK_ROWS);
+    with_scratch(n_blocks * cols, |partials| {
+        partials
+            .par_chunks_mut(cols)
+            .zip(src.par_chunks(SUM_BLOCK_ROWS * cols))
+            .for_each(|(acc, block)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for row in block.chunks_exact(cols) {
+                            for (a, s) in acc.iter_mut().zip(row) {
+                                *a += s;
+                            }
+                        }
+                    },
+                )
+            });
+        for p in partials.chunks_exact(cols) {
+            for (d, s) in dst.iter_mut().zip(p) {
+                *d += s;
+            }
+        }
+    });
 }
 
 /// `dst = a + b`, elementwise.
