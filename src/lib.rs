@@ -2,6 +2,7 @@
 //!
 //! The library does the work; the `toylens` binary parses arguments and calls it.
 
+pub mod analysis;
 pub mod bench;
 pub mod config;
 pub mod engine;

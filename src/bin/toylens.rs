@@ -66,6 +66,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fourier structure and progress measures of a modular-addition model. A checkpoint (toylens
+    /// .safetensors or original .pth): key frequencies, full/restricted/excluded loss, Gini of W_E and
+    /// W_L, sum of squared weights. A run directory: the measures at every checkpoint, in
+    /// progress.csv.
+    Analyze {
+        target: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch).
@@ -285,6 +295,62 @@ fn run(cmd: Cmd) -> Result<()> {
                         "  recorded by the original run: train loss {a:.4e}, test loss {b:.4e}"
                     );
                 }
+            }
+        }
+        Cmd::Analyze { target, json } => {
+            if target.is_dir() {
+                let rows = toylens::analysis::progress(&target)?;
+                if json {
+                    println!("{}", serde_json::to_string(&rows)?);
+                } else {
+                    println!(
+                        "{}: {} checkpoints -> {}",
+                        target.display(),
+                        rows.len(),
+                        target.join("progress.csv").display()
+                    );
+                }
+                return Ok(());
+            }
+            let l = load::load_model(&target)?;
+            let (p, op, split) = match &l.task {
+                Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
+                None => (
+                    l.model
+                        .cfg
+                        .d_vocab
+                        .checked_sub(1)
+                        .context("model vocabulary too small")?,
+                    Default::default(),
+                    None,
+                ),
+            };
+            let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
+                .with_context(|| format!("analysing {}", target.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&a)?);
+            } else {
+                println!("{}: (a + b) mod {p}", target.display());
+                println!("  key frequencies        {:?}", a.key_frequencies);
+                println!("  loss (all pairs)       {:.4e}", a.loss_all);
+                println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x + y)", a.restricted_loss);
+                println!(
+                    "  excluded loss          {:.4e}   (key frequencies removed; on {})",
+                    a.excluded_loss,
+                    if split.is_some() {
+                        "the train set"
+                    } else {
+                        "all pairs"
+                    }
+                );
+                for (k, l) in a.key_frequencies.iter().zip(&a.excluded_loss_per_frequency) {
+                    println!("    without frequency {k:3}  {l:.4e}");
+                }
+                println!(
+                    "  Gini of W_E, W_L       {:.3}, {:.3}",
+                    a.gini_w_e, a.gini_w_l
+                );
+                println!("  sum of squared weights {:.1}", a.sum_sq_weights);
             }
         }
         Cmd::Hooks { checkpoint } => {

@@ -211,6 +211,13 @@ fn checkpoint_steps(dir: &Path) -> Vec<u64> {
     steps
 }
 
+/// Checkpoint steps of a run directory (with optimizer state), oldest first.
+pub fn checkpoint_steps_ascending(dir: &Path) -> Vec<u64> {
+    let mut s = checkpoint_steps(dir);
+    s.reverse();
+    s
+}
+
 /// Metric rows from `metrics.jsonl` up to `max_step`; a line cut short by a kill is ignored.
 fn read_rows(dir: &Path, max_step: u64) -> Vec<MetricRow> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))

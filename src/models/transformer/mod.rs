@@ -389,6 +389,33 @@ impl Transformer {
         Ok((logits, cache))
     }
 
+    /// Logits `[batch, positions, d_vocab_out]` at the given increasing positions only (forward with
+    /// the shortcuts: the last block runs at those positions alone).
+    pub fn logits_at(
+        &self,
+        ws: &mut Workspace,
+        tokens: ArrayView2<u32>,
+        positions: &[usize],
+    ) -> Result<Array3<f32>> {
+        self.check_tokens(tokens)?;
+        let (b, p) = tokens.dim();
+        if positions.is_empty()
+            || positions.windows(2).any(|w| w[0] >= w[1])
+            || positions.iter().any(|&x| x >= p)
+        {
+            return Err(Error::Input(format!(
+                "positions {positions:?} must be increasing and below the input length {p}"
+            )));
+        }
+        self.forward_impl(ws, tokens, positions, None);
+        let v = self.cfg.d_vocab_out();
+        let n = positions.len();
+        Ok(
+            Array3::from_shape_vec((b, n, v), ws.logits[..b * n * v].to_vec())
+                .expect("logits shape"),
+        )
+    }
+
     /// Mean loss and accuracy on a batch (forward only, with the shortcuts).
     pub fn evaluate(&self, ws: &mut Workspace, batch: &Batch) -> Result<LossStats> {
         self.check_batch(batch)?;

@@ -1,0 +1,165 @@
+//! Fourier analysis and progress measures.
+
+use std::path::Path;
+use toylens::analysis::fourier::{FourierBasis, SumProjection};
+use toylens::analysis::{analyze, analyze_with_keys, gini, progress};
+use toylens::engine::rng::Rng;
+use toylens::tasks::modular::Op;
+
+#[test]
+fn the_fourier_basis_is_orthonormal() {
+    for p in [7, 8, 113] {
+        let b = FourierBasis::new(p);
+        assert_eq!(b.rows.len(), p);
+        for i in 0..p {
+            for j in 0..p {
+                let dot: f64 = b.rows[i].iter().zip(&b.rows[j]).map(|(x, y)| x * y).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-12, "p={p} rows {i},{j}: {dot}");
+            }
+        }
+        assert_eq!(b.names[1], "cos 1");
+        assert_eq!(b.names[2], "sin 1");
+    }
+}
+
+#[test]
+fn gini_of_known_vectors() {
+    assert_eq!(gini(&[2.0; 10]), 0.0);
+    let mut one_hot = vec![0.0; 100];
+    one_hot[37] = 5.0;
+    assert!((gini(&one_hot) - 0.99).abs() < 1e-12, "{}", gini(&one_hot));
+    let g = gini(&[1.0, 2.0, 3.0, 4.0]);
+    assert!((g - 0.25).abs() < 1e-12, "{g}");
+}
+
+#[test]
+fn keeping_every_frequency_keeps_any_function_of_x_plus_y() {
+    let p = 11;
+    let mut rng = Rng::new(1);
+    let f: Vec<Vec<f64>> = (0..p)
+        .map(|_| (0..p).map(|_| rng.normal()).collect())
+        .collect();
+    let logits: Vec<Vec<f64>> = (0..p * p).map(|i| f[(i / p + i % p) % p].clone()).collect();
+    let proj = SumProjection::new(&logits, p);
+    let all: Vec<usize> = (1..=p / 2).collect();
+    let r = proj.restricted(&all);
+    for s in 0..p {
+        for c in 0..p {
+            assert!((r[s][c] - f[s][c]).abs() < 1e-12, "s={s} c={c}");
+        }
+    }
+    // Keeping nothing leaves the constant: the mean logit of each answer.
+    let r0 = proj.restricted(&[]);
+    for c in 0..p {
+        let mean = (0..p).map(|s| f[s][c]).sum::<f64>() / p as f64;
+        assert!((r0[3][c] - mean).abs() < 1e-12);
+    }
+}
+
+fn grokked() -> toylens::io::pth::ImportedGrokking {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/progress-measures/wd_10-1_mod_addition_loss_curve.pth");
+    toylens::io::pth::import_grokking(&p).expect("fixtures in ../shared")
+}
+
+#[test]
+fn the_grokked_model_is_a_few_frequencies_of_x_plus_y() {
+    let g = grokked();
+    let task = g.task.modular_task().unwrap();
+    let a = analyze(&g.model, 113, Op::Add, Some(&task)).unwrap();
+    assert!(
+        (3..=8).contains(&a.key_frequencies.len()),
+        "{:?}",
+        a.key_frequencies
+    );
+    assert!(a.loss_all < 1e-6);
+    assert!(
+        a.restricted_loss < 1e-5,
+        "restricted loss {}",
+        a.restricted_loss
+    );
+    assert!(
+        a.excluded_loss > 1e3 * a.loss_all.max(a.restricted_loss),
+        "excluded loss {}",
+        a.excluded_loss
+    );
+    assert!(
+        a.gini_w_l > 0.6 && a.gini_w_l > a.gini_w_e,
+        "Gini W_L {} W_E {}",
+        a.gini_w_l,
+        a.gini_w_e
+    );
+    // Excluding nothing (on all pairs) is the full loss.
+    let none = analyze_with_keys(&g.model, 113, None, Some(&[])).unwrap();
+    assert!(
+        (none.excluded_loss - none.loss_all).abs() <= 1e-12 * none.loss_all.max(1e-30),
+        "{} vs {}",
+        none.excluded_loss,
+        none.loss_all
+    );
+    let json = serde_json::to_value(&a).unwrap();
+    for k in [
+        "key_frequencies",
+        "loss_all",
+        "restricted_loss",
+        "excluded_loss",
+        "gini_W_E",
+        "gini_W_L",
+        "sum_sq_weights",
+    ] {
+        assert!(!json[k].is_null(), "JSON lacks {k}");
+    }
+}
+
+#[test]
+fn progress_over_a_run_and_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("r");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .args([
+            "train",
+            "grokking-tiny",
+            "train.steps=200",
+            "train.checkpoint_every=100",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = progress(&run).unwrap();
+    assert_eq!(rows.first().unwrap().step, 0);
+    assert_eq!(rows.last().unwrap().step, 200);
+    assert!(run.join("progress.csv").exists());
+    // A run directory without checkpoints.
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::create_dir(run.join("checkpoints")).unwrap();
+    assert!(progress(&run)
+        .unwrap_err()
+        .to_string()
+        .contains("no checkpoints"));
+    // A model that is not a modular-addition model.
+    let cfg = toylens::TransformerConfig {
+        attn_only: true,
+        d_mlp: None,
+        act_fn: None,
+        ..toylens::TransformerConfig::nanda(113)
+    };
+    let m = toylens::Transformer::new(cfg).unwrap();
+    assert!(analyze(&m, 113, Op::Add, None)
+        .unwrap_err()
+        .to_string()
+        .contains("no MLP"));
+    let m = toylens::Transformer::new(toylens::TransformerConfig::nanda(7)).unwrap();
+    assert!(analyze(&m, 113, Op::Add, None)
+        .unwrap_err()
+        .to_string()
+        .contains("not a modular-arithmetic model"));
+    assert!(analyze(&m, 7, Op::Mul, None).is_err());
+}
