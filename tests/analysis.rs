@@ -163,3 +163,81 @@ fn progress_over_a_run_and_clear_errors() {
         .contains("not a modular-arithmetic model"));
     assert!(analyze(&m, 7, Op::Mul, None).is_err());
 }
+
+#[test]
+fn ablation_baseline_is_the_model_and_the_linear_shortcut_matches_hooked_runs() {
+    use ndarray::{ArrayViewMutD, Axis};
+    use toylens::analysis::ablation::{ablate_all, baseline, Unit};
+    use toylens::hooks::Hooks;
+    // A small trained-ish model: a few steps of the tiny preset would do, but random weights are a
+    // sharper test of the algebra.
+    let cfg = toylens::TransformerConfig {
+        d_model: 32,
+        n_heads: 2,
+        d_head: 16,
+        d_mlp: Some(24),
+        seed: Some(4),
+        ..toylens::TransformerConfig::nanda(13)
+    };
+    let model = toylens::Transformer::new(cfg).unwrap();
+    let (loss, acc) = baseline(&model, 13, Op::Add).unwrap();
+    let ev = toylens::tasks::modular::evaluate(&model, 13, Op::Add, None).unwrap();
+    // The full path (hooks) and the shortcut path agree to f32 rounding.
+    assert!(
+        (loss - ev.loss_all).abs() < 1e-5 * ev.loss_all && (acc - ev.acc_all).abs() <= 1.0 / 169.0,
+        "nothing ablated must be the model itself: {loss} vs {}",
+        ev.loss_all
+    );
+    let rows = ablate_all(&model, 13, Op::Add).unwrap();
+    assert_eq!(rows.iter().filter(|r| r.unit == Unit::Neuron).count(), 24);
+    assert_eq!(rows.iter().filter(|r| r.unit == Unit::Head).count(), 2);
+    assert!(
+        rows.windows(2).all(|w| w[0].zero_loss >= w[1].zero_loss),
+        "ranked"
+    );
+    // The linear shortcut (one cached run) against real hooked runs.
+    let task = toylens::tasks::modular::ModularTask {
+        p: 13,
+        op: Op::Add,
+        frac_train: 0.5,
+        seed: 0,
+        split: toylens::tasks::modular::Split::Random,
+    };
+    let b = task.batch(&task.all_pairs());
+    for n in [0usize, 7, 23] {
+        for mean in [false, true] {
+            let hook = move |a: &mut ArrayViewMutD<f32>| {
+                let mut c = a.index_axis_mut(Axis(2), n);
+                if mean {
+                    let m = c.mean_axis(Axis(0)).unwrap();
+                    c.axis_iter_mut(Axis(0)).for_each(|mut r| r.assign(&m));
+                } else {
+                    c.fill(0.0);
+                }
+            };
+            let out = model
+                .run_with_hooks(
+                    b.tokens.view(),
+                    Hooks::new().add("blocks.0.mlp.hook_post", hook),
+                )
+                .unwrap();
+            let v = model.cfg.d_vocab_out();
+            let mut total = 0.0;
+            for (i, &t) in b.targets.column(0).iter().enumerate() {
+                let l: Vec<f64> = (0..v).map(|c| out[[i, 2, c]] as f64).collect();
+                let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                total += m + l.iter().map(|x| (x - m).exp()).sum::<f64>().ln() - l[t as usize];
+            }
+            let hooked = total / b.targets.nrows() as f64;
+            let r = rows
+                .iter()
+                .find(|r| r.unit == Unit::Neuron && r.index == n)
+                .unwrap();
+            let fast = if mean { r.mean_loss } else { r.zero_loss };
+            assert!(
+                (fast - hooked).abs() < 1e-5 * hooked,
+                "neuron {n} mean={mean}: shortcut {fast} vs hooked {hooked}"
+            );
+        }
+    }
+}

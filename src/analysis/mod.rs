@@ -13,6 +13,7 @@
 //!   functions of x + y.)
 //! - Gini coefficient of the Fourier component norms (all p basis elements) of W_E and of W_L.
 
+pub mod ablation;
 pub mod fourier;
 
 use crate::error::{Error, Result};
@@ -251,6 +252,46 @@ pub struct ProgressRow {
     pub gini_w_l: f64,
     pub sum_sq_weights: f64,
     pub n_key_frequencies: usize,
+}
+
+/// The three phases of a grokking run, located from the progress curves (steps are checkpoint steps).
+///
+/// Rules: memorisation ends where the excluded loss is lowest (the training set is fit without the
+/// final circuit); circuit formation ends, and cleanup begins, at the first checkpoint after that whose
+/// all-pairs loss is below half its maximum (generalisation starts); cleanup ends at the first checkpoint
+/// where the Gini coefficient of W_L reaches 95% of its final value (the circuit is sparse).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Phases {
+    pub memorisation_end: u64,
+    pub cleanup_start: Option<u64>,
+    pub cleanup_end: Option<u64>,
+}
+
+pub fn phases(rows: &[ProgressRow]) -> Option<Phases> {
+    let min_excl = rows
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.excluded_loss.total_cmp(&b.1.excluded_loss))?
+        .0;
+    let max_loss = rows
+        .iter()
+        .map(|r| r.loss_all)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let cleanup_start = rows[min_excl..]
+        .iter()
+        .find(|r| r.loss_all < max_loss / 2.0)
+        .map(|r| r.step);
+    let final_gini = rows.last()?.gini_w_l;
+    let cleanup_end = cleanup_start.and_then(|s| {
+        rows.iter()
+            .find(|r| r.step >= s && r.gini_w_l >= 0.95 * final_gini)
+            .map(|r| r.step)
+    });
+    Some(Phases {
+        memorisation_end: rows[min_excl].step,
+        cleanup_start,
+        cleanup_end,
+    })
 }
 
 /// Progress measures at every checkpoint of a run directory, written to `progress.csv`. The key

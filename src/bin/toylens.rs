@@ -76,6 +76,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Zero- and mean-ablate every MLP neuron and attention head of a modular-arithmetic model; prints
+    /// the units ranked by the loss on all pairs when zeroed.
+    Ablate {
+        checkpoint: PathBuf,
+        /// Rows to print (all with --json).
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch).
@@ -300,8 +310,12 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Analyze { target, json } => {
             if target.is_dir() {
                 let rows = toylens::analysis::progress(&target)?;
+                let phases = toylens::analysis::phases(&rows);
                 if json {
-                    println!("{}", serde_json::to_string(&rows)?);
+                    println!(
+                        "{}",
+                        serde_json::json!({"progress": rows, "phases": phases})
+                    );
                 } else {
                     println!(
                         "{}: {} checkpoints -> {}",
@@ -309,6 +323,23 @@ fn run(cmd: Cmd) -> Result<()> {
                         rows.len(),
                         target.join("progress.csv").display()
                     );
+                    if let Some(ph) = phases {
+                        let show = |s: Option<u64>| {
+                            s.map(|s| s.to_string())
+                                .unwrap_or_else(|| "not reached".into())
+                        };
+                        println!("  memorisation       steps 0-{}", ph.memorisation_end);
+                        println!(
+                            "  circuit formation  steps {}-{}",
+                            ph.memorisation_end,
+                            show(ph.cleanup_start)
+                        );
+                        println!(
+                            "  cleanup            steps {}-{}",
+                            show(ph.cleanup_start),
+                            show(ph.cleanup_end)
+                        );
+                    }
                 }
                 return Ok(());
             }
@@ -351,6 +382,51 @@ fn run(cmd: Cmd) -> Result<()> {
                     a.gini_w_e, a.gini_w_l
                 );
                 println!("  sum of squared weights {:.1}", a.sum_sq_weights);
+            }
+        }
+        Cmd::Ablate {
+            checkpoint,
+            top,
+            json,
+        } => {
+            let l = load::load_model(&checkpoint)?;
+            let (p, op) = match &l.task {
+                Some(TaskInfo::Modular { p, op, .. }) => (*p, *op),
+                None => (
+                    l.model
+                        .cfg
+                        .d_vocab
+                        .checked_sub(1)
+                        .context("model vocabulary too small")?,
+                    Default::default(),
+                ),
+            };
+            let (base_loss, base_acc) = toylens::analysis::ablation::baseline(&l.model, p, op)?;
+            let rows = toylens::analysis::ablation::ablate_all(&l.model, p, op)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"loss": base_loss, "accuracy": base_acc, "ablations": rows})
+                );
+            } else {
+                println!(
+                    "{}: loss {base_loss:.4e}, accuracy {base_acc:.4} with nothing ablated",
+                    checkpoint.display()
+                );
+                println!(
+                    "{:>8} {:>5} {:>5}  {:>11} {:>8}  {:>11} {:>8}",
+                    "unit", "layer", "index", "zero loss", "zero acc", "mean loss", "mean acc"
+                );
+                for r in rows.iter().take(top) {
+                    let unit = match r.unit {
+                        toylens::analysis::ablation::Unit::Neuron => "neuron",
+                        toylens::analysis::ablation::Unit::Head => "head",
+                    };
+                    println!(
+                        "{unit:>8} {:>5} {:>5}  {:>11.4e} {:>8.4}  {:>11.4e} {:>8.4}",
+                        r.layer, r.index, r.zero_loss, r.zero_acc, r.mean_loss, r.mean_acc
+                    );
+                }
             }
         }
         Cmd::Hooks { checkpoint } => {
