@@ -241,3 +241,62 @@ fn ablation_baseline_is_the_model_and_the_linear_shortcut_matches_hooked_runs() 
         }
     }
 }
+
+#[test]
+fn patching_moves_the_answer_and_patching_into_itself_changes_nothing() {
+    use toylens::analysis::patching::patch;
+    use toylens::hooks::PatchSpec;
+    let g = grokked();
+    let (src, tgt) = ([5u32, 7, 113], [20u32, 30, 113]);
+    // The whole residual stream at the answer position carries the answer.
+    let e = patch(
+        &g.model,
+        "blocks.0.hook_resid_post",
+        &src,
+        &tgt,
+        50,
+        PatchSpec {
+            position: Some(2),
+            head: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(e.prediction_after, 12);
+    assert!(e.loss_after > 10.0 && e.loss_before < 1e-5);
+    // Into itself: nothing moves, for any hook point.
+    for hook in [
+        "hook_embed",
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.mlp.hook_post",
+    ] {
+        let e = patch(&g.model, hook, &tgt, &tgt, 50, PatchSpec::default()).unwrap();
+        assert_eq!(e.logit_before, e.logit_after, "{hook}");
+        assert_eq!(e.loss_before, e.loss_after, "{hook}");
+    }
+    let err = patch(
+        &g.model,
+        "blocks.0.attn.hook_patern",
+        &src,
+        &tgt,
+        50,
+        PatchSpec::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("did you mean blocks.0.attn.hook_pattern"),
+        "{err}"
+    );
+    assert!(patch(
+        &g.model,
+        "blocks.0.hook_resid_post",
+        &src,
+        &tgt,
+        50,
+        PatchSpec {
+            position: None,
+            head: Some(1)
+        }
+    )
+    .is_err());
+}

@@ -15,6 +15,7 @@
 
 pub mod ablation;
 pub mod fourier;
+pub mod patching;
 
 use crate::error::{Error, Result};
 use crate::models::transformer::{Transformer, Workspace};

@@ -86,6 +86,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Activation patching on a modular-arithmetic model: run `a b =` (target) with the activation at
+    /// HOOK taken from another input (source); prints the effect on the target's answer.
+    Patch {
+        checkpoint: PathBuf,
+        /// Hook point, e.g. blocks.0.attn.hook_z.
+        #[arg(long)]
+        hook: String,
+        /// Source input `a,b`.
+        #[arg(long, value_parser = parse_pair)]
+        source: (u32, u32),
+        /// Target input `a,b`.
+        #[arg(long, value_parser = parse_pair)]
+        target: (u32, u32),
+        /// Only this position (default: all).
+        #[arg(long)]
+        position: Option<usize>,
+        /// Only this head (hooks with a head axis).
+        #[arg(long)]
+        head: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch).
@@ -148,6 +170,16 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
     Ok((
         presets.first().map(|s| s.to_string()),
         overrides.into_iter().cloned().collect(),
+    ))
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}`: expected a,b"))?;
+    Ok((
+        a.trim().parse().map_err(|e| format!("`{a}`: {e}"))?,
+        b.trim().parse().map_err(|e| format!("`{b}`: {e}"))?,
     ))
 }
 
@@ -427,6 +459,61 @@ fn run(cmd: Cmd) -> Result<()> {
                         r.layer, r.index, r.zero_loss, r.zero_acc, r.mean_loss, r.mean_acc
                     );
                 }
+            }
+        }
+        Cmd::Patch {
+            checkpoint,
+            hook,
+            source,
+            target,
+            position,
+            head,
+            json,
+        } => {
+            let l = load::load_model(&checkpoint)?;
+            let (p, op) = match &l.task {
+                Some(TaskInfo::Modular { p, op, .. }) => (*p, *op),
+                None => (
+                    l.model
+                        .cfg
+                        .d_vocab
+                        .checked_sub(1)
+                        .context("model vocabulary too small")?,
+                    Default::default(),
+                ),
+            };
+            for (name, (a, b)) in [("source", source), ("target", target)] {
+                if a as usize >= p || b as usize >= p {
+                    anyhow::bail!("{name} {a},{b}: inputs are numbers below p = {p}");
+                }
+            }
+            let correct = op.apply(target.0 as u64, target.1 as u64, p as u64) as u32;
+            let eq = p as u32;
+            let spec = toylens::hooks::PatchSpec { position, head };
+            let e = toylens::analysis::patching::patch(
+                &l.model,
+                &hook,
+                &[source.0, source.1, eq],
+                &[target.0, target.1, eq],
+                correct,
+                spec,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                println!(
+                    "patch {hook} from {},{} into {},{} (answer {correct}):",
+                    source.0, source.1, target.0, target.1
+                );
+                println!(
+                    "  correct logit {:.4} -> {:.4}",
+                    e.logit_before, e.logit_after
+                );
+                println!(
+                    "  loss          {:.4e} -> {:.4e}",
+                    e.loss_before, e.loss_after
+                );
+                println!("  prediction    {}", e.prediction_after);
             }
         }
         Cmd::Hooks { checkpoint } => {
