@@ -300,3 +300,47 @@ fn patching_moves_the_answer_and_patching_into_itself_changes_nothing() {
     )
     .is_err());
 }
+
+#[test]
+fn neurons_are_assigned_their_frequency() {
+    use ndarray::Array3;
+    use toylens::analysis::neurons::{frequency_shares, neuron_frequencies};
+    let p = 17;
+    // Neuron 0: cos(3(x+y)); neuron 1: sin(5x)·cos(5y) + 0.1 noise-free offset; neuron 2: ReLU(cos(2x)+cos(2y)).
+    let w = |k: usize, t: usize| std::f64::consts::TAU * (k * t) as f64 / p as f64;
+    let grid = Array3::from_shape_fn((p, p, 3), |(x, y, n)| match n {
+        0 => w(3, x + y).cos() as f32,
+        1 => (w(5, x).sin() * w(5, y).cos() + 0.1) as f32,
+        _ => (w(2, x).cos() + w(2, y).cos()).max(0.0) as f32,
+    });
+    let (best, share) = frequency_shares(&grid);
+    assert_eq!(best, vec![3, 5, 2]);
+    assert!(share[0] > 0.999 && share[1] > 0.999, "{share:?}");
+    assert!(
+        share[2] > 0.5,
+        "ReLU of one frequency is mostly that frequency: {}",
+        share[2]
+    );
+    // The grokked model's neurons cluster on its key frequencies.
+    let g = grokked();
+    let nf = neuron_frequencies(&g.model, 113).unwrap();
+    let keys = analyze(&g.model, 113, Op::Add, None)
+        .unwrap()
+        .key_frequencies;
+    let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
+    let on_keys: usize = nf
+        .clusters
+        .iter()
+        .filter(|c| keys.contains(&c.frequency))
+        .map(|c| c.size)
+        .sum();
+    assert!(
+        clustered > 256,
+        "most neurons belong to a cluster: {clustered}"
+    );
+    assert!(
+        on_keys as f64 > 0.9 * clustered as f64,
+        "clusters {:?} vs keys {keys:?}",
+        nf.clusters
+    );
+}

@@ -15,6 +15,7 @@
 
 pub mod ablation;
 pub mod fourier;
+pub mod neurons;
 pub mod patching;
 
 use crate::error::{Error, Result};

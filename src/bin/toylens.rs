@@ -390,8 +390,11 @@ fn run(cmd: Cmd) -> Result<()> {
             };
             let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
                 .with_context(|| format!("analysing {}", target.display()))?;
+            let nf = toylens::analysis::neurons::neuron_frequencies(&l.model, p)?;
             if json {
-                println!("{}", serde_json::to_string(&a)?);
+                let mut v = serde_json::to_value(&a)?;
+                v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
+                println!("{v}");
             } else {
                 println!("{}: (a + b) mod {p}", target.display());
                 println!("  key frequencies        {:?}", a.key_frequencies);
@@ -414,6 +417,18 @@ fn run(cmd: Cmd) -> Result<()> {
                     a.gini_w_e, a.gini_w_l
                 );
                 println!("  sum of squared weights {:.1}", a.sum_sq_weights);
+                let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
+                println!(
+                    "  neuron clusters        {clustered} of {} neurons by best frequency (share of variance ≥ {}):",
+                    nf.share.len(),
+                    toylens::analysis::neurons::CLUSTER_MIN_SHARE
+                );
+                for c in &nf.clusters {
+                    println!(
+                        "    frequency {:3}: {:4} neurons, mean share {:.3}",
+                        c.frequency, c.size, c.mean_share
+                    );
+                }
             }
         }
         Cmd::Ablate {
