@@ -344,3 +344,114 @@ fn neurons_are_assigned_their_frequency() {
         nf.clusters
     );
 }
+
+#[test]
+fn cli_analyze_ablate_and_patch() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/progress-measures/wd_10-1_mod_addition_loss_curve.pth");
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "analyze",
+        fixture.to_str().unwrap(),
+        "--json",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "key_frequencies",
+        "loss_all",
+        "restricted_loss",
+        "excluded_loss",
+        "gini_W_E",
+        "gini_W_L",
+        "sum_sq_weights",
+        "neuron_clusters",
+    ] {
+        assert!(!v[k].is_null(), "{k} missing");
+    }
+    for f in [
+        "we_fourier_norms",
+        "neuron_clusters",
+        "neuron_activation",
+        "attention_patterns",
+    ] {
+        for ext in ["png", "svg"] {
+            let p = d.path().join(format!("{f}.{ext}"));
+            assert!(
+                std::fs::metadata(&p)
+                    .map(|m| m.len() > 1000)
+                    .unwrap_or(false),
+                "{} missing or empty",
+                p.display()
+            );
+        }
+    }
+    let out = run(&[
+        "ablate",
+        fixture.to_str().unwrap(),
+        "--json",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ablations"].as_array().unwrap().len(), 512 + 4);
+    assert!(d.path().join("ablation_ranking.png").exists());
+    let out = run(&[
+        "patch",
+        fixture.to_str().unwrap(),
+        "--hook",
+        "blocks.0.hook_resid_post",
+        "--source",
+        "5,7",
+        "--target",
+        "20,30",
+        "--position",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prediction_after"], 12);
+    let out = run(&[
+        "patch",
+        fixture.to_str().unwrap(),
+        "--hook",
+        "blocks.0.mlp.hook_pots",
+        "--source",
+        "5,7",
+        "--target",
+        "20,30",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("blocks.0.mlp.hook_post")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = run(&[
+        "patch",
+        fixture.to_str().unwrap(),
+        "--hook",
+        "hook_embed",
+        "--source",
+        "5,700",
+        "--target",
+        "20,30",
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("below p = 113")
+    );
+}

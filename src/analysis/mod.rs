@@ -17,6 +17,7 @@ pub mod ablation;
 pub mod fourier;
 pub mod neurons;
 pub mod patching;
+pub mod plots;
 
 use crate::error::{Error, Result};
 use crate::models::transformer::{Transformer, Workspace};

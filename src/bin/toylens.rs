@@ -75,11 +75,17 @@ enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Write the pictures (PNG and SVG) here (for a run directory: default the run directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Zero- and mean-ablate every MLP neuron and attention head of a modular-arithmetic model; prints
     /// the units ranked by the loss on all pairs when zeroed.
     Ablate {
         checkpoint: PathBuf,
+        /// Also draw the ranking (PNG and SVG) into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Rows to print (all with --json).
         #[arg(long, default_value_t = 20)]
         top: usize,
@@ -339,10 +345,12 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             }
         }
-        Cmd::Analyze { target, json } => {
+        Cmd::Analyze { target, json, out } => {
             if target.is_dir() {
                 let rows = toylens::analysis::progress(&target)?;
                 let phases = toylens::analysis::phases(&rows);
+                let dir = out.clone().unwrap_or_else(|| target.clone());
+                let files = toylens::analysis::plots::progress(&rows, phases.as_ref(), &dir)?;
                 if json {
                     println!(
                         "{}",
@@ -350,10 +358,11 @@ fn run(cmd: Cmd) -> Result<()> {
                     );
                 } else {
                     println!(
-                        "{}: {} checkpoints -> {}",
+                        "{}: {} checkpoints -> {}, {}",
                         target.display(),
                         rows.len(),
-                        target.join("progress.csv").display()
+                        target.join("progress.csv").display(),
+                        files[0].display()
                     );
                     if let Some(ph) = phases {
                         let show = |s: Option<u64>| {
@@ -391,6 +400,12 @@ fn run(cmd: Cmd) -> Result<()> {
             let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
                 .with_context(|| format!("analysing {}", target.display()))?;
             let nf = toylens::analysis::neurons::neuron_frequencies(&l.model, p)?;
+            if let Some(dir) = &out {
+                let files = toylens::analysis::plots::checkpoint(&l.model, p, &a, &nf, dir)?;
+                if !json {
+                    println!("wrote {} pictures to {}", files.len(), dir.display());
+                }
+            }
             if json {
                 let mut v = serde_json::to_value(&a)?;
                 v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
@@ -433,6 +448,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Ablate {
             checkpoint,
+            out,
             top,
             json,
         } => {
@@ -450,6 +466,9 @@ fn run(cmd: Cmd) -> Result<()> {
             };
             let (base_loss, base_acc) = toylens::analysis::ablation::baseline(&l.model, p, op)?;
             let rows = toylens::analysis::ablation::ablate_all(&l.model, p, op)?;
+            if let Some(dir) = &out {
+                toylens::analysis::plots::ablation(&rows, 20, dir)?;
+            }
             if json {
                 println!(
                     "{}",

@@ -24,6 +24,7 @@ pub struct Series<'a> {
 
 pub const BLUE_: RGBColor = RGBColor(31, 119, 180);
 pub const ORANGE_: RGBColor = RGBColor(255, 127, 14);
+pub const GREEN_: RGBColor = RGBColor(44, 160, 44);
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
@@ -148,4 +149,331 @@ pub fn log_y_lines(
     };
     res.map_err(|e| Error::format(path, format!("drawing failed: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// A shaded span of x (a training phase) with its label.
+pub struct Band<'a> {
+    pub from: f64,
+    pub to: f64,
+    pub label: &'a str,
+    pub color: RGBColor,
+}
+
+/// Draw on a PNG or SVG file (by extension), atomically.
+fn render(
+    path: &Path,
+    size: (u32, u32),
+    f: impl Fn(DrawingArea<BitMapBackend, Shift>) -> std::result::Result<(), String>,
+    g: impl Fn(DrawingArea<SVGBackend, Shift>) -> std::result::Result<(), String>,
+) -> Result<()> {
+    register_font();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("png")
+        .to_ascii_lowercase();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}.{ext}",
+        path.file_stem().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let res = match ext.as_str() {
+        "svg" => g(SVGBackend::new(&tmp, size).into_drawing_area()),
+        "png" => f(BitMapBackend::new(&tmp, size).into_drawing_area()),
+        other => {
+            return Err(Error::Input(format!(
+                "{}: unsupported plot format `{other}` (png or svg)",
+                path.display()
+            )))
+        }
+    };
+    res.map_err(|e| Error::format(path, format!("drawing failed: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn draw_bands<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_max: f64,
+    log_series: &[Series],
+    lin_series: &[Series],
+    bands: &[Band],
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| e.to_string())?;
+    let (top, bottom) = root.split_vertically((root.dim_in_pixel().1 as f64 * 0.6) as u32);
+    // Losses on a log axis.
+    let pos = log_series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|v| *v > 0.0 && v.is_finite());
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in pos {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (1e-3, 1.0);
+    }
+    let mut c = ChartBuilder::on(&top)
+        .margin(10)
+        .margin_right(30)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, (lo / 2.0..hi * 2.0).log_scale())
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .y_desc("loss")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, b) in bands.iter().enumerate() {
+        c.draw_series(std::iter::once(Rectangle::new(
+            [(b.from, lo / 2.0), (b.to, hi * 2.0)],
+            b.color.mix(0.15).filled(),
+        )))
+        .map_err(|e| e.to_string())?;
+        // Staggered heights, so labels of narrow neighbouring bands do not overlap.
+        let y = hi * 1.5 / 4f64.powi(i as i32 % 2);
+        c.draw_series(std::iter::once(Text::new(
+            b.label.to_string(),
+            (b.from, y),
+            ("sans-serif", 13),
+        )))
+        .map_err(|e| e.to_string())?;
+    }
+    for s in log_series {
+        let color = s.color;
+        c.draw_series(LineSeries::new(
+            s.points.iter().copied().filter(|p| p.1 > 0.0),
+            color.stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?
+        .label(s.name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    // Sparsity and weight norm on a linear 0..1 axis.
+    let mut c = ChartBuilder::on(&bottom)
+        .margin(10)
+        .margin_right(30)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..1.0)
+        .map_err(|e| e.to_string())?;
+    c.configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for b in bands {
+        c.draw_series(std::iter::once(Rectangle::new(
+            [(b.from, 0.0), (b.to, 1.0)],
+            b.color.mix(0.15).filled(),
+        )))
+        .map_err(|e| e.to_string())?;
+    }
+    for s in lin_series {
+        let color = s.color;
+        c.draw_series(LineSeries::new(
+            s.points.iter().copied(),
+            color.stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?
+        .label(s.name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Two panels over training steps, with shaded bands: log-scale losses on top, 0..1 quantities below.
+pub fn progress_panels(
+    path: &Path,
+    title: &str,
+    x_max: f64,
+    log_series: &[Series],
+    lin_series: &[Series],
+    bands: &[Band],
+) -> Result<()> {
+    render(
+        path,
+        (1000, 760),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands),
+    )
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    bars: &[(String, f64)],
+    color: RGBColor,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let hi = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-12) * 1.08;
+    let n = bars.len();
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..n).into_segmented(), 0.0..hi)
+        .map_err(|e| e.to_string())?;
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    let every = n.div_ceil(30).max(1);
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(n.min(30))
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < labels.len() && i % every == 0 => labels[*i].clone(),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    c.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        let mut r = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), b.1),
+            ],
+            color.filled(),
+        );
+        r.set_margin(0, 0, 1, 1);
+        r
+    }))
+    .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// A bar chart of labelled values.
+pub fn bars(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    bars: &[(String, f64)],
+) -> Result<()> {
+    render(
+        path,
+        (1000, 460),
+        |a| draw_bars(a, title, x_label, y_label, bars, BLUE_),
+        |a| draw_bars(a, title, x_label, y_label, bars, BLUE_),
+    )
+}
+
+fn diverging(v: f64, max_abs: f64) -> RGBColor {
+    let t = (v / max_abs.max(1e-30)).clamp(-1.0, 1.0);
+    let (r, g, b) = if t >= 0.0 {
+        (255.0, 255.0 * (1.0 - t), 255.0 * (1.0 - t))
+    } else {
+        (255.0 * (1.0 + t), 255.0 * (1.0 + t), 255.0)
+    };
+    RGBColor(r as u8, g as u8, b as u8)
+}
+
+fn sequential_blue(v: f64, max: f64) -> RGBColor {
+    let t = (v / max.max(1e-30)).clamp(0.0, 1.0);
+    RGBColor(
+        (255.0 - 247.0 * t) as u8,
+        (255.0 - 207.0 * t) as u8,
+        (255.0 - 148.0 * t) as u8,
+    )
+}
+
+fn draw_heatmaps<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    panels: &[(String, Vec<Vec<f64>>)],
+    x_label: &str,
+    y_label: &str,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| e.to_string())?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, (name, grid)) in areas.into_iter().zip(panels) {
+        let rows = grid.len();
+        let cols = grid.first().map_or(0, |r| r.len());
+        let max_abs = grid.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        // Non-negative data (attention weights, ReLU outputs) on a sequential scale, else diverging.
+        let sequential = grid.iter().flatten().all(|&v| v >= 0.0);
+        let mut c = ChartBuilder::on(&area)
+            .caption(name, ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0..cols, 0..rows)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .disable_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        c.draw_series(grid.iter().enumerate().flat_map(|(y, row)| {
+            row.iter().enumerate().map(move |(x, &v)| {
+                let color = if sequential {
+                    sequential_blue(v, max_abs)
+                } else {
+                    diverging(v, max_abs)
+                };
+                Rectangle::new([(x, y), (x + 1, y + 1)], color.filled())
+            })
+        }))
+        .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Heat maps side by side (rows = y, columns = x), a diverging colour scale centred on 0 per panel.
+pub fn heatmaps(
+    path: &Path,
+    title: &str,
+    panels: &[(String, Vec<Vec<f64>>)],
+    x_label: &str,
+    y_label: &str,
+) -> Result<()> {
+    let w = (420 * panels.len().max(1)).max(720) as u32;
+    render(
+        path,
+        (w, 470),
+        |a| draw_heatmaps(a, title, panels, x_label, y_label),
+        |a| draw_heatmaps(a, title, panels, x_label, y_label),
+    )
 }
