@@ -156,6 +156,7 @@ pub fn ablation(rows: &[AblationRow], n: usize, dir: &Path) -> Result<Vec<PathBu
 
 /// Progress measures over training with the phases shaded.
 pub fn progress(rows: &[ProgressRow], phases: Option<&Phases>, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     let pts = |f: &dyn Fn(&ProgressRow) -> f64| {
         rows.iter()
             .map(|r| (r.step as f64, f(r)))
