@@ -48,6 +48,9 @@ enum Cmd {
         #[arg(long)]
         svg: bool,
     },
+    /// Write RUN_DIR/report.html: every analysis of a modular-addition run in one offline,
+    /// interactive page.
+    Report { run_dir: PathBuf },
     /// List the embedded presets.
     Presets,
     /// Print a preset with overrides applied, as the YAML a run would save.
@@ -273,6 +276,12 @@ fn run(cmd: Cmd) -> Result<()> {
             println!(
                 "wrote {}",
                 toylens::train::plot_run(&run_dir, svg)?.display()
+            );
+        }
+        Cmd::Report { run_dir } => {
+            println!(
+                "wrote {}",
+                toylens::report::html::run_report(&run_dir)?.display()
             );
         }
         Cmd::Presets => {

@@ -1,0 +1,117 @@
+//! The HTML report: self-contained and offline, and, in headless Chromium, every figure draws with no
+//! script or console error. Without Chromium (Debian package `chromium`, which .ci/run installs) the
+//! browser part is skipped with a printed reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|c| {
+            let out = Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+}
+
+fn toylens(args: &[&str], out: Option<&Path>) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_toylens"));
+    c.args(args);
+    if let Some(o) = out {
+        c.arg("--out").arg(o);
+    }
+    let r = c.output().unwrap();
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+#[test]
+fn report_is_self_contained_and_every_figure_draws_in_a_browser() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    toylens(
+        &[
+            "train",
+            "grokking-tiny",
+            "train.steps=300",
+            "train.checkpoint_every=100",
+            "--quiet",
+        ],
+        Some(&run),
+    );
+    toylens(&["report", run.to_str().unwrap()], None);
+    let path = run.join("report.html");
+    let html = std::fs::read_to_string(&path).unwrap();
+    let plotly =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/plotly.min.js"))
+            .unwrap();
+    assert!(html.contains(&plotly), "plotly.js is inlined whole");
+    let page = html.replace(&plotly, "");
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "<link",
+        "url(http",
+    ] {
+        assert!(
+            !page.contains(external),
+            "the report loads `{external}`: it must work offline"
+        );
+    }
+    let n_figures = html.matches("class=\"plot\"").count();
+    assert_eq!(n_figures, 8);
+
+    let Some(browser) = chromium() else {
+        eprintln!("skipped the browser check: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let profile = d.path().join("profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+        ])
+        // No host resolves: the page must not need the network.
+        .arg("--host-resolver-rules=MAP * ~NOTFOUND")
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let status = dom
+        .split("<pre id=\"status\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(status)
+        .unwrap_or_else(|_| panic!("the page did not finish drawing; status `{status}`"));
+    assert_eq!(v["figures"], n_figures);
+    assert_eq!(v["drawn"], n_figures, "{v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([]),
+        "script or console errors: {v}"
+    );
+    assert!(
+        dom.matches("main-svg").count() >= n_figures,
+        "plotly drew its SVGs"
+    );
+}
