@@ -134,3 +134,18 @@ pub fn neuron_frequencies(model: &Transformer, p: usize) -> Result<NeuronFrequen
         clusters,
     })
 }
+
+/// Key frequencies by the neuron-cluster rule: the frequencies whose clusters hold at least 5% of the
+/// clustered neurons, ascending.
+pub fn key_frequencies_from_clusters(nf: &NeuronFrequencies) -> Vec<usize> {
+    let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
+    let min = (clustered as f64 * 0.05).ceil().max(1.0) as usize;
+    let mut k: Vec<usize> = nf
+        .clusters
+        .iter()
+        .filter(|c| c.size >= min)
+        .map(|c| c.frequency)
+        .collect();
+    k.sort_unstable();
+    k
+}

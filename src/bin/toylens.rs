@@ -81,6 +81,10 @@ enum Cmd {
         /// Write the pictures (PNG and SVG) here (for a run directory: default the run directory).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How to choose the key frequencies: `wl` (the paper's rule, from W_L's Fourier norms) or
+        /// `neurons` (frequencies whose neuron clusters hold ≥ 5% of the clustered neurons).
+        #[arg(long, default_value = "wl", value_parser = ["wl", "neurons"])]
+        key_rule: String,
     },
     /// Zero- and mean-ablate every MLP neuron and attention head of a modular-arithmetic model; prints
     /// the units ranked by the loss on all pairs when zeroed.
@@ -354,7 +358,12 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             }
         }
-        Cmd::Analyze { target, json, out } => {
+        Cmd::Analyze {
+            target,
+            json,
+            out,
+            key_rule,
+        } => {
             if target.is_dir() {
                 let rows = toylens::analysis::progress(&target)?;
                 let phases = toylens::analysis::phases(&rows);
@@ -409,6 +418,12 @@ fn run(cmd: Cmd) -> Result<()> {
             let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
                 .with_context(|| format!("analysing {}", target.display()))?;
             let nf = toylens::analysis::neurons::neuron_frequencies(&l.model, p)?;
+            let a = if key_rule == "neurons" {
+                let keys = toylens::analysis::neurons::key_frequencies_from_clusters(&nf);
+                toylens::analysis::analyze_with_keys(&l.model, p, split.as_ref(), Some(&keys))?
+            } else {
+                a
+            };
             if let Some(dir) = &out {
                 let files = toylens::analysis::plots::checkpoint(&l.model, p, &a, &nf, dir)?;
                 if !json {
@@ -418,10 +433,14 @@ fn run(cmd: Cmd) -> Result<()> {
             if json {
                 let mut v = serde_json::to_value(&a)?;
                 v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
+                v["key_frequency_rule"] = serde_json::Value::String(key_rule.clone());
                 println!("{v}");
             } else {
                 println!("{}: (a + b) mod {p}", target.display());
-                println!("  key frequencies        {:?}", a.key_frequencies);
+                println!(
+                    "  key frequencies        {:?}   (rule: {key_rule})",
+                    a.key_frequencies
+                );
                 println!("  loss (all pairs)       {:.4e}", a.loss_all);
                 println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x + y)", a.restricted_loss);
                 println!(
