@@ -180,17 +180,23 @@ pub fn analyze_with_keys(
         .ok_or_else(|| {
             Error::Input("the model has no MLP, so no W_L (attention-only model)".into())
         })?;
+    // W_L = W_out · W_U[:, :p], as one product; rows of the transpose are indexed by the answer.
     let m = w_out.shape()[0];
+    let w_out2 = w_out
+        .into_dimensionality::<ndarray::Ix2>()
+        .expect("W_out is 2-D");
+    let w_u2 = w_u
+        .into_dimensionality::<ndarray::Ix2>()
+        .expect("W_U is 2-D");
+    let mut w_l = ndarray::Array2::<f32>::zeros((m, p));
+    crate::engine::matmul::matmul(
+        &mut w_l.view_mut(),
+        &w_out2,
+        &w_u2.slice(ndarray::s![.., ..p]),
+        false,
+    );
     let w_l_cols: Vec<Vec<f64>> = (0..p)
-        .map(|c| {
-            (0..m)
-                .map(|n| {
-                    (0..d)
-                        .map(|j| w_out[[n, j]] as f64 * w_u[[j, c]] as f64)
-                        .sum()
-                })
-                .collect()
-        })
+        .map(|c| w_l.column(c).iter().map(|&x| x as f64).collect())
         .collect();
     let w_l_f = basis.transform_rows(&w_l_cols);
     let w_l_component_norms: Vec<f64> = w_l_f
@@ -316,21 +322,25 @@ pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
         *steps.last().unwrap(),
     ))?;
     let keys = analyze(&last.model, task.p, task.op, Some(&task))?.key_frequencies;
-    let mut rows = Vec::new();
-    for s in steps {
-        let m = crate::io::checkpoint::load(&crate::train::checkpoint_path(run_dir, s))?.model;
-        let a = analyze_with_keys(&m, task.p, Some(&task), Some(&keys))?;
-        rows.push(ProgressRow {
-            step: s,
-            loss_all: a.loss_all,
-            restricted_loss: a.restricted_loss,
-            excluded_loss: a.excluded_loss,
-            gini_w_e: a.gini_w_e,
-            gini_w_l: a.gini_w_l,
-            sum_sq_weights: a.sum_sq_weights,
-            n_key_frequencies: keys.len(),
-        });
-    }
+    // Checkpoints are independent: analyse them in parallel, in step order.
+    use rayon::prelude::*;
+    let rows = steps
+        .par_iter()
+        .map(|&s| -> Result<ProgressRow> {
+            let m = crate::io::checkpoint::load(&crate::train::checkpoint_path(run_dir, s))?.model;
+            let a = analyze_with_keys(&m, task.p, Some(&task), Some(&keys))?;
+            Ok(ProgressRow {
+                step: s,
+                loss_all: a.loss_all,
+                restricted_loss: a.restricted_loss,
+                excluded_loss: a.excluded_loss,
+                gini_w_e: a.gini_w_e,
+                gini_w_l: a.gini_w_l,
+                sum_sq_weights: a.sum_sq_weights,
+                n_key_frequencies: keys.len(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut csv = String::from("step,loss_all,restricted_loss,excluded_loss,gini_W_E,gini_W_L,sum_sq_weights,n_key_frequencies\n");
     for r in &rows {
         csv += &format!(
