@@ -9,7 +9,7 @@ use crate::engine::loss::{cross_entropy, mean, RowLoss};
 use crate::error::Result;
 use crate::hooks::{CacheFilter, Hooks};
 use crate::models::transformer::Transformer;
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::tasks::modular::{ModularTask, Op};
 use ndarray::{Array2, Array3, ArrayViewMutD, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -43,14 +43,7 @@ fn score(logits: &[f32], v: usize, targets: &[u32]) -> (f64, f64) {
 }
 
 fn all_inputs(p: usize, op: Op) -> (Array2<u32>, Vec<u32>) {
-    let task = ModularTask {
-        p,
-        op,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
-    let b = task.batch(&task.all_pairs());
+    let b = ModularTask::all_pairs_batch(p, op);
     let targets = b.targets.column(0).to_vec();
     (b.tokens, targets)
 }
@@ -70,6 +63,46 @@ pub fn baseline(model: &Transformer, p: usize, op: Op) -> Result<(f64, f64)> {
     Ok(score(&last_logits(&l), model.cfg.d_vocab_out(), &targets))
 }
 
+/// Zero- and mean-ablate index `idx` of axis 2 at hook point `name` (a head of `hook_z`, a neuron of
+/// `hook_post`) in hooked runs: [(loss, accuracy) zeroed, (loss, accuracy) mean-ablated]. Mean
+/// ablation gives each position the unit's mean over the inputs at that position.
+fn hooked(
+    model: &Transformer,
+    tokens: &Array2<u32>,
+    targets: &[u32],
+    name: &str,
+    idx: usize,
+) -> Result<[(f64, f64); 2]> {
+    let mut r = [(0.0, 0.0); 2];
+    for (i, mean_ablate) in [false, true].into_iter().enumerate() {
+        let hook = move |a: &mut ArrayViewMutD<f32>| {
+            let mut unit = a.index_axis_mut(Axis(2), idx);
+            if mean_ablate {
+                let m = unit.mean_axis(Axis(0)).expect("batch");
+                unit.axis_iter_mut(Axis(0))
+                    .for_each(|mut row| row.assign(&m));
+            } else {
+                unit.fill(0.0);
+            }
+        };
+        let out = model.run_with_hooks(tokens.view(), Hooks::new().add(name, hook))?;
+        r[i] = score(&last_logits(&out), model.cfg.d_vocab_out(), targets);
+    }
+    Ok(r)
+}
+
+fn row(unit: Unit, layer: usize, index: usize, r: [(f64, f64); 2]) -> AblationRow {
+    AblationRow {
+        unit,
+        layer,
+        index,
+        zero_loss: r[0].0,
+        zero_acc: r[0].1,
+        mean_loss: r[1].0,
+        mean_acc: r[1].1,
+    }
+}
+
 /// Every MLP neuron and attention head, zero- and mean-ablated, ranked by zero-ablated loss
 /// (most important first).
 pub fn ablate_all(model: &Transformer, p: usize, op: Op) -> Result<Vec<AblationRow>> {
@@ -77,119 +110,75 @@ pub fn ablate_all(model: &Transformer, p: usize, op: Op) -> Result<Vec<AblationR
     let v = cfg.d_vocab_out();
     let (tokens, targets) = all_inputs(p, op);
     let mut rows = Vec::new();
-
     for l in 0..cfg.n_layers {
-        // Heads: hooked runs on hook_z.
         for h in 0..cfg.n_heads {
-            let mut r = [(0.0, 0.0); 2];
-            for (i, mean_ablate) in [false, true].into_iter().enumerate() {
-                let hook = move |z: &mut ArrayViewMutD<f32>| {
-                    let mut zh = z.index_axis_mut(Axis(2), h);
-                    if mean_ablate {
-                        let m = zh.mean_axis(Axis(0)).expect("batch");
-                        zh.axis_iter_mut(Axis(0)).for_each(|mut row| row.assign(&m));
-                    } else {
-                        zh.fill(0.0);
-                    }
-                };
-                let out = model.run_with_hooks(
-                    tokens.view(),
-                    Hooks::new().add(format!("blocks.{l}.attn.hook_z"), hook),
-                )?;
-                r[i] = score(&last_logits(&out), v, &targets);
-            }
-            rows.push(AblationRow {
-                unit: Unit::Head,
-                layer: l,
-                index: h,
-                zero_loss: r[0].0,
-                zero_acc: r[0].1,
-                mean_loss: r[1].0,
-                mean_acc: r[1].1,
-            });
+            rows.push(row(
+                Unit::Head,
+                l,
+                h,
+                hooked(
+                    model,
+                    &tokens,
+                    &targets,
+                    &format!("blocks.{l}.attn.hook_z"),
+                    h,
+                )?,
+            ));
         }
         if !cfg.has_mlp() {
             continue;
         }
-        let dm = cfg.d_mlp();
         let name = format!("blocks.{l}.mlp.hook_post");
-        let linear = l + 1 == cfg.n_layers && !cfg.has_ln();
-        if linear {
-            let (logits, cache) =
-                model.run_with_cache(tokens.view(), CacheFilter::Names(vec![name.clone()]))?;
-            let base = last_logits(&logits);
-            let post = cache.get(&name)?;
-            let last = post.shape()[1] - 1;
-            let post = post
-                .index_axis(Axis(1), last)
-                .to_owned()
-                .into_dimensionality::<ndarray::Ix2>()
-                .expect("[n, d_mlp]");
-            let (w_out, w_u) = (
-                model.param(&format!("blocks.{l}.mlp.W_out")).unwrap(),
-                model.param("unembed.W_U").unwrap(),
-            );
-            let d = cfg.d_model;
-            let neuron_rows: Vec<AblationRow> = (0..dm)
-                .into_par_iter()
-                .map(|n| {
-                    let u: Vec<f32> = (0..v)
-                        .map(|c| (0..d).map(|j| w_out[[n, j]] * w_u[[j, c]]).sum())
-                        .collect();
-                    let col = post.column(n);
-                    let m = col.mean().unwrap_or(0.0);
-                    let mut r = [(0.0, 0.0); 2];
-                    for (i, repl) in [0.0f32, m].into_iter().enumerate() {
-                        let mut lg = base.clone();
-                        for (row, &a) in lg.chunks_exact_mut(v).zip(col.iter()) {
-                            let delta = a - repl;
-                            for (x, &uc) in row.iter_mut().zip(&u) {
-                                *x -= delta * uc;
-                            }
-                        }
-                        r[i] = score(&lg, v, &targets);
-                    }
-                    AblationRow {
-                        unit: Unit::Neuron,
-                        layer: l,
-                        index: n,
-                        zero_loss: r[0].0,
-                        zero_acc: r[0].1,
-                        mean_loss: r[1].0,
-                        mean_acc: r[1].1,
-                    }
-                })
-                .collect();
-            rows.extend(neuron_rows);
-        } else {
-            for n in 0..dm {
-                let mut r = [(0.0, 0.0); 2];
-                for (i, mean_ablate) in [false, true].into_iter().enumerate() {
-                    // Mean ablation: each position gets the neuron's mean over the inputs there.
-                    let hook = move |a: &mut ArrayViewMutD<f32>| {
-                        let mut c = a.index_axis_mut(Axis(2), n); // [batch, pos]
-                        if mean_ablate {
-                            let m = c.mean_axis(Axis(0)).expect("batch");
-                            c.axis_iter_mut(Axis(0)).for_each(|mut row| row.assign(&m));
-                        } else {
-                            c.fill(0.0);
-                        }
-                    };
-                    let out = model
-                        .run_with_hooks(tokens.view(), Hooks::new().add(name.clone(), hook))?;
-                    r[i] = score(&last_logits(&out), v, &targets);
-                }
-                rows.push(AblationRow {
-                    unit: Unit::Neuron,
-                    layer: l,
-                    index: n,
-                    zero_loss: r[0].0,
-                    zero_acc: r[0].1,
-                    mean_loss: r[1].0,
-                    mean_acc: r[1].1,
-                });
+        if l + 1 < cfg.n_layers || cfg.has_ln() {
+            for n in 0..cfg.d_mlp() {
+                rows.push(row(
+                    Unit::Neuron,
+                    l,
+                    n,
+                    hooked(model, &tokens, &targets, &name, n)?,
+                ));
             }
+            continue;
         }
+        // Last layer, no final LayerNorm: each neuron shifts the logits by −Δ·(W_out[n]·W_U).
+        let (logits, cache) =
+            model.run_with_cache(tokens.view(), CacheFilter::Names(vec![name.clone()]))?;
+        let base = last_logits(&logits);
+        let post = cache.get(&name)?;
+        let last = post.shape()[1] - 1;
+        let post = post
+            .index_axis(Axis(1), last)
+            .to_owned()
+            .into_dimensionality::<ndarray::Ix2>()
+            .expect("[n, d_mlp]");
+        let (w_out, w_u) = (
+            model.param(&format!("blocks.{l}.mlp.W_out")).unwrap(),
+            model.param("unembed.W_U").unwrap(),
+        );
+        let d = cfg.d_model;
+        let neuron_rows: Vec<AblationRow> = (0..cfg.d_mlp())
+            .into_par_iter()
+            .map(|n| {
+                let u: Vec<f32> = (0..v)
+                    .map(|c| (0..d).map(|j| w_out[[n, j]] * w_u[[j, c]]).sum())
+                    .collect();
+                let col = post.column(n);
+                let m = col.mean().unwrap_or(0.0);
+                let mut r = [(0.0, 0.0); 2];
+                for (i, repl) in [0.0f32, m].into_iter().enumerate() {
+                    let mut lg = base.clone();
+                    for (row, &a) in lg.chunks_exact_mut(v).zip(col.iter()) {
+                        let delta = a - repl;
+                        for (x, &uc) in row.iter_mut().zip(&u) {
+                            *x -= delta * uc;
+                        }
+                    }
+                    r[i] = score(&lg, v, &targets);
+                }
+                row(Unit::Neuron, l, n, r)
+            })
+            .collect();
+        rows.extend(neuron_rows);
     }
     rows.sort_by(|a, b| b.zero_loss.total_cmp(&a.zero_loss));
     Ok(rows)

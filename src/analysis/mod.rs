@@ -21,7 +21,7 @@ pub mod plots;
 
 use crate::error::{Error, Result};
 use crate::models::transformer::{Transformer, Workspace};
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::tasks::modular::{ModularTask, Op};
 use fourier::FourierBasis;
 use serde::Serialize;
 
@@ -114,14 +114,7 @@ fn mean_loss(pairs: &[(u32, u32)], p: usize, logits_of: impl Fn(usize, usize) ->
 
 /// The p answer logits of every input, `[p·p][p]` (x major), from the model's fast path.
 pub fn answer_logits(model: &Transformer, p: usize) -> Result<Vec<Vec<f64>>> {
-    let task = ModularTask {
-        p,
-        op: Op::Add,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
-    let batch = task.batch(&task.all_pairs());
+    let batch = ModularTask::all_pairs_batch(p, Op::Add);
     let mut ws = Workspace::new();
     let l = model.logits_at(&mut ws, batch.tokens.view(), &[2])?;
     Ok((0..p * p)

@@ -9,7 +9,7 @@ use crate::engine::matmul::matmul;
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::models::transformer::Transformer;
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::tasks::modular::{ModularTask, Op};
 use ndarray::{Array2, Array3, Axis};
 use serde::Serialize;
 
@@ -87,14 +87,7 @@ pub fn neuron_frequencies(model: &Transformer, p: usize) -> Result<NeuronFrequen
             "the model has no MLP neurons (attention-only)".into(),
         ));
     }
-    let task = ModularTask {
-        p,
-        op: Op::Add,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
-    let batch = task.batch(&task.all_pairs());
+    let batch = ModularTask::all_pairs_batch(p, Op::Add);
     let name = format!("blocks.{}.mlp.hook_post", cfg.n_layers - 1);
     let (_, cache) =
         model.run_with_cache(batch.tokens.view(), CacheFilter::Names(vec![name.clone()]))?;

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::hooks::CacheFilter;
 use crate::models::transformer::Transformer;
 use crate::report::plot::{self, Band, Series};
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::tasks::modular::{ModularTask, Op};
 use std::path::{Path, PathBuf};
 
 fn both(dir: &Path, stem: &str, mut draw: impl FnMut(&Path) -> Result<()>) -> Result<Vec<PathBuf>> {
@@ -63,14 +63,7 @@ pub fn checkpoint(
     })?);
 
     // Activations over the (a, b) grid at the answer position.
-    let task = ModularTask {
-        p,
-        op: Op::Add,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
-    let batch = task.batch(&task.all_pairs());
+    let batch = ModularTask::all_pairs_batch(p, Op::Add);
     let last = model.cfg.n_layers - 1;
     let names = vec![
         format!("blocks.{last}.mlp.hook_post"),

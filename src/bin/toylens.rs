@@ -186,6 +186,29 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
     ))
 }
 
+/// The modular task a loaded model was trained on: (p, op, the split when known). Without a recorded
+/// task: (a + b) mod p with p = d_vocab − 1 ('=' being the last token).
+fn modular_of(
+    l: &load::Loaded,
+) -> Result<(
+    usize,
+    toylens::tasks::modular::Op,
+    Option<toylens::tasks::modular::ModularTask>,
+)> {
+    Ok(match &l.task {
+        Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
+        None => (
+            l.model
+                .cfg
+                .d_vocab
+                .checked_sub(1)
+                .context("model vocabulary too small")?,
+            Default::default(),
+            None,
+        ),
+    })
+}
+
 fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
     let (a, b) = s
         .split_once(',')
@@ -320,19 +343,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Eval { checkpoint, json } => {
             let l = load::load_model(&checkpoint)?;
-            let (p, op, split) = match &l.task {
-                Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
-                None => {
-                    // No task recorded: assume (a + b) mod p with '=' as the last token.
-                    let p = l
-                        .model
-                        .cfg
-                        .d_vocab
-                        .checked_sub(1)
-                        .context("model vocabulary too small")?;
-                    (p, Default::default(), None)
-                }
-            };
+            let (p, op, split) = modular_of(&l)?;
             let ev = toylens::tasks::modular::evaluate(&l.model, p, op, split.as_ref())
                 .with_context(|| format!("evaluating {}", checkpoint.display()))?;
             if json {
@@ -403,18 +414,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 return Ok(());
             }
             let l = load::load_model(&target)?;
-            let (p, op, split) = match &l.task {
-                Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
-                None => (
-                    l.model
-                        .cfg
-                        .d_vocab
-                        .checked_sub(1)
-                        .context("model vocabulary too small")?,
-                    Default::default(),
-                    None,
-                ),
-            };
+            let (p, op, split) = modular_of(&l)?;
             let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
                 .with_context(|| format!("analysing {}", target.display()))?;
             let nf = toylens::analysis::neurons::neuron_frequencies(&l.model, p)?;
@@ -481,17 +481,7 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => {
             let l = load::load_model(&checkpoint)?;
-            let (p, op) = match &l.task {
-                Some(TaskInfo::Modular { p, op, .. }) => (*p, *op),
-                None => (
-                    l.model
-                        .cfg
-                        .d_vocab
-                        .checked_sub(1)
-                        .context("model vocabulary too small")?,
-                    Default::default(),
-                ),
-            };
+            let (p, op, _) = modular_of(&l)?;
             let (base_loss, base_acc) = toylens::analysis::ablation::baseline(&l.model, p, op)?;
             let rows = toylens::analysis::ablation::ablate_all(&l.model, p, op)?;
             if let Some(dir) = &out {
@@ -533,17 +523,7 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => {
             let l = load::load_model(&checkpoint)?;
-            let (p, op) = match &l.task {
-                Some(TaskInfo::Modular { p, op, .. }) => (*p, *op),
-                None => (
-                    l.model
-                        .cfg
-                        .d_vocab
-                        .checked_sub(1)
-                        .context("model vocabulary too small")?,
-                    Default::default(),
-                ),
-            };
+            let (p, op, _) = modular_of(&l)?;
             for (name, (a, b)) in [("source", source), ("target", target)] {
                 if a as usize >= p || b as usize >= p {
                     anyhow::bail!("{name} {a},{b}: inputs are numbers below p = {p}");

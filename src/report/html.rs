@@ -7,7 +7,7 @@
 use crate::analysis::{self, ablation, neurons};
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::tasks::modular::{ModularTask, Op};
 use crate::train;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -167,15 +167,8 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
         format!("blocks.{}.mlp.hook_post", model.cfg.n_layers - 1),
         "blocks.0.attn.hook_pattern".to_string(),
     ];
-    let t = ModularTask {
-        p,
-        op: Op::Add,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
     let (_, cache) = model.run_with_cache(
-        t.batch(&t.all_pairs()).tokens.view(),
+        ModularTask::all_pairs_batch(p, Op::Add).tokens.view(),
         CacheFilter::Names(names.clone()),
     )?;
     let post = cache.get(&names[0])?;

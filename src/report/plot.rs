@@ -110,45 +110,12 @@ pub fn log_y_lines(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    register_font();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("png")
-        .to_ascii_lowercase();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}.{ext}",
-        path.file_stem().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let res = match ext.as_str() {
-        "svg" => draw(
-            SVGBackend::new(&tmp, (900, 560)).into_drawing_area(),
-            title,
-            x_label,
-            y_label,
-            series,
-        ),
-        "png" => draw(
-            BitMapBackend::new(&tmp, (900, 560)).into_drawing_area(),
-            title,
-            x_label,
-            y_label,
-            series,
-        ),
-        other => {
-            return Err(Error::Input(format!(
-                "{}: unsupported plot format `{other}` (png or svg)",
-                path.display()
-            )))
-        }
-    };
-    res.map_err(|e| Error::format(path, format!("drawing failed: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    render(
+        path,
+        (900, 560),
+        |a| draw(a, title, x_label, y_label, series),
+        |a| draw(a, title, x_label, y_label, series),
+    )
 }
 
 /// A shaded span of x (a training phase) with its label.

@@ -93,6 +93,18 @@ impl ModularTask {
         (pairs, test)
     }
 
+    /// Every pair `(a, b)` as one batch (a major), for evaluation and analysis.
+    pub fn all_pairs_batch(p: usize, op: Op) -> Batch {
+        let t = ModularTask {
+            p,
+            op,
+            frac_train: 0.5,
+            seed: 0,
+            split: Split::Random,
+        };
+        t.batch(&t.all_pairs())
+    }
+
     /// Inputs `[a, b, p]`, loss at position 2, targets `(a op b) mod p`.
     pub fn batch(&self, pairs: &[Pair]) -> Batch {
         let p = self.p as u32;
@@ -145,15 +157,8 @@ pub fn evaluate(
             cfg.n_ctx
         )));
     }
-    let task = ModularTask {
-        p,
-        op,
-        frac_train: 0.5,
-        seed: 0,
-        split: Split::Random,
-    };
     let mut ws = Workspace::new();
-    let all = model.evaluate(&mut ws, &task.batch(&task.all_pairs()))?;
+    let all = model.evaluate(&mut ws, &ModularTask::all_pairs_batch(p, op))?;
     let mut out = ModularEval {
         loss_all: all.loss,
         acc_all: all.accuracy,
