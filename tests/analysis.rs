@@ -455,3 +455,25 @@ fn cli_analyze_ablate_and_patch() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("below p = 113")
     );
 }
+
+#[test]
+fn analysing_a_checkpoint_of_another_task_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("digits.safetensors");
+    let model = toylens::Transformer::new(toylens::TransformerConfig::nanda(13)).unwrap();
+    let task = serde_json::json!({"name": "digits", "n_digits": 3});
+    toylens::io::checkpoint::save(&path, &model, Some(&task), &Default::default()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .arg("analyze")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("digits.safetensors")
+            && err.contains("digits")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+}
