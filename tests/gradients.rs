@@ -168,33 +168,35 @@ fn activation_backward_matches_finite_differences() {
 
 #[test]
 fn gelu_matches_reference_values() {
-    // torch.nn.functional.gelu and TransformerLens gelu_new at a few points.
+    // Float64 values (torch 2.15 `F.gelu`, transformer-lens 3.9 `utils.gelu_new`, on float64 inputs):
+    // the truth, which torch's own f32 kernels miss by up to 1.3e-4 relative at x = -3.
     let x = [-3.0f32, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0];
     let gelu = [
-        -0.0040496_f32,
-        -0.15865526,
-        -0.15426877,
+        -0.004049694095f64,
+        -0.1586552539,
+        -0.1542687694,
         0.0,
-        0.34573123,
-        0.8413447,
-        2.9959502,
+        0.3457312306,
+        0.8413447461,
+        2.995950306,
     ];
     let gelu_new = [
-        -0.0036374_f32,
-        -0.15880801,
-        -0.154_286,
+        -0.003637392082f64,
+        -0.1588080094,
+        -0.1542859902,
         0.0,
-        0.345_714,
-        0.841192,
-        2.9963627,
+        0.3457140098,
+        0.8411919906,
+        2.996362608,
     ];
     for (act, want) in [(ActFn::Gelu, gelu), (ActFn::GeluNew, gelu_new)] {
         let mut y = [0.0f32; 7];
         activation::forward(act, &x, &mut y);
         for i in 0..7 {
+            let err = (y[i] as f64 - want[i]).abs() / want[i].abs().max(1e-30);
             assert!(
-                (y[i] - want[i]).abs() < 2e-6,
-                "{act:?}({}) = {} want {}",
+                err < 1e-6 || want[i] == 0.0 && y[i] == 0.0,
+                "{act:?}({}) = {} want {} (relative error {err:.1e})",
                 x[i],
                 y[i],
                 want[i]

@@ -192,6 +192,31 @@ fn replacing_an_activation_changes_what_follows() {
 }
 
 #[test]
+fn replacing_with_zeros_is_zero_ablation() {
+    let m = model();
+    let zero = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new().add("blocks.0.hook_attn_out", hooks::zero_ablate()),
+        )
+        .unwrap();
+    let replaced = m
+        .run_with_hooks(
+            tokens().view(),
+            Hooks::new().add(
+                "blocks.0.hook_attn_out",
+                hooks::replace_with(ArrayD::zeros(ndarray::IxDyn(&[1, 1, 16]))),
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        zero, replaced,
+        "a broadcast [1, 1, d] replacement fills every batch element and position"
+    );
+    assert_ne!(zero, m.forward(tokens().view()).unwrap());
+}
+
+#[test]
 fn mean_ablation_of_identical_inputs_changes_nothing() {
     let m = model();
     let t = Array2::from_shape_fn((3, 5), |(_, j)| j as u32);

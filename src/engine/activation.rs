@@ -33,12 +33,16 @@ pub fn forward(act: ActFn, pre: &[f32], post: &mut [f32]) {
             ),
             ActFn::Gelu => {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = 0.5 * x * (1.0 + libm::erff(x * INV_SQRT_2));
+                    // 1 + erf(z) as erfc(-z): no cancellation for negative x, where erf(z) is near -1.
+                    *y = 0.5 * x * libm::erfcf(-x * INV_SQRT_2);
                 }
             }
             ActFn::GeluNew => {
+                // 0.5·x·(1 + tanh u) = x·σ(2u): the same function without the cancellation of
+                // 1 + tanh u for negative x.
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh());
+                    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                    *y = x / (1.0 + (-2.0 * u).exp());
                 }
             }
         });
@@ -84,16 +88,18 @@ pub fn backward(act: ActFn, pre: &[f32], post: &[f32], grad: &mut [f32]) {
             ),
             ActFn::Gelu => {
                 for (g, &x) in g.iter_mut().zip(x) {
-                    let cdf = 0.5 * (1.0 + libm::erff(x * INV_SQRT_2));
+                    let cdf = 0.5 * libm::erfcf(-x * INV_SQRT_2);
                     let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
                     *g *= cdf + x * pdf;
                 }
             }
             ActFn::GeluNew => {
+                // d/dx x·σ(2u) = σ + 2x·σ(1 − σ)·u'.
                 for (g, &x) in g.iter_mut().zip(x) {
-                    let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
-                    let dt = (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                    *g *= 0.5 * (1.0 + t) + 0.5 * x * dt;
+                    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+                    *g *= s + 2.0 * x * s * (1.0 - s) * du;
                 }
             }
         });

@@ -61,10 +61,6 @@ impl PthFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The tensor's data as f32 (converted from its storage type), with its shape.
     pub fn tensor(&mut self, t: &TensorRef, what: &str) -> Result<ArrayD<f32>> {
         let name = format!("{}data/{}", self.prefix, t.key);
