@@ -2,7 +2,8 @@
 
 use crate::engine::adamw::{AdamW, AdamWConfig};
 use crate::error::Result;
-use crate::models::transformer::{Batch, Transformer, TransformerConfig, Workspace};
+use crate::batch::TokenBatch;
+use crate::models::transformer::{Transformer, TransformerConfig, Workspace};
 use crate::tasks::modular::{ModularTask, Op, Split};
 use std::time::Instant;
 
@@ -12,11 +13,20 @@ use std::time::Instant;
 pub struct W1 {
     pub model: Transformer,
     pub task: ModularTask,
-    pub batch: Batch,
+    pub batch: TokenBatch,
     pub optim: AdamWConfig,
 }
 
 impl W1 {
+    /// Matmul FLOPs of one step: [`w1_step_flops`] with the batch's distinct (token, position) rows.
+    pub fn step_flops(&self) -> f64 {
+        let mut seen = std::collections::HashSet::new();
+        self.batch.tokens.indexed_iter().for_each(|((_, p), &x)| {
+            seen.insert((x, p));
+        });
+        w1_step_flops(&self.model, self.batch.tokens.nrows(), seen.len())
+    }
+
     pub fn new(seed: u64) -> Result<Self> {
         let cfg = TransformerConfig {
             seed: Some(seed),
@@ -57,7 +67,7 @@ pub struct StepTimes {
 /// Train `steps` full-batch AdamW steps on `batch` at a constant learning rate.
 pub fn train_steps(
     model: &mut Transformer,
-    batch: &Batch,
+    batch: &TokenBatch,
     optim: AdamWConfig,
     steps: usize,
 ) -> Result<StepTimes> {

@@ -12,11 +12,16 @@
 use crate::engine::activation::ActFn;
 use crate::engine::adamw::AdamWConfig;
 use crate::error::{closest, Error, Result};
-use crate::models::superposition::SuperpositionConfig;
-use crate::models::toy_mlp::ToyMlpConfig;
-use crate::models::transformer::{InitScheme, Normalization, TransformerConfig};
-use crate::tasks::digits::DigitsTask;
-use crate::tasks::modular::{ModularTask, Op, Split};
+use crate::models::linear::{Linear, LinearConfig};
+use crate::models::superposition::{Superposition, SuperpositionConfig};
+use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
+use crate::models::transformer::{InitScheme, Layout, Normalization, Transformer, TransformerConfig};
+use crate::models::Model;
+use crate::tasks::digits::{DigitsRun, DigitsTask};
+use crate::tasks::modular::{ModularData as ModularRun, ModularTask, Op, Split};
+use crate::tasks::regression::{RegressionData as RegressionRun, RegressionTask, TrueWeights};
+use crate::tasks::superposition::SuperpositionData as SuperpositionRun;
+use crate::tasks::{TaskData, TaskInfo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -95,6 +100,7 @@ pub enum DataConfig {
     Modular(ModularData),
     Digits(DigitsData),
     Superposition(SuperpositionData),
+    Regression(RegressionData),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +151,21 @@ pub struct SuperpositionData {
     pub seed: Option<u64>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressionData {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    /// σ of the Gaussian noise on y.
+    pub noise_std: f64,
+    /// `zero` or `random` (N(0, 1) from the data seed).
+    pub true_weights: TrueWeights,
+    /// Seed of the data; null means the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
 /// The model, tagged by `model.arch` (absent means `transformer`, as in configs before the tag).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "arch", rename_all = "snake_case")]
@@ -152,6 +173,7 @@ pub enum ModelConfig {
     Transformer(TransformerShape),
     ToyMlp(ToyMlpShape),
     Superposition(SuperpositionShape),
+    Linear(LinearShape),
 }
 
 /// The transformer's shape; the vocabulary and context come from the task.
@@ -185,6 +207,13 @@ pub struct ToyMlpShape {
 #[serde(deny_unknown_fields)]
 pub struct SuperpositionShape {
     pub n_hidden: usize,
+}
+
+/// Linear regression; the widths come from the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearShape {
+    pub bias: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +253,7 @@ impl ExperimentConfig {
             DataConfig::Modular(_) => "modular",
             DataConfig::Digits(_) => "digits",
             DataConfig::Superposition(_) => "superposition",
+            DataConfig::Regression(_) => "regression",
         }
     }
 
@@ -233,6 +263,7 @@ impl ExperimentConfig {
             ModelConfig::Transformer(_) => "transformer",
             ModelConfig::ToyMlp(_) => "toy_mlp",
             ModelConfig::Superposition(_) => "superposition",
+            ModelConfig::Linear(_) => "linear",
         }
     }
 
@@ -241,7 +272,7 @@ impl ExperimentConfig {
     }
 
     /// The modular task this config trains on (an error for other tasks).
-    pub fn modular(&self) -> Result<ModularTask> {
+    fn modular(&self) -> Result<ModularTask> {
         match &self.data {
             DataConfig::Modular(d) => Ok(ModularTask {
                 p: d.p,
@@ -258,7 +289,7 @@ impl ExperimentConfig {
     }
 
     /// The digits task this config trains on (an error for other tasks).
-    pub fn digits(&self) -> Result<DigitsTask> {
+    fn digits(&self) -> Result<DigitsTask> {
         match &self.data {
             DataConfig::Digits(d) => Ok(DigitsTask {
                 n_digits: d.n_digits,
@@ -277,7 +308,7 @@ impl ExperimentConfig {
 
     /// The transformer: its vocabulary and context from the task (modular: inputs `a b =`, n_ctx 3,
     /// p + 1 tokens and outputs as in the original; digits: see [`DigitsTask`]).
-    pub fn transformer(&self) -> Result<TransformerConfig> {
+    fn transformer(&self) -> Result<TransformerConfig> {
         let ModelConfig::Transformer(m) = &self.model else {
             return Err(Error::config(
                 "model.arch",
@@ -290,10 +321,11 @@ impl ExperimentConfig {
                 let t = self.digits()?;
                 (t.d_vocab(), t.d_vocab_out() as i64, t.n_ctx())
             }
-            DataConfig::Superposition(_) => {
+            DataConfig::Superposition(_) | DataConfig::Regression(_) => {
                 return Err(Error::config(
                     "model.arch",
-                    "the superposition task needs model.arch=superposition",
+                    format!("the transformer takes tokens; the `{}` task needs model.arch={}", self.task_name(),
+                        if matches!(self.data, DataConfig::Regression(_)) { "linear" } else { "superposition" }),
                 ))
             }
         };
@@ -319,7 +351,7 @@ impl ExperimentConfig {
     }
 
     /// The ToyMLP on the modular task.
-    pub fn toy_mlp(&self) -> Result<ToyMlpConfig> {
+    fn toy_mlp(&self) -> Result<ToyMlpConfig> {
         let ModelConfig::ToyMlp(m) = &self.model else {
             return Err(Error::config(
                 "model.arch",
@@ -344,7 +376,7 @@ impl ExperimentConfig {
     }
 
     /// The superposition model with its task's features, instances and probabilities.
-    pub fn superposition(&self) -> Result<SuperpositionConfig> {
+    fn superposition(&self) -> Result<SuperpositionConfig> {
         let (ModelConfig::Superposition(m), DataConfig::Superposition(d)) =
             (&self.model, &self.data)
         else {
@@ -365,7 +397,7 @@ impl ExperimentConfig {
         })
     }
 
-    pub fn adamw(&self) -> AdamWConfig {
+    fn adamw(&self) -> AdamWConfig {
         let o = &self.optim;
         AdamWConfig {
             lr: o.lr,
@@ -376,27 +408,93 @@ impl ExperimentConfig {
         }
     }
 
-    /// Learning rate of update `t` (1-based), with the warm-up.
-    pub fn lr_at(&self, t: u64) -> f64 {
-        let w = self.optim.warmup_steps;
-        if w == 0 {
-            self.optim.lr
-        } else {
-            self.optim.lr * ((t - 1) as f64 / w as f64).min(1.0)
+    /// The linear model on the regression task.
+    fn linear(&self) -> Result<LinearConfig> {
+        let (ModelConfig::Linear(m), DataConfig::Regression(d)) = (&self.model, &self.data) else {
+            return Err(Error::config(
+                "model.arch",
+                "the linear model goes with the regression task (data.task=regression, model.arch=linear)",
+            ));
+        };
+        Ok(LinearConfig {
+            n_in: d.n_in,
+            n_out: d.n_out,
+            bias: m.bias,
+            seed: self.seed,
+        })
+    }
+
+    fn regression(&self) -> Result<RegressionTask> {
+        match &self.data {
+            DataConfig::Regression(d) => Ok(RegressionTask {
+                n_in: d.n_in,
+                n_out: d.n_out,
+                n_train: d.n_train,
+                n_test: d.n_test,
+                noise_std: d.noise_std,
+                true_weights: d.true_weights,
+                seed: self.data_seed(d.seed),
+            }),
+            _ => Err(Error::config(
+                "data.task",
+                format!("this needs the regression task, not `{}`", self.task_name()),
+            )),
         }
     }
 
-    /// Range checks; errors name the key.
+    /// Range checks (errors name the key); see [`ExperimentConfig::resolve`].
     pub fn validate(&self) -> Result<()> {
+        self.resolve().map(|_| ())
+    }
+
+    /// The config validated once into the typed parts that training uses: task, model, optimizer
+    /// and schedule. Every range check is here, and errors name the key.
+    pub fn resolve(&self) -> Result<Experiment> {
+        self.check_ranges()?;
+        let task = match &self.data {
+            DataConfig::Modular(_) => TaskSpec::Modular(self.modular()?),
+            DataConfig::Digits(_) => TaskSpec::Digits(self.digits()?),
+            DataConfig::Superposition(d) => TaskSpec::Superposition { n_eval: d.n_eval },
+            DataConfig::Regression(_) => TaskSpec::Regression(self.regression()?),
+        };
+        let model = match &self.model {
+            ModelConfig::Transformer(_) => ModelSpec::Transformer(self.transformer()?),
+            ModelConfig::ToyMlp(_) => ModelSpec::ToyMlp(self.toy_mlp()?),
+            ModelConfig::Superposition(_) => ModelSpec::Superposition(self.superposition()?),
+            ModelConfig::Linear(_) => ModelSpec::Linear(self.linear()?),
+        };
+        let t = &self.train;
+        Ok(Experiment {
+            config: self.clone(),
+            seed: self.seed,
+            task,
+            model,
+            optim: self.adamw(),
+            schedule: Schedule {
+                steps: t.steps,
+                batch_size: t.batch_size,
+                eval_every: t.eval_every,
+                checkpoint_every: t.checkpoint_every,
+                log_checkpoints: t.log_checkpoints,
+                early_stop_test_loss: t.early_stop_test_loss,
+                lr: self.optim.lr,
+                warmup_steps: self.optim.warmup_steps,
+            },
+        })
+    }
+
+    fn check_ranges(&self) -> Result<()> {
         match &self.data {
             DataConfig::Modular(_) => self.modular()?.validate("data.")?,
             DataConfig::Digits(_) => self.digits()?.validate("data.")?,
             DataConfig::Superposition(_) => {}
+            DataConfig::Regression(_) => self.regression()?.validate("data.")?,
         }
         match &self.model {
             ModelConfig::Transformer(_) => self.transformer()?.validate("model.")?,
             ModelConfig::ToyMlp(_) => self.toy_mlp()?.validate()?,
             ModelConfig::Superposition(_) => self.superposition()?.validate()?,
+            ModelConfig::Linear(_) => self.linear()?.validate()?,
         }
         let o = &self.optim;
         let checks: [(&str, bool, &str); 5] = [
@@ -448,7 +546,7 @@ impl ExperimentConfig {
         let fresh_data = match &self.data {
             DataConfig::Digits(d) => d.infinite,
             DataConfig::Superposition(_) => true,
-            DataConfig::Modular(_) => false,
+            DataConfig::Modular(_) | DataConfig::Regression(_) => false,
         };
         match t.batch_size {
             Some(0) => {
@@ -477,6 +575,211 @@ impl ExperimentConfig {
         }
         Ok(())
     }
+}
+
+/// An experiment, resolved: what training needs, each part typed and validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experiment {
+    /// The config it was resolved from (what `config.yaml` and checkpoints record).
+    pub config: ExperimentConfig,
+    pub seed: u64,
+    pub task: TaskSpec,
+    pub model: ModelSpec,
+    pub optim: AdamWConfig,
+    pub schedule: Schedule,
+}
+
+/// The task of an experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskSpec {
+    Modular(ModularTask),
+    Digits(DigitsTask),
+    /// The samples are the model config's; `n_eval` examples are evaluated.
+    Superposition { n_eval: usize },
+    Regression(RegressionTask),
+}
+
+/// The model of an experiment, with every size known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSpec {
+    Transformer(TransformerConfig),
+    ToyMlp(ToyMlpConfig),
+    Superposition(SuperpositionConfig),
+    Linear(LinearConfig),
+}
+
+/// Steps, batches, evaluation, checkpoints and the learning-rate schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub steps: u64,
+    pub batch_size: Option<usize>,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub log_checkpoints: u32,
+    pub early_stop_test_loss: Option<f64>,
+    pub lr: f64,
+    pub warmup_steps: u64,
+}
+
+impl Schedule {
+    /// Learning rate of update `t` (1-based): linear warm-up as the original code's
+    /// `LambdaLR(lambda s: min(s / warmup, 1))`.
+    pub fn lr_at(&self, t: u64) -> f64 {
+        let w = self.warmup_steps;
+        if w == 0 {
+            self.lr
+        } else {
+            self.lr * ((t - 1) as f64 / w as f64).min(1.0)
+        }
+    }
+
+    /// Whether a checkpoint is due after `step` updates: step 0, every `checkpoint_every`,
+    /// log-spaced ones before the first regular one, and the last step.
+    pub fn checkpoint_due(&self, step: u64) -> bool {
+        if step == 0 || step % self.checkpoint_every == 0 || step == self.steps {
+            return true;
+        }
+        let n = self.log_checkpoints;
+        (0..n).any(|i| {
+            (self.checkpoint_every as f64)
+                .powf(i as f64 / n as f64)
+                .round() as u64
+                == step
+        })
+    }
+}
+
+impl TaskSpec {
+    /// What checkpoints record about the task.
+    pub fn info(&self) -> TaskInfo {
+        match self {
+            TaskSpec::Modular(t) => TaskInfo::from_modular(t),
+            TaskSpec::Digits(d) => TaskInfo::Digits {
+                n_digits: d.n_digits,
+                reverse_sum: d.reverse_sum,
+            },
+            TaskSpec::Superposition { .. } => TaskInfo::Superposition {},
+            TaskSpec::Regression(r) => TaskInfo::Regression(r.clone()),
+        }
+    }
+}
+
+impl Experiment {
+    /// The freshly initialised model.
+    pub fn build_model(&self) -> Result<Box<dyn Model>> {
+        Ok(match &self.model {
+            ModelSpec::Transformer(c) => Box::new(Transformer::new(c.clone())?),
+            ModelSpec::ToyMlp(c) => Box::new(ToyMlp::new(c.clone())?),
+            ModelSpec::Superposition(c) => Box::new(Superposition::new(c.clone())?),
+            ModelSpec::Linear(c) => Box::new(Linear::new(c.clone())?),
+        })
+    }
+
+    /// The run's data.
+    pub fn data(&self) -> Box<dyn TaskData> {
+        let bs = self.schedule.batch_size;
+        match (&self.task, &self.model) {
+            (TaskSpec::Modular(t), _) => Box::new(ModularRun::new(t.clone(), bs)),
+            (TaskSpec::Digits(t), _) => Box::new(DigitsRun::new(t.clone(), bs)),
+            (TaskSpec::Superposition { n_eval }, ModelSpec::Superposition(c)) => Box::new(
+                SuperpositionRun::new(c.clone(), bs.expect("validated: fresh samples"), *n_eval),
+            ),
+            (TaskSpec::Superposition { .. }, _) => unreachable!("validated: superposition model"),
+            (TaskSpec::Regression(t), _) => Box::new(RegressionRun::new(t, bs)),
+        }
+    }
+
+    /// What a run of this experiment will allocate, roughly and from above: parameters, gradients
+    /// and AdamW's two moments, and the activations of the largest batch it evaluates or trains on.
+    /// (part, bytes, the keys that set it).
+    pub fn memory_estimate(&self) -> Vec<(String, f64, String)> {
+        let f = 4.0; // bytes per f32
+        let bs = self.schedule.batch_size;
+        let (n_params, rows, per_row, keys): (f64, f64, f64, &str) = match (&self.model, &self.task) {
+            (ModelSpec::Transformer(c), task) => {
+                let n = Layout::new(c).total as f64;
+                let examples = match task {
+                    TaskSpec::Modular(t) => (t.p * t.p) as f64,
+                    TaskSpec::Digits(d) => bs.unwrap_or(d.n_train()).max(d.n_eval) as f64,
+                    _ => 1.0,
+                };
+                let (d, hd, h, ctx) = (
+                    c.d_model as f64,
+                    (c.n_heads * c.d_head) as f64,
+                    c.n_heads as f64,
+                    c.n_ctx as f64,
+                );
+                let dm = if c.has_mlp() { c.d_mlp() as f64 } else { 0.0 };
+                let per_layer = 8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm;
+                let per_row = per_layer * c.n_layers as f64 + 2.0 * c.d_vocab_out() as f64;
+                (n, examples * ctx, per_row,
+                    "model.d_model, model.d_mlp, model.n_heads, model.d_head, model.n_layers")
+            }
+            (ModelSpec::ToyMlp(c), TaskSpec::Modular(t)) => {
+                let n = (c.p * c.d_embed + 2 * c.d_embed * c.d_hidden + c.d_hidden + c.p * c.d_hidden + c.p) as f64;
+                ((n), (t.p * t.p) as f64, (4 * c.d_embed + 4 * c.d_hidden + 2 * c.p) as f64,
+                    "model.d_embed, model.d_hidden, data.p")
+            }
+            (ModelSpec::Superposition(c), TaskSpec::Superposition { n_eval }) => {
+                let w = (c.n_instances * c.n_features) as f64;
+                (w * (c.n_hidden + 1) as f64, bs.unwrap_or(1).max(*n_eval) as f64, 2.0 * w,
+                    "data.n_instances, data.n_features, model.n_hidden, train.batch_size, data.n_eval")
+            }
+            (ModelSpec::Linear(c), TaskSpec::Regression(t)) => (
+                (c.n_out * (c.n_in + 1)) as f64,
+                t.n_train.max(t.n_test) as f64,
+                2.0 * (c.n_in + c.n_out) as f64,
+                "data.n_in, data.n_out, data.n_train, data.n_test",
+            ),
+            _ => (0.0, 0.0, 0.0, ""),
+        };
+        vec![
+            (
+                format!("{n_params:.0} parameters, with gradients and AdamW's two moments"),
+                4.0 * f * n_params,
+                keys.to_string(),
+            ),
+            (
+                format!("activations of {rows:.0} rows"),
+                2.0 * f * rows * per_row,
+                keys.to_string(),
+            ),
+        ]
+    }
+
+    /// An error if [`Experiment::memory_estimate`] exceeds the memory this machine has available.
+    pub fn check_memory(&self) -> Result<()> {
+        let Some(avail) = available_memory() else {
+            return Ok(());
+        };
+        let parts = self.memory_estimate();
+        let total: f64 = parts.iter().map(|p| p.1).sum();
+        if total <= avail as f64 {
+            return Ok(());
+        }
+        let gb = |b: f64| format!("{:.1} GB", b / 1e9);
+        let detail: Vec<String> = parts
+            .iter()
+            .map(|(what, b, _)| format!("{} for {what}", gb(*b)))
+            .collect();
+        Err(Error::config(
+            parts[0].2.clone(),
+            format!(
+                "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller",
+                gb(total),
+                detail.join(", "),
+                gb(avail as f64)
+            ),
+        ))
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None where it cannot be read).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -575,11 +878,12 @@ fn typed(tree: Value, source: &str) -> Result<ExperimentConfig> {
         "data",
         "task",
         None,
-        &["modular", "digits", "superposition"],
+        &["modular", "digits", "superposition", "regression"],
     )?;
     let data = match task.as_str() {
         "modular" => DataConfig::Modular(section(data, "data", source)?),
         "digits" => DataConfig::Digits(section(data, "data", source)?),
+        "regression" => DataConfig::Regression(section(data, "data", source)?),
         _ => DataConfig::Superposition(section(data, "data", source)?),
     };
     let (arch, model) = untag(
@@ -587,11 +891,12 @@ fn typed(tree: Value, source: &str) -> Result<ExperimentConfig> {
         "model",
         "arch",
         Some("transformer"),
-        &["transformer", "toy_mlp", "superposition"],
+        &["transformer", "toy_mlp", "superposition", "linear"],
     )?;
     let model = match arch.as_str() {
         "transformer" => ModelConfig::Transformer(section(model, "model", source)?),
         "toy_mlp" => ModelConfig::ToyMlp(section(model, "model", source)?),
+        "linear" => ModelConfig::Linear(section(model, "model", source)?),
         _ => ModelConfig::Superposition(section(model, "model", source)?),
     };
     Ok(ExperimentConfig {
@@ -705,9 +1010,10 @@ mod tests {
         );
         assert_eq!(c.optim.warmup_steps, 10);
         assert_eq!(c.train.batch_size, None);
-        assert_eq!(c.lr_at(1), 0.0);
-        assert_eq!(c.lr_at(6), 5e-4);
-        assert_eq!(c.lr_at(11), 1e-3);
+        let s = c.resolve().unwrap().schedule;
+        assert_eq!(s.lr_at(1), 0.0);
+        assert_eq!(s.lr_at(6), 5e-4);
+        assert_eq!(s.lr_at(11), 1e-3);
     }
 
     #[test]

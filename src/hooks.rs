@@ -1,120 +1,15 @@
-//! Hook points, named as in TransformerLens (`hook_embed`, `blocks.0.attn.hook_pattern`, ...), the
-//! activation cache (a map from that name to an array, shapes as TransformerLens gives them), and
-//! hooks that read or replace an activation during a forward pass.
+//! Hooks that read or replace an activation during a forward pass, the activation cache (a map from
+//! hook name to array), and the runner a model's forward calls at each of its hook points. Hook
+//! names and shapes belong to the models (TransformerLens names for the transformer); this module
+//! knows none of them.
 
 use crate::error::{closest, Error, Result};
-use crate::models::transformer::TransformerConfig;
 use ndarray::{ArrayD, ArrayViewMutD, Axis, IxDyn};
 use std::collections::BTreeMap;
 
-/// One hook point of the transformer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Site {
-    Embed,
-    PosEmbed,
-    ResidPre(usize),
-    Ln1Scale(usize),
-    Ln1Normalized(usize),
-    Q(usize),
-    K(usize),
-    V(usize),
-    AttnScores(usize),
-    Pattern(usize),
-    Z(usize),
-    AttnOut(usize),
-    ResidMid(usize),
-    Ln2Scale(usize),
-    Ln2Normalized(usize),
-    MlpPre(usize),
-    MlpPost(usize),
-    MlpOut(usize),
-    ResidPost(usize),
-    LnFinalScale,
-    LnFinalNormalized,
-    UnembedIn,
-    UnembedOut,
-}
-
-impl Site {
-    pub fn name(&self) -> String {
-        use Site::*;
-        match *self {
-            Embed => "hook_embed".into(),
-            PosEmbed => "hook_pos_embed".into(),
-            ResidPre(l) => format!("blocks.{l}.hook_resid_pre"),
-            Ln1Scale(l) => format!("blocks.{l}.ln1.hook_scale"),
-            Ln1Normalized(l) => format!("blocks.{l}.ln1.hook_normalized"),
-            Q(l) => format!("blocks.{l}.attn.hook_q"),
-            K(l) => format!("blocks.{l}.attn.hook_k"),
-            V(l) => format!("blocks.{l}.attn.hook_v"),
-            AttnScores(l) => format!("blocks.{l}.attn.hook_attn_scores"),
-            Pattern(l) => format!("blocks.{l}.attn.hook_pattern"),
-            Z(l) => format!("blocks.{l}.attn.hook_z"),
-            AttnOut(l) => format!("blocks.{l}.hook_attn_out"),
-            ResidMid(l) => format!("blocks.{l}.hook_resid_mid"),
-            Ln2Scale(l) => format!("blocks.{l}.ln2.hook_scale"),
-            Ln2Normalized(l) => format!("blocks.{l}.ln2.hook_normalized"),
-            MlpPre(l) => format!("blocks.{l}.mlp.hook_pre"),
-            MlpPost(l) => format!("blocks.{l}.mlp.hook_post"),
-            MlpOut(l) => format!("blocks.{l}.hook_mlp_out"),
-            ResidPost(l) => format!("blocks.{l}.hook_resid_post"),
-            LnFinalScale => "ln_final.hook_scale".into(),
-            LnFinalNormalized => "ln_final.hook_normalized".into(),
-            UnembedIn => "unembed.hook_in".into(),
-            UnembedOut => "unembed.hook_out".into(),
-        }
-    }
-
-    /// Every hook point of a model with this config, in the order the forward pass reaches them.
-    pub fn all(cfg: &TransformerConfig) -> Vec<Site> {
-        use Site::*;
-        let mut v = vec![Embed, PosEmbed];
-        for l in 0..cfg.n_layers {
-            v.push(ResidPre(l));
-            if cfg.has_ln() {
-                v.extend([Ln1Scale(l), Ln1Normalized(l)]);
-            }
-            v.extend([
-                Q(l),
-                K(l),
-                V(l),
-                AttnScores(l),
-                Pattern(l),
-                Z(l),
-                AttnOut(l),
-            ]);
-            if cfg.has_mlp() {
-                v.push(ResidMid(l));
-                if cfg.has_ln() {
-                    v.extend([Ln2Scale(l), Ln2Normalized(l)]);
-                }
-                v.extend([MlpPre(l), MlpPost(l), MlpOut(l)]);
-            }
-            v.push(ResidPost(l));
-        }
-        if cfg.has_ln() {
-            v.extend([LnFinalScale, LnFinalNormalized]);
-        }
-        v.extend([UnembedIn, UnembedOut]);
-        v
-    }
-
-    /// The hook point called `name` in a model with this config, or an error listing close names.
-    pub fn parse(cfg: &TransformerConfig, name: &str) -> Result<Site> {
-        let all = Site::all(cfg);
-        if let Some(s) = all.iter().find(|s| s.name() == name) {
-            return Ok(*s);
-        }
-        let names: Vec<String> = all.iter().map(|s| s.name()).collect();
-        Err(Error::UnknownHook {
-            name: name.to_string(),
-            suggestions: closest(name, names.iter().map(|s| s.as_str()), 3),
-        })
-    }
-}
-
-/// A hook: sees the activation (TransformerLens shape) and may change it in place.
-pub type HookFn<'a> = Box<dyn FnMut(&mut ArrayViewMutD<f32>) + 'a>;
+/// A hook: sees the activation and may change it in place; an `Err` (say, a replacement of the
+/// wrong shape) becomes the forward pass's error, naming the hook.
+pub type HookFn<'a> = Box<dyn FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> + 'a>;
 
 /// Hooks by hook-point name, run in the order added when several share a point.
 #[derive(Default)]
@@ -131,9 +26,21 @@ impl<'a> Hooks<'a> {
 
     /// Add a hook at `name` (checked when the model runs).
     pub fn add(
+        self,
+        name: impl Into<String>,
+        mut f: impl FnMut(&mut ArrayViewMutD<f32>) + 'a,
+    ) -> Self {
+        self.try_add(name, move |a| {
+            f(a);
+            Ok(())
+        })
+    }
+
+    /// Add a hook that can fail; its error message becomes the run's error.
+    pub fn try_add(
         mut self,
         name: impl Into<String>,
-        f: impl FnMut(&mut ArrayViewMutD<f32>) + 'a,
+        f: impl FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> + 'a,
     ) -> Self {
         self.entries.push((name.into(), Box::new(f)));
         self
@@ -141,6 +48,11 @@ impl<'a> Hooks<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Hook-point names, in the order added.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
     }
 }
 
@@ -160,15 +72,22 @@ pub fn mean_ablate() -> impl FnMut(&mut ArrayViewMutD<f32>) {
     }
 }
 
-/// Replace the activation with `value` (same shape; broadcasting allowed).
-pub fn replace_with(value: ArrayD<f32>) -> impl FnMut(&mut ArrayViewMutD<f32>) {
+/// Replace the activation with `value` (same shape, or one that broadcasts to it). For
+/// [`Hooks::try_add`]: a shape that does not fit is an error naming both shapes.
+pub fn replace_with(
+    value: ArrayD<f32>,
+) -> impl FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> {
     move |a| {
         let dim = a.raw_dim();
-        a.assign(
-            &value
-                .broadcast(dim)
-                .expect("replacement shape does not broadcast"),
-        );
+        let v = value.broadcast(dim).ok_or_else(|| {
+            format!(
+                "the replacement has shape {:?}, which does not fit the activation's {:?}",
+                value.shape(),
+                a.shape()
+            )
+        })?;
+        a.assign(&v);
+        Ok(())
     }
 }
 
@@ -182,36 +101,41 @@ pub struct PatchSpec {
 }
 
 /// Activation patching: copy `source` (an activation from another run, same shape) into this run's
-/// activation at the chosen position/head. `head_axis` and `pos_axis` give where heads and positions
-/// sit for this hook point (see [`patch_axes`]).
+/// activation at the chosen position/head. `pos_axis` and `head_axis` give where positions and heads
+/// sit for this hook point (the model's `patch_axes`). For [`Hooks::try_add`]: a source of another
+/// shape, or a position or head out of range, is an error.
 pub fn patch_from(
     source: ArrayD<f32>,
     spec: PatchSpec,
     pos_axis: usize,
     head_axis: Option<usize>,
-) -> impl FnMut(&mut ArrayViewMutD<f32>) {
+) -> impl FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> {
     move |a| {
-        assert_eq!(a.shape(), source.shape(), "patch source has another shape");
+        if a.shape() != source.shape() {
+            return Err(format!(
+                "the patch source has shape {:?}, the activation {:?}",
+                source.shape(),
+                a.shape()
+            ));
+        }
         let mut dst = a.view_mut();
         let mut src = source.view();
         if let (Some(h), Some(ax)) = (spec.head, head_axis) {
+            if h >= dst.len_of(Axis(ax)) {
+                return Err(format!("head {h} is out of range ({} heads)", dst.len_of(Axis(ax))));
+            }
             dst.collapse_axis(Axis(ax), h);
             src.collapse_axis(Axis(ax), h);
         }
         if let Some(p) = spec.position {
+            if pos_axis >= dst.ndim() || p >= dst.len_of(Axis(pos_axis)) {
+                return Err(format!("position {p} is out of range for shape {:?}", a.shape()));
+            }
             dst.collapse_axis(Axis(pos_axis), p);
             src.collapse_axis(Axis(pos_axis), p);
         }
         dst.assign(&src);
-    }
-}
-
-/// (position axis, head axis) of a hook point's activation in TransformerLens layout.
-pub fn patch_axes(site: Site) -> (usize, Option<usize>) {
-    match site {
-        Site::Q(_) | Site::K(_) | Site::V(_) | Site::Z(_) => (1, Some(2)),
-        Site::AttnScores(_) | Site::Pattern(_) => (2, Some(1)),
-        _ => (1, None),
+        Ok(())
     }
 }
 
@@ -244,7 +168,97 @@ impl ActivationCache {
     }
 }
 
-/// Shape helper for hook views.
-pub(crate) fn dyn_shape(s: &[usize]) -> IxDyn {
-    IxDyn(s)
+impl CacheFilter<'_> {
+    /// Whether the cache keeps the activation called `name`.
+    pub fn keeps(&self, name: &str) -> bool {
+        match self {
+            CacheFilter::All => true,
+            CacheFilter::Names(ns) => ns.iter().any(|x| x == name),
+            CacheFilter::Predicate(f) => f(name),
+        }
+    }
+}
+
+/// What a model's forward calls at each hook point: the hooks asked for and the cache, with the
+/// first hook error kept for the end of the pass.
+pub struct HookRunner<'h, 'c> {
+    hooks: Vec<(String, HookFn<'h>)>,
+    cache: Option<(&'c mut ActivationCache, Vec<String>)>,
+    error: Option<Error>,
+}
+
+impl<'h, 'c> HookRunner<'h, 'c> {
+    /// Check every hook's and cache name against the model's `names` (an unknown one is an error
+    /// suggesting close names) and set up the run.
+    pub fn new(
+        names: &[String],
+        hooks: Hooks<'h>,
+        cache: Option<(&'c mut ActivationCache, &CacheFilter)>,
+    ) -> Result<Self> {
+        let check = |name: &str| -> Result<()> {
+            if names.iter().any(|n| n == name) {
+                return Ok(());
+            }
+            Err(Error::UnknownHook {
+                name: name.to_string(),
+                suggestions: closest(name, names.iter().map(|s| s.as_str()), 3),
+            })
+        };
+        for (n, _) in &hooks.entries {
+            check(n)?;
+        }
+        let cache = match cache {
+            Some((c, filter)) => {
+                if let CacheFilter::Names(ns) = filter {
+                    for n in ns {
+                        check(n)?;
+                    }
+                }
+                let kept = names.iter().filter(|n| filter.keeps(n)).cloned().collect();
+                Some((c, kept))
+            }
+            None => None,
+        };
+        Ok(HookRunner {
+            hooks: hooks.entries,
+            cache,
+            error: None,
+        })
+    }
+
+    /// Whether anything runs at `name` (so the model can skip copying an activation out).
+    pub fn wants(&self, name: &str) -> bool {
+        self.hooks.iter().any(|(n, _)| n == name)
+            || self
+                .cache
+                .as_ref()
+                .is_some_and(|(_, kept)| kept.iter().any(|n| n == name))
+    }
+
+    /// Run the hooks at `name` on `data` viewed with `shape` (no copy), then cache it if asked.
+    pub fn run(&mut self, name: &str, data: &mut [f32], shape: &[usize]) {
+        if !self.wants(name) {
+            return;
+        }
+        let n: usize = shape.iter().product();
+        let mut v = ArrayViewMutD::from_shape(IxDyn(shape), &mut data[..n])
+            .expect("a model's hook shape matches its buffer");
+        for (hn, f) in self.hooks.iter_mut() {
+            if hn == name {
+                if let Err(msg) = f(&mut v) {
+                    self.error.get_or_insert(Error::Input(format!("hook `{name}`: {msg}")));
+                }
+            }
+        }
+        if let Some((cache, kept)) = self.cache.as_mut() {
+            if kept.iter().any(|n| n == name) {
+                cache.map.insert(name.to_string(), v.to_owned());
+            }
+        }
+    }
+
+    /// The run's result: the first hook error, if any.
+    pub fn finish(self) -> Result<()> {
+        self.error.map_or(Ok(()), Err)
+    }
 }

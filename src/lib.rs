@@ -3,7 +3,9 @@
 //! The library does the work; the `toylens` binary parses arguments and calls it.
 
 pub mod analysis;
+pub mod batch;
 pub mod bench;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -16,4 +18,5 @@ pub mod tasks;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use models::transformer::{Batch, LossStats, Transformer, TransformerConfig, Workspace};
+pub use batch::{Batch, LossStats, TokenBatch};
+pub use models::transformer::{Transformer, TransformerConfig, Workspace};

@@ -36,7 +36,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-fn large_allocations_in_steps(model: &mut Transformer, batch: &toylens::Batch) -> usize {
+fn large_allocations_in_steps(model: &mut Transformer, batch: &toylens::TokenBatch) -> usize {
     let mut ws = Workspace::new();
     let mut grads = vec![0.0f32; model.layout.total];
     let mut opt = AdamW::new(Default::default(), model.layout.total);

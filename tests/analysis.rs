@@ -41,7 +41,7 @@ fn keeping_every_frequency_keeps_any_function_of_x_plus_y() {
         .map(|_| (0..p).map(|_| rng.normal()).collect())
         .collect();
     let logits: Vec<Vec<f64>> = (0..p * p).map(|i| f[(i / p + i % p) % p].clone()).collect();
-    let proj = SumProjection::new(&logits, p);
+    let proj = SumProjection::new(&logits, p, |x, y| (x + y) % p);
     let all: Vec<usize> = (1..=p / 2).collect();
     let r = proj.restricted(&all);
     for s in 0..p {
@@ -91,7 +91,7 @@ fn the_grokked_model_is_a_few_frequencies_of_x_plus_y() {
         a.gini_w_e
     );
     // Excluding nothing (on all pairs) is the full loss.
-    let none = analyze_with_keys(&g.model, 113, None, Some(&[])).unwrap();
+    let none = analyze_with_keys(&g.model, 113, Op::Add, None, Some(&[])).unwrap();
     assert!(
         (none.excluded_loss - none.loss_all).abs() <= 1e-12 * none.loss_all.max(1e-30),
         "{} vs {}",
@@ -461,7 +461,10 @@ fn analysing_a_checkpoint_of_another_task_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("digits.safetensors");
     let model = toylens::Transformer::new(toylens::TransformerConfig::nanda(13)).unwrap();
-    let task = serde_json::json!({"name": "digits", "n_digits": 3});
+    let task = toylens::tasks::TaskInfo::Digits {
+        n_digits: 3,
+        reverse_sum: false,
+    };
     toylens::io::checkpoint::save(&path, &model, Some(&task), &Default::default()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
         .arg("analyze")

@@ -8,7 +8,7 @@ use toylens::engine::loss::{cross_entropy, RowLoss};
 use toylens::engine::matmul::{linear, linear_backward};
 use toylens::engine::rng::Rng;
 use toylens::models::transformer::{InitScheme, Normalization};
-use toylens::{Batch, Transformer, TransformerConfig, Workspace};
+use toylens::{TokenBatch, Transformer, TransformerConfig, Workspace};
 
 fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
     (0..n).map(|_| (rng.normal() * scale) as f32).collect()
@@ -331,20 +331,20 @@ fn attn_only_gelu_new() -> TransformerConfig {
 }
 
 /// Random batch; loss at `loss_pos`.
-fn batch(cfg: &TransformerConfig, b: usize, p: usize, loss_pos: Vec<usize>, seed: u64) -> Batch {
+fn batch(cfg: &TransformerConfig, b: usize, p: usize, loss_pos: Vec<usize>, seed: u64) -> TokenBatch {
     let mut rng = Rng::new(seed);
     let tokens = Array2::from_shape_fn((b, p), |_| rng.below(cfg.d_vocab as u64) as u32);
     let targets = Array2::from_shape_fn((b, loss_pos.len()), |_| {
         rng.below(cfg.d_vocab_out() as u64) as u32
     });
-    Batch {
+    TokenBatch {
         tokens,
         loss_pos,
         targets,
     }
 }
 
-fn check_model(name: &str, cfg: TransformerConfig, batch: Batch) {
+fn check_model(name: &str, cfg: TransformerConfig, batch: TokenBatch) {
     let mut model = Transformer::new(cfg).unwrap();
     // Random (non-zero) biases and LN gains, so their gradients flow through non-trivial values.
     let mut rng = Rng::new(11);

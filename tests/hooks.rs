@@ -3,7 +3,8 @@
 use ndarray::{Array2, ArrayD, Axis};
 use std::cell::RefCell;
 use toylens::engine::activation::ActFn;
-use toylens::hooks::{self, CacheFilter, Hooks, PatchSpec, Site};
+use toylens::hooks::{self, CacheFilter, Hooks, PatchSpec};
+use toylens::models::transformer::{patch_axes, Site};
 use toylens::models::transformer::Normalization;
 use toylens::{Error, Transformer, TransformerConfig};
 
@@ -203,7 +204,7 @@ fn replacing_with_zeros_is_zero_ablation() {
     let replaced = m
         .run_with_hooks(
             tokens().view(),
-            Hooks::new().add(
+            Hooks::new().try_add(
                 "blocks.0.hook_attn_out",
                 hooks::replace_with(ArrayD::zeros(ndarray::IxDyn(&[1, 1, 16]))),
             ),
@@ -237,7 +238,7 @@ fn patching_a_run_into_itself_changes_nothing_and_into_another_changes_the_targe
     let t = tokens();
     let (plain, cache) = m.run_with_cache(t.view(), CacheFilter::All).unwrap();
     for s in Site::all(&m.cfg) {
-        let (pos_axis, head_axis) = hooks::patch_axes(s);
+        let (pos_axis, head_axis) = patch_axes(s);
         let src: ArrayD<f32> = cache.get(&s.name()).unwrap().clone();
         let spec = PatchSpec {
             position: Some(2),
@@ -246,7 +247,7 @@ fn patching_a_run_into_itself_changes_nothing_and_into_another_changes_the_targe
         let out = m
             .run_with_hooks(
                 t.view(),
-                Hooks::new().add(s.name(), hooks::patch_from(src, spec, pos_axis, head_axis)),
+                Hooks::new().try_add(s.name(), hooks::patch_from(src, spec, pos_axis, head_axis)),
             )
             .unwrap();
         assert_eq!(
@@ -264,7 +265,7 @@ fn patching_a_run_into_itself_changes_nothing_and_into_another_changes_the_targe
     let patched = m
         .run_with_hooks(
             t.view(),
-            Hooks::new().add(
+            Hooks::new().try_add(
                 name,
                 hooks::patch_from(
                     src_cache.get(name).unwrap().clone(),

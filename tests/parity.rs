@@ -120,7 +120,7 @@ fn transformer_lens_logits_on_a_toylens_checkpoint_match_ours() {
     let dir = tempfile_dir();
     let path = dir.join("grokked.safetensors");
     checkpoint::save(&path, &imp.model, None, &Default::default()).unwrap();
-    let model = checkpoint::load(&path).unwrap().model;
+    let model = checkpoint::load_transformer(&path).unwrap();
     let (arrays, _) = checkpoint::read_arrays(&golden("tl_loads_toylens.safetensors")).unwrap();
     let logits = model.forward(tokens_of(&arrays["tokens"]).view()).unwrap();
     let d = rel_diff(&logits.into_dyn(), &arrays["logits"]);

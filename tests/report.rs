@@ -102,7 +102,7 @@ fn draws_in_browser(path: &Path, n_figures: usize, tmp: &Path) {
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
     let status = dom
-        .split("<pre id=\"status\">")
+        .split("<pre id=\"status\" hidden>")
         .nth(1)
         .and_then(|s| s.split('<').next())
         .unwrap_or("");

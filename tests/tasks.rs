@@ -34,7 +34,7 @@ fn train(args: &[&str], dir: &Path) -> serde_json::Value {
 }
 
 fn rows(dir: &Path) -> Vec<MetricRow> {
-    toylens::train::read_rows(dir, u64::MAX)
+    toylens::io::run::read_metrics(dir).unwrap()
 }
 
 /// A small 2-digit addition model that learns in a few hundred steps.
@@ -284,7 +284,8 @@ fn toy_mlp_generalises_and_its_neurons_can_be_ablated() {
     assert!(rows
         .windows(2)
         .all(|w| w[0]["zero_loss"].as_f64() >= w[1]["zero_loss"].as_f64()));
-    let m = checkpoint::load_toy_mlp(&dir.join("final.safetensors")).unwrap();
+    let ck = checkpoint::load(&dir.join("final.safetensors")).unwrap();
+    let m: &toylens::models::toy_mlp::ToyMlp = ck.model.downcast("a ToyMLP").unwrap();
     let top = rows[0]["index"].as_u64().unwrap() as usize;
     let pairs: Vec<(u32, u32)> = (0..47).flat_map(|a| (0..47).map(move |b| (a, b))).collect();
     let logits = m
@@ -340,8 +341,10 @@ fn superposition_reproduces_the_intro_figure_geometry() {
     let (arrays, _) = checkpoint::read_arrays(&dir.join("final.safetensors")).unwrap();
     assert_eq!(arrays["W"].shape(), &[2, 5, 2]);
     assert_eq!(arrays["b_final"].shape(), &[2, 5]);
-    let m = checkpoint::load_superposition(&dir.join("final.safetensors")).unwrap();
-    let g = geometry(&m);
+    let ck = checkpoint::load(&dir.join("final.safetensors")).unwrap();
+    let m: &toylens::models::superposition::Superposition =
+        ck.model.downcast("a superposition model").unwrap();
+    let g = geometry(m);
     let angle = |w: &[f64]| w[1].atan2(w[0]);
     let cos =
         |a: &[f64], b: &[f64]| (a[0] * b[0] + a[1] * b[1]) / (a[0].hypot(a[1]) * b[0].hypot(b[1]));

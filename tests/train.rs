@@ -369,6 +369,6 @@ fn bad_input_is_a_clear_error() {
         .unwrap();
     let good =
         toylens::io::checkpoint::load(Path::new(named)).unwrap_or_else(|e| panic!("{named}: {e}"));
-    assert!(good.model.params.iter().all(|x| x.is_finite()));
+    assert!(good.model.params().iter().all(|x| x.is_finite()));
     assert!(!nan.join("final.safetensors").exists());
 }

@@ -71,9 +71,11 @@ impl FourierBasis {
     }
 }
 
-/// Logits over all p² inputs projected on the functions of s = (x + y) mod p. The orthonormal
-/// directions cos(w(x+y))·√2/p and sin(w(x+y))·√2/p (w = 2πk/p) take one value per s, so every
-/// projection needs only the logits summed per s.
+/// Logits over all p² inputs projected on the functions of the answer s = (x op y) mod p. For
+/// addition and subtraction every answer has exactly p inputs, so the directions cos(w·s)·√2/p and
+/// sin(w·s)·√2/p (w = 2πk/p) are orthonormal over the input grid and take one value per s: every
+/// projection needs only the logits summed per answer. (Multiplication has no such basis: 0 is the
+/// answer of 2p − 1 inputs.)
 pub struct SumProjection {
     p: usize,
     /// Σ over inputs with x + y ≡ s of the logits: `[p][p]` (s, answer).
@@ -83,13 +85,13 @@ pub struct SumProjection {
 }
 
 impl SumProjection {
-    /// `logits`: `[p·p][p]`, input (x, y) at row x·p + y.
-    pub fn new(logits: &[Vec<f64>], p: usize) -> Self {
+    /// `logits`: `[p·p][p]`, input (x, y) at row x·p + y; `answer(x, y)` the answer's index.
+    pub fn new(logits: &[Vec<f64>], p: usize, answer: impl Fn(usize, usize) -> usize) -> Self {
         let mut by_s = vec![vec![0.0; p]; p];
         let mut mean = vec![0.0; p];
         for x in 0..p {
             for y in 0..p {
-                let s = (x + y) % p;
+                let s = answer(x, y);
                 for (c, &v) in logits[x * p + y].iter().enumerate() {
                     by_s[s][c] += v;
                     mean[c] += v;
@@ -100,7 +102,7 @@ impl SumProjection {
         SumProjection { p, by_s, mean }
     }
 
-    /// The cos/sin(w_k(x+y)) components for frequencies `ks`, as a function of s: `[p][p]`.
+    /// The cos/sin(w_k·s) components for frequencies `ks`, as a function of the answer s: `[p][p]`.
     pub fn components(&self, ks: &[usize]) -> Vec<Vec<f64>> {
         let p = self.p;
         let scale = 2.0f64.sqrt() / p as f64;

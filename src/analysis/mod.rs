@@ -1,4 +1,6 @@
-//! Opening up modular-addition models: their Fourier structure and Nanda et al.'s progress measures.
+//! Opening up modular-arithmetic models: their Fourier structure and Nanda et al.'s progress measures,
+//! for (a + b) mod p and (a − b) mod p (the answer s = a op b; multiplication is refused until it
+//! has a basis of its own).
 //!
 //! Definitions (as in "Progress measures for grokking via mechanistic interpretability"):
 //! - Fourier basis of Z_p: the constant 1/√p, then cos(2πkx/p)·√(2/p) and sin(2πkx/p)·√(2/p) for
@@ -8,20 +10,20 @@
 //! - Key frequencies (default rule, from W_L): sort frequencies by their share of W_L's squared
 //!   Fourier norm (constant excluded); take them in that order until they explain 90% of it.
 //! - Logits are those of the p answers at the last position, over all p² inputs. Restricted loss: the
-//!   logits reduced to their constant and cos/sin(w_k(x+y)) components for the key frequencies.
-//!   Excluded loss: the logits with those components removed. ("Every frequency kept" thus means all
-//!   functions of x + y.)
+//!   logits reduced to their constant and cos/sin(w_k·s) components for the key frequencies, s the
+//!   answer (x + y or x − y mod p). Excluded loss: the logits with those components removed.
+//!   ("Every frequency kept" thus means all functions of s.)
 //! - Gini coefficient of the Fourier component norms (all p basis elements) of W_E and of W_L.
 
 pub mod ablation;
 pub mod fourier;
 pub mod neurons;
 pub mod patching;
-pub mod plots;
 pub mod superposition;
 pub mod toy_mlp;
 
 use crate::error::{Error, Result};
+use crate::io::run;
 use crate::models::transformer::{Transformer, Workspace};
 use crate::tasks::modular::{ModularTask, Op};
 use fourier::FourierBasis;
@@ -90,14 +92,30 @@ pub fn key_frequencies(w_l_norms: &[f64]) -> Vec<usize> {
     keys
 }
 
-/// Mean cross-entropy of logits that depend on the input only through s = (x + y) mod p, over the
-/// inputs `pairs` (target s). `logits_of(x, y)` gives the p logits of input (x, y).
-fn mean_loss(pairs: &[(u32, u32)], p: usize, logits_of: impl Fn(usize, usize) -> Vec<f64>) -> f64 {
+/// The answer index of (x, y), for the operations the Fourier analysis covers.
+fn answer_of(op: Op, p: usize) -> Result<impl Fn(usize, usize) -> usize> {
+    if op == Op::Mul {
+        return Err(Error::Input(format!(
+            "the Fourier analysis covers (a + b) and (a − b) mod p: their answers are equidistributed over the input grid, so the Fourier basis of Z_p separates them; (a · b) mod {p} has no such basis yet (0 is the answer of {} of the {} inputs)",
+            2 * p - 1,
+            p * p
+        )));
+    }
+    Ok(move |x: usize, y: usize| op.apply(x as u64, y as u64, p as u64) as usize)
+}
+
+/// Mean cross-entropy over the inputs `pairs` (target `answer(x, y)`); `logits_of(x, y)` gives the p
+/// logits of input (x, y).
+fn mean_loss(
+    pairs: &[(u32, u32)],
+    answer: &impl Fn(usize, usize) -> usize,
+    logits_of: impl Fn(usize, usize) -> Vec<f64>,
+) -> f64 {
     let mut total = 0.0;
     for &(x, y) in pairs {
         let (x, y) = (x as usize, y as usize);
         let l = logits_of(x, y);
-        let c = (x + y) % p;
+        let c = answer(x, y);
         let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let rest: f64 = l
             .iter()
@@ -114,7 +132,8 @@ fn mean_loss(pairs: &[(u32, u32)], p: usize, logits_of: impl Fn(usize, usize) ->
     total / pairs.len().max(1) as f64
 }
 
-/// The p answer logits of every input, `[p·p][p]` (x major), from the model's fast path.
+/// The p answer logits of every input, `[p·p][p]` (x major), from the model's fast path (the logits
+/// do not depend on the operation; the batch's targets are not read).
 pub fn answer_logits(model: &Transformer, p: usize) -> Result<Vec<Vec<f64>>> {
     let batch = ModularTask::all_pairs_batch(p, Op::Add);
     let mut ws = Workspace::new();
@@ -124,28 +143,26 @@ pub fn answer_logits(model: &Transformer, p: usize) -> Result<Vec<Vec<f64>>> {
         .collect())
 }
 
-/// Analyse a modular-addition model; `split` (when known) decides where the excluded loss is taken.
+/// Analyse a modular-arithmetic model of (a op b) mod p; `split` (when known) decides where the
+/// excluded loss is taken.
 pub fn analyze(
     model: &Transformer,
     p: usize,
     op: Op,
     split: Option<&ModularTask>,
 ) -> Result<Analysis> {
-    if op != Op::Add {
-        return Err(Error::Input(format!(
-            "the Fourier analysis covers (a + b) mod p; this model's task is {op:?}"
-        )));
-    }
-    analyze_with_keys(model, p, split, None)
+    analyze_with_keys(model, p, op, split, None)
 }
 
 /// [`analyze`] with the key frequencies given (None: chosen from this model's W_L).
 pub fn analyze_with_keys(
     model: &Transformer,
     p: usize,
+    op: Op,
     split: Option<&ModularTask>,
     keys: Option<&[usize]>,
 ) -> Result<Analysis> {
+    let answer = answer_of(op, p)?;
     let cfg = &model.cfg;
     if cfg.d_vocab < p + 1 || cfg.d_vocab_out() < p || cfg.n_ctx < 3 {
         return Err(Error::Input(format!(
@@ -204,23 +221,23 @@ pub fn analyze_with_keys(
         .map(<[usize]>::to_vec)
         .unwrap_or_else(|| key_frequencies(&w_l_frequency_norms));
 
-    // Logits over all inputs, summed per residue s = x + y for the projections.
+    // Logits over all inputs, summed per answer s for the projections.
     let logits = answer_logits(model, p)?;
-    let proj = fourier::SumProjection::new(&logits, p);
+    let proj = fourier::SumProjection::new(&logits, p, &answer);
     let all: Vec<(u32, u32)> = (0..p as u32)
         .flat_map(|x| (0..p as u32).map(move |y| (x, y)))
         .collect();
-    let loss_all = mean_loss(&all, p, |x, y| logits[x * p + y].clone());
+    let loss_all = mean_loss(&all, &answer, |x, y| logits[x * p + y].clone());
     let restricted = proj.restricted(&keys);
-    let restricted_loss = mean_loss(&all, p, |x, y| restricted[(x + y) % p].clone());
+    let restricted_loss = mean_loss(&all, &answer, |x, y| restricted[answer(x, y)].clone());
     let excl_pairs = match split {
         Some(t) => t.split_pairs().0,
         None => all.clone(),
     };
     let excluded_with = |ks: &[usize]| {
         let removed = proj.components(ks);
-        mean_loss(&excl_pairs, p, |x, y| {
-            let s = (x + y) % p;
+        mean_loss(&excl_pairs, &answer, |x, y| {
+            let s = answer(x, y);
             logits[x * p + y]
                 .iter()
                 .zip(&removed[s])
@@ -298,32 +315,34 @@ pub fn phases(rows: &[ProgressRow]) -> Option<Phases> {
     })
 }
 
-/// Progress measures at every checkpoint of a run directory, written to `progress.csv`. The key
-/// frequencies are the final model's (the circuit the run ends with), so the curves follow one
-/// fixed set of directions through training, as in the paper.
+/// Progress measures at every checkpoint of a run directory (nothing is written; see
+/// [`progress_csv`]). The key frequencies are the final model's (the circuit the run ends with), so
+/// the curves follow one fixed set of directions through training, as in the paper.
 pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
-    let cfg = crate::train::run_config(run_dir)?;
-    let task = cfg.modular()?;
-    let steps = crate::train::checkpoint_steps_ascending(run_dir);
-    if steps.is_empty() {
+    let exp = run::run_config(run_dir)?.resolve()?;
+    let crate::config::TaskSpec::Modular(task) = &exp.task else {
+        return Err(Error::Input(format!(
+            "{}: progress measures need a modular-arithmetic run, not `{}`",
+            run_dir.display(),
+            exp.config.task_name()
+        )));
+    };
+    let steps = run::checkpoint_steps(run_dir);
+    let Some(&last_step) = steps.last() else {
         return Err(Error::Input(format!(
             "{}: no checkpoints in {}",
             run_dir.display(),
             run_dir.join("checkpoints").display()
         )));
-    }
-    let last = crate::io::checkpoint::load(&crate::train::checkpoint_path(
-        run_dir,
-        *steps.last().unwrap(),
-    ))?;
-    let keys = analyze(&last.model, task.p, task.op, Some(&task))?.key_frequencies;
+    };
+    let load = |s: u64| crate::io::checkpoint::load_transformer(&run::checkpoint_path(run_dir, s));
+    let keys = analyze(&load(last_step)?, task.p, task.op, Some(task))?.key_frequencies;
     // Checkpoints are independent: analyse them in parallel, in step order.
     use rayon::prelude::*;
-    let rows = steps
+    steps
         .par_iter()
         .map(|&s| -> Result<ProgressRow> {
-            let m = crate::io::checkpoint::load(&crate::train::checkpoint_path(run_dir, s))?.model;
-            let a = analyze_with_keys(&m, task.p, Some(&task), Some(&keys))?;
+            let a = analyze_with_keys(&load(s)?, task.p, task.op, Some(task), Some(&keys))?;
             Ok(ProgressRow {
                 step: s,
                 loss_all: a.loss_all,
@@ -335,9 +354,13 @@ pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
                 n_key_frequencies: keys.len(),
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// `progress.csv`'s text.
+pub fn progress_csv(rows: &[ProgressRow]) -> String {
     let mut csv = String::from("step,loss_all,restricted_loss,excluded_loss,gini_W_E,gini_W_L,sum_sq_weights,n_key_frequencies\n");
-    for r in &rows {
+    for r in rows {
         csv += &format!(
             "{},{:e},{:e},{:e},{},{},{:e},{}\n",
             r.step,
@@ -350,6 +373,5 @@ pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
             r.n_key_frequencies
         );
     }
-    crate::io::checkpoint::write_atomic(&run_dir.join("progress.csv"), csv.as_bytes())?;
-    Ok(rows)
+    csv
 }

@@ -2,7 +2,9 @@
 //! position or all, one head or all), and measure the effect on the correct answer's logit and loss.
 
 use crate::error::{Error, Result};
-use crate::hooks::{self, CacheFilter, Hooks, PatchSpec, Site};
+use crate::hooks::{self, CacheFilter, Hooks, PatchSpec};
+use crate::io::Loaded;
+use crate::models::transformer::{patch_axes, Site};
 use crate::models::transformer::Transformer;
 use ndarray::{Array2, Axis};
 use serde::Serialize;
@@ -57,7 +59,7 @@ pub fn patch(
             model.cfg.d_vocab_out()
         )));
     }
-    let (pos_axis, head_axis) = hooks::patch_axes(site);
+    let (pos_axis, head_axis) = patch_axes(site);
     if let Some(p) = spec.position {
         if p >= target.len() {
             return Err(Error::Input(format!(
@@ -87,7 +89,7 @@ pub fn patch(
     let before = model.forward(row(target).view())?;
     let after = model.run_with_hooks(
         row(target).view(),
-        Hooks::new().add(hook, hooks::patch_from(src, spec, pos_axis, head_axis)),
+        Hooks::new().try_add(hook, hooks::patch_from(src, spec, pos_axis, head_axis)),
     )?;
     let (lb, sb, _) = last_row_loss(&before, correct as usize);
     let (la, sa, pred) = last_row_loss(&after, correct as usize);
@@ -100,4 +102,34 @@ pub fn patch(
         loss_after: sa,
         prediction_after: pred,
     })
+}
+
+/// Patch `hook` of a modular-arithmetic model from input `a b =` (source) into another (target).
+pub fn patch_pair(
+    loaded: &Loaded,
+    hook: &str,
+    source: (u32, u32),
+    target: (u32, u32),
+    spec: PatchSpec,
+) -> Result<PatchEffect> {
+    let model = loaded.transformer()?;
+    let m = loaded.modular()?;
+    for (name, (a, b)) in [("source", source), ("target", target)] {
+        if a as usize >= m.p || b as usize >= m.p {
+            return Err(Error::Input(format!(
+                "{name} {a},{b}: inputs are numbers below p = {}",
+                m.p
+            )));
+        }
+    }
+    let correct = m.op.apply(target.0 as u64, target.1 as u64, m.p as u64) as u32;
+    let eq = m.p as u32;
+    patch(
+        model,
+        hook,
+        &[source.0, source.1, eq],
+        &[target.0, target.1, eq],
+        correct,
+        spec,
+    )
 }

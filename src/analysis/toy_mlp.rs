@@ -9,10 +9,8 @@ use crate::engine::loss::{cross_entropy, mean, RowLoss};
 use crate::error::Result;
 use crate::hooks::CacheFilter;
 use crate::models::toy_mlp::ToyMlp;
-use crate::report::plot;
 use crate::tasks::modular::{Op, Pair};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
 
 fn all_pairs(p: usize) -> Vec<Pair> {
     let p = p as u32;
@@ -93,31 +91,3 @@ pub fn neuron_grids(model: &ToyMlp, neurons: &[usize]) -> Result<Vec<Vec<Vec<f64
         .collect())
 }
 
-/// The ablation ranking and the heat maps of the `k` most important neurons (PNG and SVG) into `dir`.
-pub fn pictures(
-    model: &ToyMlp,
-    rows: &[AblationRow],
-    k: usize,
-    dir: &Path,
-) -> Result<Vec<PathBuf>> {
-    let mut files = super::plots::ablation(rows, 20, dir)?;
-    let top: Vec<usize> = rows.iter().take(k).map(|r| r.index).collect();
-    let grids = neuron_grids(model, &top)?;
-    let panels: Vec<(String, Vec<Vec<f64>>)> = top
-        .iter()
-        .zip(grids)
-        .map(|(n, g)| (format!("neuron {n}"), g))
-        .collect();
-    for ext in ["png", "svg"] {
-        let f = dir.join(format!("neuron_heatmaps.{ext}"));
-        plot::heatmaps(
-            &f,
-            "Hidden activations of the most important neurons over all inputs (rows a, columns b)",
-            &panels,
-            "b",
-            "a",
-        )?;
-        files.push(f);
-    }
-    Ok(files)
-}

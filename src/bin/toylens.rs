@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use toylens::io::{checkpoint, load};
-use toylens::tasks::TaskInfo;
+use toylens::commands::{self, AnalyzeReport, KeyRule};
+use toylens::io::checkpoint;
 
 #[derive(Parser)]
 #[command(
@@ -191,33 +191,6 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
     ))
 }
 
-/// The modular task a loaded model was trained on: (p, op, the split when known). Without a recorded
-/// task: (a + b) mod p with p = d_vocab − 1 ('=' being the last token).
-fn modular_of(
-    l: &load::Loaded,
-) -> Result<(
-    usize,
-    toylens::tasks::modular::Op,
-    Option<toylens::tasks::modular::ModularTask>,
-)> {
-    Ok(match &l.task {
-        Some(t @ TaskInfo::Modular { p, op, .. }) => (*p, *op, t.modular_task()),
-        Some(other) => anyhow::bail!(
-            "this needs a model trained on modular arithmetic; this one was trained on {}",
-            serde_json::to_string(other).unwrap_or_default()
-        ),
-        None => (
-            l.model
-                .cfg
-                .d_vocab
-                .checked_sub(1)
-                .context("model vocabulary too small")?,
-            Default::default(),
-            None,
-        ),
-    })
-}
-
 fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
     let (a, b) = s
         .split_once(',')
@@ -225,30 +198,6 @@ fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
     Ok((
         a.trim().parse().map_err(|e| format!("`{a}`: {e}"))?,
         b.trim().parse().map_err(|e| format!("`{b}`: {e}"))?,
-    ))
-}
-
-fn default_run_dir(preset: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    PathBuf::from("runs").join(format!(
-        "{preset}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
     ))
 }
 
@@ -274,18 +223,13 @@ fn run(cmd: Cmd) -> Result<()> {
                             "--resume continues the run's own config; drop the preset `{p}`"
                         );
                     }
-                    if let Some(o) = overrides.iter().find(|o| !o.starts_with("train.")) {
-                        anyhow::bail!("--resume may change train.* only (got `{o}`)");
-                    }
-                    let saved = toylens::train::run_config(&dir)?;
-                    let cfg = toylens::config::apply_overrides(&saved, &overrides)?;
-                    cfg.validate()?;
+                    let cfg = toylens::train::resume_config(&dir, &overrides)?;
                     (cfg, dir, toylens::train::RunMode::Resume)
                 }
                 None => {
                     let name = preset.unwrap_or_else(|| "grokking".to_string());
                     let cfg = toylens::config::resolve(&name, &overrides)?;
-                    let dir = out.unwrap_or_else(|| default_run_dir(&name));
+                    let dir = out.unwrap_or_else(|| toylens::io::run::default_dir(&name));
                     let mode = if force {
                         toylens::train::RunMode::Force
                     } else {
@@ -296,6 +240,7 @@ fn run(cmd: Cmd) -> Result<()> {
             };
             tracing::info!("run directory {}", dir.display());
             let s = toylens::train::train(&cfg, &dir, mode, progress)?;
+            toylens::report::pictures::run_pictures(&dir, false)?;
             let mut line = format!(
                 "{}: {} steps in {:.1} s ({:.0} steps/s); train loss {:.3e}, test loss {:.3e}",
                 dir.display(),
@@ -327,7 +272,7 @@ fn run(cmd: Cmd) -> Result<()> {
             println!("{line}");
         }
         Cmd::Plot { run_dir, svg } => {
-            for f in toylens::train::plot_run(&run_dir, svg)? {
+            for f in toylens::report::pictures::run_pictures(&run_dir, svg)? {
                 println!("wrote {}", f.display());
             }
         }
@@ -347,85 +292,36 @@ fn run(cmd: Cmd) -> Result<()> {
             print!("{}", toylens::config::to_yaml(&cfg));
         }
         Cmd::Convert { input, output } => {
-            let imp = toylens::io::pth::import_grokking(&input)?;
-            let task = serde_json::to_value(&imp.task)?;
-            let mut meta = HashMap::new();
-            meta.insert("toylens.source".to_string(), input.display().to_string());
-            checkpoint::save(&output, &imp.model, Some(&task), &meta)?;
+            let l = commands::convert(&input, &output)?;
+            let t = l.transformer()?;
             println!(
                 "wrote {} ({} parameters, {} layer(s), d_model {}, {})",
                 output.display(),
-                imp.model
-                    .layout
-                    .specs
-                    .iter()
-                    .filter(|s| s.trainable)
-                    .map(|s| s.len())
-                    .sum::<usize>(),
-                imp.model.cfg.n_layers,
-                imp.model.cfg.d_model,
-                task
+                l.model.trainable_ranges().iter().map(|r| r.len()).sum::<usize>(),
+                t.cfg.n_layers,
+                t.cfg.d_model,
+                commands::describe_task(l.task.as_ref())
             );
         }
-        Cmd::Eval { checkpoint, json }
-            if checkpoint::arch(&checkpoint).is_ok_and(|a| a == "toy_mlp") =>
-        {
-            let m = checkpoint::load_toy_mlp(&checkpoint)?;
-            let task = match checkpoint::task_info(&checkpoint)? {
-                Some(t @ TaskInfo::Modular { .. }) => t.modular_task(),
-                _ => None,
-            };
-            let op = task.as_ref().map(|t| t.op).unwrap_or_default();
-            let p = m.cfg.p as u32;
-            let all: Vec<(u32, u32)> = (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect();
-            let mut ws = toylens::models::toy_mlp::ToyMlpWorkspace::default();
-            let mut sets = vec![("all pairs", m.evaluate(&mut ws, &all, op)?)];
-            if let Some(t) = &task {
-                let (train, test) = t.split_pairs();
-                sets.push(("train", m.evaluate(&mut ws, &train, op)?));
-                sets.push(("test", m.evaluate(&mut ws, &test, op)?));
-            }
+        Cmd::Eval { checkpoint, json } => {
+            let ev = commands::eval(&checkpoint)?;
             if json {
-                let v: serde_json::Map<String, serde_json::Value> = sets
-                    .iter()
-                    .flat_map(|(n, s)| {
-                        let n = n.replace("all pairs", "all");
-                        [
-                            (format!("loss_{n}"), serde_json::json!(s.loss)),
-                            (format!("acc_{n}"), serde_json::json!(s.accuracy)),
-                        ]
-                    })
-                    .collect();
+                let mut v = serde_json::Map::new();
+                for (n, loss, acc) in &ev.sets {
+                    v.insert(format!("loss_{n}"), serde_json::json!(loss));
+                    v.insert(format!("acc_{n}"), serde_json::json!(acc));
+                }
                 println!("{}", serde_json::Value::Object(v));
             } else {
-                println!("{}: ToyMLP, modular {op:?}, p = {p}", checkpoint.display());
-                for (n, s) in &sets {
-                    println!("  {n:11} loss {:.4e}  acc {:.4}", s.loss, s.accuracy);
+                println!("{}: {}", checkpoint.display(), ev.what);
+                for (n, loss, acc) in &ev.sets {
+                    let n = if *n == "all" { "all pairs" } else { n };
+                    println!("  {n:11} loss {loss:.4e}  acc {acc:.4}");
                 }
-            }
-        }
-        Cmd::Eval { checkpoint, json } => {
-            let l = load::load_model(&checkpoint)?;
-            let (p, op, split) = modular_of(&l)?;
-            let ev = toylens::tasks::modular::evaluate(&l.model, p, op, split.as_ref())
-                .with_context(|| format!("evaluating {}", checkpoint.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&ev)?);
-            } else {
-                println!("{}: modular {:?}, p = {p}", checkpoint.display(), op);
-                println!(
-                    "  all pairs   loss {:.4e}  acc {:.4}",
-                    ev.loss_all, ev.acc_all
-                );
-                if let (Some(lt), Some(at), Some(le), Some(ae)) =
-                    (ev.loss_train, ev.acc_train, ev.loss_test, ev.acc_test)
-                {
-                    println!("  train       loss {lt:.4e}  acc {at:.4}");
-                    println!("  test        loss {le:.4e}  acc {ae:.4}");
-                } else {
+                if ev.sets.len() == 1 {
                     println!("  (train/test split unknown for this checkpoint)");
                 }
-                if let (Some(a), Some(b)) = (l.recorded_train_loss, l.recorded_test_loss) {
+                if let Some((a, b)) = ev.recorded {
                     println!(
                         "  recorded by the original run: train loss {a:.4e}, test loss {b:.4e}"
                     );
@@ -436,68 +332,35 @@ fn run(cmd: Cmd) -> Result<()> {
             target,
             json,
             out,
-            key_rule: _,
-        } if target.is_file() && checkpoint::arch(&target).is_ok_and(|a| a == "superposition") => {
-            let m = checkpoint::load_superposition(&target)?;
-            let geo = toylens::analysis::superposition::geometry(&m);
-            if let Some(dir) = &out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                for ext in ["png", "svg"] {
-                    let f = dir.join(format!("superposition.{ext}"));
-                    toylens::analysis::superposition::figure(&m, &f)?;
-                    eprintln!("wrote {}", f.display());
-                }
-            }
-            if json {
-                println!("{}", serde_json::json!({ "instances": geo }));
-            } else {
-                println!(
-                    "{}: {} instances, {} features in {} dimensions",
-                    target.display(),
-                    geo.len(),
-                    m.cfg.n_features,
-                    m.cfg.n_hidden
-                );
-                println!(
-                    "{:>9} {:>12} {:>12}  feature norms",
-                    "p", "represented", "dims/feature"
-                );
-                for g in &geo {
-                    let norms: Vec<String> = g.norms.iter().map(|n| format!("{n:.2}")).collect();
-                    println!(
-                        "{:>9.4} {:>12} {:>12.3}  {}",
-                        g.feature_probability,
-                        g.represented.len(),
-                        g.dims_per_feature,
-                        norms.join(" ")
-                    );
-                }
-            }
-        }
-        Cmd::Analyze {
-            target,
-            json,
-            out,
             key_rule,
         } => {
-            if target.is_dir() {
-                let rows = toylens::analysis::progress(&target)?;
-                let phases = toylens::analysis::phases(&rows);
-                let dir = out.clone().unwrap_or_else(|| target.clone());
-                let files = toylens::analysis::plots::progress(&rows, phases.as_ref(), &dir)?;
-                if json {
+            let rule = if key_rule == "neurons" {
+                KeyRule::Neurons
+            } else {
+                KeyRule::WL
+            };
+            match commands::analyze(&target, out.as_deref(), rule)? {
+                AnalyzeReport::Run {
+                    rows,
+                    phases,
+                    files,
+                } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"progress": rows, "phases": phases})
+                        );
+                        return Ok(());
+                    }
                     println!(
-                        "{}",
-                        serde_json::json!({"progress": rows, "phases": phases})
-                    );
-                } else {
-                    println!(
-                        "{}: {} checkpoints -> {}, {}",
+                        "{}: {} checkpoints -> {}",
                         target.display(),
                         rows.len(),
-                        target.join("progress.csv").display(),
-                        files[0].display()
+                        files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                     if let Some(ph) = phases {
                         let show = |s: Option<u64>| {
@@ -517,66 +380,95 @@ fn run(cmd: Cmd) -> Result<()> {
                         );
                     }
                 }
-                return Ok(());
-            }
-            let l = load::load_model(&target)?;
-            let (p, op, split) = modular_of(&l)?;
-            let a = toylens::analysis::analyze(&l.model, p, op, split.as_ref())
-                .with_context(|| format!("analysing {}", target.display()))?;
-            let nf = toylens::analysis::neurons::neuron_frequencies(&l.model, p)?;
-            let a = if key_rule == "neurons" {
-                let keys = toylens::analysis::neurons::key_frequencies_from_clusters(&nf);
-                toylens::analysis::analyze_with_keys(&l.model, p, split.as_ref(), Some(&keys))?
-            } else {
-                a
-            };
-            if let Some(dir) = &out {
-                let files = toylens::analysis::plots::checkpoint(&l.model, p, &a, &nf, dir)?;
-                if !json {
-                    println!("wrote {} pictures to {}", files.len(), dir.display());
-                }
-            }
-            if json {
-                let mut v = serde_json::to_value(&a)?;
-                v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
-                v["key_frequency_rule"] = serde_json::Value::String(key_rule.clone());
-                println!("{v}");
-            } else {
-                println!("{}: (a + b) mod {p}", target.display());
-                println!(
-                    "  key frequencies        {:?}   (rule: {key_rule})",
-                    a.key_frequencies
-                );
-                println!("  loss (all pairs)       {:.4e}", a.loss_all);
-                println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x + y)", a.restricted_loss);
-                println!(
-                    "  excluded loss          {:.4e}   (key frequencies removed; on {})",
-                    a.excluded_loss,
-                    if split.is_some() {
-                        "the train set"
-                    } else {
-                        "all pairs"
+                AnalyzeReport::Superposition {
+                    instances,
+                    n_features,
+                    n_hidden,
+                    files,
+                } => {
+                    for f in &files {
+                        eprintln!("wrote {}", f.display());
                     }
-                );
-                for (k, l) in a.key_frequencies.iter().zip(&a.excluded_loss_per_frequency) {
-                    println!("    without frequency {k:3}  {l:.4e}");
-                }
-                println!(
-                    "  Gini of W_E, W_L       {:.3}, {:.3}",
-                    a.gini_w_e, a.gini_w_l
-                );
-                println!("  sum of squared weights {:.1}", a.sum_sq_weights);
-                let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
-                println!(
-                    "  neuron clusters        {clustered} of {} neurons by best frequency (share of variance ≥ {}):",
-                    nf.share.len(),
-                    toylens::analysis::neurons::CLUSTER_MIN_SHARE
-                );
-                for c in &nf.clusters {
+                    if json {
+                        println!("{}", serde_json::json!({ "instances": instances }));
+                        return Ok(());
+                    }
                     println!(
-                        "    frequency {:3}: {:4} neurons, mean share {:.3}",
-                        c.frequency, c.size, c.mean_share
+                        "{}: {} instances, {n_features} features in {n_hidden} dimensions",
+                        target.display(),
+                        instances.len(),
                     );
+                    println!(
+                        "{:>9} {:>12} {:>12}  feature norms",
+                        "p", "represented", "dims/feature"
+                    );
+                    for g in &instances {
+                        let norms: Vec<String> =
+                            g.norms.iter().map(|n| format!("{n:.2}")).collect();
+                        println!(
+                            "{:>9.4} {:>12} {:>12.3}  {}",
+                            g.feature_probability,
+                            g.represented.len(),
+                            g.dims_per_feature,
+                            norms.join(" ")
+                        );
+                    }
+                }
+                AnalyzeReport::Modular {
+                    op,
+                    analysis: a,
+                    neurons: nf,
+                    on_train_set,
+                    files,
+                } => {
+                    if json {
+                        let mut v = serde_json::to_value(&a)?;
+                        v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
+                        v["key_frequency_rule"] = serde_json::Value::String(key_rule.clone());
+                        println!("{v}");
+                        return Ok(());
+                    }
+                    if let Some(dir) = &out {
+                        println!("wrote {} pictures to {}", files.len(), dir.display());
+                    }
+                    let p = a.p;
+                    let sym = op.symbol();
+                    println!("{}: (a {sym} b) mod {p}", target.display());
+                    println!(
+                        "  key frequencies        {:?}   (rule: {key_rule})",
+                        a.key_frequencies
+                    );
+                    println!("  loss (all pairs)       {:.4e}", a.loss_all);
+                    println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x {sym} y)", a.restricted_loss);
+                    println!(
+                        "  excluded loss          {:.4e}   (key frequencies removed; on {})",
+                        a.excluded_loss,
+                        if on_train_set {
+                            "the train set"
+                        } else {
+                            "all pairs"
+                        }
+                    );
+                    for (k, l) in a.key_frequencies.iter().zip(&a.excluded_loss_per_frequency) {
+                        println!("    without frequency {k:3}  {l:.4e}");
+                    }
+                    println!(
+                        "  Gini of W_E, W_L       {:.3}, {:.3}",
+                        a.gini_w_e, a.gini_w_l
+                    );
+                    println!("  sum of squared weights {:.1}", a.sum_sq_weights);
+                    let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
+                    println!(
+                        "  neuron clusters        {clustered} of {} neurons by best frequency (share of variance ≥ {}):",
+                        nf.share.len(),
+                        toylens::analysis::neurons::CLUSTER_MIN_SHARE
+                    );
+                    for c in &nf.clusters {
+                        println!(
+                            "    frequency {:3}: {:4} neurons, mean share {:.3}",
+                            c.frequency, c.size, c.mean_share
+                        );
+                    }
                 }
             }
         }
@@ -586,51 +478,27 @@ fn run(cmd: Cmd) -> Result<()> {
             top,
             json,
         } => {
-            let is_toy = checkpoint::arch(&checkpoint).is_ok_and(|a| a == "toy_mlp");
-            let ((base_loss, base_acc), rows) = if is_toy {
-                let m = checkpoint::load_toy_mlp(&checkpoint)?;
-                let op = match checkpoint::task_info(&checkpoint)? {
-                    Some(TaskInfo::Modular { op, .. }) => op,
-                    None => Default::default(),
-                    Some(other) => anyhow::bail!(
-                        "{}: a ToyMLP trained on {other:?}, not modular arithmetic",
-                        checkpoint.display()
-                    ),
-                };
-                let r = toylens::analysis::toy_mlp::ablate_neurons(&m, op)?;
-                if let Some(dir) = &out {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    for f in toylens::analysis::toy_mlp::pictures(&m, &r.1, 4, dir)? {
-                        eprintln!("wrote {}", f.display());
-                    }
-                }
-                r
-            } else {
-                let l = load::load_model(&checkpoint)?;
-                let (p, op, _) = modular_of(&l)?;
-                let base = toylens::analysis::ablation::baseline(&l.model, p, op)?;
-                let rows = toylens::analysis::ablation::ablate_all(&l.model, p, op)?;
-                if let Some(dir) = &out {
-                    toylens::analysis::plots::ablation(&rows, 20, dir)?;
-                }
-                (base, rows)
-            };
+            let r = commands::ablate(&checkpoint, out.as_deref())?;
+            for f in &r.files {
+                eprintln!("wrote {}", f.display());
+            }
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"loss": base_loss, "accuracy": base_acc, "ablations": rows})
+                    serde_json::json!({"loss": r.loss, "accuracy": r.accuracy, "ablations": r.rows})
                 );
             } else {
                 println!(
-                    "{}: loss {base_loss:.4e}, accuracy {base_acc:.4} with nothing ablated",
-                    checkpoint.display()
+                    "{}: loss {:.4e}, accuracy {:.4} with nothing ablated",
+                    checkpoint.display(),
+                    r.loss,
+                    r.accuracy
                 );
                 println!(
                     "{:>8} {:>5} {:>5}  {:>11} {:>8}  {:>11} {:>8}",
                     "unit", "layer", "index", "zero loss", "zero acc", "mean loss", "mean acc"
                 );
-                for r in rows.iter().take(top) {
+                for r in r.rows.iter().take(top) {
                     let unit = match r.unit {
                         toylens::analysis::ablation::Unit::Neuron => "neuron",
                         toylens::analysis::ablation::Unit::Head => "head",
@@ -651,30 +519,15 @@ fn run(cmd: Cmd) -> Result<()> {
             head,
             json,
         } => {
-            let l = load::load_model(&checkpoint)?;
-            let (p, op, _) = modular_of(&l)?;
-            for (name, (a, b)) in [("source", source), ("target", target)] {
-                if a as usize >= p || b as usize >= p {
-                    anyhow::bail!("{name} {a},{b}: inputs are numbers below p = {p}");
-                }
-            }
-            let correct = op.apply(target.0 as u64, target.1 as u64, p as u64) as u32;
-            let eq = p as u32;
+            let l = toylens::io::load_any(&checkpoint)?;
             let spec = toylens::hooks::PatchSpec { position, head };
-            let e = toylens::analysis::patching::patch(
-                &l.model,
-                &hook,
-                &[source.0, source.1, eq],
-                &[target.0, target.1, eq],
-                correct,
-                spec,
-            )?;
+            let e = toylens::analysis::patching::patch_pair(&l, &hook, source, target, spec)?;
             if json {
                 println!("{}", serde_json::to_string(&e)?);
             } else {
                 println!(
-                    "patch {hook} from {},{} into {},{} (answer {correct}):",
-                    source.0, source.1, target.0, target.1
+                    "patch {hook} from {},{} into {},{} (answer {}):",
+                    source.0, source.1, target.0, target.1, e.correct
                 );
                 println!(
                     "  correct logit {:.4} -> {:.4}",
@@ -687,25 +540,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 println!("  prediction    {}", e.prediction_after);
             }
         }
-        Cmd::Hooks { checkpoint }
-            if checkpoint::arch(&checkpoint).is_ok_and(|a| a == "toy_mlp") =>
-        {
-            let m = checkpoint::load_toy_mlp(&checkpoint)?;
-            let (_, cache) = m.run_with_cache(&[(0, 0)], &toylens::hooks::CacheFilter::All)?;
-            for name in toylens::models::toy_mlp::HOOKS {
-                println!("{name:40} {:?}", cache.get(name)?.shape());
-            }
-        }
         Cmd::Hooks { checkpoint } => {
-            let l = load::load_model(&checkpoint)?;
-            let cfg = &l.model.cfg;
-            let tokens = ndarray::Array2::<u32>::zeros((1, cfg.n_ctx));
-            let (_, cache) = l
-                .model
-                .run_with_cache(tokens.view(), toylens::hooks::CacheFilter::All)?;
-            for s in toylens::hooks::Site::all(cfg) {
-                let name = s.name();
-                println!("{name:40} {:?}", cache.get(&name)?.shape());
+            let l = toylens::io::load_any(&checkpoint)?;
+            for (name, shape) in l.model.hook_shapes()? {
+                println!("{name:40} {shape:?}");
             }
         }
         Cmd::Bench {
@@ -720,7 +558,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Some(dir) = &out {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                checkpoint::save_toy_mlp(
+                checkpoint::save(
                     &dir.join("init_w2.safetensors"),
                     &w2.model,
                     None,
@@ -762,7 +600,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Some(dir) = &out {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                let task = serde_json::to_value(TaskInfo::from_modular(&w1.task))?;
+                let task = toylens::tasks::TaskInfo::from_modular(&w1.task);
                 checkpoint::save(
                     &dir.join("init.safetensors"),
                     &w1.model,
@@ -772,15 +610,7 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             let r = toylens::bench::train_steps(&mut w1.model, &w1.batch, w1.optim, steps.max(2))?;
             let ms = toylens::bench::median(&r.step_ms[1..]);
-            let u = {
-                let t = &w1.batch.tokens;
-                let mut seen = std::collections::HashSet::new();
-                t.indexed_iter().for_each(|((_, p), &x)| {
-                    seen.insert((x, p));
-                });
-                seen.len()
-            };
-            let flops = toylens::bench::w1_step_flops(&w1.model, w1.batch.tokens.nrows(), u);
+            let flops = w1.step_flops();
             let step_gflops = flops / (ms / 1e3) / 1e9;
             let peak_gflops = peak.then(|| toylens::bench::gemm_gflops(2048, 2048, 2048, 5));
             if json {

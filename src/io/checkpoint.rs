@@ -3,7 +3,9 @@
 //! The model config (and the task, when known) travel as JSON in the metadata.
 
 use crate::error::{Error, Result};
-use crate::models::transformer::{Transformer, TransformerConfig};
+use crate::models::transformer::Transformer;
+use crate::models::Model;
+use crate::tasks::TaskInfo;
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,14 +15,13 @@ use std::path::Path;
 pub const META_MODEL: &str = "toylens.model";
 /// Metadata key of the task description (JSON), when known.
 pub const META_TASK: &str = "toylens.task";
-/// Metadata key of the model kind (`toy_mlp`, `superposition`); absent for the transformer.
+/// Metadata key of the model kind (`toy_mlp`, `superposition`, `linear`); absent for the transformer.
 pub const META_ARCH: &str = "toylens.arch";
 
 /// A loaded checkpoint.
-#[derive(Debug)]
 pub struct Checkpoint {
-    pub model: Transformer,
-    pub task: Option<serde_json::Value>,
+    pub model: Box<dyn Model>,
+    pub task: Option<TaskInfo>,
     pub metadata: HashMap<String, String>,
 }
 
@@ -102,90 +103,124 @@ pub fn serialize(
     out
 }
 
-/// The TransformerLens state dict of `model`: every parameter plus each block's `attn.mask` (bool,
-/// lower-triangular `[n_ctx, n_ctx]`) and `attn.IGNORE` (scalar −inf) buffers.
-fn state_dict_bytes(
-    model: &Transformer,
-    metadata: &std::collections::BTreeMap<String, String>,
-) -> Vec<u8> {
-    let n = model.cfg.n_ctx;
-    let mask: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
-    let mut tensors: Vec<RawTensor> = model
-        .layout
-        .specs
-        .iter()
-        .map(|s| RawTensor {
-            name: s.name.clone(),
-            dtype: "F32",
-            shape: s.shape.clone(),
-            bytes: model.params[s.range()]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
-        })
-        .collect();
-    for l in 0..model.cfg.n_layers {
-        tensors.push(RawTensor {
-            name: format!("blocks.{l}.attn.mask"),
-            dtype: "BOOL",
-            shape: vec![n, n],
-            bytes: mask.clone(),
-        });
-        tensors.push(RawTensor {
-            name: format!("blocks.{l}.attn.IGNORE"),
-            dtype: "F32",
-            shape: vec![],
-            bytes: f32::NEG_INFINITY.to_le_bytes().to_vec(),
-        });
-    }
-    serialize(tensors, metadata)
-}
-
-/// Save `model` (and the task description, if any) atomically.
+/// Save `model` (and the task description, if any) atomically: its parameters under their names
+/// and shapes, its buffers, and in the metadata its config (`toylens.model`), its kind
+/// (`toylens.arch`; absent for the transformer, as TransformerLens-era files have it) and the task.
 pub fn save(
     path: &Path,
-    model: &Transformer,
-    task: Option<&serde_json::Value>,
+    model: &dyn Model,
+    task: Option<&TaskInfo>,
     extra: &HashMap<String, String>,
 ) -> Result<()> {
     let mut meta: std::collections::BTreeMap<String, String> = extra.clone().into_iter().collect();
     meta.insert("format".into(), "pt".into());
-    meta.insert(
-        META_MODEL.into(),
-        serde_json::to_string(&model.cfg).expect("config json"),
-    );
-    if let Some(t) = task {
-        meta.insert(META_TASK.into(), t.to_string());
+    if model.arch() != "transformer" {
+        meta.insert(META_ARCH.into(), model.arch().into());
     }
-    write_atomic(path, &state_dict_bytes(model, &meta))
+    meta.insert(META_MODEL.into(), model.config_json().to_string());
+    if let Some(t) = task {
+        meta.insert(
+            META_TASK.into(),
+            serde_json::to_string(t).expect("task json"),
+        );
+    }
+    let params = model.params();
+    let mut tensors: Vec<RawTensor> = model
+        .tensors()
+        .into_iter()
+        .map(|t| RawTensor {
+            bytes: params[t.range].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            name: t.name,
+            dtype: "F32",
+            shape: t.shape,
+        })
+        .collect();
+    tensors.extend(model.buffers().into_iter().map(|b| RawTensor {
+        name: b.name,
+        dtype: b.dtype,
+        shape: b.shape,
+        bytes: b.bytes,
+    }));
+    write_atomic(path, &serialize(tensors, &meta))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
-/// Load a toylens checkpoint, checking every tensor's presence, dtype and shape against the config.
+/// What a checkpoint's header says, read without its tensors.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// The model kind (`transformer` when the file names none).
+    pub arch: String,
+    pub task: Option<TaskInfo>,
+    pub metadata: HashMap<String, String>,
+}
+
+fn parse_task(path: &Path, metadata: &HashMap<String, String>) -> Result<Option<TaskInfo>> {
+    metadata
+        .get(META_TASK)
+        .map(|t| {
+            serde_json::from_str(t).map_err(|e| {
+                Error::format(
+                    path,
+                    format!("metadata `{META_TASK}` is not a task description: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The header of a safetensors checkpoint: its first 8 bytes give the header's length, and only
+/// that much more is read.
+pub fn peek(path: &Path) -> Result<Header> {
+    use std::io::Read;
+    let bad = |why: String| Error::format(path, format!("not a valid safetensors file ({why})"));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad(format!("a header of {n} bytes in a file of {size}")));
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&h).map_err(|e| bad(format!("its header is not JSON: {e}")))?;
+    let metadata: HashMap<String, String> = v
+        .get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default();
+    Ok(Header {
+        arch: metadata
+            .get(META_ARCH)
+            .cloned()
+            .unwrap_or_else(|| "transformer".into()),
+        task: parse_task(path, &metadata)?,
+        metadata,
+    })
+}
+
+/// Load a toylens checkpoint of any model kind, checking every tensor's presence, dtype, shape and
+/// finiteness against the recorded config.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = read(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+    let invalid = |e: safetensors::SafeTensorError| {
         Error::format(
             path,
             format!("not a valid safetensors file ({e}); truncated or not a checkpoint?"),
         )
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::format(
-            path,
-            format!("not a valid safetensors file ({e}); truncated or not a checkpoint?"),
-        )
-    })?;
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
     let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
-    if let Some(a) = metadata.get(META_ARCH).filter(|a| *a != "transformer") {
-        return Err(Error::format(
-            path,
-            format!("a `{a}` checkpoint, not a transformer's"),
-        ));
-    }
+    let arch = metadata
+        .get(META_ARCH)
+        .map(String::as_str)
+        .unwrap_or("transformer");
+    let kind = crate::models::kind(arch).map_err(|e| Error::format(path, e.to_string()))?;
     let cfg_json = metadata.get(META_MODEL).ok_or_else(|| {
         Error::format(
             path,
@@ -194,37 +229,24 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ),
         )
     })?;
-    let cfg: TransformerConfig = serde_json::from_str(cfg_json).map_err(|e| {
-        Error::format(
-            path,
-            format!("metadata `{META_MODEL}` is not a valid model config: {e}"),
-        )
+    let cfg: serde_json::Value = serde_json::from_str(cfg_json).map_err(|e| {
+        Error::format(path, format!("metadata `{META_MODEL}` is not JSON: {e}"))
     })?;
-    cfg.validate("model.")
-        .map_err(|e| Error::format(path, e.to_string()))?;
-    let task = match metadata.get(META_TASK) {
-        Some(t) => Some(serde_json::from_str(t).map_err(|e| {
-            Error::format(
-                path,
-                format!("metadata `{META_TASK}` is not valid JSON: {e}"),
-            )
-        })?),
-        None => None,
-    };
-    let mut model = Transformer::new(cfg)?;
-    let mut seen = 0usize;
-    for s in &model.layout.specs {
+    let mut model = (kind.zeros)(&cfg).map_err(|e| {
+        Error::format(path, format!("metadata `{META_MODEL}`: {e}"))
+    })?;
+    let task = parse_task(path, &metadata)?;
+    let specs = model.tensors();
+    let buffers: Vec<String> = model.buffers().into_iter().map(|b| b.name).collect();
+    let params = model.params_mut();
+    for s in &specs {
         let t = st
             .tensor(&s.name)
             .map_err(|_| Error::format(path, format!("missing tensor `{}`", s.name)))?;
         if t.dtype() != Dtype::F32 {
             return Err(Error::format(
                 path,
-                format!(
-                    "tensor `{}` has dtype {:?}, expected F32",
-                    s.name,
-                    t.dtype()
-                ),
+                format!("tensor `{}` has dtype {:?}, expected F32", s.name, t.dtype()),
             ));
         }
         if t.shape() != s.shape.as_slice() {
@@ -238,33 +260,25 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 ),
             ));
         }
-        for (dst, src) in model.params[s.range()]
+        for (dst, src) in params[s.range.clone()]
             .iter_mut()
             .zip(t.data().chunks_exact(4))
         {
             *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
         }
-        seen += 1;
     }
     for name in st.names() {
-        let buffer = name.ends_with(".attn.mask") || name.ends_with(".attn.IGNORE");
-        if !buffer && model.layout.find(name).is_none() {
+        if !buffers.iter().any(|b| b == name) && !specs.iter().any(|s| s.name == name) {
             return Err(Error::format(
                 path,
                 format!("unexpected tensor `{name}` for this model config"),
             ));
         }
     }
-    debug_assert_eq!(seen, model.layout.specs.len());
-    if let Some(s) = model
-        .layout
-        .specs
-        .iter()
-        .find(|s| model.params[s.range()].iter().any(|x| !x.is_finite()))
-    {
+    if let Some(name) = model.non_finite_tensor() {
         return Err(Error::format(
             path,
-            format!("tensor `{}` holds NaN or infinite values", s.name),
+            format!("tensor `{name}` holds NaN or infinite values"),
         ));
     }
     Ok(Checkpoint {
@@ -272,6 +286,16 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         task,
         metadata,
     })
+}
+
+/// Load a transformer checkpoint (an error naming the kind for any other model).
+pub fn load_transformer(path: &Path) -> Result<Transformer> {
+    let ck = load(path)?;
+    let t = ck
+        .model
+        .downcast::<Transformer>("a transformer")
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(t.clone())
 }
 
 /// Arrays by tensor name.
@@ -328,173 +352,3 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
-/// The model kind of a toylens checkpoint: its `toylens.arch`, or `transformer` without one.
-pub fn arch(path: &Path) -> Result<String> {
-    Ok(metadata(path)?
-        .remove(META_ARCH)
-        .unwrap_or_else(|| "transformer".into()))
-}
-
-/// The task description of a toylens checkpoint, when it records one.
-pub fn task_info(path: &Path) -> Result<Option<crate::tasks::TaskInfo>> {
-    metadata(path)?
-        .get(META_TASK)
-        .map(|t| {
-            serde_json::from_str(t).map_err(|e| {
-                Error::format(
-                    path,
-                    format!("metadata `{META_TASK}` is not a task description: {e}"),
-                )
-            })
-        })
-        .transpose()
-}
-
-/// Save named f32 tensors of a model other than the transformer, with its kind and config.
-pub fn save_named(
-    path: &Path,
-    arch: &str,
-    model_json: String,
-    tensors: &[(&str, Vec<usize>, &[f32])],
-    task: Option<&serde_json::Value>,
-    extra: &HashMap<String, String>,
-) -> Result<()> {
-    let mut meta: std::collections::BTreeMap<String, String> = extra.clone().into_iter().collect();
-    meta.insert("format".into(), "pt".into());
-    meta.insert(META_ARCH.into(), arch.into());
-    meta.insert(META_MODEL.into(), model_json);
-    if let Some(t) = task {
-        meta.insert(META_TASK.into(), t.to_string());
-    }
-    let raw = tensors
-        .iter()
-        .map(|(n, shape, v)| RawTensor {
-            name: n.to_string(),
-            dtype: "F32",
-            shape: shape.clone(),
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        })
-        .collect();
-    write_atomic(path, &serialize(raw, &meta))
-}
-
-/// Load a checkpoint saved by [`save_named`]: its model config (parsed as `C`), the parameters in the
-/// order of `specs(&config)` (each checked for presence, shape and finiteness), and the metadata.
-pub fn load_named<C: serde::de::DeserializeOwned>(
-    path: &Path,
-    arch: &str,
-    specs: impl Fn(&C) -> Vec<(&'static str, Vec<usize>)>,
-) -> Result<(C, Vec<f32>, HashMap<String, String>)> {
-    let found = self::arch(path)?;
-    if found != arch {
-        return Err(Error::format(
-            path,
-            format!("a `{found}` checkpoint, not a `{arch}` one"),
-        ));
-    }
-    let (arrays, meta) = read_arrays(path)?;
-    let cfg: C = meta
-        .get(META_MODEL)
-        .ok_or_else(|| Error::format(path, format!("no model config (metadata `{META_MODEL}`)")))
-        .and_then(|j| {
-            serde_json::from_str(j).map_err(|e| {
-                Error::format(
-                    path,
-                    format!("metadata `{META_MODEL}` is not a valid {arch} config: {e}"),
-                )
-            })
-        })?;
-    let mut params = Vec::new();
-    let wanted = specs(&cfg);
-    for (name, shape) in &wanted {
-        let a = arrays
-            .get(*name)
-            .ok_or_else(|| Error::format(path, format!("missing tensor `{name}`")))?;
-        if a.shape() != shape.as_slice() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    a.shape()
-                ),
-            ));
-        }
-        if a.iter().any(|x| !x.is_finite()) {
-            return Err(Error::format(
-                path,
-                format!("tensor `{name}` holds NaN or infinite values"),
-            ));
-        }
-        params.extend(a.iter().copied());
-    }
-    if let Some(extra) = arrays.keys().find(|k| !wanted.iter().any(|(n, _)| n == k)) {
-        return Err(Error::format(path, format!("unexpected tensor `{extra}`")));
-    }
-    Ok((cfg, params, meta))
-}
-
-/// Save a model given as (name, shape, range) specs over its flat parameters.
-fn save_specs(
-    path: &Path,
-    arch: &str,
-    model_json: String,
-    specs: &[(&'static str, Vec<usize>, std::ops::Range<usize>)],
-    params: &[f32],
-    task: Option<&serde_json::Value>,
-    extra: &HashMap<String, String>,
-) -> Result<()> {
-    let tensors: Vec<(&str, Vec<usize>, &[f32])> = specs
-        .iter()
-        .map(|(n, s, r)| (*n, s.clone(), &params[r.clone()]))
-        .collect();
-    save_named(path, arch, model_json, &tensors, task, extra)
-}
-
-/// Save a ToyMLP (a PyTorch state dict: `embed.weight`, `hidden.weight`, ...).
-pub fn save_toy_mlp(
-    path: &Path,
-    m: &crate::models::toy_mlp::ToyMlp,
-    task: Option<&serde_json::Value>,
-    extra: &HashMap<String, String>,
-) -> Result<()> {
-    let cfg = serde_json::to_string(&m.cfg).expect("config json");
-    save_specs(path, "toy_mlp", cfg, &m.specs(), &m.params, task, extra)
-}
-
-/// Save a superposition model (`W`, `b_final`).
-pub fn save_superposition(
-    path: &Path,
-    m: &crate::models::superposition::Superposition,
-    extra: &HashMap<String, String>,
-) -> Result<()> {
-    let cfg = serde_json::to_string(&m.cfg).expect("config json");
-    let task = serde_json::to_value(crate::tasks::TaskInfo::Superposition {}).expect("task json");
-    save_specs(
-        path,
-        "superposition",
-        cfg,
-        &m.specs(),
-        &m.params,
-        Some(&task),
-        extra,
-    )
-}
-
-/// Load a ToyMLP checkpoint.
-pub fn load_toy_mlp(path: &Path) -> Result<crate::models::toy_mlp::ToyMlp> {
-    use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
-    let (cfg, params, _) = load_named(path, "toy_mlp", |c: &ToyMlpConfig| c.shapes())?;
-    ToyMlp::from_params(cfg, params).map_err(|e| Error::format(path, e.to_string()))
-}
-
-/// Load a superposition checkpoint.
-pub fn load_superposition(path: &Path) -> Result<crate::models::superposition::Superposition> {
-    use crate::models::superposition::{Superposition, SuperpositionConfig};
-    let (cfg, params, _) = load_named(path, "superposition", |c: &SuperpositionConfig| {
-        vec![
-            ("W", vec![c.n_instances, c.n_features, c.n_hidden]),
-            ("b_final", vec![c.n_instances, c.n_features]),
-        ]
-    })?;
-    Superposition::from_params(cfg, params).map_err(|e| Error::format(path, e.to_string()))
-}

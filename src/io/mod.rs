@@ -1,6 +1,10 @@
-//! Reading and writing files: checkpoints (safetensors) and PyTorch `.pth` imports.
+//! Reading and writing files: checkpoints (safetensors), PyTorch `.pth` imports, and the layout of
+//! a run directory.
 
 pub mod checkpoint;
 pub mod load;
 pub mod pickle;
 pub mod pth;
+pub mod run;
+
+pub use load::{load_any, Loaded};

@@ -8,7 +8,10 @@
 //! [0, 1) when present, and is trained on the importance-weighted squared error
 //! `mean_{batch, features}(I_f · (x_f − x'_f)²)`; the objective is the sum over instances.
 
+use crate::batch::{Batch, DenseBatch, Input, LossStats};
 use crate::engine::rng::Rng;
+use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
+use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -285,5 +288,164 @@ impl Superposition {
             }
         }
         loss / (batch * nf) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model interface: dense batches `x [batch, n_instances · n_features]` (the target is x).
+
+/// Hook points: `hook_hidden` `[batch, n_instances, n_hidden]`, `hook_out_pre` and `hook_out`
+/// `[batch, n_instances, n_features]` (before and after the ReLU).
+pub const HOOKS: [&str; 3] = ["hook_hidden", "hook_out_pre", "hook_out"];
+
+fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
+    let cfg: SuperpositionConfig = crate::models::parse_config("superposition", cfg)?;
+    let n = cfg.n_instances * cfg.n_features * (cfg.n_hidden + 1);
+    Ok(Box::new(Superposition::from_params(cfg, vec![0.0; n])?))
+}
+
+pub const KIND: Kind = Kind {
+    arch: "superposition",
+    zeros: load_kind,
+};
+
+impl Superposition {
+    fn dense<'a>(&self, batch: &'a Batch) -> Result<&'a [f32]> {
+        let Batch::Dense(b) = batch else {
+            return Err(batch_mismatch("superposition", "dense batches"));
+        };
+        self.check_x(b.x.view())?;
+        if b.y.is_some() {
+            return Err(Error::Input(
+                "the superposition model reconstructs its input: its batches have no targets".into(),
+            ));
+        }
+        Ok(b.x.as_slice().expect("an owned batch is contiguous"))
+    }
+
+    fn check_x(&self, x: ndarray::ArrayView2<f32>) -> Result<()> {
+        let w = self.cfg.n_instances * self.cfg.n_features;
+        if x.ncols() != w || x.nrows() == 0 {
+            return Err(Error::Input(format!(
+                "the superposition model takes x [batch, n_instances · n_features = {w}], got {:?}",
+                x.shape()
+            )));
+        }
+        Ok(())
+    }
+
+    fn stats(per_instance: Vec<f64>) -> LossStats {
+        LossStats {
+            loss: per_instance.iter().sum(),
+            accuracy: f64::NAN,
+            exact_match: f64::NAN,
+            per_position_accuracy: vec![f64::NAN; per_instance.len()],
+            per_position_loss: per_instance,
+        }
+    }
+}
+
+impl Model for Superposition {
+    fn arch(&self) -> &'static str {
+        "superposition"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg).expect("config json")
+    }
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        self.specs()
+            .into_iter()
+            .map(|(name, shape, range)| TensorSpec {
+                name: name.to_string(),
+                shape,
+                range,
+                trainable: true,
+            })
+            .collect()
+    }
+    fn hook_names(&self) -> Vec<String> {
+        HOOKS.iter().map(|s| s.to_string()).collect()
+    }
+    fn example_input(&self) -> Batch {
+        Batch::Dense(DenseBatch {
+            x: ndarray::Array2::zeros((1, self.cfg.n_instances * self.cfg.n_features)),
+            y: None,
+        })
+    }
+    fn evaluate(&self, _: &mut Scratch, batch: &Batch) -> Result<LossStats> {
+        Ok(Self::stats(self.instance_losses(self.dense(batch)?)))
+    }
+    fn loss_and_grad(&self, _: &mut Scratch, batch: &Batch, grads: &mut [f32]) -> Result<LossStats> {
+        let x = self.dense(batch)?;
+        if grads.len() != self.params.len() {
+            return Err(Error::Input(format!(
+                "gradient buffer has {} entries, the model {}",
+                grads.len(),
+                self.params.len()
+            )));
+        }
+        Ok(Self::stats(Superposition::loss_and_grad(self, x, grads)))
+    }
+    /// The outputs `[batch, n_instances, n_features]`, computed plainly (no gradient) so that every
+    /// hook sees and can replace its activation.
+    fn run(
+        &self,
+        input: Input,
+        hooks: Hooks,
+        filter: Option<CacheFilter>,
+    ) -> Result<(ndarray::ArrayD<f32>, ActivationCache)> {
+        let Input::Dense(x) = input else {
+            return Err(batch_mismatch("superposition", "dense inputs"));
+        };
+        self.check_x(x)?;
+        let (ni, nf, nh) = (self.cfg.n_instances, self.cfg.n_features, self.cfg.n_hidden);
+        let b = x.nrows();
+        let names = self.hook_names();
+        let mut cache = ActivationCache::default();
+        let mut r = HookRunner::new(&names, hooks, filter.as_ref().map(|f| (&mut cache, f)))?;
+        let (w, bias) = (self.w(), self.b_final());
+        let x: Vec<f32> = x.iter().copied().collect();
+        let mut h = vec![0.0f32; b * ni * nh];
+        for (row, hr) in h.chunks_exact_mut(ni * nh).enumerate() {
+            for i in 0..ni {
+                for f in 0..nf {
+                    let xf = x[(row * ni + i) * nf + f];
+                    for k in 0..nh {
+                        hr[i * nh + k] += xf * w[(i * nf + f) * nh + k];
+                    }
+                }
+            }
+        }
+        r.run(HOOKS[0], &mut h, &[b, ni, nh]);
+        let mut out = vec![0.0f32; b * ni * nf];
+        for (row, o) in out.chunks_exact_mut(ni * nf).enumerate() {
+            for i in 0..ni {
+                for f in 0..nf {
+                    let hr = &h[(row * ni + i) * nh..][..nh];
+                    let wf = &w[(i * nf + f) * nh..][..nh];
+                    o[i * nf + f] =
+                        bias[i * nf + f] + wf.iter().zip(hr).map(|(a, c)| a * c).sum::<f32>();
+                }
+            }
+        }
+        r.run(HOOKS[1], &mut out, &[b, ni, nf]);
+        out.iter_mut().for_each(|v| *v = v.max(0.0));
+        r.run(HOOKS[2], &mut out, &[b, ni, nf]);
+        r.finish()?;
+        let out = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[b, ni, nf]), out)
+            .expect("output shape");
+        Ok((out, cache))
+    }
+    fn clone_box(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

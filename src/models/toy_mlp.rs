@@ -11,11 +11,11 @@ use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{matmul_threads, view, view_mut};
 use crate::engine::rng::Rng;
 use crate::engine::simd::{column_sums_add, vectorized};
-use crate::error::{closest, Error, Result};
-use crate::hooks::{ActivationCache, CacheFilter, Hooks};
-use crate::models::transformer::LossStats;
+use crate::error::{Error, Result};
+use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
+use crate::batch::{Batch, Input, LossStats, TokenBatch};
+use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
 use crate::tasks::modular::{Op, Pair};
-use ndarray::{ArrayD, ArrayViewMutD, IxDyn};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -90,6 +90,8 @@ pub struct ToyMlpWorkspace {
     dx: Vec<f32>,
     targets: Vec<u32>,
     rows: Vec<RowLoss>,
+    /// The current batch's inputs (through the model interface).
+    pairs: Vec<Pair>,
 }
 
 fn buf<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
@@ -212,8 +214,7 @@ impl ToyMlp {
         &self,
         ws: &mut ToyMlpWorkspace,
         pairs: &[Pair],
-        mut hooks: Option<&mut Hooks>,
-        mut cache: Option<(&CacheFilter, &mut ActivationCache)>,
+        mut hk: Option<&mut HookRunner>,
     ) {
         let (p, e, h) = (self.cfg.p, self.cfg.d_embed, self.cfg.d_hidden);
         let n = pairs.len();
@@ -221,39 +222,11 @@ impl ToyMlp {
         let (emb, w1, b1, w2, b2) = (w(0), w(1), w(2), w(3), w(4));
         // Hooks and the cache see row-major `[batch, ...]` arrays; feature-major buffers are copied
         // out and back (only when some hook or cache asks).
-        let watched = |name: &str| {
-            hooks
-                .as_deref()
-                .is_some_and(|hk| hk.entries.iter().any(|(n, _)| n == name))
-                || cache.as_ref().is_some_and(|(filter, _)| match filter {
-                    CacheFilter::All => true,
-                    CacheFilter::Names(ns) => ns.iter().any(|x| x == name),
-                    CacheFilter::Predicate(f) => f(name),
-                })
-        };
-        let watch: [bool; 4] = std::array::from_fn(|i| watched(HOOKS[i]));
+        let watch: [bool; 4] =
+            std::array::from_fn(|i| hk.as_deref().is_some_and(|r| r.wants(HOOKS[i])));
         let mut intercept = |name: &str, data: &mut [f32], shape: &[usize]| {
-            if let Some(hk) = hooks.as_deref_mut() {
-                for (hn, f) in hk.entries.iter_mut() {
-                    if hn == name {
-                        let mut v = ArrayViewMutD::from_shape(IxDyn(shape), &mut *data)
-                            .expect("hook shape");
-                        f(&mut v);
-                    }
-                }
-            }
-            if let Some((filter, c)) = cache.as_mut() {
-                let keep = match filter {
-                    CacheFilter::All => true,
-                    CacheFilter::Names(ns) => ns.iter().any(|x| x == name),
-                    CacheFilter::Predicate(f) => f(name),
-                };
-                if keep {
-                    c.map.insert(
-                        name.to_string(),
-                        ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).expect("cache shape"),
-                    );
-                }
+            if let Some(r) = hk.as_deref_mut() {
+                r.run(name, data, shape);
             }
         };
         // x [n, 2e] feature-major: column j < e is E[a][j], column e + j is E[b][j].
@@ -319,27 +292,15 @@ impl ToyMlp {
         }
     }
 
-    fn check_hooks(hooks: &Hooks) -> Result<()> {
-        for (name, _) in &hooks.entries {
-            if !HOOKS.contains(&name.as_str()) {
-                return Err(Error::UnknownHook {
-                    name: name.clone(),
-                    suggestions: closest(name, HOOKS.iter().copied(), 3),
-                });
-            }
-        }
-        Ok(())
-    }
 
     /// Logits `[batch, p]`.
     pub fn forward(&self, pairs: &[Pair]) -> Result<ndarray::Array2<f32>> {
-        self.run(pairs, None, None)
+        self.run(pairs, Hooks::new(), None).map(|(l, _)| l)
     }
 
     /// Logits with hooks that may read or change any activation.
-    pub fn run_with_hooks(&self, pairs: &[Pair], mut hooks: Hooks) -> Result<ndarray::Array2<f32>> {
-        Self::check_hooks(&hooks)?;
-        self.run(pairs, Some(&mut hooks), None)
+    pub fn run_with_hooks(&self, pairs: &[Pair], hooks: Hooks) -> Result<ndarray::Array2<f32>> {
+        self.run(pairs, hooks, None).map(|(l, _)| l)
     }
 
     /// Logits and the activations that `filter` keeps.
@@ -348,38 +309,33 @@ impl ToyMlp {
         pairs: &[Pair],
         filter: &CacheFilter,
     ) -> Result<(ndarray::Array2<f32>, ActivationCache)> {
-        let mut c = ActivationCache::default();
-        let l = self.run(pairs, None, Some((filter, &mut c)))?;
-        Ok((l, c))
+        self.run(pairs, Hooks::new(), Some(filter))
     }
 
     fn run(
         &self,
         pairs: &[Pair],
-        hooks: Option<&mut Hooks>,
-        cache: Option<(&CacheFilter, &mut ActivationCache)>,
-    ) -> Result<ndarray::Array2<f32>> {
+        hooks: Hooks,
+        filter: Option<&CacheFilter>,
+    ) -> Result<(ndarray::Array2<f32>, ActivationCache)> {
         self.check(pairs)?;
+        let names: Vec<String> = HOOKS.iter().map(|s| s.to_string()).collect();
+        let mut cache = ActivationCache::default();
+        let mut runner = HookRunner::new(&names, hooks, filter.map(|f| (&mut cache, f)))?;
         let mut ws = ToyMlpWorkspace::default();
-        self.forward_impl(&mut ws, pairs, hooks, cache);
-        Ok(ndarray::Array2::from_shape_vec((pairs.len(), self.cfg.p), ws.logits).expect("logits"))
+        self.forward_impl(&mut ws, pairs, Some(&mut runner));
+        runner.finish()?;
+        let logits =
+            ndarray::Array2::from_shape_vec((pairs.len(), self.cfg.p), ws.logits).expect("logits");
+        Ok((logits, cache))
     }
 
-    fn stats(
-        &self,
-        ws: &mut ToyMlpWorkspace,
-        pairs: &[Pair],
-        op: Op,
-        with_grad: bool,
-    ) -> LossStats {
-        let (n, p) = (pairs.len(), self.cfg.p);
-        let t = buf(&mut ws.targets, n);
-        for (t, &(a, b)) in t.iter_mut().zip(pairs) {
-            *t = op.apply(a as u64, b as u64, p as u64) as u32;
-        }
+    /// Loss statistics of the logits in `ws` against `ws.targets`.
+    fn stats(&self, ws: &mut ToyMlpWorkspace, n: usize, with_grad: bool) -> LossStats {
+        let p = self.cfg.p;
         let rows = buf(&mut ws.rows, n);
         let grad = with_grad.then(|| (buf(&mut ws.dlogits, n * p), 1.0 / n.max(1) as f64));
-        loss::cross_entropy(&ws.logits, p, &ws.targets, rows, grad);
+        loss::cross_entropy(&ws.logits, p, &ws.targets[..n], rows, grad);
         let l = loss::mean(&ws.rows);
         let acc = ws.rows.iter().filter(|r| r.correct).count() as f64 / n.max(1) as f64;
         LossStats {
@@ -391,14 +347,51 @@ impl ToyMlp {
         }
     }
 
+    fn set_targets(&self, ws: &mut ToyMlpWorkspace, pairs: &[Pair], op: Op) {
+        let p = self.cfg.p as u64;
+        let t = buf(&mut ws.targets, pairs.len());
+        for (t, &(a, b)) in t.iter_mut().zip(pairs) {
+            *t = op.apply(a as u64, b as u64, p) as u32;
+        }
+    }
+
+    /// The pairs and targets of a token batch (tokens `[batch, 2]` or `[batch, 3]`, the modular task's
+    /// `a b =`, whose `=` the ToyMLP does not read; targets `[batch, 1]`) into `ws`.
+    fn take_batch(&self, ws: &mut ToyMlpWorkspace, batch: &TokenBatch) -> Result<()> {
+        let (n, w) = batch.tokens.dim();
+        if !(w == 2 || w == 3) || batch.targets.dim() != (n, 1) {
+            return Err(Error::Input(format!(
+                "the ToyMLP takes tokens [batch, 2] (a, b), or [batch, 3] (a, b, =; `=` is ignored), and targets [batch, 1]; got tokens {:?}, targets {:?}",
+                batch.tokens.shape(),
+                batch.targets.shape()
+            )));
+        }
+        ws.pairs.clear();
+        ws.pairs
+            .extend(batch.tokens.rows().into_iter().map(|r| (r[0], r[1])));
+        let t = buf(&mut ws.targets, n);
+        for (t, &x) in t.iter_mut().zip(batch.targets.iter()) {
+            *t = x;
+        }
+        if let Some(&c) = ws.targets.iter().find(|&&c| c as usize >= self.cfg.p) {
+            return Err(Error::Input(format!(
+                "target {c} is outside the ToyMLP's {} outputs",
+                self.cfg.p
+            )));
+        }
+        self.check(&ws.pairs)
+    }
+
     /// Mean cross-entropy and accuracy of `(a op b) mod p` on `pairs`.
     pub fn evaluate(&self, ws: &mut ToyMlpWorkspace, pairs: &[Pair], op: Op) -> Result<LossStats> {
         self.check(pairs)?;
-        self.forward_impl(ws, pairs, None, None);
-        Ok(self.stats(ws, pairs, op, false))
+        self.set_targets(ws, pairs, op);
+        self.forward_impl(ws, pairs, None);
+        Ok(self.stats(ws, pairs.len(), false))
     }
 
-    /// Loss on `pairs` and its gradient with respect to every parameter (flat, overwritten).
+    /// Loss on `pairs` (targets `(a op b) mod p`) and its gradient with respect to every parameter
+    /// (flat, overwritten).
     pub fn loss_and_grad(
         &self,
         ws: &mut ToyMlpWorkspace,
@@ -407,6 +400,17 @@ impl ToyMlp {
         grads: &mut [f32],
     ) -> Result<LossStats> {
         self.check(pairs)?;
+        self.set_targets(ws, pairs, op);
+        self.loss_and_grad_set(ws, pairs, grads)
+    }
+
+    /// [`ToyMlp::loss_and_grad`] against the targets already in `ws`.
+    fn loss_and_grad_set(
+        &self,
+        ws: &mut ToyMlpWorkspace,
+        pairs: &[Pair],
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
         if grads.len() != self.params.len() {
             return Err(Error::Input(format!(
                 "gradient buffer has {} entries, the model {}",
@@ -414,8 +418,8 @@ impl ToyMlp {
                 self.params.len()
             )));
         }
-        self.forward_impl(ws, pairs, None, None);
-        let stats = self.stats(ws, pairs, op, true);
+        self.forward_impl(ws, pairs, None);
+        let stats = self.stats(ws, pairs.len(), true);
         let (p, e, h, n) = (self.cfg.p, self.cfg.d_embed, self.cfg.d_hidden, pairs.len());
         let w = |i: usize| &self.params[self.ranges[i].clone()];
         let (w1, w2) = (w(1), w(3));
@@ -496,6 +500,110 @@ impl ToyMlp {
     /// Every parameter is trained.
     pub fn trainable_ranges(&self) -> Vec<Range<usize>> {
         std::iter::once(0..self.params.len()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model interface: token batches of (a, b) (a third column, the modular task's `=`, is
+// ignored), targets `[batch, 1]`.
+
+fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
+    let cfg: ToyMlpConfig = crate::models::parse_config("toy_mlp", cfg)?;
+    let n = cfg.shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    Ok(Box::new(ToyMlp::from_params(cfg, vec![0.0; n])?))
+}
+
+pub const KIND: Kind = Kind {
+    arch: "toy_mlp",
+    zeros: load_kind,
+};
+
+fn token_batch<'a>(batch: &'a Batch) -> Result<&'a TokenBatch> {
+    match batch {
+        Batch::Tokens(b) => Ok(b),
+        Batch::Dense(_) => Err(batch_mismatch("toy_mlp", "token batches of (a, b)")),
+    }
+}
+
+impl Model for ToyMlp {
+    fn arch(&self) -> &'static str {
+        "toy_mlp"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg).expect("config json")
+    }
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        self.specs()
+            .into_iter()
+            .map(|(name, shape, range)| TensorSpec {
+                name: name.to_string(),
+                shape,
+                range,
+                trainable: true,
+            })
+            .collect()
+    }
+    fn hook_names(&self) -> Vec<String> {
+        HOOKS.iter().map(|s| s.to_string()).collect()
+    }
+    fn example_input(&self) -> Batch {
+        Batch::Tokens(TokenBatch {
+            tokens: ndarray::Array2::zeros((1, 2)),
+            loss_pos: vec![1],
+            targets: ndarray::Array2::zeros((1, 1)),
+        })
+    }
+    fn evaluate(&self, scratch: &mut Scratch, batch: &Batch) -> Result<LossStats> {
+        let ws = scratch.get::<ToyMlpWorkspace>();
+        self.take_batch(ws, token_batch(batch)?)?;
+        let pairs = std::mem::take(&mut ws.pairs);
+        self.forward_impl(ws, &pairs, None);
+        ws.pairs = pairs;
+        Ok(self.stats(ws, ws.pairs.len(), false))
+    }
+    fn loss_and_grad(
+        &self,
+        scratch: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
+        let ws = scratch.get::<ToyMlpWorkspace>();
+        self.take_batch(ws, token_batch(batch)?)?;
+        let pairs = std::mem::take(&mut ws.pairs);
+        let r = self.loss_and_grad_set(ws, &pairs, grads);
+        ws.pairs = pairs;
+        r
+    }
+    fn run(
+        &self,
+        input: Input,
+        hooks: Hooks,
+        filter: Option<CacheFilter>,
+    ) -> Result<(ndarray::ArrayD<f32>, ActivationCache)> {
+        let Input::Tokens(t) = input else {
+            return Err(batch_mismatch("toy_mlp", "tokens [batch, 2]"));
+        };
+        if !(t.ncols() == 2 || t.ncols() == 3) {
+            return Err(Error::Input(format!(
+                "the ToyMLP takes tokens [batch, 2] (a, b) or [batch, 3] (a, b, =); got {:?}",
+                t.shape()
+            )));
+        }
+        let pairs: Vec<Pair> = t.rows().into_iter().map(|r| (r[0], r[1])).collect();
+        let (l, c) = ToyMlp::run(self, &pairs, hooks, filter.as_ref())?;
+        Ok((l.into_dyn(), c))
+    }
+    fn clone_box(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -8,12 +8,15 @@
 //! (`<pre id="status">`) that tests read back from a headless browser.
 
 use crate::analysis::{self, ablation, neurons};
-use crate::config::{DataConfig, ExperimentConfig, ModelConfig};
+use crate::config::{Experiment, ModelSpec, TaskSpec};
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::io::checkpoint;
 use crate::tasks::modular::{ModularTask, Op};
-use crate::train::{self, MetricRow};
+use crate::io::run::{self, MetricRow};
+use crate::models::superposition::Superposition;
+use crate::models::toy_mlp::ToyMlp;
+use crate::models::transformer::Transformer;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -95,13 +98,13 @@ fn loss_figure(metrics: &[MetricRow], caption: &str) -> Figure {
 
 /// The newest checkpoint of a run (its final weights when the run finished).
 fn last_checkpoint(run_dir: &Path) -> Result<PathBuf> {
-    let fin = run_dir.join("final.safetensors");
+    let fin = run_dir.join(run::FINAL);
     if fin.exists() {
         return Ok(fin);
     }
-    train::checkpoint_steps_ascending(run_dir)
+    run::checkpoint_steps(run_dir)
         .last()
-        .map(|&s| train::checkpoint_path(run_dir, s))
+        .map(|&s| run::checkpoint_path(run_dir, s))
         .ok_or_else(|| {
             Error::Input(format!(
                 "{}: no checkpoints in {}",
@@ -113,27 +116,22 @@ fn last_checkpoint(run_dir: &Path) -> Result<PathBuf> {
 
 /// Build `report.html` for a run directory, whatever its task.
 pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
-    let cfg = train::run_config(run_dir)?;
-    let jsonl = run_dir.join("metrics.jsonl");
-    if !jsonl.exists() {
-        return Err(Error::io(jsonl, std::io::ErrorKind::NotFound.into()));
-    }
-    let metrics = train::read_rows(run_dir, u64::MAX);
-    if metrics.is_empty() {
-        return Err(Error::format(jsonl, "no metric rows"));
-    }
-    let page = match (&cfg.model, &cfg.data) {
-        (ModelConfig::Transformer(_), DataConfig::Modular(_)) => {
+    let cfg = run::run_config(run_dir)?.resolve()?;
+    let metrics = run::read_metrics(run_dir)?;
+    let page = match (&cfg.model, &cfg.task) {
+        (ModelSpec::Transformer(_), TaskSpec::Modular(_)) => {
             modular_figures(run_dir, &cfg, &metrics)?
         }
-        (ModelConfig::Transformer(_), DataConfig::Digits(_)) => digits_figures(&cfg, &metrics)?,
-        (ModelConfig::ToyMlp(_), _) => toy_mlp_figures(run_dir, &cfg, &metrics)?,
-        (ModelConfig::Superposition(_), _) => superposition_figures(run_dir, &cfg, &metrics)?,
-        (ModelConfig::Transformer(_), DataConfig::Superposition(_)) => {
-            return Err(Error::config(
-                "model.arch",
-                "no transformer on the superposition task",
-            ))
+        (ModelSpec::Transformer(_), TaskSpec::Digits(_)) => digits_figures(&cfg, &metrics)?,
+        (ModelSpec::ToyMlp(_), _) => toy_mlp_figures(run_dir, &cfg, &metrics)?,
+        (ModelSpec::Superposition(_), _) => superposition_figures(run_dir, &cfg, &metrics)?,
+        (ModelSpec::Linear(_), _) | (ModelSpec::Transformer(_), _) => {
+            return Err(Error::Input(format!(
+                "{}: no report page for a `{}` model on the `{}` task yet",
+                run_dir.display(),
+                cfg.config.arch_name(),
+                cfg.config.task_name()
+            )))
         }
     };
     write_page(run_dir, page)
@@ -141,22 +139,19 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
 
 /// The figures of a modular-addition transformer run: losses, progress measures with the phases,
 /// Fourier structure, neurons, attention, ablation.
-fn modular_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page> {
-    let task = cfg.modular()?;
-    let shape = cfg.transformer()?;
-    if task.op != Op::Add {
-        return Err(Error::Input(
-            "the report's Fourier analysis covers (a + b) mod p runs".into(),
-        ));
-    }
+fn modular_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
+    let (TaskSpec::Modular(task), ModelSpec::Transformer(shape)) = (&cfg.task, &cfg.model) else {
+        unreachable!("dispatched on a transformer on modular arithmetic");
+    };
     let p = task.p;
     let rows = analysis::progress(run_dir)?;
     let phases = analysis::phases(&rows);
     let last_step = rows.last().expect("progress rows").step;
-    let model = crate::io::checkpoint::load(&train::checkpoint_path(run_dir, last_step))?.model;
-    let a = analysis::analyze(&model, p, Op::Add, Some(&task))?;
+    let model: Transformer =
+        crate::io::checkpoint::load_transformer(&run::checkpoint_path(run_dir, last_step))?;
+    let a = analysis::analyze(&model, p, task.op, Some(task))?;
     let nf = neurons::neuron_frequencies(&model, p)?;
-    let abl = ablation::ablate_all(&model, p, Op::Add)?;
+    let abl = ablation::ablate_all(&model, p, task.op)?;
 
     let mut figs = vec![loss_figure(metrics, "Grokking looks like this: the train loss falls within the first thousand steps or so (memorisation) while the test loss stays high; much later the test loss falls too, by orders of magnitude (generalisation). Hover for values; drag to zoom.")];
     let psteps: Vec<f64> = rows.iter().map(|r| r.step as f64).collect();
@@ -297,14 +292,14 @@ fn modular_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]
             "layout": layout("unit", "loss", false)}),
     });
     Ok(Page {
-        heading: format!("(a + b) mod {p}"),
+        heading: format!("(a {} b) mod {p}", task.op.symbol()),
         cfg_line: format!(
             "frac_train {}, d_model {}, {} heads, d_mlp {}, lr {}, weight decay {}, seed {}",
             task.frac_train,
             shape.d_model,
             shape.n_heads,
             shape.d_mlp.unwrap_or(0),
-            cfg.optim.lr,
+            cfg.schedule.lr,
             cfg.optim.weight_decay,
             cfg.seed
         ),
@@ -313,11 +308,12 @@ fn modular_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]
 }
 
 /// Digits: each digit's test loss with its transition step, per-digit accuracy, whole sums right.
-fn digits_figures(cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page> {
-    let task = cfg.digits()?;
-    let shape = cfg.transformer()?;
+fn digits_figures(cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
+    let (TaskSpec::Digits(task), ModelSpec::Transformer(shape)) = (&cfg.task, &cfg.model) else {
+        unreachable!("dispatched on a transformer on digits");
+    };
     let steps = steps_of(metrics);
-    let transitions = train::digit_transitions(metrics, train::DIGIT_TRANSITION_LOSS);
+    let transitions = run::digit_transitions(metrics, run::DIGIT_TRANSITION_LOSS);
     let mut figs = vec![loss_figure(metrics, "Mean over the answer digits. With fresh samples every step, train is that step's batch and test a fixed held-out sample.")];
     let per_digit = |what: &str| -> Vec<Value> {
         transitions
@@ -347,7 +343,7 @@ fn digits_figures(cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page>
         title: "Each digit of the sum",
         caption: format!(
             "Test loss of each answer digit (10^k is the digit of place value 10^k). Each digit sits at chance (ln 10 ≈ 2.3) until its own sudden drop; dotted lines mark the transition steps, where a digit's loss first falls below {:.2} nats: {}.",
-            train::DIGIT_TRANSITION_LOSS,
+            run::DIGIT_TRANSITION_LOSS,
             steps_text.join(", ")
         ),
         spec: json!({"data": per_digit("loss"), "layout": lay}),
@@ -380,9 +376,9 @@ fn digits_figures(cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page>
             shape.d_model,
             shape.n_heads,
             shape.d_mlp.unwrap_or(0),
-            cfg.optim.lr,
+            cfg.schedule.lr,
             cfg.optim.weight_decay,
-            cfg.train
+            cfg.schedule
                 .batch_size
                 .map_or("full".into(), |b| b.to_string()),
             cfg.seed
@@ -392,9 +388,12 @@ fn digits_figures(cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page>
 }
 
 /// The ToyMLP: accuracy, neuron ablation, the top neurons over the input grid.
-fn toy_mlp_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]) -> Result<Page> {
-    let task = cfg.modular()?;
-    let model = checkpoint::load_toy_mlp(&last_checkpoint(run_dir)?)?;
+fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
+    let TaskSpec::Modular(task) = &cfg.task else {
+        unreachable!("validated: the ToyMLP trains on modular arithmetic");
+    };
+    let ck = checkpoint::load(&last_checkpoint(run_dir)?)?;
+    let model: &ToyMlp = ck.model.downcast("a ToyMLP")?;
     let p = model.cfg.p;
     let steps = steps_of(metrics);
     let mut figs = vec![
@@ -443,16 +442,16 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]
         spec: json!({"data": traces, "layout": lay}),
     });
     Ok(Page {
-        heading: format!("ToyMLP on (a + b) mod {p}"),
+        heading: format!("ToyMLP on (a {} b) mod {p}", task.op.symbol()),
         cfg_line: format!(
             "{} training pairs, embedding {}, hidden {}, batch {}, lr {}, weight decay {}, seed {}",
             task.n_train(),
             model.cfg.d_embed,
             model.cfg.d_hidden,
-            cfg.train
+            cfg.schedule
                 .batch_size
                 .map_or("full".into(), |b| b.to_string()),
-            cfg.optim.lr,
+            cfg.schedule.lr,
             cfg.optim.weight_decay,
             cfg.seed
         ),
@@ -463,10 +462,11 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &ExperimentConfig, metrics: &[MetricRow]
 /// Superposition: each instance's loss and feature geometry.
 fn superposition_figures(
     run_dir: &Path,
-    cfg: &ExperimentConfig,
+    cfg: &Experiment,
     metrics: &[MetricRow],
 ) -> Result<Page> {
-    let model = checkpoint::load_superposition(&last_checkpoint(run_dir)?)?;
+    let ck = checkpoint::load(&last_checkpoint(run_dir)?)?;
+    let model: &Superposition = ck.model.downcast("a superposition model")?;
     let geo = analysis::superposition::geometry(&model);
     let steps = steps_of(metrics);
     let label =
@@ -538,8 +538,8 @@ fn superposition_figures(
             c.max_feature_probability,
             c.min_feature_probability,
             c.importance_decay,
-            cfg.train.batch_size.unwrap_or(0),
-            cfg.optim.lr,
+            cfg.schedule.batch_size.unwrap_or(0),
+            cfg.schedule.lr,
             cfg.seed
         ),
         figs,
@@ -549,9 +549,7 @@ fn superposition_figures(
 /// Write the page: headline from `summary.json`, the figures, and the drawing script.
 fn write_page(run_dir: &Path, page: Page) -> Result<PathBuf> {
     let figs = page.figs;
-    let summary = std::fs::read_to_string(run_dir.join("summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<train::Summary>(&s).ok());
+    let summary = run::read_summary(run_dir).ok().flatten();
     let headline = match summary {
         Some(s) => {
             let mut h = format!(
@@ -593,7 +591,6 @@ fn write_page(run_dir: &Path, page: Page) -> Result<PathBuf> {
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
 .plot {{ height: 440px; }}
 p.caption {{ color: #444; max-width: 62em; }}
-pre#status {{ color: #888; font-size: 80%; }}
 </style>
 <script>
 window.__errors = [];
@@ -606,7 +603,7 @@ console.error = (...args) => {{ window.__errors.push(args.join(" ")); consoleErr
 <h1>{heading}: {title}</h1>
 <p>{headline} Config: {cfg_line}.</p>
 {body}
-<pre id="status">pending</pre>
+<pre id="status" hidden>pending</pre>
 <script>
 const FIGS = {specs};
 let drawn = 0;

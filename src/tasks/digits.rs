@@ -6,9 +6,12 @@
 //! sum only: the loss positions are the n + 1 positions from `=` on, each predicting the following sum
 //! digit, so outputs are the 10 digits.
 
+use super::{EpochOrder, TaskData, LOSS_ACC_COLUMNS};
+use crate::batch::{Batch, LossStats, TokenBatch};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
-use crate::models::transformer::Batch;
+use crate::models::{Model, Scratch};
+use std::borrow::Cow;
 use ndarray::Array2;
 use std::collections::HashSet;
 
@@ -39,8 +42,8 @@ pub struct DigitsData {
     /// The fixed train set (empty with fresh samples).
     pub train: Vec<Operands>,
     /// The train examples evaluated (at most `n_eval` of `train`).
-    pub train_eval: Batch,
-    pub test: Batch,
+    pub train_eval: TokenBatch,
+    pub test: TokenBatch,
 }
 
 impl DigitsTask {
@@ -134,7 +137,7 @@ impl DigitsTask {
         }
     }
 
-    pub fn batch(&self, pairs: &[Operands]) -> Batch {
+    pub fn batch(&self, pairs: &[Operands]) -> TokenBatch {
         let (l, k) = (self.n_ctx(), self.n_digits + 1);
         let mut tokens = Array2::zeros((pairs.len(), l));
         let mut targets = Array2::zeros((pairs.len(), k));
@@ -145,7 +148,7 @@ impl DigitsTask {
                 targets.row_mut(i).as_slice_mut().expect("row"),
             );
         }
-        Batch {
+        TokenBatch {
             tokens,
             loss_pos: (2 * self.n_digits + 1..=3 * self.n_digits + 1).collect(),
             targets,
@@ -159,7 +162,7 @@ impl DigitsTask {
     }
 
     /// Fresh training pairs of update `step` (with `infinite`): a pure function of (seed, step).
-    pub fn fresh_batch(&self, step: u64, batch_size: usize) -> Batch {
+    pub fn fresh_batch(&self, step: u64, batch_size: usize) -> TokenBatch {
         let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
         self.batch(&self.sample(&mut rng, batch_size))
     }
@@ -206,6 +209,110 @@ impl DigitsTask {
             test: self.batch(&test),
             train,
         }
+    }
+}
+
+/// Column names of per-digit metrics, most significant digit first: `{split}_{loss|acc}_d{k}` where
+/// k is the digit's place (10^k).
+pub fn digit_columns(task: &DigitsTask) -> Vec<String> {
+    let mut places = task.places();
+    places.sort_unstable_by(|a, b| b.cmp(a));
+    let mut cols = Vec::new();
+    for split in ["train", "test"] {
+        for what in ["loss", "acc"] {
+            for &k in &places {
+                cols.push(format!("{split}_{what}_d{k}"));
+            }
+        }
+    }
+    cols
+}
+
+/// Per-digit values in [`digit_columns`] order, for one split's stats (loss then accuracy).
+fn digit_values(task: &DigitsTask, s: &LossStats) -> Vec<f64> {
+    let places = task.places();
+    let mut order: Vec<usize> = (0..places.len()).collect();
+    order.sort_unstable_by(|&a, &b| places[b].cmp(&places[a]));
+    let mut v: Vec<f64> = order.iter().map(|&i| s.per_position_loss[i]).collect();
+    v.extend(order.iter().map(|&i| s.per_position_accuracy[i]));
+    v
+}
+
+/// A run's digits data: fresh samples every step, or a fixed train set (whole or in minibatches).
+pub struct DigitsRun {
+    task: DigitsTask,
+    data: DigitsData,
+    batch_size: Option<usize>,
+    /// The whole train set as one batch (full-batch training on fixed data only).
+    full: Option<Batch>,
+    order: Option<EpochOrder>,
+}
+
+impl DigitsRun {
+    /// `batch_size` None means the whole fixed train set every step (validated: fresh samples need
+    /// a batch size).
+    pub fn new(task: DigitsTask, batch_size: Option<usize>) -> Self {
+        let data = task.data();
+        let full = (!task.infinite && batch_size.is_none()).then(|| task.batch(&data.train).into());
+        let order = batch_size
+            .filter(|_| !task.infinite)
+            .map(|bs| EpochOrder::new(data.train.len(), bs, task.seed));
+        DigitsRun {
+            task,
+            data,
+            batch_size,
+            full,
+            order,
+        }
+    }
+}
+
+impl TaskData for DigitsRun {
+    fn columns(&self) -> Vec<String> {
+        let mut c: Vec<String> = LOSS_ACC_COLUMNS.map(String::from).to_vec();
+        c.extend(["train_exact", "test_exact"].map(String::from));
+        c.extend(digit_columns(&self.task));
+        c
+    }
+    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
+        if let Some(full) = &self.full {
+            return Cow::Borrowed(full);
+        }
+        match (&mut self.order, self.batch_size) {
+            (Some(order), _) => {
+                let pairs: Vec<Operands> =
+                    order.batch(step).iter().map(|&i| self.data.train[i]).collect();
+                Cow::Owned(self.task.batch(&pairs).into())
+            }
+            (None, bs) => Cow::Owned(
+                self.task
+                    .fresh_batch(step, bs.expect("validated: fresh samples need a batch size"))
+                    .into(),
+            ),
+        }
+    }
+    fn metrics(
+        &mut self,
+        model: &dyn Model,
+        scratch: &mut Scratch,
+        last: Option<&LossStats>,
+    ) -> Result<Vec<f64>> {
+        // With fresh samples, "train" is the last step's batch (before its update); at step 0, the
+        // test set's distribution is the train distribution.
+        let te = model.evaluate(scratch, &Batch::Tokens(self.data.test.clone()))?;
+        let tr = if self.task.infinite {
+            last.cloned().unwrap_or_else(|| te.clone())
+        } else {
+            model.evaluate(scratch, &Batch::Tokens(self.data.train_eval.clone()))?
+        };
+        let mut v = vec![tr.loss, tr.accuracy, te.loss, te.accuracy];
+        v.extend([tr.exact_match, te.exact_match]);
+        v.extend(digit_values(&self.task, &tr));
+        v.extend(digit_values(&self.task, &te));
+        Ok(v)
+    }
+    fn train_set(&self) -> Option<Batch> {
+        (!self.task.infinite).then(|| self.task.batch(&self.data.train).into())
     }
 }
 

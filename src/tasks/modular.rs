@@ -1,9 +1,12 @@
 //! Modular arithmetic, Nanda et al.'s grokking task: inputs `[a, b, =]` with `=` the token `p`, the
 //! answer `(a op b) mod p` predicted at the last position.
 
+use super::{loss_acc, EpochOrder, TaskData, LOSS_ACC_COLUMNS};
+use crate::batch::{Batch, LossStats, TokenBatch};
 use crate::error::{Error, Result};
-use crate::models::transformer::{Batch, Transformer, Workspace};
+use crate::models::{Model, Scratch};
 use crate::pyrandom::PyRandom;
+use std::borrow::Cow;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// `+`, `-` or `*`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Op::Add => "+",
+            Op::Sub => "-",
+            Op::Mul => "*",
+        }
+    }
+
     pub fn apply(self, a: u64, b: u64, p: u64) -> u64 {
         match self {
             Op::Add => (a + b) % p,
@@ -94,7 +106,7 @@ impl ModularTask {
     }
 
     /// Every pair `(a, b)` as one batch (a major), for evaluation and analysis.
-    pub fn all_pairs_batch(p: usize, op: Op) -> Batch {
+    pub fn all_pairs_batch(p: usize, op: Op) -> TokenBatch {
         let t = ModularTask {
             p,
             op,
@@ -106,7 +118,7 @@ impl ModularTask {
     }
 
     /// Inputs `[a, b, p]`, loss at position 2, targets `(a op b) mod p`.
-    pub fn batch(&self, pairs: &[Pair]) -> Batch {
+    pub fn batch(&self, pairs: &[Pair]) -> TokenBatch {
         let p = self.p as u32;
         let tokens = Array2::from_shape_fn((pairs.len(), 3), |(i, j)| match j {
             0 => pairs[i].0,
@@ -117,7 +129,7 @@ impl ModularTask {
             self.op
                 .apply(pairs[i].0 as u64, pairs[i].1 as u64, p as u64) as u32
         });
-        Batch {
+        TokenBatch {
             tokens,
             loss_pos: vec![2],
             targets,
@@ -143,22 +155,14 @@ pub struct ModularEval {
 
 /// Evaluate `model` on modulus `p` with `op`; `split` (when known) adds train and test figures.
 pub fn evaluate(
-    model: &Transformer,
+    model: &dyn Model,
     p: usize,
     op: Op,
     split: Option<&ModularTask>,
 ) -> Result<ModularEval> {
-    let cfg = &model.cfg;
-    if cfg.d_vocab < p + 1 || cfg.d_vocab_out() < p || cfg.n_ctx < 3 {
-        return Err(Error::Input(format!(
-            "the model (d_vocab {}, d_vocab_out {}, n_ctx {}) does not fit modular arithmetic with p = {p}: it needs d_vocab ≥ p+1, d_vocab_out ≥ p, n_ctx ≥ 3",
-            cfg.d_vocab,
-            cfg.d_vocab_out(),
-            cfg.n_ctx
-        )));
-    }
-    let mut ws = Workspace::new();
-    let all = model.evaluate(&mut ws, &ModularTask::all_pairs_batch(p, op))?;
+    let mut scratch = Scratch::new();
+    let all = model.evaluate(&mut scratch, &ModularTask::all_pairs_batch(p, op).into())
+        .map_err(|e| Error::Input(format!("the model does not fit modular arithmetic with p = {p}: {e}")))?;
     let mut out = ModularEval {
         loss_all: all.loss,
         acc_all: all.accuracy,
@@ -166,14 +170,69 @@ pub fn evaluate(
     };
     if let Some(s) = split {
         let (train, test) = s.split_pairs();
-        let tr = model.evaluate(&mut ws, &s.batch(&train))?;
-        let te = model.evaluate(&mut ws, &s.batch(&test))?;
+        let tr = model.evaluate(&mut scratch, &s.batch(&train).into())?;
+        let te = model.evaluate(&mut scratch, &s.batch(&test).into())?;
         out.loss_train = Some(tr.loss);
         out.acc_train = Some(tr.accuracy);
         out.loss_test = Some(te.loss);
         out.acc_test = Some(te.accuracy);
     }
     Ok(out)
+}
+
+/// A run's modular data: the split, the train and test sets as batches, and the minibatch order
+/// (None: the full train set every step).
+pub struct ModularData {
+    train_pairs: Vec<Pair>,
+    task: ModularTask,
+    train: Batch,
+    test: Batch,
+    order: Option<EpochOrder>,
+}
+
+impl ModularData {
+    pub fn new(task: ModularTask, batch_size: Option<usize>) -> Self {
+        let (train_pairs, test_pairs) = task.split_pairs();
+        ModularData {
+            train: task.batch(&train_pairs).into(),
+            test: task.batch(&test_pairs).into(),
+            order: batch_size.map(|bs| EpochOrder::new(train_pairs.len(), bs, task.seed)),
+            train_pairs,
+            task,
+        }
+    }
+}
+
+impl TaskData for ModularData {
+    fn columns(&self) -> Vec<String> {
+        LOSS_ACC_COLUMNS.map(String::from).to_vec()
+    }
+    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
+        match &mut self.order {
+            None => Cow::Borrowed(&self.train),
+            Some(order) => {
+                let pairs: Vec<Pair> = order
+                    .batch(step)
+                    .iter()
+                    .map(|&i| self.train_pairs[i])
+                    .collect();
+                Cow::Owned(self.task.batch(&pairs).into())
+            }
+        }
+    }
+    fn metrics(
+        &mut self,
+        model: &dyn Model,
+        scratch: &mut Scratch,
+        _: Option<&LossStats>,
+    ) -> Result<Vec<f64>> {
+        let tr = model.evaluate(scratch, &self.train)?;
+        let te = model.evaluate(scratch, &self.test)?;
+        Ok(loss_acc(&tr, &te))
+    }
+    fn train_set(&self) -> Option<Batch> {
+        Some(self.train.clone())
+    }
 }
 
 #[cfg(test)]

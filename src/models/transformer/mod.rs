@@ -9,18 +9,22 @@
 
 mod config;
 mod params;
+mod sites;
 
 pub use config::{InitScheme, Normalization, TransformerConfig};
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
+pub use sites::{patch_axes, Site};
 
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{linear, linear_backward, matmul, view, view_mut};
 use crate::engine::{activation, layernorm, simd};
+use crate::batch::{Batch, Input, LossStats, TokenBatch};
+use crate::models::{batch_mismatch, Buffer, Kind, Model, Scratch, TensorSpec};
 use crate::error::{Error, Result};
-use crate::hooks::{dyn_shape, ActivationCache, CacheFilter, HookFn, Hooks, Site};
-use ndarray::{Array2, Array3, ArrayView2, ArrayViewMutD};
+use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
+use ndarray::{Array3, ArrayView2, IxDyn};
 use rayon::prelude::*;
 
 /// A transformer: its config, the parameter layout and the flat parameter buffer.
@@ -29,25 +33,6 @@ pub struct Transformer {
     pub cfg: TransformerConfig,
     pub layout: Layout,
     pub params: Vec<f32>,
-}
-
-/// Inputs and targets of one batch. `targets[b, i]` is the answer at position `loss_pos[i]`.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    pub tokens: Array2<u32>,
-    pub loss_pos: Vec<usize>,
-    pub targets: Array2<u32>,
-}
-
-/// Mean loss and accuracy over all loss positions, and per loss position.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LossStats {
-    pub loss: f64,
-    pub accuracy: f64,
-    pub per_position_loss: Vec<f64>,
-    pub per_position_accuracy: Vec<f64>,
-    /// Fraction of examples right at every loss position (a whole answer, as an n-digit sum).
-    pub exact_match: f64,
 }
 
 #[derive(Default, Debug)]
@@ -129,41 +114,18 @@ fn buf<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut v[..]
 }
 
-/// Hooks and cache of a full forward, resolved to hook sites.
-struct Interceptor<'h, 'c> {
-    hooks: Vec<(Site, HookFn<'h>)>,
-    cache: Option<(&'c mut ActivationCache, Vec<Site>)>,
-}
-
-impl Interceptor<'_, '_> {
-    fn wants(&self, site: Site) -> bool {
-        self.hooks.iter().any(|(s, _)| *s == site)
-            || self.cache.as_ref().is_some_and(|(_, s)| s.contains(&site))
-    }
-    fn run(&mut self, site: Site, act: &mut ArrayViewMutD<f32>) {
-        for (s, f) in self.hooks.iter_mut() {
-            if *s == site {
-                f(act);
-            }
-        }
-        if let Some((cache, sites)) = self.cache.as_mut() {
-            if sites.contains(&site) {
-                cache.map.insert(site.name(), act.to_owned());
-            }
-        }
-    }
-}
+type Interceptor<'h, 'c> = HookRunner<'h, 'c>;
 
 /// Run the hooks at `site` on `data` viewed with `shape` (no copy).
 fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], shape: &[usize]) {
     if let Some(hk) = hk.as_deref_mut() {
-        if hk.wants(site) {
-            let n: usize = shape.iter().product();
-            let mut v =
-                ArrayViewMutD::from_shape(dyn_shape(shape), &mut data[..n]).expect("hook shape");
-            hk.run(site, &mut v);
-        }
+        hk.run(&site.name(), data, shape);
     }
+}
+
+/// Whether a hook or the cache wants `site`.
+fn wants(hk: &Option<&mut Interceptor>, site: Site) -> bool {
+    hk.as_deref().is_some_and(|h| h.wants(&site.name()))
 }
 
 /// Hooks on q/k/v: our layout is head-major `[head, row, d_head]`, TransformerLens' is
@@ -179,8 +141,7 @@ fn intercept_heads(
     h: usize,
     dh: usize,
 ) {
-    let Some(hki) = hk.as_deref_mut() else { return };
-    if !hki.wants(site) {
+    if !wants(hk, site) {
         return;
     }
     let rows = b * p;
@@ -220,7 +181,7 @@ fn ln_forward(
     let y = buf(&mut ln.y, rows * d);
     layernorm::normalize(&ln.xc, &ln.scale, w, b, xhat, y);
     // TransformerLens' hook_normalized is x/scale, before the gain and bias.
-    if hk.as_ref().is_some_and(|h| h.wants(sites.1)) {
+    if wants(hk, sites.1) {
         intercept(hk, sites.1, &mut ln.xhat, &[shape.0, shape.1, d]);
         layernorm::affine(&ln.xhat, w, b, &mut ln.y);
     }
@@ -276,7 +237,7 @@ impl Transformer {
     /// The parameter called `name`, as an array of its TransformerLens shape.
     pub fn param(&self, name: &str) -> Option<ndarray::ArrayViewD<'_, f32>> {
         let s = self.layout.find(name)?;
-        ndarray::ArrayViewD::from_shape(dyn_shape(&s.shape), &self.params[s.range()]).ok()
+        ndarray::ArrayViewD::from_shape(IxDyn(&s.shape), &self.params[s.range()]).ok()
     }
 
     pub fn check_tokens(&self, tokens: ArrayView2<u32>) -> Result<()> {
@@ -304,7 +265,7 @@ impl Transformer {
         Ok(())
     }
 
-    fn check_batch(&self, batch: &Batch) -> Result<()> {
+    fn check_batch(&self, batch: &TokenBatch) -> Result<()> {
         self.check_tokens(batch.tokens.view())?;
         let (b, p) = batch.tokens.dim();
         if batch.loss_pos.is_empty()
@@ -359,35 +320,21 @@ impl Transformer {
         filter: Option<CacheFilter>,
     ) -> Result<(Array3<f32>, ActivationCache)> {
         self.check_tokens(tokens)?;
-        let mut resolved = Vec::new();
-        for (name, f) in hooks.entries {
-            resolved.push((Site::parse(&self.cfg, &name)?, f));
-        }
-        let all = Site::all(&self.cfg);
-        let cache_sites = match &filter {
-            None => Vec::new(),
-            Some(CacheFilter::All) => all.clone(),
-            Some(CacheFilter::Names(names)) => names
-                .iter()
-                .map(|n| Site::parse(&self.cfg, n))
-                .collect::<Result<_>>()?,
-            Some(CacheFilter::Predicate(f)) => {
-                all.iter().copied().filter(|s| f(&s.name())).collect()
-            }
-        };
+        let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
         let mut cache = ActivationCache::default();
-        let mut icpt = Interceptor {
-            hooks: resolved,
-            cache: filter.is_some().then_some((&mut cache, cache_sites)),
-        };
+        let mut icpt = HookRunner::new(
+            &names,
+            hooks,
+            filter.as_ref().map(|f| (&mut cache, f)),
+        )?;
         let (b, p) = tokens.dim();
         let mut ws = Workspace::new();
         let all_pos: Vec<usize> = (0..p).collect();
         self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
+        icpt.finish()?;
         let v = self.cfg.d_vocab_out();
         let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
             .expect("logits shape");
-        drop(icpt);
         Ok((logits, cache))
     }
 
@@ -419,7 +366,7 @@ impl Transformer {
     }
 
     /// Mean loss and accuracy on a batch (forward only, with the shortcuts).
-    pub fn evaluate(&self, ws: &mut Workspace, batch: &Batch) -> Result<LossStats> {
+    pub fn evaluate(&self, ws: &mut Workspace, batch: &TokenBatch) -> Result<LossStats> {
         self.check_batch(batch)?;
         self.forward_impl(ws, batch.tokens.view(), &batch.loss_pos, None);
         Ok(self.loss_stats(ws, batch, false))
@@ -430,7 +377,7 @@ impl Transformer {
     pub fn loss_and_grad(
         &self,
         ws: &mut Workspace,
-        batch: &Batch,
+        batch: &TokenBatch,
         grads: &mut [f32],
     ) -> Result<LossStats> {
         self.check_batch(batch)?;
@@ -448,7 +395,7 @@ impl Transformer {
         Ok(stats)
     }
 
-    fn loss_stats(&self, ws: &mut Workspace, batch: &Batch, with_grad: bool) -> LossStats {
+    fn loss_stats(&self, ws: &mut Workspace, batch: &TokenBatch, with_grad: bool) -> LossStats {
         let v = self.cfg.d_vocab_out();
         let nl = batch.loss_pos.len();
         let rows = batch.tokens.nrows() * nl;
@@ -545,9 +492,7 @@ impl Transformer {
             let w_e = lay.get(w, lay.w_e);
             let w_pos = lay.get(w, lay.w_pos);
             let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
-            let hooked = hk
-                .as_ref()
-                .is_some_and(|h| h.wants(Site::Embed) || h.wants(Site::PosEmbed));
+            let hooked = wants(&hk, Site::Embed) || wants(&hk, Site::PosEmbed);
             if hooked {
                 let emb = buf(&mut ws.embed, n_rows0 * d);
                 let pos = buf(&mut ws.pos, n_rows0 * d);
@@ -1121,5 +1066,116 @@ fn two_mut(
         let (lo, hi) = data.split_at_mut(a.start);
         let bl = b.end - b.start;
         (&mut hi[..a.end - a.start], &mut lo[b.start..b.start + bl])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model interface.
+
+fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
+    let cfg: TransformerConfig = crate::models::parse_config("transformer", cfg)?;
+    let n = Layout::new(&cfg).total;
+    Ok(Box::new(Transformer::from_params(cfg, vec![0.0; n])?))
+}
+
+pub const KIND: Kind = Kind {
+    arch: "transformer",
+    zeros: load_kind,
+};
+
+fn token_batch<'a>(batch: &'a Batch) -> Result<&'a TokenBatch> {
+    match batch {
+        Batch::Tokens(b) => Ok(b),
+        Batch::Dense(_) => Err(batch_mismatch("transformer", "token batches")),
+    }
+}
+
+impl Model for Transformer {
+    fn arch(&self) -> &'static str {
+        "transformer"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg).expect("config json")
+    }
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        self.layout
+            .specs
+            .iter()
+            .map(|s| TensorSpec {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                range: s.range(),
+                trainable: s.trainable,
+            })
+            .collect()
+    }
+    /// TransformerLens' `attn.mask` (bool, lower-triangular `[n_ctx, n_ctx]`) and `attn.IGNORE`
+    /// (scalar −inf) of every block.
+    fn buffers(&self) -> Vec<Buffer> {
+        let n = self.cfg.n_ctx;
+        let mask: Vec<u8> = (0..n * n).map(|i| u8::from(i % n <= i / n)).collect();
+        (0..self.cfg.n_layers)
+            .flat_map(|l| {
+                [
+                    Buffer {
+                        name: format!("blocks.{l}.attn.mask"),
+                        dtype: "BOOL",
+                        shape: vec![n, n],
+                        bytes: mask.clone(),
+                    },
+                    Buffer {
+                        name: format!("blocks.{l}.attn.IGNORE"),
+                        dtype: "F32",
+                        shape: vec![],
+                        bytes: f32::NEG_INFINITY.to_le_bytes().to_vec(),
+                    },
+                ]
+            })
+            .collect()
+    }
+    fn hook_names(&self) -> Vec<String> {
+        Site::all(&self.cfg).iter().map(Site::name).collect()
+    }
+    fn example_input(&self) -> Batch {
+        Batch::Tokens(TokenBatch {
+            tokens: ndarray::Array2::zeros((1, self.cfg.n_ctx)),
+            loss_pos: vec![self.cfg.n_ctx - 1],
+            targets: ndarray::Array2::zeros((1, 1)),
+        })
+    }
+    fn evaluate(&self, scratch: &mut Scratch, batch: &Batch) -> Result<LossStats> {
+        Transformer::evaluate(self, scratch.get::<Workspace>(), token_batch(batch)?)
+    }
+    fn loss_and_grad(
+        &self,
+        scratch: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
+        Transformer::loss_and_grad(self, scratch.get::<Workspace>(), token_batch(batch)?, grads)
+    }
+    fn run(
+        &self,
+        input: Input,
+        hooks: Hooks,
+        filter: Option<CacheFilter>,
+    ) -> Result<(ndarray::ArrayD<f32>, ActivationCache)> {
+        let Input::Tokens(tokens) = input else {
+            return Err(batch_mismatch("transformer", "tokens"));
+        };
+        let (logits, cache) = Transformer::run(self, tokens, hooks, filter)?;
+        Ok((logits.into_dyn(), cache))
+    }
+    fn clone_box(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -1,0 +1,213 @@
+//! What each command of the `toylens` binary does, as library calls that return data: the binary
+//! parses arguments and prints these (ripgrep's split). Files are written here, never into a run's
+//! training outputs: `analyze` on a run writes into `RUN/analysis/`.
+
+use crate::analysis::{self, ablation, neurons, superposition as sp, toy_mlp, Analysis, Phases};
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{self, write_atomic};
+use crate::io::{load_any, run, Loaded};
+use crate::models::superposition::Superposition;
+use crate::models::toy_mlp::ToyMlp;
+use crate::report::figures;
+use crate::tasks::modular::{self, Op};
+use crate::tasks::TaskInfo;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Loss and accuracy of a model on named sets.
+pub struct EvalReport {
+    /// The model and task, in words.
+    pub what: String,
+    /// (set, loss, accuracy): all pairs, then train and test when the split is known.
+    pub sets: Vec<(&'static str, f64, f64)>,
+    /// What the original run recorded (train, test), for an imported `.pth`.
+    pub recorded: Option<(f64, f64)>,
+}
+
+/// `toylens eval`: a modular-arithmetic model (transformer or ToyMLP) on all p² pairs, and on train
+/// and test when the split is known.
+pub fn eval(path: &Path) -> Result<EvalReport> {
+    let l = load_any(path)?;
+    let m = l.modular()?;
+    let ev = modular::evaluate(l.model.as_ref(), m.p, m.op, m.split.as_ref())
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    let mut sets = vec![("all", ev.loss_all, ev.acc_all)];
+    if let (Some(lt), Some(at), Some(le), Some(ae)) =
+        (ev.loss_train, ev.acc_train, ev.loss_test, ev.acc_test)
+    {
+        sets.push(("train", lt, at));
+        sets.push(("test", le, ae));
+    }
+    Ok(EvalReport {
+        what: format!(
+            "{}, (a {} b) mod {}",
+            l.model.arch(),
+            m.op.symbol(),
+            m.p
+        ),
+        sets,
+        recorded: l.recorded_train_loss.zip(l.recorded_test_loss),
+    })
+}
+
+/// How `analyze` picks the key frequencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRule {
+    /// The paper's: from W_L's Fourier norms.
+    WL,
+    /// Frequencies whose neuron clusters hold ≥ 5% of the clustered neurons.
+    Neurons,
+}
+
+/// What `toylens analyze` found.
+pub enum AnalyzeReport {
+    /// A run directory of a modular-arithmetic transformer: the measures at every checkpoint.
+    Run {
+        rows: Vec<analysis::ProgressRow>,
+        phases: Option<Phases>,
+        files: Vec<PathBuf>,
+    },
+    /// One modular-arithmetic transformer checkpoint.
+    Modular {
+        op: Op,
+        analysis: Analysis,
+        neurons: neurons::NeuronFrequencies,
+        /// Whether the excluded loss is on the train set (the split is known) or on all pairs.
+        on_train_set: bool,
+        files: Vec<PathBuf>,
+    },
+    /// A superposition checkpoint: each instance's geometry.
+    Superposition {
+        instances: Vec<sp::InstanceGeometry>,
+        n_features: usize,
+        n_hidden: usize,
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `toylens analyze TARGET`: a run directory (pictures and `progress.csv` into `out`, by default
+/// `RUN/analysis/`) or one checkpoint (pictures into `out` when given).
+pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<AnalyzeReport> {
+    if target.is_dir() {
+        let rows = analysis::progress(target)?;
+        let phases = analysis::phases(&rows);
+        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let csv = dir.join("progress.csv");
+        write_atomic(&csv, analysis::progress_csv(&rows).as_bytes())?;
+        let mut files = vec![csv];
+        files.extend(figures::progress(&rows, phases.as_ref(), &dir)?);
+        return Ok(AnalyzeReport::Run {
+            rows,
+            phases,
+            files,
+        });
+    }
+    let l = load_any(target)?;
+    if let Some(m) = l.model.as_any().downcast_ref::<Superposition>() {
+        let mut files = Vec::new();
+        if let Some(dir) = out {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            for ext in ["png", "svg"] {
+                let f = dir.join(format!("superposition.{ext}"));
+                figures::superposition(m, &f)?;
+                files.push(f);
+            }
+        }
+        return Ok(AnalyzeReport::Superposition {
+            instances: sp::geometry(m),
+            n_features: m.cfg.n_features,
+            n_hidden: m.cfg.n_hidden,
+            files,
+        });
+    }
+    let t = l.transformer().map_err(|_| {
+        Error::format(
+            target,
+            format!(
+                "`analyze` covers modular-arithmetic transformers and superposition models; this is a `{}`{}",
+                l.model.arch(),
+                if l.model.arch() == "toy_mlp" { " (try `toylens ablate`)" } else { "" }
+            ),
+        )
+    })?;
+    let m = l.modular()?;
+    let nf = neurons::neuron_frequencies(t, m.p)?;
+    let keys = match rule {
+        KeyRule::WL => None,
+        KeyRule::Neurons => Some(neurons::key_frequencies_from_clusters(&nf)),
+    };
+    let a = analysis::analyze_with_keys(t, m.p, m.op, m.split.as_ref(), keys.as_deref())
+        .map_err(|e| Error::format(target, e.to_string()))?;
+    let files = match out {
+        Some(dir) => figures::checkpoint(t, m.p, &a, &nf, dir)?,
+        None => Vec::new(),
+    };
+    Ok(AnalyzeReport::Modular {
+        op: m.op,
+        analysis: a,
+        neurons: nf,
+        on_train_set: m.split.is_some(),
+        files,
+    })
+}
+
+/// What `toylens ablate` found: the loss and accuracy with nothing ablated, and every unit's row,
+/// most damaging first.
+pub struct AblateReport {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub rows: Vec<ablation::AblationRow>,
+    pub files: Vec<PathBuf>,
+}
+
+/// `toylens ablate`: every neuron and head of a modular transformer, or every hidden neuron of a
+/// ToyMLP (with heat maps of the top ones), zero- and mean-ablated.
+pub fn ablate(path: &Path, out: Option<&Path>) -> Result<AblateReport> {
+    let l = load_any(path)?;
+    let m = l.modular()?;
+    if let Some(out) = out {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    let ((loss, accuracy), rows, files) =
+        if let Some(toy) = l.model.as_any().downcast_ref::<ToyMlp>() {
+            let (base, rows) = toy_mlp::ablate_neurons(toy, m.op)?;
+            let files = match out {
+                Some(dir) => figures::toy_mlp(toy, &rows, 4, dir)?,
+                None => Vec::new(),
+            };
+            (base, rows, files)
+        } else {
+            let t = l.transformer()?;
+            let base = ablation::baseline(t, m.p, m.op)?;
+            let rows = ablation::ablate_all(t, m.p, m.op)?;
+            let files = match out {
+                Some(dir) => figures::ablation(&rows, 20, dir)?,
+                None => Vec::new(),
+            };
+            (base, rows, files)
+        };
+    Ok(AblateReport {
+        loss,
+        accuracy,
+        rows,
+        files,
+    })
+}
+
+/// `toylens convert`: an original grokking `.pth` into a toylens safetensors checkpoint.
+pub fn convert(input: &Path, output: &Path) -> Result<Loaded> {
+    let l = load_any(input)?;
+    l.transformer()?;
+    let mut meta = HashMap::new();
+    meta.insert("toylens.source".to_string(), input.display().to_string());
+    checkpoint::save(output, l.model.as_ref(), l.task.as_ref(), &meta)?;
+    Ok(l)
+}
+
+/// The task recorded with a loaded model, in words.
+pub fn describe_task(t: Option<&TaskInfo>) -> String {
+    t.map_or("task unknown".into(), |t| {
+        serde_json::to_string(t).unwrap_or_default()
+    })
+}

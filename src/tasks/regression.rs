@@ -1,0 +1,123 @@
+//! Linear regression data: x ~ N(0, I), y = x·W*ᵀ + b* + σ·ε with ε ~ N(0, I). The true weights are
+//! zero (`true_weights: zero`) or drawn N(0, 1) from the seed (`random`). A fixed train set and a
+//! test set, both pure functions of the seed.
+
+use super::{EpochOrder, TaskData};
+use crate::batch::{Batch, DenseBatch, LossStats};
+use crate::engine::rng::Rng;
+use crate::error::{Error, Result};
+use crate::models::{Model, Scratch};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrueWeights {
+    #[default]
+    Zero,
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressionTask {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub noise_std: f64,
+    pub true_weights: TrueWeights,
+    pub seed: u64,
+}
+
+impl RegressionTask {
+    pub fn validate(&self, prefix: &str) -> Result<()> {
+        for (k, v) in [
+            ("n_in", self.n_in),
+            ("n_out", self.n_out),
+            ("n_train", self.n_train),
+            ("n_test", self.n_test),
+        ] {
+            if v == 0 {
+                return Err(Error::config(format!("{prefix}{k}"), "must be at least 1 (got 0)"));
+            }
+        }
+        if !(self.noise_std >= 0.0 && self.noise_std.is_finite()) {
+            return Err(Error::config(
+                format!("{prefix}noise_std"),
+                format!("must be ≥ 0 (got {})", self.noise_std),
+            ));
+        }
+        Ok(())
+    }
+
+    /// (W* `[n_out, n_in]`, b* `[n_out]`).
+    pub fn true_weights(&self) -> (Vec<f32>, Vec<f32>) {
+        let (ni, no) = (self.n_in, self.n_out);
+        match self.true_weights {
+            TrueWeights::Zero => (vec![0.0; no * ni], vec![0.0; no]),
+            TrueWeights::Random => {
+                let mut rng = Rng::new(self.seed ^ 0x11EA_0000_0000_0003);
+                let w = (0..no * ni).map(|_| rng.normal() as f32).collect();
+                let b = (0..no).map(|_| rng.normal() as f32).collect();
+                (w, b)
+            }
+        }
+    }
+
+    /// `n` examples from the stream `which` (0: train, 1: test).
+    pub fn sample(&self, n: usize, which: u64) -> Batch {
+        let (ni, no) = (self.n_in, self.n_out);
+        let (w, b) = self.true_weights();
+        let mut rng = Rng::new(self.seed ^ (which + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+        let x: Vec<f32> = (0..n * ni).map(|_| rng.normal() as f32).collect();
+        let mut y = Vec::with_capacity(n * no);
+        for xr in x.chunks_exact(ni) {
+            for j in 0..no {
+                let clean: f32 = w[j * ni..][..ni].iter().zip(xr).map(|(a, c)| a * c).sum();
+                y.push(clean + b[j] + (self.noise_std * rng.normal()) as f32);
+            }
+        }
+        Batch::Dense(DenseBatch {
+            x: ndarray::Array2::from_shape_vec((n, ni), x).expect("shape"),
+            y: Some(ndarray::Array2::from_shape_vec((n, no), y).expect("shape")),
+        })
+    }
+}
+
+pub struct RegressionData {
+    train: Batch,
+    test: Batch,
+    order: Option<EpochOrder>,
+}
+
+impl RegressionData {
+    pub fn new(task: &RegressionTask, batch_size: Option<usize>) -> Self {
+        RegressionData {
+            train: task.sample(task.n_train, 0),
+            test: task.sample(task.n_test, 1),
+            order: batch_size.map(|bs| EpochOrder::new(task.n_train, bs, task.seed)),
+        }
+    }
+}
+
+impl TaskData for RegressionData {
+    fn columns(&self) -> Vec<String> {
+        vec!["train_loss".into(), "test_loss".into()]
+    }
+    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
+        match &mut self.order {
+            None => Cow::Borrowed(&self.train),
+            Some(o) => Cow::Owned(self.train.select(o.batch(step))),
+        }
+    }
+    fn metrics(&mut self, model: &dyn Model, s: &mut Scratch, _: Option<&LossStats>) -> Result<Vec<f64>> {
+        Ok(vec![
+            model.evaluate(s, &self.train)?.loss,
+            model.evaluate(s, &self.test)?.loss,
+        ])
+    }
+    fn train_set(&self) -> Option<Batch> {
+        Some(self.train.clone())
+    }
+}
