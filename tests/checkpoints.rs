@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use toylens::io::{checkpoint, load, pth};
+use toylens::io::{checkpoint, pth};
 use toylens::{Error, Transformer, TransformerConfig};
 
 fn fixture(name: &str) -> PathBuf {
