@@ -72,7 +72,9 @@ impl Batch {
             }),
             Batch::Dense(b) => Batch::Dense(DenseBatch {
                 x: b.x.slice(ndarray::s![..n, ..]).to_owned(),
-                y: b.y.as_ref().map(|y| y.slice(ndarray::s![..n, ..]).to_owned()),
+                y: b.y
+                    .as_ref()
+                    .map(|y| y.slice(ndarray::s![..n, ..]).to_owned()),
             }),
         }
     }

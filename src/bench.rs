@@ -1,8 +1,8 @@
 //! Benchmark workloads, shared by `toylens bench` and the side-by-side comparison in `bench/`.
 
+use crate::batch::TokenBatch;
 use crate::engine::adamw::{AdamW, AdamWConfig};
 use crate::error::Result;
-use crate::batch::TokenBatch;
 use crate::models::transformer::{Transformer, TransformerConfig, Workspace};
 use crate::tasks::modular::{ModularTask, Op, Split};
 use std::time::Instant;

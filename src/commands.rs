@@ -39,12 +39,7 @@ pub fn eval(path: &Path) -> Result<EvalReport> {
         sets.push(("test", le, ae));
     }
     Ok(EvalReport {
-        what: format!(
-            "{}, (a {} b) mod {}",
-            l.model.arch(),
-            m.op.symbol(),
-            m.p
-        ),
+        what: format!("{}, (a {} b) mod {}", l.model.arch(), m.op.symbol(), m.p),
         sets,
         recorded: l.recorded_train_loss.zip(l.recorded_test_loss),
     })

@@ -15,7 +15,9 @@ use crate::error::{closest, Error, Result};
 use crate::models::linear::{Linear, LinearConfig};
 use crate::models::superposition::{Superposition, SuperpositionConfig};
 use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
-use crate::models::transformer::{InitScheme, Layout, Normalization, Transformer, TransformerConfig};
+use crate::models::transformer::{
+    InitScheme, Layout, Normalization, Transformer, TransformerConfig,
+};
 use crate::models::Model;
 use crate::tasks::digits::{DigitsRun, DigitsTask};
 use crate::tasks::modular::{ModularData as ModularRun, ModularTask, Op, Split};
@@ -324,8 +326,15 @@ impl ExperimentConfig {
             DataConfig::Superposition(_) | DataConfig::Regression(_) => {
                 return Err(Error::config(
                     "model.arch",
-                    format!("the transformer takes tokens; the `{}` task needs model.arch={}", self.task_name(),
-                        if matches!(self.data, DataConfig::Regression(_)) { "linear" } else { "superposition" }),
+                    format!(
+                        "the transformer takes tokens; the `{}` task needs model.arch={}",
+                        self.task_name(),
+                        if matches!(self.data, DataConfig::Regression(_)) {
+                            "linear"
+                        } else {
+                            "superposition"
+                        }
+                    ),
                 ))
             }
         };
@@ -595,7 +604,9 @@ pub enum TaskSpec {
     Modular(ModularTask),
     Digits(DigitsTask),
     /// The samples are the model config's; `n_eval` examples are evaluated.
-    Superposition { n_eval: usize },
+    Superposition {
+        n_eval: usize,
+    },
     Regression(RegressionTask),
 }
 
@@ -695,7 +706,8 @@ impl Experiment {
     pub fn memory_estimate(&self) -> Vec<(String, f64, String)> {
         let f = 4.0; // bytes per f32
         let bs = self.schedule.batch_size;
-        let (n_params, rows, per_row, keys): (f64, f64, f64, &str) = match (&self.model, &self.task) {
+        let (n_params, rows, per_row, keys): (f64, f64, f64, &str) = match (&self.model, &self.task)
+        {
             (ModelSpec::Transformer(c), task) => {
                 let n = Layout::new(c).total as f64;
                 let examples = match task {
@@ -712,13 +724,25 @@ impl Experiment {
                 let dm = if c.has_mlp() { c.d_mlp() as f64 } else { 0.0 };
                 let per_layer = 8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm;
                 let per_row = per_layer * c.n_layers as f64 + 2.0 * c.d_vocab_out() as f64;
-                (n, examples * ctx, per_row,
-                    "model.d_model, model.d_mlp, model.n_heads, model.d_head, model.n_layers")
+                (
+                    n,
+                    examples * ctx,
+                    per_row,
+                    "model.d_model, model.d_mlp, model.n_heads, model.d_head, model.n_layers",
+                )
             }
             (ModelSpec::ToyMlp(c), TaskSpec::Modular(t)) => {
-                let n = (c.p * c.d_embed + 2 * c.d_embed * c.d_hidden + c.d_hidden + c.p * c.d_hidden + c.p) as f64;
-                ((n), (t.p * t.p) as f64, (4 * c.d_embed + 4 * c.d_hidden + 2 * c.p) as f64,
-                    "model.d_embed, model.d_hidden, data.p")
+                let n = (c.p * c.d_embed
+                    + 2 * c.d_embed * c.d_hidden
+                    + c.d_hidden
+                    + c.p * c.d_hidden
+                    + c.p) as f64;
+                (
+                    (n),
+                    (t.p * t.p) as f64,
+                    (4 * c.d_embed + 4 * c.d_hidden + 2 * c.p) as f64,
+                    "model.d_embed, model.d_hidden, data.p",
+                )
             }
             (ModelSpec::Superposition(c), TaskSpec::Superposition { n_eval }) => {
                 let w = (c.n_instances * c.n_features) as f64;

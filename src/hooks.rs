@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 /// A hook: sees the activation and may change it in place; an `Err` (say, a replacement of the
 /// wrong shape) becomes the forward pass's error, naming the hook.
-pub type HookFn<'a> = Box<dyn FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> + 'a>;
+pub type HookFn<'a> =
+    Box<dyn FnMut(&mut ArrayViewMutD<f32>) -> std::result::Result<(), String> + 'a>;
 
 /// Hooks by hook-point name, run in the order added when several share a point.
 #[derive(Default)]
@@ -122,14 +123,20 @@ pub fn patch_from(
         let mut src = source.view();
         if let (Some(h), Some(ax)) = (spec.head, head_axis) {
             if h >= dst.len_of(Axis(ax)) {
-                return Err(format!("head {h} is out of range ({} heads)", dst.len_of(Axis(ax))));
+                return Err(format!(
+                    "head {h} is out of range ({} heads)",
+                    dst.len_of(Axis(ax))
+                ));
             }
             dst.collapse_axis(Axis(ax), h);
             src.collapse_axis(Axis(ax), h);
         }
         if let Some(p) = spec.position {
             if pos_axis >= dst.ndim() || p >= dst.len_of(Axis(pos_axis)) {
-                return Err(format!("position {p} is out of range for shape {:?}", a.shape()));
+                return Err(format!(
+                    "position {p} is out of range for shape {:?}",
+                    a.shape()
+                ));
             }
             dst.collapse_axis(Axis(pos_axis), p);
             src.collapse_axis(Axis(pos_axis), p);
@@ -246,7 +253,8 @@ impl<'h, 'c> HookRunner<'h, 'c> {
         for (hn, f) in self.hooks.iter_mut() {
             if hn == name {
                 if let Err(msg) = f(&mut v) {
-                    self.error.get_or_insert(Error::Input(format!("hook `{name}`: {msg}")));
+                    self.error
+                        .get_or_insert(Error::Input(format!("hook `{name}`: {msg}")));
                 }
             }
         }

@@ -17,6 +17,6 @@ pub mod report;
 pub mod tasks;
 pub mod train;
 
-pub use error::{Error, Result};
 pub use batch::{Batch, LossStats, TokenBatch};
+pub use error::{Error, Result};
 pub use models::transformer::{Transformer, TransformerConfig, Workspace};

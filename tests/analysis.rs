@@ -137,19 +137,36 @@ fn progress_over_a_run_and_clear_errors() {
     assert_eq!(rows.first().unwrap().step, 0);
     assert_eq!(rows.last().unwrap().step, 200);
     // `analyze` on the run writes into its own folder and leaves the training outputs as they were.
-    let outputs = ["config.yaml", "metrics.csv", "metrics.jsonl", "summary.json", "loss.png"];
-    let before: Vec<Vec<u8>> = outputs.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let outputs = [
+        "config.yaml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "summary.json",
+        "loss.png",
+    ];
+    let before: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
         .arg("analyze")
         .arg(&run)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(run.join("analysis/progress.csv").exists());
     assert!(run.join("analysis/progress.png").exists());
     assert!(!run.join("progress.csv").exists());
     for (f, b) in outputs.iter().zip(&before) {
-        assert_eq!(&std::fs::read(run.join(f)).unwrap(), b, "analyze changed {f}");
+        assert_eq!(
+            &std::fs::read(run.join(f)).unwrap(),
+            b,
+            "analyze changed {f}"
+        );
     }
     // A run directory without checkpoints.
     std::fs::remove_dir_all(run.join("checkpoints")).unwrap();

@@ -162,7 +162,8 @@ fn save_load_round_trip_is_exact_and_atomic() {
     let path = dir.path().join("m.safetensors");
     let model = small_model();
     let task: toylens::tasks::TaskInfo =
-        serde_json::from_value(serde_json::json!({"name": "modular", "p": 7, "op": "add"})).unwrap();
+        serde_json::from_value(serde_json::json!({"name": "modular", "p": 7, "op": "add"}))
+            .unwrap();
     checkpoint::save(&path, &model, Some(&task), &HashMap::new()).unwrap();
     let ck = checkpoint::load(&path).unwrap();
     let back: &Transformer = ck.model.downcast("a transformer").unwrap();

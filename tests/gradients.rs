@@ -331,7 +331,13 @@ fn attn_only_gelu_new() -> TransformerConfig {
 }
 
 /// Random batch; loss at `loss_pos`.
-fn batch(cfg: &TransformerConfig, b: usize, p: usize, loss_pos: Vec<usize>, seed: u64) -> TokenBatch {
+fn batch(
+    cfg: &TransformerConfig,
+    b: usize,
+    p: usize,
+    loss_pos: Vec<usize>,
+    seed: u64,
+) -> TokenBatch {
     let mut rng = Rng::new(seed);
     let tokens = Array2::from_shape_fn((b, p), |_| rng.below(cfg.d_vocab as u64) as u32);
     let targets = Array2::from_shape_fn((b, loss_pos.len()), |_| {

@@ -4,8 +4,8 @@ use ndarray::{Array2, ArrayD, Axis};
 use std::cell::RefCell;
 use toylens::engine::activation::ActFn;
 use toylens::hooks::{self, CacheFilter, Hooks, PatchSpec};
-use toylens::models::transformer::{patch_axes, Site};
 use toylens::models::transformer::Normalization;
+use toylens::models::transformer::{patch_axes, Site};
 use toylens::{Error, Transformer, TransformerConfig};
 
 fn model() -> Transformer {

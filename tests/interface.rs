@@ -78,7 +78,10 @@ fn a_model_added_through_the_recipe_trains_resumes_loads_and_takes_hooks() {
     let shapes = m.hook_shapes().unwrap();
     assert_eq!(
         shapes,
-        vec![("hook_in".to_string(), vec![1, 4]), ("hook_out".to_string(), vec![1, 2])]
+        vec![
+            ("hook_in".to_string(), vec![1, 4]),
+            ("hook_out".to_string(), vec![1, 2])
+        ]
     );
     let x = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| (i + j) as f32);
     let input = toylens::batch::Input::Dense(x.view());
@@ -123,7 +126,10 @@ fn spawn(args: &[&str], dir: &Path, resume: bool) -> std::process::Child {
     } else {
         c.args(args).arg("--out").arg(dir);
     }
-    c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -138,8 +144,17 @@ fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
         "train.checkpoint_every=40",
         "--quiet",
     ];
-    let out = toylens().args(args).arg("--out").arg(&whole).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = toylens()
+        .args(args)
+        .arg("--out")
+        .arg(&whole)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut kills = 0;
     let t = Instant::now();
@@ -147,8 +162,14 @@ fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
         let mut child = spawn(&args, &killed, kills > 0);
         if kills == 0 {
             // The first kill once step 0's checkpoint exists (before it there is nothing to resume).
-            while !killed.join("checkpoints/step_000000.optim.safetensors").exists() {
-                assert!(t.elapsed() < Duration::from_secs(60), "the run did not start");
+            while !killed
+                .join("checkpoints/step_000000.optim.safetensors")
+                .exists()
+            {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "the run did not start"
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -160,20 +181,30 @@ fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
         child.wait().unwrap();
         kills += 1;
     }
-    assert!(kills >= 10, "the run finished after {kills} kills: make it longer");
+    assert!(
+        kills >= 10,
+        "the run finished after {kills} kills: make it longer"
+    );
     let out = toylens()
         .args(["train", "--quiet", "--resume"])
         .arg(&killed)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         std::fs::read(whole.join("final.safetensors")).unwrap(),
         std::fs::read(killed.join("final.safetensors")).unwrap(),
         "weights after {kills} kills differ"
     );
     for f in ["metrics.csv", "metrics.jsonl"] {
-        let (a, b) = (without_wall_time(&whole.join(f)), without_wall_time(&killed.join(f)));
+        let (a, b) = (
+            without_wall_time(&whole.join(f)),
+            without_wall_time(&killed.join(f)),
+        );
         assert_eq!(a.lines().count(), b.lines().count(), "{f}: row count");
         for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
             assert_eq!(x, y, "{f} line {} differs after {kills} kills", i + 1);
@@ -199,7 +230,14 @@ fn resume_refuses_a_corrupt_or_unreadable_metrics_file_and_changes_nothing() {
     let d = tempfile::tempdir().unwrap();
     let run = d.path().join("run");
     let out = toylens()
-        .args(["train", "grokking-tiny", "train.steps=200", "train.eval_every=20", "--quiet", "--out"])
+        .args([
+            "train",
+            "grokking-tiny",
+            "train.steps=200",
+            "train.eval_every=20",
+            "--quiet",
+            "--out",
+        ])
         .arg(&run)
         .output()
         .unwrap();
@@ -207,7 +245,10 @@ fn resume_refuses_a_corrupt_or_unreadable_metrics_file_and_changes_nothing() {
     let jsonl = run.join("metrics.jsonl");
     let good = std::fs::read_to_string(&jsonl).unwrap();
     for (what, text) in [
-        ("a garbled line", good.replacen("\"train_loss\":", "\"train_loss\":x", 3)),
+        (
+            "a garbled line",
+            good.replacen("\"train_loss\":", "\"train_loss\":x", 3),
+        ),
         ("an empty file", String::new() + "not json\n"),
         ("steps out of order", {
             let mut l: Vec<&str> = good.lines().collect();
@@ -224,7 +265,10 @@ fn resume_refuses_a_corrupt_or_unreadable_metrics_file_and_changes_nothing() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert!(err.contains("metrics.jsonl") && err.contains("line"), "{what}: {err}");
+        assert!(
+            err.contains("metrics.jsonl") && err.contains("line"),
+            "{what}: {err}"
+        );
         assert!(snapshot(&run) == before, "{what}: the resume changed files");
     }
     // Unreadable: a directory in its place.
@@ -275,7 +319,10 @@ fn a_hook_replacing_an_activation_with_the_wrong_shape_is_an_error() {
         )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("[1, 3, 128]") && e.contains("[2, 3, 128]"), "{e}");
+    assert!(
+        e.contains("[1, 3, 128]") && e.contains("[2, 3, 128]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -284,21 +331,34 @@ fn analysing_a_multiplication_model_and_training_one_too_large_are_clear_errors(
     let path = d.path().join("mul.safetensors");
     let model = toylens::Transformer::new(toylens::TransformerConfig::nanda(13)).unwrap();
     let task: toylens::tasks::TaskInfo =
-        serde_json::from_value(serde_json::json!({"name": "modular", "p": 13, "op": "mul"})).unwrap();
+        serde_json::from_value(serde_json::json!({"name": "modular", "p": 13, "op": "mul"}))
+            .unwrap();
     toylens::io::checkpoint::save(&path, &model, Some(&task), &Default::default()).unwrap();
     let out = toylens().arg("analyze").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("(a · b) mod 13") && err.contains("no such basis"), "{err}");
+    assert!(
+        err.contains("(a · b) mod 13") && err.contains("no such basis"),
+        "{err}"
+    );
 
     let run = d.path().join("huge");
     let out = toylens()
-        .args(["train", "grokking-tiny", "model.d_mlp=100000000", "--quiet", "--out"])
+        .args([
+            "train",
+            "grokking-tiny",
+            "model.d_mlp=100000000",
+            "--quiet",
+            "--out",
+        ])
         .arg(&run)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("model.d_mlp") && err.contains("GB") && err.contains("available"), "{err}");
+    assert!(
+        err.contains("model.d_mlp") && err.contains("GB") && err.contains("available"),
+        "{err}"
+    );
     assert!(!run.join("checkpoints").exists(), "nothing is written");
 }

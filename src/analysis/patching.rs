@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use crate::hooks::{self, CacheFilter, Hooks, PatchSpec};
 use crate::io::Loaded;
-use crate::models::transformer::{patch_axes, Site};
 use crate::models::transformer::Transformer;
+use crate::models::transformer::{patch_axes, Site};
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 

@@ -90,4 +90,3 @@ pub fn neuron_grids(model: &ToyMlp, neurons: &[usize]) -> Result<Vec<Vec<Vec<f64
         })
         .collect())
 }
-

@@ -297,7 +297,11 @@ fn run(cmd: Cmd) -> Result<()> {
             println!(
                 "wrote {} ({} parameters, {} layer(s), d_model {}, {})",
                 output.display(),
-                l.model.trainable_ranges().iter().map(|r| r.len()).sum::<usize>(),
+                l.model
+                    .trainable_ranges()
+                    .iter()
+                    .map(|r| r.len())
+                    .sum::<usize>(),
                 t.cfg.n_layers,
                 t.cfg.d_model,
                 commands::describe_task(l.task.as_ref())

@@ -129,7 +129,10 @@ pub fn save(
         .tensors()
         .into_iter()
         .map(|t| RawTensor {
-            bytes: params[t.range].iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: params[t.range]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
             name: t.name,
             dtype: "F32",
             shape: t.shape,
@@ -229,12 +232,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ),
         )
     })?;
-    let cfg: serde_json::Value = serde_json::from_str(cfg_json).map_err(|e| {
-        Error::format(path, format!("metadata `{META_MODEL}` is not JSON: {e}"))
-    })?;
-    let mut model = (kind.zeros)(&cfg).map_err(|e| {
-        Error::format(path, format!("metadata `{META_MODEL}`: {e}"))
-    })?;
+    let cfg: serde_json::Value = serde_json::from_str(cfg_json)
+        .map_err(|e| Error::format(path, format!("metadata `{META_MODEL}` is not JSON: {e}")))?;
+    let mut model = (kind.zeros)(&cfg)
+        .map_err(|e| Error::format(path, format!("metadata `{META_MODEL}`: {e}")))?;
     let task = parse_task(path, &metadata)?;
     let specs = model.tensors();
     let buffers: Vec<String> = model.buffers().into_iter().map(|b| b.name).collect();
@@ -246,7 +247,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         if t.dtype() != Dtype::F32 {
             return Err(Error::format(
                 path,
-                format!("tensor `{}` has dtype {:?}, expected F32", s.name, t.dtype()),
+                format!(
+                    "tensor `{}` has dtype {:?}, expected F32",
+                    s.name,
+                    t.dtype()
+                ),
             ));
         }
         if t.shape() != s.shape.as_slice() {
@@ -351,4 +356,3 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }
-

@@ -52,9 +52,17 @@ impl Loaded {
             )),
             None => {
                 let t = self.transformer()?;
-                let p = t.cfg.d_vocab.checked_sub(1).filter(|&p| p >= 2).ok_or_else(|| {
-                    Error::format(&self.path, "the model's vocabulary is too small for a modulus")
-                })?;
+                let p = t
+                    .cfg
+                    .d_vocab
+                    .checked_sub(1)
+                    .filter(|&p| p >= 2)
+                    .ok_or_else(|| {
+                        Error::format(
+                            &self.path,
+                            "the model's vocabulary is too small for a modulus",
+                        )
+                    })?;
                 Ok(ModularOf {
                     p,
                     op: Op::Add,

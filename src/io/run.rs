@@ -200,7 +200,10 @@ pub fn read_metric_lines(dir: &Path) -> Result<Vec<(String, MetricRow)>> {
 
 /// Every metric row of a run.
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricRow>> {
-    let rows: Vec<MetricRow> = read_metric_lines(dir)?.into_iter().map(|(_, r)| r).collect();
+    let rows: Vec<MetricRow> = read_metric_lines(dir)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     if rows.is_empty() {
         return Err(Error::format(dir.join(METRICS_JSONL), "no metric rows"));
     }

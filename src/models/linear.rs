@@ -198,7 +198,12 @@ impl Model for Linear {
         let (x, y) = self.check(batch)?;
         Ok(stats(self.loss(x, y, None)))
     }
-    fn loss_and_grad(&self, _: &mut Scratch, batch: &Batch, grads: &mut [f32]) -> Result<LossStats> {
+    fn loss_and_grad(
+        &self,
+        _: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
         let (x, y) = self.check(batch)?;
         if grads.len() != self.params.len() {
             return Err(Error::Input(format!(

@@ -150,8 +150,10 @@ impl dyn Model {
                 }
             ))
         })?;
-        Ok(ArrayViewD::from_shape(IxDyn(&s.shape), &self.params()[s.range.clone()])
-            .expect("spec shape matches its range"))
+        Ok(
+            ArrayViewD::from_shape(IxDyn(&s.shape), &self.params()[s.range.clone()])
+                .expect("spec shape matches its range"),
+        )
     }
 
     /// The first tensor holding NaN or inf.
@@ -226,7 +228,10 @@ pub fn kind(arch: &str) -> Result<&'static Kind> {
 }
 
 /// Parse a model's recorded config, naming the kind in the error.
-pub fn parse_config<C: serde::de::DeserializeOwned>(arch: &str, v: &serde_json::Value) -> Result<C> {
+pub fn parse_config<C: serde::de::DeserializeOwned>(
+    arch: &str,
+    v: &serde_json::Value,
+) -> Result<C> {
     serde_json::from_value(v.clone())
         .map_err(|e| Error::Input(format!("not a valid `{arch}` model config: {e}")))
 }

@@ -10,9 +10,9 @@
 
 use crate::batch::{Batch, DenseBatch, Input, LossStats};
 use crate::engine::rng::Rng;
+use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
 use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
-use crate::error::{Error, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -317,7 +317,8 @@ impl Superposition {
         self.check_x(b.x.view())?;
         if b.y.is_some() {
             return Err(Error::Input(
-                "the superposition model reconstructs its input: its batches have no targets".into(),
+                "the superposition model reconstructs its input: its batches have no targets"
+                    .into(),
             ));
         }
         Ok(b.x.as_slice().expect("an owned batch is contiguous"))
@@ -381,7 +382,12 @@ impl Model for Superposition {
     fn evaluate(&self, _: &mut Scratch, batch: &Batch) -> Result<LossStats> {
         Ok(Self::stats(self.instance_losses(self.dense(batch)?)))
     }
-    fn loss_and_grad(&self, _: &mut Scratch, batch: &Batch, grads: &mut [f32]) -> Result<LossStats> {
+    fn loss_and_grad(
+        &self,
+        _: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> Result<LossStats> {
         let x = self.dense(batch)?;
         if grads.len() != self.params.len() {
             return Err(Error::Input(format!(

@@ -7,13 +7,13 @@
 //! `[batch, 2, d_embed]`, `hook_hidden_pre` and `hook_hidden_post` `[batch, d_hidden]`, `hook_logits`
 //! `[batch, p]`.
 
+use crate::batch::{Batch, Input, LossStats, TokenBatch};
 use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{matmul_threads, view, view_mut};
 use crate::engine::rng::Rng;
 use crate::engine::simd::{column_sums_add, vectorized};
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
-use crate::batch::{Batch, Input, LossStats, TokenBatch};
 use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
 use crate::tasks::modular::{Op, Pair};
 use serde::{Deserialize, Serialize};
@@ -292,7 +292,6 @@ impl ToyMlp {
         }
     }
 
-
     /// Logits `[batch, p]`.
     pub fn forward(&self, pairs: &[Pair]) -> Result<ndarray::Array2<f32>> {
         self.run(pairs, Hooks::new(), None).map(|(l, _)| l)
@@ -509,7 +508,11 @@ impl ToyMlp {
 
 fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
     let cfg: ToyMlpConfig = crate::models::parse_config("toy_mlp", cfg)?;
-    let n = cfg.shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let n = cfg
+        .shapes()
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
     Ok(Box::new(ToyMlp::from_params(cfg, vec![0.0; n])?))
 }
 
@@ -518,7 +521,7 @@ pub const KIND: Kind = Kind {
     zeros: load_kind,
 };
 
-fn token_batch<'a>(batch: &'a Batch) -> Result<&'a TokenBatch> {
+fn token_batch(batch: &Batch) -> Result<&TokenBatch> {
     match batch {
         Batch::Tokens(b) => Ok(b),
         Batch::Dense(_) => Err(batch_mismatch("toy_mlp", "token batches of (a, b)")),

@@ -8,15 +8,15 @@ use crate::analysis::superposition::{geometry, InstanceGeometry};
 use crate::analysis::toy_mlp::neuron_grids;
 use crate::analysis::{Analysis, Phases, ProgressRow};
 use crate::error::Result;
+use crate::hooks::CacheFilter;
 use crate::models::superposition::Superposition;
 use crate::models::toy_mlp::ToyMlp;
-use crate::report::plot::render;
-use plotters::coord::Shift;
-use plotters::prelude::*;
-use crate::hooks::CacheFilter;
 use crate::models::transformer::Transformer;
+use crate::report::plot::render;
 use crate::report::plot::{self, Band, Series};
 use crate::tasks::modular::{ModularTask, Op};
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
 fn both(dir: &Path, stem: &str, mut draw: impl FnMut(&Path) -> Result<()>) -> Result<Vec<PathBuf>> {
@@ -249,12 +249,7 @@ pub fn progress(rows: &[ProgressRow], phases: Option<&Phases>, dir: &Path) -> Re
 }
 
 /// The ablation ranking and the heat maps of the `k` most important neurons (PNG and SVG) into `dir`.
-pub fn toy_mlp(
-    model: &ToyMlp,
-    rows: &[AblationRow],
-    k: usize,
-    dir: &Path,
-) -> Result<Vec<PathBuf>> {
+pub fn toy_mlp(model: &ToyMlp, rows: &[AblationRow], k: usize, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = ablation(rows, 20, dir)?;
     let top: Vec<usize> = rows.iter().take(k).map(|r| r.index).collect();
     let grids = neuron_grids(model, &top)?;

@@ -12,11 +12,11 @@ use crate::config::{Experiment, ModelSpec, TaskSpec};
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::io::checkpoint;
-use crate::tasks::modular::{ModularTask, Op};
 use crate::io::run::{self, MetricRow};
 use crate::models::superposition::Superposition;
 use crate::models::toy_mlp::ToyMlp;
 use crate::models::transformer::Transformer;
+use crate::tasks::modular::{ModularTask, Op};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -408,7 +408,7 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
             ], "layout": layout("step", "accuracy", false)}),
         },
     ];
-    let ((base, _), abl) = analysis::toy_mlp::ablate_neurons(&model, task.op)?;
+    let ((base, _), abl) = analysis::toy_mlp::ablate_neurons(model, task.op)?;
     let top: Vec<&ablation::AblationRow> = abl.iter().take(20).collect();
     figs.push(Figure {
         id: "ablation",
@@ -422,7 +422,7 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
             "layout": layout("neuron", "loss", false)}),
     });
     let ids: Vec<usize> = abl.iter().take(4).map(|r| r.index).collect();
-    let grids = analysis::toy_mlp::neuron_grids(&model, &ids)?;
+    let grids = analysis::toy_mlp::neuron_grids(model, &ids)?;
     let traces: Vec<Value> = ids
         .iter()
         .zip(&grids)
@@ -460,14 +460,10 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
 }
 
 /// Superposition: each instance's loss and feature geometry.
-fn superposition_figures(
-    run_dir: &Path,
-    cfg: &Experiment,
-    metrics: &[MetricRow],
-) -> Result<Page> {
+fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
     let ck = checkpoint::load(&last_checkpoint(run_dir)?)?;
     let model: &Superposition = ck.model.downcast("a superposition model")?;
-    let geo = analysis::superposition::geometry(&model);
+    let geo = analysis::superposition::geometry(model);
     let steps = steps_of(metrics);
     let label =
         |g: &analysis::superposition::InstanceGeometry| format!("p = {:.3}", g.feature_probability);

@@ -12,12 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The run's pictures from its metrics: `loss` (train and test), `digit_loss` (digits: each digit's
 /// test loss) and `superposition` (from `final.safetensors`); PNG, or SVG when `svg`.
-pub fn draw(
-    exp: &Experiment,
-    rows: &[MetricRow],
-    dir: &Path,
-    svg: bool,
-) -> Result<Vec<PathBuf>> {
+pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Result<Vec<PathBuf>> {
     let ext = if svg { "svg" } else { "png" };
     let mut out = Vec::new();
     let pts = |k: &str| -> Vec<(f64, f64)> {
@@ -105,7 +100,9 @@ pub fn draw(
         let final_path = dir.join(run::FINAL);
         if final_path.exists() {
             let ck = checkpoint::load(&final_path)?;
-            let m = ck.model.downcast::<Superposition>("a superposition model")?;
+            let m = ck
+                .model
+                .downcast::<Superposition>("a superposition model")?;
             let path = dir.join(format!("superposition.{ext}"));
             super::figures::superposition(m, &path)?;
             out.push(path);

@@ -11,8 +11,8 @@ use crate::batch::{Batch, LossStats, TokenBatch};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
 use crate::models::{Model, Scratch};
-use std::borrow::Cow;
 use ndarray::Array2;
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 pub const PLUS: u32 = 10;
@@ -280,13 +280,19 @@ impl TaskData for DigitsRun {
         }
         match (&mut self.order, self.batch_size) {
             (Some(order), _) => {
-                let pairs: Vec<Operands> =
-                    order.batch(step).iter().map(|&i| self.data.train[i]).collect();
+                let pairs: Vec<Operands> = order
+                    .batch(step)
+                    .iter()
+                    .map(|&i| self.data.train[i])
+                    .collect();
                 Cow::Owned(self.task.batch(&pairs).into())
             }
             (None, bs) => Cow::Owned(
                 self.task
-                    .fresh_batch(step, bs.expect("validated: fresh samples need a batch size"))
+                    .fresh_batch(
+                        step,
+                        bs.expect("validated: fresh samples need a batch size"),
+                    )
                     .into(),
             ),
         }

@@ -6,9 +6,9 @@ use crate::batch::{Batch, LossStats, TokenBatch};
 use crate::error::{Error, Result};
 use crate::models::{Model, Scratch};
 use crate::pyrandom::PyRandom;
-use std::borrow::Cow;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,8 +161,13 @@ pub fn evaluate(
     split: Option<&ModularTask>,
 ) -> Result<ModularEval> {
     let mut scratch = Scratch::new();
-    let all = model.evaluate(&mut scratch, &ModularTask::all_pairs_batch(p, op).into())
-        .map_err(|e| Error::Input(format!("the model does not fit modular arithmetic with p = {p}: {e}")))?;
+    let all = model
+        .evaluate(&mut scratch, &ModularTask::all_pairs_batch(p, op).into())
+        .map_err(|e| {
+            Error::Input(format!(
+                "the model does not fit modular arithmetic with p = {p}: {e}"
+            ))
+        })?;
     let mut out = ModularEval {
         loss_all: all.loss,
         acc_all: all.accuracy,

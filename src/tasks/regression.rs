@@ -39,7 +39,10 @@ impl RegressionTask {
             ("n_test", self.n_test),
         ] {
             if v == 0 {
-                return Err(Error::config(format!("{prefix}{k}"), "must be at least 1 (got 0)"));
+                return Err(Error::config(
+                    format!("{prefix}{k}"),
+                    "must be at least 1 (got 0)",
+                ));
             }
         }
         if !(self.noise_std >= 0.0 && self.noise_std.is_finite()) {
@@ -111,7 +114,12 @@ impl TaskData for RegressionData {
             Some(o) => Cow::Owned(self.train.select(o.batch(step))),
         }
     }
-    fn metrics(&mut self, model: &dyn Model, s: &mut Scratch, _: Option<&LossStats>) -> Result<Vec<f64>> {
+    fn metrics(
+        &mut self,
+        model: &dyn Model,
+        s: &mut Scratch,
+        _: Option<&LossStats>,
+    ) -> Result<Vec<f64>> {
         Ok(vec![
             model.evaluate(s, &self.train)?.loss,
             model.evaluate(s, &self.test)?.loss,

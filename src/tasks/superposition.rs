@@ -40,7 +40,10 @@ impl TaskData for SuperpositionData {
         c
     }
     fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
-        Cow::Owned(dense(&self.cfg, self.cfg.train_batch(step, self.batch_size)))
+        Cow::Owned(dense(
+            &self.cfg,
+            self.cfg.train_batch(step, self.batch_size),
+        ))
     }
     /// The objective (summed over instances) of the last step's batch as "train", the evaluation
     /// batch's as "test", and each instance's.

@@ -41,9 +41,7 @@ impl Job {
     /// Loss of update `step`'s batch and its gradient (overwriting `grads`).
     pub fn loss_and_grad(&mut self, step: u64, grads: &mut [f32]) -> Result<f64> {
         let batch = self.data.train_batch(step);
-        let s = self
-            .model
-            .loss_and_grad(&mut self.scratch, &batch, grads)?;
+        let s = self.model.loss_and_grad(&mut self.scratch, &batch, grads)?;
         let loss = s.loss;
         self.last = Some(s);
         Ok(loss)
@@ -51,8 +49,11 @@ impl Job {
 
     /// The task's metrics now.
     pub fn metrics(&mut self) -> Result<Vec<f64>> {
-        self.data
-            .metrics(self.model.as_ref(), &mut self.scratch_eval, self.last.as_ref())
+        self.data.metrics(
+            self.model.as_ref(),
+            &mut self.scratch_eval,
+            self.last.as_ref(),
+        )
     }
 
     pub fn save(&self, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
@@ -62,7 +63,8 @@ impl Job {
     /// Replace the parameters by a checkpoint's, which must hold a model of this run's config.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let ck = checkpoint::load(path)?;
-        if ck.model.arch() != self.model.arch() || ck.model.config_json() != self.model.config_json()
+        if ck.model.arch() != self.model.arch()
+            || ck.model.config_json() != self.model.config_json()
         {
             return Err(Error::format(
                 path,

@@ -296,10 +296,7 @@ fn resume_point(exp: &Experiment, job: &mut job::Job, dir: &Path) -> Result<Resu
             .and_then(|_| load_optim(&optim_path(dir, s), exp, n))
         {
             Ok((opt, wall, start)) => {
-                let (lines, rows) = metrics
-                    .into_iter()
-                    .filter(|(_, r)| r.step <= s)
-                    .unzip();
+                let (lines, rows) = metrics.into_iter().filter(|(_, r)| r.step <= s).unzip();
                 return Ok(ResumePoint {
                     opt,
                     step: s,
@@ -355,7 +352,10 @@ fn train_on_pool(
         mut rows,
         lines,
     } = point;
-    write_atomic(&dir.join(run::CONFIG), config::to_yaml(&exp.config).as_bytes())?;
+    write_atomic(
+        &dir.join(run::CONFIG),
+        config::to_yaml(&exp.config).as_bytes(),
+    )?;
     let columns = job.columns();
     let header = std::iter::once("step".to_string())
         .chain(columns.iter().cloned())

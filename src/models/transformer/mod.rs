@@ -15,15 +15,15 @@ pub use config::{InitScheme, Normalization, TransformerConfig};
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 pub use sites::{patch_axes, Site};
 
+use crate::batch::{Batch, Input, LossStats, TokenBatch};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{linear, linear_backward, matmul, view, view_mut};
 use crate::engine::{activation, layernorm, simd};
-use crate::batch::{Batch, Input, LossStats, TokenBatch};
-use crate::models::{batch_mismatch, Buffer, Kind, Model, Scratch, TensorSpec};
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
+use crate::models::{batch_mismatch, Buffer, Kind, Model, Scratch, TensorSpec};
 use ndarray::{Array3, ArrayView2, IxDyn};
 use rayon::prelude::*;
 
@@ -322,11 +322,7 @@ impl Transformer {
         self.check_tokens(tokens)?;
         let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
         let mut cache = ActivationCache::default();
-        let mut icpt = HookRunner::new(
-            &names,
-            hooks,
-            filter.as_ref().map(|f| (&mut cache, f)),
-        )?;
+        let mut icpt = HookRunner::new(&names, hooks, filter.as_ref().map(|f| (&mut cache, f)))?;
         let (b, p) = tokens.dim();
         let mut ws = Workspace::new();
         let all_pos: Vec<usize> = (0..p).collect();
@@ -1083,7 +1079,7 @@ pub const KIND: Kind = Kind {
     zeros: load_kind,
 };
 
-fn token_batch<'a>(batch: &'a Batch) -> Result<&'a TokenBatch> {
+fn token_batch(batch: &Batch) -> Result<&TokenBatch> {
     match batch {
         Batch::Tokens(b) => Ok(b),
         Batch::Dense(_) => Err(batch_mismatch("transformer", "token batches")),

@@ -131,4 +131,3 @@ pub fn patch_axes(site: Site) -> (usize, Option<usize>) {
         _ => (1, None),
     }
 }
-
