@@ -1,0 +1,460 @@
+//! The forward pass, one function per stage: embeddings, each block's attention and MLP, the
+//! unembedding. Shapes: b batch, p positions, q the positions a block computes (all, or in the last
+//! block on the fast path only those that carry loss), r the physical rows of layer 0 (one per
+//! distinct (token, position) on the fast path, else b·p), h heads, d d_model, m d_mlp, v the output
+//! vocabulary. Which shortcuts a pass takes is decided once, in [`Plan`], and recorded in the
+//! workspace for the backward to follow.
+
+use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
+use crate::engine::activation::ActFn;
+use crate::engine::attention::{self, Geometry};
+use crate::engine::matmul::{linear, matmul, view, view_mut};
+use crate::engine::{activation, layernorm, simd};
+use crate::hooks::HookRunner;
+use ndarray::ArrayView2;
+use rayon::prelude::*;
+
+pub(super) type Interceptor<'h, 'c> = HookRunner<'h, 'c>;
+
+/// Run the hooks at `site` on `data` viewed with `shape` (no copy).
+fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], shape: &[usize]) {
+    if let Some(hk) = hk.as_deref_mut() {
+        hk.run(&site.name(), data, shape);
+    }
+}
+
+/// Whether a hook or the cache wants `site`.
+fn wants(hk: &Option<&mut Interceptor>, site: Site) -> bool {
+    hk.as_deref().is_some_and(|h| h.wants(&site.name()))
+}
+
+/// Hooks on q/k/v: our layout is head-major `[h, r, d_head]`, TransformerLens' is
+/// `[b, p, h, d_head]`; copy out, run, copy back.
+fn intercept_heads(
+    hk: &mut Option<&mut Interceptor>,
+    site: Site,
+    data: &mut [f32],
+    tmp: &mut Vec<f32>,
+    (b, p, h, dh): (usize, usize, usize, usize),
+) {
+    if !wants(hk, site) {
+        return;
+    }
+    let rows = b * p;
+    let t = buf(tmp, rows * h * dh);
+    for hh in 0..h {
+        for r in 0..rows {
+            t[(r * h + hh) * dh..][..dh].copy_from_slice(&data[(hh * rows + r) * dh..][..dh]);
+        }
+    }
+    intercept(hk, site, t, &[b, p, h, dh]);
+    for hh in 0..h {
+        for r in 0..rows {
+            data[(hh * rows + r) * dh..][..dh].copy_from_slice(&t[(r * h + hh) * dh..][..dh]);
+        }
+    }
+}
+
+/// LayerNorm forward of `x [rows, d]` with its two hook points; the output is in `ln.y`.
+#[allow(clippy::too_many_arguments)]
+fn ln_forward(
+    ln: &mut LnBufs,
+    x: &[f32],
+    (w, b): (&[f32], &[f32]),
+    rows: usize,
+    d: usize,
+    eps: f32,
+    hk: &mut Option<&mut Interceptor>,
+    sites: (Site, Site),
+    shape: (usize, usize),
+) {
+    let xc = buf(&mut ln.xc, rows * d);
+    let scale = buf(&mut ln.scale, rows);
+    layernorm::center_and_scale(x, xc, scale, d, eps);
+    intercept(hk, sites.0, scale, &[shape.0, shape.1, 1]);
+    let xhat = buf(&mut ln.xhat, rows * d);
+    let y = buf(&mut ln.y, rows * d);
+    layernorm::normalize(&ln.xc, &ln.scale, w, b, xhat, y);
+    // TransformerLens' hook_normalized is x/scale, before the gain and bias.
+    if wants(hk, sites.1) {
+        intercept(hk, sites.1, &mut ln.xhat, &[shape.0, shape.1, d]);
+        layernorm::affine(&ln.xhat, w, b, &mut ln.y);
+    }
+}
+
+/// The rows one block computes: `q_pos` (the positions of its queries and outputs), and where each
+/// (batch, position) lives among its `n_rows` input rows (`map`).
+#[derive(Clone, Copy)]
+pub(super) struct BlockRows<'a> {
+    pub b: usize,
+    pub p: usize,
+    pub q_pos: &'a [usize],
+    pub map: &'a [u32],
+    pub n_rows: usize,
+}
+
+impl BlockRows<'_> {
+    pub fn geometry(&self, h: usize, dh: usize) -> Geometry<'_> {
+        Geometry::new(self.b, self.p, h, dh, self.q_pos, self.map, self.n_rows)
+    }
+}
+
+impl Transformer {
+    /// Forward pass. `last_q`: positions the last block computes (loss positions, or all). With an
+    /// interceptor (hooks/cache) nothing is deduplicated and `last_q` must be all positions.
+    pub(super) fn forward_impl(
+        &self,
+        ws: &mut Workspace,
+        tokens: ArrayView2<u32>,
+        last_q: &[usize],
+        mut hk: Option<&mut Interceptor>,
+    ) {
+        let cfg = &self.cfg;
+        let (b_n, p_n) = tokens.dim();
+        let plan = Plan::choose(cfg, hk.is_none());
+        ws.plan = plan;
+        ws.batch = b_n;
+        ws.n_pos = p_n;
+        ws.all_pos.clear();
+        ws.all_pos.extend(0..p_n);
+        ws.last_q.clear();
+        ws.last_q.extend_from_slice(last_q);
+        if ws.layers.len() != cfg.n_layers {
+            ws.layers.resize_with(cfg.n_layers, LayerBufs::default);
+            ws.resid.resize_with(cfg.n_layers + 1, Vec::new);
+        }
+        let ident = buf(&mut ws.ident, b_n * p_n);
+        for (i, x) in ident.iter_mut().enumerate() {
+            *x = i as u32;
+        }
+        self.embed_forward(ws, tokens, &mut hk);
+        for l in 0..cfg.n_layers {
+            let last = l + 1 == cfg.n_layers;
+            let rows = BlockRows {
+                b: b_n,
+                p: p_n,
+                q_pos: if last { &ws.last_q } else { &ws.all_pos },
+                map: if l == 0 { &ws.map0 } else { &ws.ident },
+                n_rows: if l == 0 { ws.uniq.len() } else { b_n * p_n },
+            };
+            let (res_lo, res_hi) = ws.resid.split_at_mut(l + 1);
+            let res_in = &mut res_lo[l][..rows.n_rows * cfg.d_model];
+            let lb = &mut ws.layers[l];
+            self.attention_forward(l, lb, res_in, rows, &mut ws.head_tmp, &plan, &mut hk);
+            self.mlp_forward(l, lb, &mut res_hi[0], rows, &plan, &mut hk);
+        }
+        self.unembed_forward(ws, &mut hk);
+    }
+
+    /// Token and positional embeddings into `resid[0] [r, d]`. On the fast path the rows are the
+    /// distinct (token, position) pairs (`uniq`), and `map0 [b·p]` says which row each input uses.
+    fn embed_forward(
+        &self,
+        ws: &mut Workspace,
+        tokens: ArrayView2<u32>,
+        hk: &mut Option<&mut Interceptor>,
+    ) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let (b_n, p_n) = tokens.dim();
+        let d = cfg.d_model;
+        let map0 = buf(&mut ws.map0, b_n * p_n);
+        ws.uniq.clear();
+        if ws.plan.dedup_layer0 {
+            let slot = buf(&mut ws.slot, cfg.d_vocab * cfg.n_ctx);
+            slot.fill(u32::MAX);
+            for ((bi, pi), &t) in tokens.indexed_iter() {
+                let key = t as usize * cfg.n_ctx + pi;
+                if slot[key] == u32::MAX {
+                    slot[key] = ws.uniq.len() as u32;
+                    ws.uniq.push((t, pi as u32));
+                }
+                map0[bi * p_n + pi] = slot[key];
+            }
+        } else {
+            for ((bi, pi), &t) in tokens.indexed_iter() {
+                map0[bi * p_n + pi] = (bi * p_n + pi) as u32;
+                ws.uniq.push((t, pi as u32));
+            }
+        }
+        let n_rows0 = ws.uniq.len();
+        let w_e = lay.get(w, lay.w_e);
+        let w_pos = lay.get(w, lay.w_pos);
+        let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
+        if wants(hk, Site::Embed) || wants(hk, Site::PosEmbed) {
+            let emb = buf(&mut ws.embed, n_rows0 * d);
+            let pos = buf(&mut ws.pos, n_rows0 * d);
+            for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+                emb[r * d..][..d].copy_from_slice(&w_e[t as usize * d..][..d]);
+                pos[r * d..][..d].copy_from_slice(&w_pos[p as usize * d..][..d]);
+            }
+            intercept(hk, Site::Embed, emb, &[b_n, p_n, d]);
+            intercept(hk, Site::PosEmbed, pos, &[b_n, p_n, d]);
+            for ((o, e), p) in resid0.iter_mut().zip(&ws.embed).zip(&ws.pos) {
+                *o = e + p;
+            }
+        } else {
+            for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+                let (e, q) = (&w_e[t as usize * d..][..d], &w_pos[p as usize * d..][..d]);
+                for ((o, e), q) in resid0[r * d..][..d].iter_mut().zip(e).zip(q) {
+                    *o = e + q;
+                }
+            }
+        }
+    }
+
+    /// Block `l`'s attention: `res_in [r, d]` → LN1 → q, k, v `[h, r, d_head]` → scores and pattern
+    /// `[b, h, q, p]` → z `[b·q, h·d_head]` (or, folded, v·W_O `[h, r, d]`) → attn_out `[b·q, d]`,
+    /// and `resid_mid [b·q, d]` = res_in at the query positions + attn_out.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        l: usize,
+        lb: &mut LayerBufs,
+        res_in: &mut [f32],
+        rows: BlockRows,
+        head_tmp: &mut Vec<f32>,
+        plan: &Plan,
+        hk: &mut Option<&mut Interceptor>,
+    ) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let ids = &lay.blocks[l];
+        let (d, h_n, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
+        let (b_n, p_n, n_rows) = (rows.b, rows.p, rows.n_rows);
+        let nq = rows.q_pos.len();
+        let rq = b_n * nq;
+        intercept(hk, Site::ResidPre(l), res_in, &[b_n, p_n, d]);
+        let res_in: &[f32] = res_in;
+        let x1: &[f32] = match ids.ln1 {
+            Some(ln) => {
+                ln_forward(
+                    &mut lb.ln1,
+                    res_in,
+                    (lay.get(w, ln.w), lay.get(w, ln.b)),
+                    n_rows,
+                    d,
+                    cfg.eps as f32,
+                    hk,
+                    (Site::Ln1Scale(l), Site::Ln1Normalized(l)),
+                    (b_n, p_n),
+                );
+                &lb.ln1.y
+            }
+            None => res_in,
+        };
+        // Q, K, V: head-major [h, r, d_head].
+        let blk = n_rows * dh;
+        for (dst, wid, bid) in [
+            (&mut lb.q, ids.w_q, ids.b_q),
+            (&mut lb.k, ids.w_k, ids.b_k),
+            (&mut lb.v, ids.w_v, ids.b_v),
+        ] {
+            let out = buf(dst, h_n * blk);
+            let (wq, bq) = (lay.get(w, wid), lay.get(w, bid));
+            for h in 0..h_n {
+                linear(
+                    &mut out[h * blk..(h + 1) * blk],
+                    x1,
+                    &wq[h * d * dh..(h + 1) * d * dh],
+                    Some(&bq[h * dh..(h + 1) * dh]),
+                    n_rows,
+                    d,
+                    dh,
+                );
+            }
+        }
+        let shape = (b_n, p_n, h_n, dh);
+        intercept_heads(hk, Site::Q(l), &mut lb.q, head_tmp, shape);
+        intercept_heads(hk, Site::K(l), &mut lb.k, head_tmp, shape);
+        intercept_heads(hk, Site::V(l), &mut lb.v, head_tmp, shape);
+
+        let g = rows.geometry(h_n, dh);
+        let n_scores = b_n * h_n * nq * p_n;
+        attention::scores(&g, &lb.q, &lb.k, buf(&mut lb.scores, n_scores));
+        intercept(
+            hk,
+            Site::AttnScores(l),
+            &mut lb.scores,
+            &[b_n, h_n, nq, p_n],
+        );
+        attention::softmax(&lb.scores, buf(&mut lb.pattern, n_scores), p_n);
+        intercept(hk, Site::Pattern(l), &mut lb.pattern, &[b_n, h_n, nq, p_n]);
+        let attn_out = buf(&mut lb.attn_out, rq * d);
+        if l == 0 && plan.fold_wo_layer0 {
+            // v has one row per distinct (token, position): project those through W_O first and
+            // skip the big z·W_O product (exact; no hook wants z).
+            let vo = buf(&mut lb.vo, h_n * n_rows * d);
+            let w_o = lay.get(w, ids.w_o);
+            for h in 0..h_n {
+                matmul(
+                    &mut view_mut(&mut vo[h * n_rows * d..], n_rows, d),
+                    &view(&lb.v[h * n_rows * dh..], n_rows, dh),
+                    &view(&w_o[h * dh * d..], dh, d),
+                    false,
+                );
+            }
+            attention::mix_projected(&g, &lb.pattern, &lb.vo, d, lay.get(w, ids.b_o), attn_out);
+        } else {
+            attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * h_n * dh));
+            intercept(hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
+            linear(
+                attn_out,
+                &lb.z,
+                lay.get(w, ids.w_o),
+                Some(lay.get(w, ids.b_o)),
+                rq,
+                h_n * dh,
+                d,
+            );
+        }
+        intercept(hk, Site::AttnOut(l), attn_out, &[b_n, nq, d]);
+        // Residual: resid_mid[b, i] = resid_pre[b, q_pos[i]] + attn_out[b, i].
+        let (map, q_pos) = (rows.map, rows.q_pos);
+        let mid = buf(&mut lb.resid_mid, rq * d);
+        mid.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
+            let (bi, i) = (r / nq, r % nq);
+            let src = map[bi * p_n + q_pos[i]] as usize;
+            for ((o, a), x) in out
+                .iter_mut()
+                .zip(&lb.attn_out[r * d..][..d])
+                .zip(&res_in[src * d..][..d])
+            {
+                *o = x + a;
+            }
+        });
+    }
+
+    /// Block `l`'s MLP: resid_mid `[b·q, d]` → LN2 → pre, post `[b·q, m]` → mlp_out `[b·q, d]`,
+    /// and `res_out [b·q, d]` = resid_mid + mlp_out (resid_mid alone without an MLP).
+    fn mlp_forward(
+        &self,
+        l: usize,
+        lb: &mut LayerBufs,
+        res_out: &mut Vec<f32>,
+        rows: BlockRows,
+        plan: &Plan,
+        hk: &mut Option<&mut Interceptor>,
+    ) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let ids = &lay.blocks[l];
+        let d = cfg.d_model;
+        let (b_n, nq) = (rows.b, rows.q_pos.len());
+        let rq = b_n * nq;
+        let res_out = buf(res_out, rq * d);
+        let Some(m) = ids.mlp else {
+            res_out.copy_from_slice(&lb.resid_mid);
+            intercept(hk, Site::ResidPost(l), res_out, &[b_n, nq, d]);
+            return;
+        };
+        intercept(hk, Site::ResidMid(l), &mut lb.resid_mid, &[b_n, nq, d]);
+        let x2: &[f32] = match ids.ln2 {
+            Some(ln) => {
+                ln_forward(
+                    &mut lb.ln2,
+                    &lb.resid_mid,
+                    (lay.get(w, ln.w), lay.get(w, ln.b)),
+                    rq,
+                    d,
+                    cfg.eps as f32,
+                    hk,
+                    (Site::Ln2Scale(l), Site::Ln2Normalized(l)),
+                    (b_n, nq),
+                );
+                &lb.ln2.y
+            }
+            None => &lb.resid_mid,
+        };
+        let dm = cfg.d_mlp();
+        let pre = buf(&mut lb.pre, rq * dm);
+        let post = buf(&mut lb.post, rq * dm);
+        if plan.fused_bias_relu {
+            // Bias and ReLU in one pass over the product (the backward masks with post).
+            matmul(
+                &mut view_mut(pre, rq, dm),
+                &view(x2, rq, d),
+                &view(lay.get(w, m.w_in), d, dm),
+                false,
+            );
+            activation::bias_relu(pre, lay.get(w, m.b_in), post);
+        } else {
+            linear(
+                pre,
+                x2,
+                lay.get(w, m.w_in),
+                Some(lay.get(w, m.b_in)),
+                rq,
+                d,
+                dm,
+            );
+            intercept(hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
+            activation::forward(cfg.act(), &lb.pre, post);
+        }
+        intercept(hk, Site::MlpPost(l), post, &[b_n, nq, dm]);
+        let mo = buf(&mut lb.mlp_out, rq * d);
+        linear(
+            mo,
+            &lb.post,
+            lay.get(w, m.w_out),
+            Some(lay.get(w, m.b_out)),
+            rq,
+            dm,
+            d,
+        );
+        intercept(hk, Site::MlpOut(l), mo, &[b_n, nq, d]);
+        simd::add(res_out, &lb.resid_mid, &lb.mlp_out);
+        intercept(hk, Site::ResidPost(l), res_out, &[b_n, nq, d]);
+    }
+
+    /// Final LayerNorm and unembedding at the last block's query positions: `resid[n_layers]
+    /// [b·q, d]` → `logits [b·q, v]`.
+    fn unembed_forward(&self, ws: &mut Workspace, hk: &mut Option<&mut Interceptor>) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let d = cfg.d_model;
+        let b_n = ws.batch;
+        let nq = ws.last_q.len();
+        let rq = b_n * nq;
+        let res = &mut ws.resid[cfg.n_layers][..rq * d];
+        let xf: &mut [f32] = match lay.ln_final {
+            Some(ln) => {
+                ln_forward(
+                    &mut ws.lnf,
+                    res,
+                    (lay.get(w, ln.w), lay.get(w, ln.b)),
+                    rq,
+                    d,
+                    cfg.eps as f32,
+                    hk,
+                    (Site::LnFinalScale, Site::LnFinalNormalized),
+                    (b_n, nq),
+                );
+                &mut ws.lnf.y
+            }
+            None => res,
+        };
+        intercept(hk, Site::UnembedIn, xf, &[b_n, nq, d]);
+        let v = cfg.d_vocab_out();
+        let logits = buf(&mut ws.logits, rq * v);
+        linear(
+            logits,
+            xf,
+            lay.get(w, lay.w_u),
+            Some(lay.get(w, lay.b_u)),
+            rq,
+            d,
+            v,
+        );
+        intercept(hk, Site::UnembedOut, logits, &[b_n, nq, v]);
+    }
+}
+
+impl Plan {
+    /// The shortcuts a pass takes: all of them without hooks or a cache (each is exact), none with
+    /// (a hook always sees, and may replace, the full tensor).
+    pub(super) fn choose(cfg: &super::TransformerConfig, unhooked: bool) -> Plan {
+        Plan {
+            dedup_layer0: unhooked,
+            fold_wo_layer0: unhooked,
+            fused_bias_relu: unhooked && cfg.has_mlp() && cfg.act() == ActFn::Relu,
+            differentiable: unhooked,
+        }
+    }
+}
