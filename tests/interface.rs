@@ -102,8 +102,16 @@ fn a_model_added_through_the_recipe_trains_resumes_loads_and_takes_hooks() {
     assert!(matches!(batch, Batch::Dense(_)));
     // Every checkpoint of the run loads as the same kind.
     for s in toylens::io::run::checkpoint_steps(&whole) {
-        let l = load_any(&toylens::io::run::checkpoint_path(&whole, s)).unwrap();
+        let path = toylens::io::run::checkpoint_path(&whole, s);
+        let l = load_any(&path).unwrap();
         assert_eq!(l.model.arch(), "linear");
+        // The header alone names the kind and the task.
+        let h = toylens::io::checkpoint::peek(&path).unwrap();
+        assert_eq!(h.arch, "linear");
+        assert!(matches!(
+            h.task,
+            Some(toylens::tasks::TaskInfo::Regression(_))
+        ));
     }
 }
 

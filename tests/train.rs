@@ -247,6 +247,19 @@ fn tensorboard_file_parses_back_to_the_logged_scalars() {
             .collect::<Vec<_>>()
     );
     assert!(scalars.iter().any(|s| s.1 == "accuracy/train"));
+    // Wall times are Unix seconds (TensorBoard's axis would otherwise start in 1970): within the
+    // last hour, never decreasing.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let walls = toylens::train::tensorboard::read_wall_times(&ev.path()).unwrap();
+    assert!(walls.len() > 10);
+    assert!(
+        walls.iter().all(|&w| w > now - 3600.0 && w <= now + 1.0),
+        "{walls:?}"
+    );
+    assert!(walls[1..].windows(2).all(|w| w[0] <= w[1]), "{walls:?}");
     // A flipped byte is caught by the CRC.
     let mut b = bytes(ev.path()).0;
     let n = b.len();

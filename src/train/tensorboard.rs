@@ -151,9 +151,8 @@ fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     Some(out)
 }
 
-/// Read every scalar of an event file, checking each record's CRCs.
-pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
-    let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// Every record's payload of an event file, checking each record's CRCs.
+fn records(path: &Path, b: &[u8]) -> Result<Vec<std::ops::Range<usize>>> {
     let bad = |msg: &str| Error::format(path, msg.to_string());
     let mut out = Vec::new();
     let mut pos = 0;
@@ -183,8 +182,19 @@ pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
         if crc != masked_crc(data) {
             return Err(bad("data CRC mismatch"));
         }
+        out.push(pos + 12..pos + 12 + len);
         pos += 16 + len;
-        let ev = fields(data).ok_or_else(|| bad("malformed event"))?;
+    }
+    Ok(out)
+}
+
+/// Read every scalar of an event file, checking each record's CRCs.
+pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
+    let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |msg: &str| Error::format(path, msg.to_string());
+    let mut out = Vec::new();
+    for r in records(path, &b)? {
+        let ev = fields(&b[r]).ok_or_else(|| bad("malformed event"))?;
         let step = ev.iter().find(|f| f.0 == 2).map(|f| f.2).unwrap_or(0);
         for (_, _, _, summary) in ev.iter().filter(|f| f.0 == 5) {
             for (_, _, _, value) in fields(summary)
@@ -205,6 +215,21 @@ pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
         }
     }
     Ok(out)
+}
+
+/// The wall time (Unix seconds) of every event, in file order.
+pub fn read_wall_times(path: &Path) -> Result<Vec<f64>> {
+    let b = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    records(path, &b)?
+        .into_iter()
+        .map(|r| {
+            let ev = fields(&b[r]).ok_or_else(|| Error::format(path, "malformed event"))?;
+            Ok(ev
+                .iter()
+                .find(|f| f.0 == 1 && f.1 == 1)
+                .map_or(f64::NAN, |f| f64::from_bits(f.2)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
