@@ -17,6 +17,7 @@
 
 pub mod ablation;
 pub mod fourier;
+pub mod llc;
 pub mod neurons;
 pub mod patching;
 pub mod superposition;

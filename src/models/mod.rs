@@ -108,7 +108,7 @@ impl Clone for Box<dyn Model> {
     }
 }
 
-impl dyn Model {
+impl<'a> dyn Model + 'a {
     /// The model as kind `T`, or an error naming what this analysis needs and what the model is.
     pub fn downcast<T: Model + 'static>(&self, needs: &str) -> Result<&T> {
         self.as_any().downcast_ref::<T>().ok_or_else(|| {

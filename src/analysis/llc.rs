@@ -1,0 +1,428 @@
+//! The local learning coefficient λ̂ (Lau et al., "Quantifying degeneracy in singular models via the
+//! learning coefficient", arXiv 2308.12108), estimated by SGLD exactly as devinterp 1.x defines it
+//! (`estimate_learning_coeff_with_summary` with `SGMCMC.sgld`), for any model through [`Model`].
+//!
+//! Per chain, from w₀ = w*: at every step t a minibatch of m training examples (an epoch-wise shuffle
+//! seeded by (seed, chain), cycled) gives L_m(w_t) and its gradient, then
+//!
+//! ```text
+//! w_{t+1} = w_t − (ε/2)·(nβ·∇L_m(w_t) + γ·(w_t − w*)) + √ε·σ·N(0, I)        (σ = 1)
+//! ```
+//!
+//! After `burnin` steps, every K-th step's minibatch loss L_m(w_t) (taken before that step's update,
+//! as devinterp records it) is a draw. Each chain's λ̂ = nβ·(mean of its draws − L(w*)); the estimate
+//! is their mean, with the standard deviation over chains (n − 1 in the denominator, as torch's
+//! `std`). nβ defaults to devinterp's m / ln m (`batch`), or n / ln n (`dataset`) for the training
+//! set's n. L(w*) defaults to the loss on the whole training set (`full`); devinterp's default, the
+//! mean over the first `chains` minibatches (`minibatches`), is available by name: its error is
+//! multiplied by nβ in λ̂.
+//!
+//! Diagnostics per chain: the loss trace, ‖w_t − w*‖, and the MALA acceptance probability of each
+//! move between consecutive draws as devinterp's `MalaAcceptanceRate` computes it, with the
+//! potential U(w) = nβ·L_m(w) + (γ/2)·‖w − w*‖² (meaningful for K = 1; devinterp leaves the first
+//! transition of each chain at 0 in its mean, toylens averages the transitions it computes).
+//! Chains run in parallel, each seeded from (seed, chain) alone: results do not depend on the thread
+//! count.
+
+use crate::batch::Batch;
+use crate::engine::rng::Rng;
+use crate::error::{Error, Result};
+use crate::models::{Model, Scratch};
+use crate::tasks::EpochOrder;
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// The inverse temperature nβ.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum NBeta {
+    /// m / ln m, m the minibatch size (devinterp's `default_nbeta`).
+    Batch,
+    /// n / ln n, n the training-set size.
+    Dataset,
+    Value(f64),
+}
+
+/// Where L(w*) is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum InitLoss {
+    /// The whole training set.
+    Full,
+    /// The mean over the first `chains` minibatches (devinterp's default).
+    Minibatches,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LlcConfig {
+    /// Step size ε.
+    pub lr: f64,
+    /// Localization γ.
+    pub localization: f64,
+    pub nbeta: NBeta,
+    pub chains: usize,
+    pub draws: usize,
+    pub burnin: usize,
+    pub steps_between_draws: usize,
+    /// Minibatch size m (the whole training set if larger is asked: an error).
+    pub batch_size: usize,
+    pub seed: u64,
+    pub init_loss: InitLoss,
+}
+
+impl Default for LlcConfig {
+    fn default() -> Self {
+        LlcConfig {
+            lr: 1e-4,
+            localization: 100.0,
+            nbeta: NBeta::Batch,
+            chains: 4,
+            draws: 200,
+            burnin: 100,
+            steps_between_draws: 1,
+            batch_size: 512,
+            seed: 0,
+            init_loss: InitLoss::Full,
+        }
+    }
+}
+
+impl LlcConfig {
+    /// An error naming the setting, for values no estimate can use.
+    pub fn validate(&self, n_train: usize) -> Result<()> {
+        let bad = |k: &str, why: String| Err(Error::Input(format!("--{k}: {why}")));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("the step size ε must be positive (got {})", self.lr));
+        }
+        if !(self.localization >= 0.0 && self.localization.is_finite()) {
+            return bad(
+                "localization",
+                format!("γ must be ≥ 0 (got {})", self.localization),
+            );
+        }
+        if let NBeta::Value(b) = self.nbeta {
+            if !(b > 0.0 && b.is_finite()) {
+                return bad("nbeta", format!("nβ must be positive (got {b})"));
+            }
+        }
+        for (k, v) in [
+            ("chains", self.chains),
+            ("draws", self.draws),
+            ("steps-between-draws", self.steps_between_draws),
+            ("batch-size", self.batch_size),
+        ] {
+            if v == 0 {
+                return bad(k, "must be at least 1 (got 0)".into());
+            }
+        }
+        if self.chains == 1 {
+            return bad("chains", "needs at least 2 chains for a standard deviation".into());
+        }
+        if self.batch_size > n_train {
+            return bad(
+                "batch-size",
+                format!(
+                    "a minibatch of {} is larger than the training set ({n_train} examples)",
+                    self.batch_size
+                ),
+            );
+        }
+        if self.batch_size == 1 && self.nbeta == NBeta::Batch {
+            return bad("nbeta", "m / ln m is undefined for a minibatch of 1; give nβ".into());
+        }
+        Ok(())
+    }
+
+    /// nβ for a training set of `n` examples.
+    pub fn nbeta_value(&self, n: usize) -> f64 {
+        let over_log = |k: usize| k as f64 / (k as f64).ln();
+        match self.nbeta {
+            NBeta::Batch => over_log(self.batch_size),
+            NBeta::Dataset => over_log(n),
+            NBeta::Value(b) => b,
+        }
+    }
+}
+
+/// One chain's record.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainTrace {
+    pub llc: f64,
+    /// L_m(w_t) of each draw.
+    pub losses: Vec<f64>,
+    /// ‖w_t − w*‖ of each draw.
+    pub distances: Vec<f64>,
+    /// MALA acceptance probability of each move between consecutive draws.
+    pub acceptance: Vec<f64>,
+}
+
+/// The estimate at one set of weights.
+#[derive(Clone, Debug, Serialize)]
+pub struct LlcEstimate {
+    pub llc_mean: f64,
+    pub llc_std: f64,
+    pub llc_per_chain: Vec<f64>,
+    /// L(w*).
+    pub init_loss: f64,
+    pub nbeta: f64,
+    pub mean_acceptance: f64,
+    /// Calibration problems seen (empty when none).
+    pub warnings: Vec<String>,
+    pub chains: Vec<ChainTrace>,
+}
+
+fn chain_seed(seed: u64, chain: usize, stream: u64) -> u64 {
+    let mut z = seed
+        ^ (chain as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z ^= z >> 31;
+    z.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// L(w*) as `cfg.init_loss` says.
+fn init_loss(model: &dyn Model, data: &Batch, cfg: &LlcConfig) -> Result<f64> {
+    let mut s = Scratch::new();
+    match cfg.init_loss {
+        InitLoss::Full => Ok(model.evaluate(&mut s, data)?.loss),
+        InitLoss::Minibatches => {
+            // devinterp: the first `chains` batches of its (shuffled) loader.
+            let mut order = EpochOrder::new(data.len(), cfg.batch_size, chain_seed(cfg.seed, 0, 0));
+            let k = cfg.chains.min(data.len().div_ceil(cfg.batch_size));
+            let mut total = 0.0;
+            for step in 1..=k as u64 {
+                total += model.evaluate(&mut s, &data.select(order.batch(step)))?.loss;
+            }
+            Ok(total / k as f64)
+        }
+    }
+}
+
+/// One SGLD chain from `model`'s weights (w*).
+fn run_chain(
+    model: &dyn Model,
+    data: &Batch,
+    cfg: &LlcConfig,
+    nbeta: f64,
+    chain: usize,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let mut m = model.clone_box();
+    let w_star = model.params().to_vec();
+    let trainable = model.trainable_ranges();
+    let mut scratch = Scratch::new();
+    let mut order = EpochOrder::new(data.len(), cfg.batch_size, chain_seed(cfg.seed, chain, 0));
+    let mut rng = Rng::new(chain_seed(cfg.seed, chain, 1));
+    let n = w_star.len();
+    let mut grads = vec![0.0f32; n];
+    let mut dws = vec![0.0f32; n];
+    let (lr, gamma, nb) = (cfg.lr as f32, cfg.localization as f32, nbeta as f32);
+    let sqrt_lr = (cfg.lr as f32).sqrt();
+    let (mut losses, mut distances, mut acceptance) = (Vec::new(), Vec::new(), Vec::new());
+    // (point, ∇U there, U there) of the previous draw, for the acceptance probability.
+    let mut prev: Option<(Vec<f32>, Vec<f32>, f64)> = None;
+    let steps = cfg.burnin + cfg.draws * cfg.steps_between_draws;
+    for i in 0..steps {
+        let batch = data.select(order.batch(i as u64 + 1));
+        let loss = m.loss_and_grad(&mut scratch, &batch, &mut grads)?.loss;
+        let drawn = i >= cfg.burnin && (i + 1 - cfg.burnin) % cfg.steps_between_draws == 0;
+        let point = drawn.then(|| m.params().to_vec());
+        let w = m.params_mut();
+        let mut dist2 = 0.0f64;
+        for r in &trainable {
+            for j in r.clone() {
+                let delta = w[j] - w_star[j];
+                dist2 += f64::from(delta) * f64::from(delta);
+                let d_p = nb * grads[j] + gamma * delta;
+                dws[j] = d_p;
+                let noise = rng.normal() as f32;
+                w[j] += -0.5 * lr * d_p + sqrt_lr * noise;
+            }
+        }
+        if !loss.is_finite() {
+            losses.push(loss);
+            distances.push(dist2.sqrt());
+            break;
+        }
+        if let Some(point) = point {
+            losses.push(loss);
+            distances.push(dist2.sqrt());
+            let u = nbeta * loss + 0.5 * cfg.localization * dist2;
+            if let Some((pp, pg, pu)) = &prev {
+                acceptance.push(mala_acceptance(pp, pg, *pu, &point, &dws, u, cfg.lr, &trainable));
+            }
+            prev = Some((point, dws.clone(), u));
+        }
+    }
+    Ok((losses, distances, acceptance))
+}
+
+/// min(1, q(prev | cur) / q(cur | prev) · exp(U(prev) − U(cur))) for Langevin proposals of step ε.
+#[allow(clippy::too_many_arguments)]
+fn mala_acceptance(
+    prev: &[f32],
+    prev_grad: &[f32],
+    prev_u: f64,
+    cur: &[f32],
+    cur_grad: &[f32],
+    cur_u: f64,
+    lr: f64,
+    ranges: &[std::ops::Range<usize>],
+) -> f64 {
+    let (mut to_prev, mut to_cur) = (0.0f64, 0.0f64);
+    for r in ranges {
+        for j in r.clone() {
+            let (p, c) = (f64::from(prev[j]), f64::from(cur[j]));
+            let a = p - c + 0.5 * lr * f64::from(cur_grad[j]);
+            let b = c - p + 0.5 * lr * f64::from(prev_grad[j]);
+            to_prev += a * a;
+            to_cur += b * b;
+        }
+    }
+    let log_ratio = (-to_prev + to_cur) / (2.0 * lr) + prev_u - cur_u;
+    if log_ratio.is_nan() {
+        return f64::NAN;
+    }
+    log_ratio.exp().min(1.0)
+}
+
+fn summarize(
+    chains: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+    init: f64,
+    nbeta: f64,
+    full_batch: bool,
+) -> LlcEstimate {
+    let mut warnings = Vec::new();
+    let traces: Vec<ChainTrace> = chains
+        .into_iter()
+        .enumerate()
+        .map(|(c, (losses, distances, acceptance))| {
+            let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+            let llc = nbeta * (mean - init);
+            if losses.iter().any(|l| !l.is_finite()) {
+                warnings.push(format!(
+                    "chain {c} diverged (its loss became {}): take a smaller --lr or a larger --localization",
+                    losses.last().copied().unwrap_or(f64::NAN)
+                ));
+            } else {
+                let q = losses.len() / 4;
+                let mean_of = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+                if q >= 2 {
+                    let (early, late) = (mean_of(&losses[q..2 * q]), mean_of(&losses[3 * q..]));
+                    if late - init > 2.0 * (early - init).max(0.0) + 1.0 {
+                        warnings.push(format!(
+                            "chain {c}'s loss is still growing ({early:.3e} → {late:.3e}): take a smaller --lr or a larger --localization"
+                        ));
+                    }
+                }
+                if llc < 0.0 {
+                    warnings.push(format!(
+                        "chain {c} sits below L(w*) (λ̂ {llc:.3}): the step is too large or γ too small for this model, or w* is not a local minimum"
+                    ));
+                }
+            }
+            ChainTrace {
+                llc,
+                losses,
+                distances,
+                acceptance,
+            }
+        })
+        .collect();
+    let per: Vec<f64> = traces.iter().map(|t| t.llc).collect();
+    let k = per.len() as f64;
+    let mean = per.iter().sum::<f64>() / k;
+    let std = (per.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0).max(1.0)).sqrt();
+    let acc: Vec<f64> = traces
+        .iter()
+        .flat_map(|t| t.acceptance.iter().copied())
+        .filter(|a| a.is_finite())
+        .collect();
+    let mean_acceptance = acc.iter().sum::<f64>() / acc.len().max(1) as f64;
+    // With minibatches U itself is noisy (nβ times the batch-to-batch spread of L_m), which lowers
+    // the acceptance whatever the step; the warning is for full-batch sampling only.
+    if full_batch && !acc.is_empty() && mean_acceptance < 0.5 {
+        warnings.push(format!(
+            "mean MALA acceptance {mean_acceptance:.2} with full-batch gradients (good sampling gives 0.9 or more): take a smaller --lr"
+        ));
+    }
+    LlcEstimate {
+        llc_mean: mean,
+        llc_std: std,
+        llc_per_chain: per,
+        init_loss: init,
+        nbeta,
+        mean_acceptance,
+        warnings,
+        chains: traces,
+    }
+}
+
+/// λ̂ at each of `models`' weights on the training set `data`; every (model, chain) runs in parallel.
+pub fn estimate_many(
+    models: &[&dyn Model],
+    data: &Batch,
+    cfg: &LlcConfig,
+) -> Result<Vec<LlcEstimate>> {
+    cfg.validate(data.len())?;
+    let nbeta = cfg.nbeta_value(data.len());
+    let jobs: Vec<(usize, usize)> = (0..models.len())
+        .flat_map(|k| (0..cfg.chains).map(move |c| (k, c)))
+        .collect();
+    let mut results = jobs
+        .par_iter()
+        .map(|&(k, c)| run_chain(models[k], data, cfg, nbeta, c))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    models
+        .iter()
+        .map(|m| {
+            let init = init_loss(*m, data, cfg)?;
+            let chains: Vec<_> = results.by_ref().take(cfg.chains).collect();
+            Ok(summarize(chains, init, nbeta, cfg.batch_size == data.len()))
+        })
+        .collect()
+}
+
+/// λ̂ at `model`'s weights on the training set `data`.
+pub fn estimate(model: &dyn Model, data: &Batch, cfg: &LlcConfig) -> Result<LlcEstimate> {
+    Ok(estimate_many(&[model], data, cfg)?.remove(0))
+}
+
+/// One cell of a calibration grid.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationCell {
+    pub lr: f64,
+    pub nbeta: f64,
+    pub localization: f64,
+    pub estimate: LlcEstimate,
+}
+
+/// λ̂ over a grid of step sizes × nβ × γ (as devinterp's `EpsilonBetaAnalyzer`), every cell with
+/// `base`'s other settings.
+pub fn calibrate(
+    model: &dyn Model,
+    data: &Batch,
+    base: &LlcConfig,
+    lrs: &[f64],
+    nbetas: &[NBeta],
+    localizations: &[f64],
+) -> Result<Vec<CalibrationCell>> {
+    let mut cells = Vec::new();
+    for &lr in lrs {
+        for &nbeta in nbetas {
+            for &localization in localizations {
+                let cfg = LlcConfig {
+                    lr,
+                    nbeta,
+                    localization,
+                    ..base.clone()
+                };
+                let estimate = estimate(model, data, &cfg)?;
+                cells.push(CalibrationCell {
+                    lr,
+                    nbeta: estimate.nbeta,
+                    localization,
+                    estimate,
+                });
+            }
+        }
+    }
+    Ok(cells)
+}

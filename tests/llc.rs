@@ -1,0 +1,266 @@
+//! Known-answer tests of the learning-coefficient estimator: a regular model (linear regression,
+//! λ = d/2) and a singular one (y = a·x + b²·x², true a = b = 0: K(a, b) = (a² + 3b⁴)/2 for
+//! x ~ N(0, 1), λ = 1/2 + 1/4 = 3/4, where a regular two-parameter model has 1).
+
+use toylens::analysis::llc::{estimate, InitLoss, LlcConfig, NBeta};
+use toylens::batch::{Batch, DenseBatch, Input, LossStats};
+use toylens::engine::rng::Rng;
+use toylens::hooks::{ActivationCache, CacheFilter, Hooks};
+use toylens::models::linear::{Linear, LinearConfig};
+use toylens::models::{Model, Scratch, TensorSpec};
+
+/// x ~ N(0, I) `[n, d]`, y = x·w + σ·ε.
+fn regression_data(n: usize, d: usize, w: &[f32], sigma: f64, seed: u64) -> Batch {
+    let mut rng = Rng::new(seed);
+    let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+    let y: Vec<f32> = x
+        .chunks_exact(d)
+        .map(|r| r.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + (sigma * rng.normal()) as f32)
+        .collect();
+    Batch::Dense(DenseBatch {
+        x: ndarray::Array2::from_shape_vec((n, d), x).unwrap(),
+        y: Some(ndarray::Array2::from_shape_vec((n, 1), y).unwrap()),
+    })
+}
+
+/// The least-squares weights of a dense batch (normal equations, Gaussian elimination in f64).
+fn least_squares(b: &Batch) -> Vec<f32> {
+    let Batch::Dense(DenseBatch { x, y: Some(y) }) = b else {
+        unreachable!()
+    };
+    let d = x.ncols();
+    let mut a = vec![vec![0.0f64; d + 1]; d];
+    for (r, t) in x.rows().into_iter().zip(y.iter()) {
+        for i in 0..d {
+            for j in 0..d {
+                a[i][j] += f64::from(r[i]) * f64::from(r[j]);
+            }
+            a[i][d] += f64::from(r[i]) * f64::from(*t);
+        }
+    }
+    for c in 0..d {
+        let piv = a[c][c];
+        for j in c..=d {
+            a[c][j] /= piv;
+        }
+        for r in 0..d {
+            if r != c {
+                let f = a[r][c];
+                for j in c..=d {
+                    a[r][j] -= f * a[c][j];
+                }
+            }
+        }
+    }
+    a.iter().map(|row| row[d] as f32).collect()
+}
+
+fn settings() -> LlcConfig {
+    LlcConfig {
+        lr: 1e-3,
+        localization: 1.0,
+        nbeta: NBeta::Batch,
+        chains: 8,
+        draws: 2000,
+        burnin: 500,
+        steps_between_draws: 1,
+        batch_size: 500,
+        seed: 1,
+        init_loss: InitLoss::Full,
+    }
+}
+
+#[test]
+fn linear_regression_has_half_its_parameter_count() {
+    let d = 10;
+    let mut rng = Rng::new(7);
+    let w_true: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+    let data = regression_data(10_000, d, &w_true, 1.0, 3);
+    let cfg = LinearConfig {
+        n_in: d,
+        n_out: 1,
+        bias: false,
+        seed: 0,
+    };
+    let model = Linear::from_params(cfg, least_squares(&data)).unwrap();
+    let e = estimate(&model, &data, &settings()).unwrap();
+    let theory = d as f64 / 2.0;
+    assert!(
+        (e.llc_mean - theory).abs() < 0.1 * theory,
+        "λ̂ {:.3} ± {:.3}, theory {theory} (chains {:?}; warnings {:?})",
+        e.llc_mean,
+        e.llc_std,
+        e.llc_per_chain,
+        e.warnings
+    );
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    eprintln!(
+        "linear regression: λ̂ {:.3} ± {:.3} (theory {theory}), acceptance {:.2}",
+        e.llc_mean, e.llc_std, e.mean_acceptance
+    );
+    // The same settings, same bits: chains are seeded by (seed, chain) alone.
+    let again = estimate(&model, &data, &settings()).unwrap();
+    assert_eq!(again.llc_per_chain, e.llc_per_chain);
+}
+
+/// y = a·x + b²·x²: parameters `[a, b]`, loss the mean of ½(y − ŷ)².
+#[derive(Clone)]
+struct Quadratic {
+    w: Vec<f32>,
+}
+
+impl Quadratic {
+    fn xy(batch: &Batch) -> (&[f32], &[f32]) {
+        let Batch::Dense(DenseBatch { x, y: Some(y) }) = batch else {
+            panic!("dense batches with targets")
+        };
+        (x.as_slice().unwrap(), y.as_slice().unwrap())
+    }
+}
+
+fn stats(loss: f64) -> LossStats {
+    LossStats {
+        loss,
+        ..Default::default()
+    }
+}
+
+impl Model for Quadratic {
+    fn arch(&self) -> &'static str {
+        "quadratic"
+    }
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn params(&self) -> &[f32] {
+        &self.w
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.w
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        vec![TensorSpec {
+            name: "w".into(),
+            shape: vec![2],
+            range: 0..2,
+            trainable: true,
+        }]
+    }
+    fn hook_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn example_input(&self) -> Batch {
+        unimplemented!()
+    }
+    fn evaluate(&self, _: &mut Scratch, batch: &Batch) -> toylens::Result<LossStats> {
+        let (x, y) = Self::xy(batch);
+        let (a, b) = (self.w[0] as f64, self.w[1] as f64);
+        let l: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&x, &y)| {
+                let (x, y) = (x as f64, y as f64);
+                0.5 * (y - a * x - b * b * x * x).powi(2)
+            })
+            .sum();
+        Ok(stats(l / x.len() as f64))
+    }
+    fn loss_and_grad(
+        &self,
+        s: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+    ) -> toylens::Result<LossStats> {
+        let (x, y) = Self::xy(batch);
+        let (a, b) = (self.w[0] as f64, self.w[1] as f64);
+        let (mut ga, mut gb) = (0.0, 0.0);
+        for (&x, &y) in x.iter().zip(y) {
+            let (x, y) = (x as f64, y as f64);
+            let r = a * x + b * b * x * x - y;
+            ga += r * x;
+            gb += r * 2.0 * b * x * x;
+        }
+        let n = x.len() as f64;
+        grads[0] = (ga / n) as f32;
+        grads[1] = (gb / n) as f32;
+        self.evaluate(s, batch)
+    }
+    fn run(
+        &self,
+        _: Input,
+        _: Hooks,
+        _: Option<CacheFilter>,
+    ) -> toylens::Result<(ndarray::ArrayD<f32>, ActivationCache)> {
+        unimplemented!()
+    }
+    fn clone_box(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[test]
+fn a_singular_model_has_its_learning_coefficient_not_the_regular_one() {
+    // True a = b = 0; the noise is small so that the sample's own minimum sits close to 0.
+    let data = regression_data(10_000, 1, &[0.0], 0.1, 5);
+    let model = Quadratic { w: vec![0.0, 0.0] };
+    let cfg = LlcConfig {
+        localization: 0.1,
+        draws: 4000,
+        ..settings()
+    };
+    let e = estimate(&model, &data, &cfg).unwrap();
+    // λ = 3/4; a regular model of two parameters has 1, and the a-direction alone 1/2.
+    assert!(
+        (e.llc_mean - 0.75).abs() < 0.075,
+        "λ̂ {:.3} ± {:.3}, theory 0.75 (chains {:?}; warnings {:?})",
+        e.llc_mean,
+        e.llc_std,
+        e.llc_per_chain,
+        e.warnings
+    );
+    eprintln!(
+        "y = a·x + b²·x²: λ̂ {:.3} ± {:.3} (theory 0.75), acceptance {:.2}",
+        e.llc_mean, e.llc_std, e.mean_acceptance
+    );
+    // Clearly apart from the regular value: more than five standard errors below 1.
+    let se = e.llc_std / (cfg.chains as f64).sqrt();
+    assert!(1.0 - e.llc_mean > 5.0 * se, "λ̂ {} ± {se}", e.llc_mean);
+}
+
+#[test]
+fn bad_settings_are_errors_that_name_them() {
+    let data = regression_data(100, 2, &[1.0, 0.0], 1.0, 0);
+    let model = Linear::new(LinearConfig {
+        n_in: 2,
+        n_out: 1,
+        bias: true,
+        seed: 0,
+    })
+    .unwrap();
+    for (cfg, needle) in [
+        (LlcConfig { lr: 0.0, ..settings() }, "--lr"),
+        (LlcConfig { lr: -1.0, ..settings() }, "--lr"),
+        (LlcConfig { chains: 0, ..settings() }, "--chains"),
+        (LlcConfig { draws: 0, ..settings() }, "--draws"),
+        (LlcConfig { batch_size: 101, ..settings() }, "larger than the training set (100"),
+        (LlcConfig { localization: -1.0, ..settings() }, "--localization"),
+    ] {
+        let cfg = LlcConfig {
+            batch_size: cfg.batch_size.min(101),
+            ..cfg
+        };
+        let cfg = if needle.starts_with("larger") {
+            cfg
+        } else {
+            LlcConfig {
+                batch_size: 50,
+                ..cfg
+            }
+        };
+        let e = estimate(&model, &data, &cfg).unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+}
