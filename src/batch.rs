@@ -79,6 +79,49 @@ impl Batch {
         }
     }
 
+    /// The examples of `parts` (of one kind and width) one after another.
+    pub fn concat(parts: &[Batch]) -> Option<Batch> {
+        let first = parts.first()?;
+        let ax = ndarray::Axis(0);
+        Some(match first {
+            Batch::Tokens(t0) => {
+                let mut tokens = Vec::new();
+                let mut targets = Vec::new();
+                for p in parts {
+                    let Batch::Tokens(t) = p else { return None };
+                    if t.loss_pos != t0.loss_pos {
+                        return None;
+                    }
+                    tokens.push(t.tokens.view());
+                    targets.push(t.targets.view());
+                }
+                Batch::Tokens(TokenBatch {
+                    tokens: ndarray::concatenate(ax, &tokens).ok()?,
+                    loss_pos: t0.loss_pos.clone(),
+                    targets: ndarray::concatenate(ax, &targets).ok()?,
+                })
+            }
+            Batch::Dense(d0) => {
+                let mut xs = Vec::new();
+                let mut ys = Vec::new();
+                for p in parts {
+                    let Batch::Dense(d) = p else { return None };
+                    xs.push(d.x.view());
+                    if let Some(y) = &d.y {
+                        ys.push(y.view());
+                    }
+                }
+                Batch::Dense(DenseBatch {
+                    x: ndarray::concatenate(ax, &xs).ok()?,
+                    y: match &d0.y {
+                        Some(_) => Some(ndarray::concatenate(ax, &ys).ok()?),
+                        None => None,
+                    },
+                })
+            }
+        })
+    }
+
     /// The examples at `rows`, in that order.
     pub fn select(&self, rows: &[usize]) -> Batch {
         let ax = ndarray::Axis(0);

@@ -206,3 +206,245 @@ pub fn describe_task(t: Option<&TaskInfo>) -> String {
         serde_json::to_string(t).unwrap_or_default()
     })
 }
+
+/// Examples drawn from a task's training stream where every step samples fresh ones (digits with
+/// `infinite`, superposition): λ̂ is estimated on this many of them, the first training batches.
+pub const FRESH_EXAMPLES: usize = 8192;
+
+/// The training set a loaded model was trained on, rebuilt: from the experiment its checkpoint
+/// records (toylens checkpoints), or from the original split (an imported `.pth` that has one).
+pub fn training_set(l: &Loaded) -> Result<crate::batch::Batch> {
+    if let Some(exp) = l.experiment()? {
+        let mut data = exp.data();
+        if let Some(b) = data.train_set() {
+            return Ok(b);
+        }
+        let bs = exp.schedule.batch_size.unwrap_or(FRESH_EXAMPLES).max(1);
+        let parts: Vec<_> = (1..=FRESH_EXAMPLES.div_ceil(bs) as u64)
+            .map(|s| data.train_batch(s).into_owned())
+            .collect();
+        return crate::batch::Batch::concat(&parts)
+            .ok_or_else(|| Error::format(&l.path, "its training batches do not concatenate"));
+    }
+    if let Some(t) = l.task.as_ref().and_then(TaskInfo::modular_task) {
+        return Ok(t.batch(&t.split_pairs().0).into());
+    }
+    Err(Error::format(
+        &l.path,
+        "its training data cannot be rebuilt: the file records no training run and no train/test split (the original no-weight-decay checkpoint has neither); λ̂ is estimated on the training set",
+    ))
+}
+
+/// What `toylens llc` found.
+pub enum LlcReport {
+    Checkpoint {
+        estimate: crate::analysis::llc::LlcEstimate,
+        n_train: usize,
+        files: Vec<PathBuf>,
+    },
+    Run {
+        steps: Vec<u64>,
+        estimates: Vec<crate::analysis::llc::LlcEstimate>,
+        n_train: usize,
+        files: Vec<PathBuf>,
+    },
+    Calibration {
+        cells: Vec<crate::analysis::llc::CalibrationCell>,
+        n_train: usize,
+        files: Vec<PathBuf>,
+    },
+}
+
+fn trace_csv(rows: &[(u64, &crate::analysis::llc::LlcEstimate)]) -> String {
+    let mut csv = String::from("step,chain,draw,loss,distance\n");
+    for (step, e) in rows {
+        for (c, t) in e.chains.iter().enumerate() {
+            for (d, (l, dist)) in t.losses.iter().zip(&t.distances).enumerate() {
+                csv += &format!("{step},{c},{d},{l:e},{dist:e}\n");
+            }
+        }
+    }
+    csv
+}
+
+fn chain_lines(e: &crate::analysis::llc::LlcEstimate) -> Vec<(String, Vec<(f64, f64)>)> {
+    e.chains
+        .iter()
+        .enumerate()
+        .map(|(c, t)| {
+            (
+                format!("chain {c}"),
+                t.losses
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &l)| (d as f64, l))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// `toylens llc`: λ̂ of one checkpoint (traces into `out` when given), or of every checkpoint of a
+/// run (`llc.csv`, `llc_trace.csv` and `llc.png` into `out`, by default `RUN/analysis/`).
+pub fn llc(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    out: Option<&Path>,
+) -> Result<LlcReport> {
+    use crate::analysis::llc;
+    if target.is_dir() {
+        let steps = run::checkpoint_steps(target);
+        if steps.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: no checkpoints in {}",
+                target.display(),
+                target.join("checkpoints").display()
+            )));
+        }
+        let loaded: Vec<Loaded> = steps
+            .iter()
+            .map(|&s| load_any(&run::checkpoint_path(target, s)))
+            .collect::<Result<_>>()?;
+        let data = training_set(&loaded[0])?;
+        let models: Vec<&dyn crate::models::Model> =
+            loaded.iter().map(|l| l.model.as_ref()).collect();
+        let estimates = llc::estimate_many(&models, &data, cfg)?;
+        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut csv = String::from("step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance");
+        for c in 0..cfg.chains {
+            csv += &format!(",llc_chain{c}");
+        }
+        csv.push('\n');
+        for (s, e) in steps.iter().zip(&estimates) {
+            csv += &format!(
+                "{s},{:e},{:e},{:e},{:e},{}",
+                e.llc_mean, e.llc_std, e.init_loss, e.nbeta, e.mean_acceptance
+            );
+            for x in &e.llc_per_chain {
+                csv += &format!(",{x:e}");
+            }
+            csv.push('\n');
+        }
+        let (p_csv, p_trace) = (dir.join("llc.csv"), dir.join("llc_trace.csv"));
+        write_atomic(&p_csv, csv.as_bytes())?;
+        let rows: Vec<(u64, &llc::LlcEstimate)> = steps.iter().copied().zip(&estimates).collect();
+        write_atomic(&p_trace, trace_csv(&rows).as_bytes())?;
+        let metrics = run::read_metrics(target)?;
+        // The grokking phases, where the run has them (a modular-arithmetic transformer run).
+        let phases = analysis::progress(target)
+            .ok()
+            .and_then(|r| analysis::phases(&r));
+        let mut files = vec![p_csv, p_trace];
+        files.extend(figures::llc(
+            &steps,
+            &estimates,
+            &metrics,
+            phases.as_ref(),
+            &dir,
+        )?);
+        return Ok(LlcReport::Run {
+            steps,
+            estimates,
+            n_train: data.len(),
+            files,
+        });
+    }
+    let l = load_any(target)?;
+    let data = training_set(&l)?;
+    let estimate = llc::estimate(l.model.as_ref(), &data, cfg)?;
+    let mut files = Vec::new();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let p = dir.join("llc_trace.csv");
+        write_atomic(&p, trace_csv(&[(0, &estimate)]).as_bytes())?;
+        files.push(p);
+        files.extend(figures::llc_traces(
+            &chain_lines(&estimate),
+            &format!(
+                "SGLD chains: λ̂ = {:.3} ± {:.3}, L(w*) = {:.3e}",
+                estimate.llc_mean, estimate.llc_std, estimate.init_loss
+            ),
+            dir,
+            "llc_trace",
+        )?);
+    }
+    Ok(LlcReport::Checkpoint {
+        estimate,
+        n_train: data.len(),
+        files,
+    })
+}
+
+/// `toylens llc --calibrate`: λ̂ over a grid of ε × nβ × γ, with the mean trace of each cell.
+pub fn llc_calibrate(
+    target: &Path,
+    base: &crate::analysis::llc::LlcConfig,
+    lrs: &[f64],
+    nbetas: &[crate::analysis::llc::NBeta],
+    localizations: &[f64],
+    out: Option<&Path>,
+) -> Result<LlcReport> {
+    let l = load_any(target)?;
+    let data = training_set(&l)?;
+    let cells =
+        crate::analysis::llc::calibrate(l.model.as_ref(), &data, base, lrs, nbetas, localizations)?;
+    let mut files = Vec::new();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut csv = String::from(
+            "lr,nbeta,localization,llc_mean,llc_std,init_loss,mean_acceptance,warnings\n",
+        );
+        for c in &cells {
+            let e = &c.estimate;
+            csv += &format!(
+                "{:e},{:e},{:e},{:e},{:e},{:e},{},{}\n",
+                c.lr,
+                c.nbeta,
+                c.localization,
+                e.llc_mean,
+                e.llc_std,
+                e.init_loss,
+                e.mean_acceptance,
+                e.warnings.len()
+            );
+        }
+        let p = dir.join("llc_calibration.csv");
+        write_atomic(&p, csv.as_bytes())?;
+        files.push(p);
+        let lines: Vec<(String, Vec<(f64, f64)>)> = cells
+            .iter()
+            .map(|c| {
+                let n = c
+                    .estimate
+                    .chains
+                    .iter()
+                    .map(|t| t.losses.len())
+                    .min()
+                    .unwrap_or(0);
+                let k = c.estimate.chains.len().max(1) as f64;
+                (
+                    format!("ε {:.0e}, nβ {:.3}, γ {}", c.lr, c.nbeta, c.localization),
+                    (0..n)
+                        .map(|d| {
+                            let m: f64 =
+                                c.estimate.chains.iter().map(|t| t.losses[d]).sum::<f64>() / k;
+                            (d as f64, m)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        files.extend(figures::llc_traces(
+            &lines,
+            "Calibration: mean minibatch loss over the draws, per setting",
+            dir,
+            "llc_calibration",
+        )?);
+    }
+    Ok(LlcReport::Calibration {
+        cells,
+        n_train: data.len(),
+        files,
+    })
+}

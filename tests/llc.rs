@@ -241,12 +241,48 @@ fn bad_settings_are_errors_that_name_them() {
     })
     .unwrap();
     for (cfg, needle) in [
-        (LlcConfig { lr: 0.0, ..settings() }, "--lr"),
-        (LlcConfig { lr: -1.0, ..settings() }, "--lr"),
-        (LlcConfig { chains: 0, ..settings() }, "--chains"),
-        (LlcConfig { draws: 0, ..settings() }, "--draws"),
-        (LlcConfig { batch_size: 101, ..settings() }, "larger than the training set (100"),
-        (LlcConfig { localization: -1.0, ..settings() }, "--localization"),
+        (
+            LlcConfig {
+                lr: 0.0,
+                ..settings()
+            },
+            "--lr",
+        ),
+        (
+            LlcConfig {
+                lr: -1.0,
+                ..settings()
+            },
+            "--lr",
+        ),
+        (
+            LlcConfig {
+                chains: 0,
+                ..settings()
+            },
+            "--chains",
+        ),
+        (
+            LlcConfig {
+                draws: 0,
+                ..settings()
+            },
+            "--draws",
+        ),
+        (
+            LlcConfig {
+                batch_size: 101,
+                ..settings()
+            },
+            "larger than the training set (100",
+        ),
+        (
+            LlcConfig {
+                localization: -1.0,
+                ..settings()
+            },
+            "--localization",
+        ),
     ] {
         let cfg = LlcConfig {
             batch_size: cfg.batch_size.min(101),

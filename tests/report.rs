@@ -1,6 +1,6 @@
 //! The HTML report: self-contained and offline, and, in headless Chromium, every figure draws with no
 //! script or console error. Without Chromium (Debian package `chromium`, which .ci/run installs) the
-//! browser part is skipped with a printed reason.
+//! browser part is skipped with a printed reason, except in CI (`CI` set), where it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,6 +77,11 @@ fn report_is_self_contained_and_every_figure_draws_in_a_browser() {
 /// and no network (skipped, with a printed reason, without Chromium).
 fn draws_in_browser(path: &Path, n_figures: usize, tmp: &Path) {
     let Some(browser) = chromium() else {
+        // In CI Chromium is required (.ci/run installs it): a missing browser fails there.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium on PATH in CI (.ci/run installs Debian's chromium)"
+        );
         eprintln!("skipped the browser check: no chromium on PATH (apt-get install chromium)");
         return;
     };
@@ -101,10 +106,20 @@ fn draws_in_browser(path: &Path, n_figures: usize, tmp: &Path) {
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    let status = dom
-        .split("<pre id=\"status\" hidden>")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
+    // The status line is in the page for tests, hidden from readers (`<pre id="status" hidden="">`
+    // once serialized).
+    let status_tag = dom.split("<pre id=\"status\"").nth(1).unwrap_or("");
+    assert!(
+        status_tag
+            .split('>')
+            .next()
+            .unwrap_or("")
+            .contains("hidden"),
+        "the status line is shown to the reader"
+    );
+    let status = status_tag
+        .split_once('>')
+        .and_then(|(_, s)| s.split('<').next())
         .unwrap_or("");
     let v: serde_json::Value = serde_json::from_str(status)
         .unwrap_or_else(|_| panic!("the page did not finish drawing; status `{status}`"));

@@ -90,7 +90,10 @@ impl LlcConfig {
     pub fn validate(&self, n_train: usize) -> Result<()> {
         let bad = |k: &str, why: String| Err(Error::Input(format!("--{k}: {why}")));
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr", format!("the step size ε must be positive (got {})", self.lr));
+            return bad(
+                "lr",
+                format!("the step size ε must be positive (got {})", self.lr),
+            );
         }
         if !(self.localization >= 0.0 && self.localization.is_finite()) {
             return bad(
@@ -114,7 +117,10 @@ impl LlcConfig {
             }
         }
         if self.chains == 1 {
-            return bad("chains", "needs at least 2 chains for a standard deviation".into());
+            return bad(
+                "chains",
+                "needs at least 2 chains for a standard deviation".into(),
+            );
         }
         if self.batch_size > n_train {
             return bad(
@@ -126,7 +132,10 @@ impl LlcConfig {
             );
         }
         if self.batch_size == 1 && self.nbeta == NBeta::Batch {
-            return bad("nbeta", "m / ln m is undefined for a minibatch of 1; give nβ".into());
+            return bad(
+                "nbeta",
+                "m / ln m is undefined for a minibatch of 1; give nβ".into(),
+            );
         }
         Ok(())
     }
@@ -188,7 +197,9 @@ fn init_loss(model: &dyn Model, data: &Batch, cfg: &LlcConfig) -> Result<f64> {
             let k = cfg.chains.min(data.len().div_ceil(cfg.batch_size));
             let mut total = 0.0;
             for step in 1..=k as u64 {
-                total += model.evaluate(&mut s, &data.select(order.batch(step)))?.loss;
+                total += model
+                    .evaluate(&mut s, &data.select(order.batch(step)))?
+                    .loss;
             }
             Ok(total / k as f64)
         }
@@ -245,7 +256,9 @@ fn run_chain(
             distances.push(dist2.sqrt());
             let u = nbeta * loss + 0.5 * cfg.localization * dist2;
             if let Some((pp, pg, pu)) = &prev {
-                acceptance.push(mala_acceptance(pp, pg, *pu, &point, &dws, u, cfg.lr, &trainable));
+                acceptance.push(mala_acceptance(
+                    pp, pg, *pu, &point, &dws, u, cfg.lr, &trainable,
+                ));
             }
             prev = Some((point, dws.clone(), u));
         }

@@ -122,6 +122,53 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The local learning coefficient λ̂ by SGLD (as devinterp defines it) on the model's training
+    /// data: one checkpoint, every checkpoint of a run (llc.csv, llc_trace.csv, llc.png into
+    /// RUN/analysis/), or a calibration grid (--calibrate).
+    Llc {
+        target: PathBuf,
+        /// Step size ε.
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f64,
+        /// Localization γ (the pull towards w*).
+        #[arg(long, default_value_t = 100.0)]
+        localization: f64,
+        /// Inverse temperature nβ: `batch` (m / ln m, devinterp's default), `dataset` (n / ln n)
+        /// or a number.
+        #[arg(long, default_value = "batch", value_parser = parse_nbeta)]
+        nbeta: toylens::analysis::llc::NBeta,
+        #[arg(long, default_value_t = 4)]
+        chains: usize,
+        #[arg(long, default_value_t = 200)]
+        draws: usize,
+        #[arg(long, default_value_t = 100)]
+        burnin: usize,
+        #[arg(long, default_value_t = 1)]
+        steps_between_draws: usize,
+        /// Minibatch size m (at most the training set's size).
+        #[arg(long, default_value_t = 512)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// L(w*): `full` (the whole training set) or `minibatches` (devinterp's default: the mean
+        /// over `chains` minibatches).
+        #[arg(long, default_value = "full", value_parser = ["full", "minibatches"])]
+        init_loss: String,
+        /// A grid of ε × nβ × γ instead of one estimate (values from --lrs, --nbetas, --localizations).
+        #[arg(long)]
+        calibrate: bool,
+        #[arg(long, value_delimiter = ',', default_values_t = [1e-5, 1e-4, 1e-3])]
+        lrs: Vec<f64>,
+        #[arg(long, value_delimiter = ',', value_parser = parse_nbeta, default_values = ["batch"])]
+        nbetas: Vec<toylens::analysis::llc::NBeta>,
+        #[arg(long, value_delimiter = ',', default_values_t = [100.0])]
+        localizations: Vec<f64>,
+        #[arg(long)]
+        json: bool,
+        /// Write traces and pictures here (for a run directory: default RUN/analysis/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch; W2: a
@@ -189,6 +236,33 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
         presets.first().map(|s| s.to_string()),
         overrides.into_iter().cloned().collect(),
     ))
+}
+
+fn parse_nbeta(s: &str) -> std::result::Result<toylens::analysis::llc::NBeta, String> {
+    use toylens::analysis::llc::NBeta;
+    match s {
+        "batch" => Ok(NBeta::Batch),
+        "dataset" => Ok(NBeta::Dataset),
+        x => x
+            .parse::<f64>()
+            .map(NBeta::Value)
+            .map_err(|_| format!("`{x}`: nβ is `batch`, `dataset` or a number")),
+    }
+}
+
+fn print_llc(what: &str, e: &toylens::analysis::llc::LlcEstimate) {
+    println!(
+        "{what}: λ̂ {:.4} ± {:.4} over {} chains (nβ {:.3}, L(w*) {:.4e}, MALA acceptance {:.2})",
+        e.llc_mean,
+        e.llc_std,
+        e.llc_per_chain.len(),
+        e.nbeta,
+        e.init_loss,
+        e.mean_acceptance
+    );
+    for w in &e.warnings {
+        println!("  warning: {w}");
+    }
 }
 
 fn parse_pair(s: &str) -> std::result::Result<(u32, u32), String> {
@@ -542,6 +616,137 @@ fn run(cmd: Cmd) -> Result<()> {
                     e.loss_before, e.loss_after
                 );
                 println!("  prediction    {}", e.prediction_after);
+            }
+        }
+        Cmd::Llc {
+            target,
+            lr,
+            localization,
+            nbeta,
+            chains,
+            draws,
+            burnin,
+            steps_between_draws,
+            batch_size,
+            seed,
+            init_loss,
+            calibrate,
+            lrs,
+            nbetas,
+            localizations,
+            json,
+            out,
+        } => {
+            use toylens::analysis::llc::{InitLoss, LlcConfig};
+            let cfg = LlcConfig {
+                lr,
+                localization,
+                nbeta,
+                chains,
+                draws,
+                burnin,
+                steps_between_draws,
+                batch_size,
+                seed,
+                init_loss: if init_loss == "full" {
+                    InitLoss::Full
+                } else {
+                    InitLoss::Minibatches
+                },
+            };
+            let t0 = std::time::Instant::now();
+            let report = if calibrate {
+                commands::llc_calibrate(
+                    &target,
+                    &cfg,
+                    &lrs,
+                    &nbetas,
+                    &localizations,
+                    out.as_deref(),
+                )?
+            } else {
+                commands::llc(&target, &cfg, out.as_deref())?
+            };
+            let secs = t0.elapsed().as_secs_f64();
+            match report {
+                commands::LlcReport::Checkpoint {
+                    estimate,
+                    n_train,
+                    files,
+                } => {
+                    if json {
+                        let mut v = serde_json::to_value(&estimate)?;
+                        v["n_train"] = n_train.into();
+                        v["seconds"] = secs.into();
+                        println!("{v}");
+                    } else {
+                        print_llc(&target.display().to_string(), &estimate);
+                        println!("  {n_train} training examples, {secs:.1} s");
+                    }
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+                commands::LlcReport::Run {
+                    steps,
+                    estimates,
+                    n_train,
+                    files,
+                } => {
+                    if json {
+                        let rows: Vec<serde_json::Value> = steps
+                            .iter()
+                            .zip(&estimates)
+                            .map(|(s, e)| serde_json::json!({"step": s, "llc_mean": e.llc_mean, "llc_std": e.llc_std, "init_loss": e.init_loss, "warnings": e.warnings}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::json!({"checkpoints": rows, "n_train": n_train, "seconds": secs})
+                        );
+                    } else {
+                        for (s, e) in steps.iter().zip(&estimates) {
+                            print_llc(&format!("step {s:>7}"), e);
+                        }
+                        println!(
+                            "  {} checkpoints, {n_train} training examples, {secs:.1} s",
+                            steps.len()
+                        );
+                    }
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+                commands::LlcReport::Calibration {
+                    cells,
+                    n_train,
+                    files,
+                } => {
+                    if json {
+                        println!("{}", serde_json::to_value(&cells)?);
+                    } else {
+                        println!(
+                            "{:>10} {:>10} {:>12} {:>10} {:>10} {:>10}  warnings",
+                            "ε", "nβ", "γ", "λ̂", "std", "accept"
+                        );
+                        for c in &cells {
+                            let e = &c.estimate;
+                            println!(
+                                "{:>10.1e} {:>10.3} {:>12} {:>10.4} {:>10.4} {:>10.2}  {}",
+                                c.lr,
+                                c.nbeta,
+                                c.localization,
+                                e.llc_mean,
+                                e.llc_std,
+                                e.mean_acceptance,
+                                e.warnings.len()
+                            );
+                        }
+                        println!("  {n_train} training examples, {secs:.1} s");
+                    }
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
             }
         }
         Cmd::Hooks { checkpoint } => {

@@ -17,6 +17,8 @@ pub struct Loaded {
     /// Losses the original run recorded (imported `.pth` only).
     pub recorded_train_loss: Option<f64>,
     pub recorded_test_loss: Option<f64>,
+    /// The checkpoint's metadata (empty for an imported `.pth`).
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// The modular task a model was trained on: its modulus, operation and (when known) its split.
@@ -88,6 +90,7 @@ pub fn load_any(path: &Path) -> Result<Loaded> {
             task: Some(imp.task),
             recorded_train_loss: imp.recorded_train_loss,
             recorded_test_loss: imp.recorded_test_loss,
+            metadata: Default::default(),
         });
     }
     let ck = checkpoint::load(path)?;
@@ -97,5 +100,23 @@ pub fn load_any(path: &Path) -> Result<Loaded> {
         task: ck.task,
         recorded_train_loss: None,
         recorded_test_loss: None,
+        metadata: ck.metadata,
     })
+}
+
+impl Loaded {
+    /// The experiment this checkpoint was trained in, when it records one (toylens checkpoints of a
+    /// training run do: metadata `toylens.experiment`).
+    pub fn experiment(&self) -> Result<Option<crate::config::Experiment>> {
+        self.metadata
+            .get("toylens.experiment")
+            .map(|j| {
+                crate::config::from_json(
+                    j,
+                    &format!("{} (toylens.experiment)", self.path.display()),
+                )
+                .and_then(|c| c.resolve())
+            })
+            .transpose()
+    }
 }

@@ -29,6 +29,120 @@ fn both(dir: &Path, stem: &str, mut draw: impl FnMut(&Path) -> Result<()>) -> Re
     Ok(out)
 }
 
+/// The grokking phases as shaded bands.
+fn phase_bands(phases: Option<&Phases>, x_max: f64) -> Vec<Band<'static>> {
+    let mut bands = Vec::new();
+    if let Some(ph) = phases {
+        let m = ph.memorisation_end as f64;
+        bands.push(Band {
+            from: 0.0,
+            to: m,
+            label: "memorisation",
+            color: plot::BLUE_,
+        });
+        if let Some(c) = ph.cleanup_start {
+            bands.push(Band {
+                from: m,
+                to: c as f64,
+                label: "circuit formation",
+                color: plot::ORANGE_,
+            });
+            let e = ph.cleanup_end.map_or(x_max, |e| e as f64);
+            bands.push(Band {
+                from: c as f64,
+                to: e,
+                label: "cleanup",
+                color: plot::GREEN_,
+            });
+        }
+    }
+    bands
+}
+
+/// λ̂ (mean ± std over chains) at each checkpoint below the run's train and test loss, with the
+/// grokking phases shaded where the run has them: `llc.png` and `llc.svg` in `dir`.
+pub fn llc(
+    steps: &[u64],
+    estimates: &[crate::analysis::llc::LlcEstimate],
+    metrics: &[crate::io::run::MetricRow],
+    phases: Option<&Phases>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let pts = |k: &str| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .filter_map(|r| Some((r.step as f64, r.get(k)?)))
+            .collect()
+    };
+    let (train, test) = (pts("train_loss"), pts("test_loss"));
+    let mean: Vec<(f64, f64)> = steps
+        .iter()
+        .zip(estimates)
+        .map(|(&s, e)| (s as f64, e.llc_mean))
+        .collect();
+    let bars: Vec<(f64, f64, f64)> = steps
+        .iter()
+        .zip(estimates)
+        .map(|(&s, e)| (s as f64, e.llc_mean, e.llc_std))
+        .collect();
+    let lo = bars.iter().map(|b| b.1 - b.2).fold(0.0f64, f64::min);
+    let hi = bars.iter().map(|b| b.1 + b.2).fold(0.0f64, f64::max) * 1.1 + 1e-9;
+    let x_max = steps.last().copied().unwrap_or(1).max(1) as f64;
+    let bands = phase_bands(phases, x_max);
+    let lower = plot::Lower {
+        label: "local learning coefficient",
+        range: (lo * 1.1, hi),
+        error_bars: &bars,
+    };
+    both(dir, "llc", |f| {
+        plot::panels_with_errors(
+            f,
+            "Local learning coefficient over training (mean ± std over chains)",
+            x_max,
+            &[
+                Series {
+                    name: "train loss",
+                    points: &train,
+                    color: plot::BLUE_,
+                },
+                Series {
+                    name: "test loss",
+                    points: &test,
+                    color: plot::ORANGE_,
+                },
+            ],
+            &[Series {
+                name: "λ̂",
+                points: &mean,
+                color: plot::GREEN_,
+            }],
+            &bands,
+            &lower,
+        )
+    })
+}
+
+/// Each chain's minibatch loss over the draws (after burn-in): `{stem}.png` and `.svg` in `dir`.
+pub fn llc_traces(
+    traces: &[(String, Vec<(f64, f64)>)],
+    title: &str,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<PathBuf>> {
+    let series: Vec<Series> = traces
+        .iter()
+        .enumerate()
+        .map(|(i, (n, p))| Series {
+            name: n,
+            points: p,
+            color: plot::PALETTE[i % plot::PALETTE.len()],
+        })
+        .collect();
+    both(dir, stem, |f| {
+        plot::log_y_lines(f, title, "draw", "minibatch loss", &series)
+    })
+}
+
 /// Pictures of one checkpoint into `dir`; returns the files written.
 pub fn checkpoint(
     model: &Transformer,
@@ -179,31 +293,7 @@ pub fn progress(rows: &[ProgressRow], phases: Option<&Phases>, dir: &Path) -> Re
         pts(&|r| r.sum_sq_weights / max_w),
     );
     let x_max = rows.last().map_or(1.0, |r| r.step as f64).max(1.0);
-    let mut bands = Vec::new();
-    if let Some(ph) = phases {
-        let m = ph.memorisation_end as f64;
-        bands.push(Band {
-            from: 0.0,
-            to: m,
-            label: "memorisation",
-            color: plot::BLUE_,
-        });
-        if let Some(c) = ph.cleanup_start {
-            bands.push(Band {
-                from: m,
-                to: c as f64,
-                label: "circuit formation",
-                color: plot::ORANGE_,
-            });
-            let e = ph.cleanup_end.map_or(x_max, |e| e as f64);
-            bands.push(Band {
-                from: c as f64,
-                to: e,
-                label: "cleanup",
-                color: plot::GREEN_,
-            });
-        }
-    }
+    let bands = phase_bands(phases, x_max);
     both(dir, "progress", |f| {
         plot::progress_panels(
             f,

@@ -175,6 +175,14 @@ pub(crate) fn render(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The lower panel of [`progress_panels`]-style figures: its axis and, optionally, error bars
+/// (x, y, ±e).
+pub struct Lower<'a> {
+    pub label: &'a str,
+    pub range: (f64, f64),
+    pub error_bars: &'a [(f64, f64, f64)],
+}
+
 fn draw_bands<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
@@ -182,6 +190,7 @@ fn draw_bands<DB: DrawingBackend>(
     log_series: &[Series],
     lin_series: &[Series],
     bands: &[Band],
+    lower: &Lower,
 ) -> std::result::Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -249,27 +258,33 @@ where
         .label_font(("sans-serif", 13))
         .draw()
         .map_err(|e| e.to_string())?;
-    // Sparsity and weight norm on a linear 0..1 axis.
+    // The lower panel on a linear axis.
+    let (y0, y1) = lower.range;
     let mut c = ChartBuilder::on(&bottom)
         .margin(10)
         .margin_right(30)
         .x_label_area_size(35)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, 0.0..1.0)
+        .build_cartesian_2d(0.0..x_max, y0..y1)
         .map_err(|e| e.to_string())?;
     c.configure_mesh()
         .x_desc("step")
+        .y_desc(lower.label)
         .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| e.to_string())?;
     for b in bands {
         c.draw_series(std::iter::once(Rectangle::new(
-            [(b.from, 0.0), (b.to, 1.0)],
+            [(b.from, y0), (b.to, y1)],
             b.color.mix(0.15).filled(),
         )))
         .map_err(|e| e.to_string())?;
     }
+    c.draw_series(lower.error_bars.iter().map(|&(x, y, e)| {
+        ErrorBar::new_vertical(x, y - e, y, y + e, BLACK.mix(0.7).stroke_width(1), 6)
+    }))
+    .map_err(|e| e.to_string())?;
     for s in lin_series {
         let color = s.color;
         c.draw_series(LineSeries::new(
@@ -298,11 +313,34 @@ pub fn progress_panels(
     lin_series: &[Series],
     bands: &[Band],
 ) -> Result<()> {
+    let lower = Lower {
+        label: "",
+        range: (0.0, 1.0),
+        error_bars: &[],
+    };
     render(
         path,
         (1000, 760),
-        |a| draw_bands(a, title, x_max, log_series, lin_series, bands),
-        |a| draw_bands(a, title, x_max, log_series, lin_series, bands),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands, &lower),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands, &lower),
+    )
+}
+
+/// [`progress_panels`] with a lower panel of its own axis and error bars.
+pub fn panels_with_errors(
+    path: &Path,
+    title: &str,
+    x_max: f64,
+    log_series: &[Series],
+    lin_series: &[Series],
+    bands: &[Band],
+    lower: &Lower,
+) -> Result<()> {
+    render(
+        path,
+        (1000, 760),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands, lower),
+        |a| draw_bands(a, title, x_max, log_series, lin_series, bands, lower),
     )
 }
 
