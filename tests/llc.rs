@@ -300,3 +300,127 @@ fn bad_settings_are_errors_that_name_them() {
         assert!(e.contains(needle), "{needle}: {e}");
     }
 }
+
+fn toylens_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../shared/fixtures/progress-measures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn bad_command_lines_are_clear_errors() {
+    let grokked = fixture("wd_10-1_mod_addition_loss_curve.pth");
+    for (extra, needle) in [
+        (vec!["--lr", "0"], "--lr"),
+        (vec!["--lr", "-0.001"], "--lr"),
+        (vec!["--chains", "0"], "--chains"),
+        (vec!["--draws", "0"], "--draws"),
+        (
+            vec!["--batch-size", "5000"],
+            "larger than the training set (3830",
+        ),
+        (
+            vec!["--nbeta", "hot"],
+            "nβ is `batch`, `dataset` or a number",
+        ),
+    ] {
+        let mut args = vec!["llc", grokked.as_str()];
+        args.extend(extra);
+        let (code, _, err) = toylens_cmd(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = toylens_cmd(&["llc", &fixture("mod_addition_no_wd.pth")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot be rebuilt") && err.contains("split"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_checkpoint_of_a_run_and_every_model_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let r = run.to_str().unwrap();
+    let (code, _, err) = toylens_cmd(&[
+        "train",
+        "grokking-tiny",
+        "train.steps=200",
+        "train.checkpoint_every=100",
+        "train.log_checkpoints=2",
+        "--quiet",
+        "--out",
+        r,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let outputs = ["metrics.csv", "metrics.jsonl", "summary.json"];
+    let before: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+    let small = [
+        "--chains",
+        "2",
+        "--draws",
+        "20",
+        "--burnin",
+        "5",
+        "--batch-size",
+        "64",
+        "--lr",
+        "1e-4",
+    ];
+    let mut args = vec!["llc", r];
+    args.extend(small);
+    let (code, out, err) = toylens_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    let steps = toylens::io::run::checkpoint_steps(&run);
+    let csv = std::fs::read_to_string(run.join("analysis/llc.csv")).unwrap();
+    assert_eq!(csv.lines().count(), steps.len() + 1, "{csv}");
+    assert!(out.contains("λ̂"), "{out}");
+    assert!(run.join("analysis/llc.png").exists());
+    let trace = std::fs::read_to_string(run.join("analysis/llc_trace.csv")).unwrap();
+    assert_eq!(trace.lines().count(), 1 + steps.len() * 2 * 20);
+    for (f, b) in outputs.iter().zip(&before) {
+        assert_eq!(&std::fs::read(run.join(f)).unwrap(), b, "llc changed {f}");
+    }
+    // The report shows it.
+    let (code, _, err) = toylens_cmd(&["report", r]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("fig-llc"));
+
+    // The ToyMLP and superposition (fresh samples: the first training batches) take it too.
+    for (preset, steps) in [
+        ("toy-mlp", "train.steps=50"),
+        ("superposition", "train.steps=50"),
+    ] {
+        let dir = d.path().join(preset);
+        let p = dir.to_str().unwrap();
+        let (code, _, err) = toylens_cmd(&["train", preset, steps, "--quiet", "--out", p]);
+        assert_eq!(code, 0, "{err}");
+        let ck = dir.join("final.safetensors");
+        let mut args = vec!["llc", ck.to_str().unwrap(), "--json"];
+        args.extend(small);
+        let (code, out, err) = toylens_cmd(&args);
+        assert_eq!(code, 0, "{preset}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["llc_mean"].as_f64().unwrap().is_finite(), "{preset}: {v}");
+        assert!(v["n_train"].as_u64().unwrap() >= 64, "{preset}: {v}");
+    }
+}

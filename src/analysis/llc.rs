@@ -347,7 +347,11 @@ fn summarize(
         .flat_map(|t| t.acceptance.iter().copied())
         .filter(|a| a.is_finite())
         .collect();
-    let mean_acceptance = acc.iter().sum::<f64>() / acc.len().max(1) as f64;
+    let mean_acceptance = if acc.is_empty() {
+        f64::NAN
+    } else {
+        acc.iter().sum::<f64>() / acc.len() as f64
+    };
     // With minibatches U itself is noisy (nβ times the batch-to-batch spread of L_m), which lowers
     // the acceptance whatever the step; the warning is for full-batch sampling only.
     if full_batch && !acc.is_empty() && mean_acceptance < 0.5 {

@@ -128,10 +128,10 @@ enum Cmd {
     Llc {
         target: PathBuf,
         /// Step size ε.
-        #[arg(long, default_value_t = 1e-4)]
+        #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
         lr: f64,
         /// Localization γ (the pull towards w*).
-        #[arg(long, default_value_t = 100.0)]
+        #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
         localization: f64,
         /// Inverse temperature nβ: `batch` (m / ln m, devinterp's default), `dataset` (n / ln n)
         /// or a number.

@@ -134,7 +134,38 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
             )))
         }
     };
+    let mut page = page;
+    page.figs.extend(llc_figure(run_dir)?);
     write_page(run_dir, page)
+}
+
+/// λ̂ over training, when `toylens llc RUN` has written `RUN/analysis/llc.csv`.
+fn llc_figure(run_dir: &Path) -> Result<Option<Figure>> {
+    let p = run_dir.join(run::ANALYSIS).join("llc.csv");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let (mut x, mut y, mut e) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |k: usize| -> Result<f64> {
+            f.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::format(&p, format!("line {}: not an llc.csv row", i + 1)))
+        };
+        x.push(num(0)?);
+        y.push(num(1)?);
+        e.push(num(2)?);
+    }
+    let mut trace = line("λ̂ (mean over chains)", &x, &y);
+    trace["mode"] = json!("lines+markers");
+    trace["error_y"] = json!({"type": "data", "array": e, "visible": true});
+    Ok(Some(Figure {
+        id: "llc",
+        title: "Local learning coefficient",
+        caption: "λ̂ at every checkpoint, estimated by SGLD on the training set (toylens llc; error bars: the standard deviation over chains). A rise marks the model taking on structure; devinterp's grokking example shows λ̂ rising during memorisation and falling as the model generalises.".into(),
+        spec: json!({"data": [trace], "layout": layout("step", "λ̂", false)}),
+    }))
 }
 
 /// The figures of a modular-addition transformer run: losses, progress measures with the phases,
