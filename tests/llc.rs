@@ -98,9 +98,13 @@ fn linear_regression_has_half_its_parameter_count() {
         "linear regression: λ̂ {:.3} ± {:.3} (theory {theory}), acceptance {:.2}",
         e.llc_mean, e.llc_std, e.mean_acceptance
     );
-    // The same settings, same bits: chains are seeded by (seed, chain) alone.
-    let again = estimate(&model, &data, &settings()).unwrap();
-    assert_eq!(again.llc_per_chain, e.llc_per_chain);
+    // The same settings, same bits, on one thread or two: chains are seeded by (seed, chain) alone.
+    for threads in [1, 2] {
+        let again = toylens::engine::threads::with_threads(threads, || {
+            estimate(&model, &data, &settings()).unwrap()
+        });
+        assert_eq!(again.llc_per_chain, e.llc_per_chain, "{threads} threads");
+    }
 }
 
 /// y = a·x + b²·x²: parameters `[a, b]`, loss the mean of ½(y − ŷ)².

@@ -223,6 +223,7 @@ fn run_chain(
     let n = w_star.len();
     let mut grads = vec![0.0f32; n];
     let mut dws = vec![0.0f32; n];
+    let mut noise = vec![0.0f32; n];
     let (lr, gamma, nb) = (cfg.lr as f32, cfg.localization as f32, nbeta as f32);
     let sqrt_lr = (cfg.lr as f32).sqrt();
     let (mut losses, mut distances, mut acceptance) = (Vec::new(), Vec::new(), Vec::new());
@@ -237,13 +238,13 @@ fn run_chain(
         let w = m.params_mut();
         let mut dist2 = 0.0f64;
         for r in &trainable {
+            rng.fill_normal_f32(&mut noise[r.clone()]);
             for j in r.clone() {
                 let delta = w[j] - w_star[j];
                 dist2 += f64::from(delta) * f64::from(delta);
                 let d_p = nb * grads[j] + gamma * delta;
                 dws[j] = d_p;
-                let noise = rng.normal() as f32;
-                w[j] += -0.5 * lr * d_p + sqrt_lr * noise;
+                w[j] += -0.5 * lr * d_p + sqrt_lr * noise[j];
             }
         }
         if !loss.is_finite() {
@@ -378,6 +379,8 @@ pub fn estimate_many(
     cfg: &LlcConfig,
 ) -> Result<Vec<LlcEstimate>> {
     cfg.validate(data.len())?;
+    crate::engine::threads::init(0);
+    crate::engine::threads::flush_subnormals();
     let nbeta = cfg.nbeta_value(data.len());
     let jobs: Vec<(usize, usize)> = (0..models.len())
         .flat_map(|k| (0..cfg.chains).map(move |c| (k, c)))
