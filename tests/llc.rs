@@ -40,14 +40,13 @@ fn least_squares(b: &Batch) -> Vec<f32> {
     }
     for c in 0..d {
         let piv = a[c][c];
-        for j in c..=d {
-            a[c][j] /= piv;
-        }
-        for r in 0..d {
+        a[c][c..].iter_mut().for_each(|v| *v /= piv);
+        let pivot_row = a[c].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != c {
-                let f = a[r][c];
-                for j in c..=d {
-                    a[r][j] -= f * a[c][j];
+                let f = row[c];
+                for (x, p) in row[c..].iter_mut().zip(&pivot_row[c..]) {
+                    *x -= f * p;
                 }
             }
         }

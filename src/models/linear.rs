@@ -155,18 +155,7 @@ fn stats(loss: f64) -> LossStats {
 }
 
 impl Model for Linear {
-    fn arch(&self) -> &'static str {
-        "linear"
-    }
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).expect("config json")
-    }
-    fn params(&self) -> &[f32] {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut [f32] {
-        &mut self.params
-    }
+    crate::model_basics!("linear");
     fn tensors(&self) -> Vec<TensorSpec> {
         let (ni, no) = (self.cfg.n_in, self.cfg.n_out);
         let mut t = vec![TensorSpec {
@@ -242,11 +231,5 @@ impl Model for Linear {
         let out = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[b, self.cfg.n_out]), out)
             .expect("output shape");
         Ok((out, cache))
-    }
-    fn clone_box(&self) -> Box<dyn Model> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }

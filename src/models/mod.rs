@@ -227,6 +227,54 @@ pub fn kind(arch: &str) -> Result<&'static Kind> {
     })
 }
 
+/// The parts of `impl Model` every kind writes the same way, for a type with `cfg` (its config,
+/// serialisable) and `params` (the flat buffer) fields and `Clone`: its name, config, parameters,
+/// cloning and downcasting. Use inside `impl Model for T { model_basics!("name"); ... }`.
+#[macro_export]
+macro_rules! model_basics {
+    ($arch:literal) => {
+        fn arch(&self) -> &'static str {
+            $arch
+        }
+        fn config_json(&self) -> serde_json::Value {
+            serde_json::to_value(&self.cfg).expect("config json")
+        }
+        fn params(&self) -> &[f32] {
+            &self.params
+        }
+        fn params_mut(&mut self) -> &mut [f32] {
+            &mut self.params
+        }
+        fn clone_box(&self) -> Box<dyn $crate::models::Model> {
+            Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+
+/// Tensor specs from (name, shape, range) triples, every tensor trained.
+pub fn trained_tensors(specs: Vec<(&'static str, Vec<usize>, Range<usize>)>) -> Vec<TensorSpec> {
+    specs
+        .into_iter()
+        .map(|(name, shape, range)| TensorSpec {
+            name: name.to_string(),
+            shape,
+            range,
+            trainable: true,
+        })
+        .collect()
+}
+
+/// The token batch inside `batch`, or an error naming the model kind.
+pub fn token_batch<'a>(batch: &'a Batch, arch: &str) -> Result<&'a crate::batch::TokenBatch> {
+    match batch {
+        Batch::Tokens(b) => Ok(b),
+        Batch::Dense(_) => Err(batch_mismatch(arch, "token batches")),
+    }
+}
+
 /// Parse a model's recorded config, naming the kind in the error.
 pub fn parse_config<C: serde::de::DeserializeOwned>(
     arch: &str,

@@ -347,28 +347,9 @@ impl Superposition {
 }
 
 impl Model for Superposition {
-    fn arch(&self) -> &'static str {
-        "superposition"
-    }
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).expect("config json")
-    }
-    fn params(&self) -> &[f32] {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut [f32] {
-        &mut self.params
-    }
+    crate::model_basics!("superposition");
     fn tensors(&self) -> Vec<TensorSpec> {
-        self.specs()
-            .into_iter()
-            .map(|(name, shape, range)| TensorSpec {
-                name: name.to_string(),
-                shape,
-                range,
-                trainable: true,
-            })
-            .collect()
+        crate::models::trained_tensors(self.specs())
     }
     fn hook_names(&self) -> Vec<String> {
         HOOKS.iter().map(|s| s.to_string()).collect()
@@ -447,11 +428,5 @@ impl Model for Superposition {
         let out = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[b, ni, nf]), out)
             .expect("output shape");
         Ok((out, cache))
-    }
-    fn clone_box(&self) -> Box<dyn Model> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }

@@ -521,36 +521,10 @@ pub const KIND: Kind = Kind {
     zeros: load_kind,
 };
 
-fn token_batch(batch: &Batch) -> Result<&TokenBatch> {
-    match batch {
-        Batch::Tokens(b) => Ok(b),
-        Batch::Dense(_) => Err(batch_mismatch("toy_mlp", "token batches of (a, b)")),
-    }
-}
-
 impl Model for ToyMlp {
-    fn arch(&self) -> &'static str {
-        "toy_mlp"
-    }
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).expect("config json")
-    }
-    fn params(&self) -> &[f32] {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut [f32] {
-        &mut self.params
-    }
+    crate::model_basics!("toy_mlp");
     fn tensors(&self) -> Vec<TensorSpec> {
-        self.specs()
-            .into_iter()
-            .map(|(name, shape, range)| TensorSpec {
-                name: name.to_string(),
-                shape,
-                range,
-                trainable: true,
-            })
-            .collect()
+        crate::models::trained_tensors(self.specs())
     }
     fn hook_names(&self) -> Vec<String> {
         HOOKS.iter().map(|s| s.to_string()).collect()
@@ -564,7 +538,7 @@ impl Model for ToyMlp {
     }
     fn evaluate(&self, scratch: &mut Scratch, batch: &Batch) -> Result<LossStats> {
         let ws = scratch.get::<ToyMlpWorkspace>();
-        self.take_batch(ws, token_batch(batch)?)?;
+        self.take_batch(ws, crate::models::token_batch(batch, "toy_mlp")?)?;
         let pairs = std::mem::take(&mut ws.pairs);
         self.forward_impl(ws, &pairs, None);
         ws.pairs = pairs;
@@ -577,7 +551,7 @@ impl Model for ToyMlp {
         grads: &mut [f32],
     ) -> Result<LossStats> {
         let ws = scratch.get::<ToyMlpWorkspace>();
-        self.take_batch(ws, token_batch(batch)?)?;
+        self.take_batch(ws, crate::models::token_batch(batch, "toy_mlp")?)?;
         let pairs = std::mem::take(&mut ws.pairs);
         let r = self.loss_and_grad_set(ws, &pairs, grads);
         ws.pairs = pairs;
@@ -601,12 +575,6 @@ impl Model for ToyMlp {
         let pairs: Vec<Pair> = t.rows().into_iter().map(|r| (r[0], r[1])).collect();
         let (l, c) = ToyMlp::run(self, &pairs, hooks, filter.as_ref())?;
         Ok((l.into_dyn(), c))
-    }
-    fn clone_box(&self) -> Box<dyn Model> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

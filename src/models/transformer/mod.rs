@@ -393,26 +393,8 @@ pub const KIND: Kind = Kind {
     zeros: load_kind,
 };
 
-fn token_batch(batch: &Batch) -> Result<&TokenBatch> {
-    match batch {
-        Batch::Tokens(b) => Ok(b),
-        Batch::Dense(_) => Err(batch_mismatch("transformer", "token batches")),
-    }
-}
-
 impl Model for Transformer {
-    fn arch(&self) -> &'static str {
-        "transformer"
-    }
-    fn config_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).expect("config json")
-    }
-    fn params(&self) -> &[f32] {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut [f32] {
-        &mut self.params
-    }
+    crate::model_basics!("transformer");
     fn tensors(&self) -> Vec<TensorSpec> {
         self.layout
             .specs
@@ -460,7 +442,11 @@ impl Model for Transformer {
         })
     }
     fn evaluate(&self, scratch: &mut Scratch, batch: &Batch) -> Result<LossStats> {
-        Transformer::evaluate(self, scratch.get::<Workspace>(), token_batch(batch)?)
+        Transformer::evaluate(
+            self,
+            scratch.get::<Workspace>(),
+            crate::models::token_batch(batch, "transformer")?,
+        )
     }
     fn loss_and_grad(
         &self,
@@ -468,7 +454,12 @@ impl Model for Transformer {
         batch: &Batch,
         grads: &mut [f32],
     ) -> Result<LossStats> {
-        Transformer::loss_and_grad(self, scratch.get::<Workspace>(), token_batch(batch)?, grads)
+        Transformer::loss_and_grad(
+            self,
+            scratch.get::<Workspace>(),
+            crate::models::token_batch(batch, "transformer")?,
+            grads,
+        )
     }
     fn run(
         &self,
@@ -481,11 +472,5 @@ impl Model for Transformer {
         };
         let (logits, cache) = Transformer::run(self, tokens, hooks, filter)?;
         Ok((logits.into_dyn(), cache))
-    }
-    fn clone_box(&self) -> Box<dyn Model> {
-        Box::new(self.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
