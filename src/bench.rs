@@ -164,6 +164,7 @@ impl W2 {
 
     fn train_steps_here(&mut self, steps: usize) -> Result<StepTimes> {
         let mut ws = crate::models::toy_mlp::ToyMlpWorkspace::default();
+        let targets: Vec<u32> = self.pairs.iter().map(|&(a, b)| (a + b) % 113).collect();
         let n = self.model.params.len();
         let mut grads = vec![0.0f32; n];
         let mut opt = AdamW::new(self.optim, n);
@@ -176,7 +177,7 @@ impl W2 {
             let t0 = Instant::now();
             let s = self
                 .model
-                .loss_and_grad(&mut ws, &self.pairs, Op::Add, &mut grads)?;
+                .loss_and_grad(&mut ws, &self.pairs, &targets, &mut grads)?;
             opt.update(&mut self.model.params, &grads, &trainable, self.optim.lr);
             out.step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             out.losses.push(s.loss);

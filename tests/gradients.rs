@@ -472,7 +472,6 @@ fn fast_path_logits_equal_full_forward() {
 #[test]
 fn toy_mlp_backward_matches_finite_differences() {
     use toylens::models::toy_mlp::{ToyMlp, ToyMlpConfig, ToyMlpWorkspace};
-    use toylens::tasks::modular::Op;
     let cfg = ToyMlpConfig {
         p: 11,
         d_embed: 6,
@@ -484,7 +483,8 @@ fn toy_mlp_backward_matches_finite_differences() {
     let pairs = vec![(3, 3), (1, 7), (10, 0), (3, 5), (6, 9)];
     let mut ws = ToyMlpWorkspace::default();
     let mut grads = vec![0.0; m.params.len()];
-    m.loss_and_grad(&mut ws, &pairs, Op::Add, &mut grads)
+    let targets: Vec<u32> = pairs.iter().map(|&(a, b)| (a + b) % cfg.p as u32).collect();
+    m.loss_and_grad(&mut ws, &pairs, &targets, &mut grads)
         .unwrap();
     let mut params = m.params.clone();
     let n = params.len();
@@ -496,7 +496,7 @@ fn toy_mlp_backward_matches_finite_differences() {
         1e-2,
         |p| {
             let m = ToyMlp::from_params(cfg.clone(), p.to_vec()).unwrap();
-            m.evaluate(&mut ToyMlpWorkspace::default(), &pairs, Op::Add)
+            m.evaluate(&mut ToyMlpWorkspace::default(), &pairs, &targets)
                 .unwrap()
                 .loss
         },

@@ -15,7 +15,8 @@ use crate::engine::simd::{column_sums_add, vectorized};
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
 use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
-use crate::tasks::modular::{Op, Pair};
+/// An input pair `(a, b)`.
+pub type Pair = (u32, u32);
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -346,12 +347,22 @@ impl ToyMlp {
         }
     }
 
-    fn set_targets(&self, ws: &mut ToyMlpWorkspace, pairs: &[Pair], op: Op) {
-        let p = self.cfg.p as u64;
-        let t = buf(&mut ws.targets, pairs.len());
-        for (t, &(a, b)) in t.iter_mut().zip(pairs) {
-            *t = op.apply(a as u64, b as u64, p) as u32;
+    fn set_targets(&self, ws: &mut ToyMlpWorkspace, pairs: &[Pair], targets: &[u32]) -> Result<()> {
+        if targets.len() != pairs.len() {
+            return Err(Error::Input(format!(
+                "{} targets for {} inputs",
+                targets.len(),
+                pairs.len()
+            )));
         }
+        if let Some(&c) = targets.iter().find(|&&c| c as usize >= self.cfg.p) {
+            return Err(Error::Input(format!(
+                "target {c} is outside the ToyMLP's {} outputs",
+                self.cfg.p
+            )));
+        }
+        buf(&mut ws.targets, pairs.len()).copy_from_slice(targets);
+        Ok(())
     }
 
     /// The pairs and targets of a token batch (tokens `[batch, 2]` or `[batch, 3]`, the modular task's
@@ -381,25 +392,30 @@ impl ToyMlp {
         self.check(&ws.pairs)
     }
 
-    /// Mean cross-entropy and accuracy of `(a op b) mod p` on `pairs`.
-    pub fn evaluate(&self, ws: &mut ToyMlpWorkspace, pairs: &[Pair], op: Op) -> Result<LossStats> {
+    /// Mean cross-entropy and accuracy on `pairs` against `targets` (one class each).
+    pub fn evaluate(
+        &self,
+        ws: &mut ToyMlpWorkspace,
+        pairs: &[Pair],
+        targets: &[u32],
+    ) -> Result<LossStats> {
         self.check(pairs)?;
-        self.set_targets(ws, pairs, op);
+        self.set_targets(ws, pairs, targets)?;
         self.forward_impl(ws, pairs, None);
         Ok(self.stats(ws, pairs.len(), false))
     }
 
-    /// Loss on `pairs` (targets `(a op b) mod p`) and its gradient with respect to every parameter
-    /// (flat, overwritten).
+    /// Loss on `pairs` against `targets` and its gradient with respect to every parameter (flat,
+    /// overwritten).
     pub fn loss_and_grad(
         &self,
         ws: &mut ToyMlpWorkspace,
         pairs: &[Pair],
-        op: Op,
+        targets: &[u32],
         grads: &mut [f32],
     ) -> Result<LossStats> {
         self.check(pairs)?;
-        self.set_targets(ws, pairs, op);
+        self.set_targets(ws, pairs, targets)?;
         self.loss_and_grad_set(ws, pairs, grads)
     }
 

@@ -2,12 +2,11 @@
 //! (digits: each digit's test loss) and `superposition` (from `final.safetensors`).
 
 use super::plot::{self, Series};
-use crate::config::{DataConfig, Experiment};
+use crate::config::{Experiment, TaskSpec};
 use crate::error::Result;
 use crate::io::checkpoint;
 use crate::io::run::{self, MetricRow};
 use crate::models::superposition::Superposition;
-use crate::tasks::modular::Op;
 use std::path::{Path, PathBuf};
 
 /// The run's pictures from its metrics: `loss` (train and test), `digit_loss` (digits: each digit's
@@ -21,26 +20,22 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
             .collect()
     };
     let (train_pts, test_pts) = (pts("train_loss"), pts("test_loss"));
-    let title = match &exp.config.data {
-        DataConfig::Modular(d) => format!(
+    let title = match &exp.task {
+        TaskSpec::Modular(d) => format!(
             "(a {} b) mod {}, {:.0}% of pairs in train: loss",
-            match d.op {
-                Op::Add => "+",
-                Op::Sub => "-",
-                Op::Mul => "*",
-            },
+            d.op.symbol(),
             d.p,
             100.0 * d.frac_train
         ),
-        DataConfig::Digits(d) => format!(
+        TaskSpec::Digits(d) => format!(
             "{}-digit addition{}: loss",
             d.n_digits,
             if d.reverse_sum { ", sum reversed" } else { "" }
         ),
-        DataConfig::Superposition(_) => {
+        TaskSpec::Superposition { .. } => {
             "superposition: importance-weighted squared error, summed over instances".into()
         }
-        DataConfig::Regression(d) => format!(
+        TaskSpec::Regression(d) => format!(
             "linear regression, {} inputs, {} outputs: ½‖y − ŷ‖²",
             d.n_in, d.n_out
         ),
@@ -65,7 +60,7 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
         ],
     )?;
     out.push(path);
-    if let DataConfig::Digits(d) = &exp.config.data {
+    if let TaskSpec::Digits(d) = &exp.task {
         let digits = run::digit_transitions(rows, run::DIGIT_TRANSITION_LOSS);
         let names: Vec<String> = digits.iter().map(|(k, _)| format!("10^{k}")).collect();
         let lines: Vec<Vec<(f64, f64)>> = digits
@@ -96,7 +91,7 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
         )?;
         out.push(path);
     }
-    if let DataConfig::Superposition(_) = &exp.config.data {
+    if let TaskSpec::Superposition { .. } = &exp.task {
         let final_path = dir.join(run::FINAL);
         if final_path.exists() {
             let ck = checkpoint::load(&final_path)?;
