@@ -702,7 +702,7 @@ impl Experiment {
 
     /// What a run of this experiment will allocate, roughly and from above: parameters, gradients
     /// and AdamW's two moments, and the activations of the largest batch it evaluates or trains on.
-    /// (part, bytes, the keys that set it).
+    /// (part, bytes, the key that sets most of it).
     pub fn memory_estimate(&self) -> Vec<(String, f64, String)> {
         let f = 4.0; // bytes per f32
         let bs = self.schedule.batch_size;
@@ -722,13 +722,20 @@ impl Experiment {
                     c.n_ctx as f64,
                 );
                 let dm = if c.has_mlp() { c.d_mlp() as f64 } else { 0.0 };
-                let per_layer = 8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm;
-                let per_row = per_layer * c.n_layers as f64 + 2.0 * c.d_vocab_out() as f64;
+                // Attention works at every position; the last block's MLP and the unembedding on the
+                // fast path only where loss is taken, but hooked runs and evaluation may ask for all.
+                let per_row = (8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm) * c.n_layers as f64
+                    + 2.0 * c.d_vocab_out() as f64;
+                let mlp_heavy = 2.0 * d * dm > n / 2.0;
                 (
                     n,
                     examples * ctx,
                     per_row,
-                    "model.d_model, model.d_mlp, model.n_heads, model.d_head, model.n_layers",
+                    if mlp_heavy {
+                        "model.d_mlp"
+                    } else {
+                        "model.d_model"
+                    },
                 )
             }
             (ModelSpec::ToyMlp(c), TaskSpec::Modular(t)) => {
@@ -741,19 +748,23 @@ impl Experiment {
                     (n),
                     (t.p * t.p) as f64,
                     (4 * c.d_embed + 4 * c.d_hidden + 2 * c.p) as f64,
-                    "model.d_embed, model.d_hidden, data.p",
+                    "model.d_hidden",
                 )
             }
             (ModelSpec::Superposition(c), TaskSpec::Superposition { n_eval }) => {
                 let w = (c.n_instances * c.n_features) as f64;
-                (w * (c.n_hidden + 1) as f64, bs.unwrap_or(1).max(*n_eval) as f64, 2.0 * w,
-                    "data.n_instances, data.n_features, model.n_hidden, train.batch_size, data.n_eval")
+                (
+                    w * (c.n_hidden + 1) as f64,
+                    bs.unwrap_or(1).max(*n_eval) as f64,
+                    2.0 * w,
+                    "train.batch_size",
+                )
             }
             (ModelSpec::Linear(c), TaskSpec::Regression(t)) => (
                 (c.n_out * (c.n_in + 1)) as f64,
                 t.n_train.max(t.n_test) as f64,
                 2.0 * (c.n_in + c.n_out) as f64,
-                "data.n_in, data.n_out, data.n_train, data.n_test",
+                "data.n_train",
             ),
             _ => (0.0, 0.0, 0.0, ""),
         };
@@ -789,7 +800,7 @@ impl Experiment {
         Err(Error::config(
             parts[0].2.clone(),
             format!(
-                "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller",
+                "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller (this key sets most of it)",
                 gb(total),
                 detail.join(", "),
                 gb(avail as f64)
