@@ -448,3 +448,149 @@ pub fn llc_calibrate(
         files,
     })
 }
+
+/// `toylens prune`: a mask from a checkpoint's weights, written to `out`; its live counts.
+#[allow(clippy::too_many_arguments)]
+pub fn prune(
+    path: &Path,
+    sparsity: f64,
+    scope: crate::models::mask::PruneScope,
+    method: crate::models::mask::PruneMethod,
+    tensors: &[String],
+    seed: u64,
+    out: &Path,
+) -> Result<Vec<crate::models::mask::LiveCount>> {
+    let l = load_any(path)?;
+    let mask =
+        crate::models::mask::prune(l.model.as_ref(), sparsity, scope, method, tensors, seed)?;
+    checkpoint::save_mask(out, l.model.as_ref(), &mask)?;
+    Ok(mask.counts(&l.model.tensors()))
+}
+
+/// Where a ticket comes from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TicketSpec {
+    pub run: PathBuf,
+    /// The checkpoint step the mask is taken from (None: `final.safetensors`).
+    pub from: Option<u64>,
+    pub sparsity: f64,
+    pub rewind: u64,
+    pub rounds: usize,
+    pub scope: String,
+    pub method: String,
+    pub seed: u64,
+    pub overrides: Vec<String>,
+}
+
+fn step_checkpoint(run_dir: &Path, step: u64, what: &str) -> Result<PathBuf> {
+    let steps = run::checkpoint_steps(run_dir);
+    if steps.contains(&step) {
+        return Ok(run::checkpoint_path(run_dir, step));
+    }
+    let list: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    Err(Error::Input(format!(
+        "{what} {step}: {} has no checkpoint of that step; it has {}",
+        run_dir.display(),
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    )))
+}
+
+/// `toylens ticket`: the mask from the run's checkpoint at `from`, the weights rewound to its step
+/// `rewind`, trained with the run's config and `overrides`. With `rounds` R > 1, iterative
+/// magnitude pruning: R times prune 1 − (1 − S)^(1/R) of what survives, rewind and train; the last
+/// training is the ticket. Every run is an ordinary run directory; `out/ticket.json` says where
+/// the mask came from.
+pub fn ticket(
+    spec: &TicketSpec,
+    out: &Path,
+    progress: crate::train::Progress,
+) -> Result<crate::train::Summary> {
+    use crate::models::mask::{PruneMethod, PruneScope};
+    let scope = match spec.scope.as_str() {
+        "global" => PruneScope::Global,
+        "layer" => PruneScope::Layer,
+        s => return Err(Error::Input(format!("--scope: `{s}` is global or layer"))),
+    };
+    let method = match spec.method.as_str() {
+        "magnitude" => PruneMethod::Magnitude,
+        "random" => PruneMethod::Random,
+        m => {
+            return Err(Error::Input(format!(
+                "--method: `{m}` is magnitude or random"
+            )))
+        }
+    };
+    if spec.rounds == 0 {
+        return Err(Error::Input("--rounds must be at least 1".into()));
+    }
+    if spec.rounds > 1 && method == PruneMethod::Random {
+        return Err(Error::Input(
+            "--rounds: iterative pruning is by magnitude (a random mask needs one round)".into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&spec.sparsity) {
+        return Err(Error::Input(format!(
+            "--sparsity is the fraction removed, in [0, 1) (got {})",
+            spec.sparsity
+        )));
+    }
+    let run_dir = &spec.run;
+    let base = run::run_config(run_dir)?;
+    let from = match spec.from {
+        Some(s) => step_checkpoint(run_dir, s, "--from")?,
+        None => {
+            let f = run_dir.join(run::FINAL);
+            if !f.exists() {
+                return Err(Error::Input(format!(
+                    "--from final: {} has no {} (the run did not finish)",
+                    run_dir.display(),
+                    run::FINAL
+                )));
+            }
+            f
+        }
+    };
+    let rewind = step_checkpoint(run_dir, spec.rewind, "--rewind")?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut source = from;
+    let mut summary = None;
+    for r in 1..=spec.rounds {
+        let target = 1.0 - (1.0 - spec.sparsity).powf(r as f64 / spec.rounds as f64);
+        let l = load_any(&source)?;
+        let mask =
+            crate::models::mask::prune(l.model.as_ref(), target, scope, method, &[], spec.seed)?;
+        let dir = if r == spec.rounds {
+            out.to_path_buf()
+        } else {
+            out.join("rounds").join(format!("round_{r}"))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mask_path = dir.join("mask.safetensors");
+        checkpoint::save_mask(&mask_path, l.model.as_ref(), &mask)?;
+        let mut overrides = spec.overrides.clone();
+        overrides.push(format!("train.mask={}", mask_path.display()));
+        overrides.push(format!("train.init_from={}", rewind.display()));
+        let cfg = crate::config::apply_overrides(&base, &overrides)?;
+        // A ticket killed part-way continues where it was: the same mask, the same bits.
+        let mode = if dir.join(run::CONFIG).exists() {
+            crate::train::RunMode::Resume
+        } else {
+            crate::train::RunMode::New
+        };
+        let s = crate::train::train(&cfg, &dir, mode, progress)?;
+        crate::report::pictures::run_pictures(&dir, false)?;
+        source = dir.join(run::FINAL);
+        summary = Some(s);
+    }
+    write_atomic(
+        &out.join("ticket.json"),
+        serde_json::to_string_pretty(spec)
+            .expect("ticket json")
+            .as_bytes(),
+    )?;
+    Ok(summary.expect("at least one round"))
+}

@@ -246,6 +246,14 @@ pub struct TrainConfig {
     pub log_checkpoints: u32,
     /// Stop at the first evaluation whose test loss is below this; null never stops early.
     pub early_stop_test_loss: Option<f64>,
+    /// A pruning mask (safetensors of 0/1 tensors by parameter name; `toylens prune` writes one):
+    /// masked weights are zero from the start and stay exactly zero. Null trains every weight.
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// Start from this checkpoint's weights instead of the seed's initialisation (a ticket's
+    /// rewind point); its model config must be this run's. The optimizer starts fresh.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 impl ExperimentConfig {
@@ -486,6 +494,8 @@ impl ExperimentConfig {
                 checkpoint_every: t.checkpoint_every,
                 log_checkpoints: t.log_checkpoints,
                 early_stop_test_loss: t.early_stop_test_loss,
+                mask: t.mask.as_ref().map(std::path::PathBuf::from),
+                init_from: t.init_from.as_ref().map(std::path::PathBuf::from),
                 lr: self.optim.lr,
                 warmup_steps: self.optim.warmup_steps,
             },
@@ -630,6 +640,10 @@ pub struct Schedule {
     pub early_stop_test_loss: Option<f64>,
     pub lr: f64,
     pub warmup_steps: u64,
+    /// The pruning mask's file, if any.
+    pub mask: Option<std::path::PathBuf>,
+    /// The checkpoint whose weights the run starts from, if not the seed's initialisation.
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Schedule {

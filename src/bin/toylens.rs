@@ -169,6 +169,56 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A pruning mask from a checkpoint's weights: remove the fraction S (in [0, 1)) of the chosen
+    /// tensors' entries, by magnitude (the smallest |w|; equal ones in parameter order) or at random
+    /// with the same per-tensor counts. Default tensors: every matrix but the positional embedding
+    /// (embedding, attention, MLP, unembedding); biases and LayerNorm stay.
+    Prune {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        sparsity: f64,
+        /// `global` (one threshold over all chosen tensors) or `layer` (S of each).
+        #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
+        scope: String,
+        /// Comma-separated parameter names (default: the matrices above).
+        #[arg(long, value_delimiter = ',')]
+        tensors: Vec<String>,
+        #[arg(long, default_value = "magnitude", value_parser = ["magnitude", "random"])]
+        method: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The mask file to write (safetensors of 0/1 by parameter name).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A lottery ticket from a run: the mask from its checkpoint at --from (a step or `final`),
+    /// the weights rewound to step --rewind (default 0, the initialisation), trained with the run's
+    /// config plus overrides (for example optim.weight_decay=0). --rounds R: iterative magnitude
+    /// pruning.
+    Ticket {
+        run_dir: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        sparsity: f64,
+        #[arg(long, default_value_t = 0)]
+        rewind: u64,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
+        scope: String,
+        #[arg(long, default_value = "magnitude", value_parser = ["magnitude", "random"])]
+        method: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The ticket's run directory (default: RUN_DIR-ticket-<from>-s<S>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+        /// Overrides of the run's config, `key=value`.
+        overrides: Vec<String>,
+    },
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch; W2: a
@@ -748,6 +798,89 @@ fn run(cmd: Cmd) -> Result<()> {
                     }
                 }
             }
+        }
+        Cmd::Prune {
+            checkpoint,
+            sparsity,
+            scope,
+            tensors,
+            method,
+            seed,
+            out,
+        } => {
+            use toylens::models::mask::{PruneMethod, PruneScope};
+            let scope = if scope == "layer" {
+                PruneScope::Layer
+            } else {
+                PruneScope::Global
+            };
+            let method = if method == "random" {
+                PruneMethod::Random
+            } else {
+                PruneMethod::Magnitude
+            };
+            let counts =
+                commands::prune(&checkpoint, sparsity, scope, method, &tensors, seed, &out)?;
+            println!("wrote {}", out.display());
+            for c in counts {
+                println!(
+                    "  {:32} {:>9} of {:>9} live ({:.1}%)",
+                    c.tensor,
+                    c.live,
+                    c.total,
+                    100.0 * c.live as f64 / c.total.max(1) as f64
+                );
+            }
+        }
+        Cmd::Ticket {
+            run_dir,
+            from,
+            sparsity,
+            rewind,
+            rounds,
+            scope,
+            method,
+            seed,
+            out,
+            quiet,
+            overrides,
+        } => {
+            let from_step = if from == "final" {
+                None
+            } else {
+                Some(from.parse::<u64>().map_err(|_| {
+                    anyhow::anyhow!("--from: `{from}` is a checkpoint step or `final`")
+                })?)
+            };
+            let out = out.unwrap_or_else(|| {
+                let name = run_dir.file_name().unwrap_or_default().to_string_lossy();
+                run_dir.with_file_name(format!("{name}-ticket-{from}-s{sparsity}"))
+            });
+            let spec = commands::TicketSpec {
+                run: run_dir,
+                from: from_step,
+                sparsity,
+                rewind,
+                rounds,
+                scope,
+                method,
+                seed,
+                overrides,
+            };
+            let progress = if quiet {
+                toylens::train::Progress::Quiet
+            } else {
+                toylens::train::Progress::Auto
+            };
+            let s = commands::ticket(&spec, &out, progress)?;
+            println!(
+                "{}: {} steps, test loss {:.3e}, test acc {}; grok step {}",
+                out.display(),
+                s.steps,
+                s.final_test_loss,
+                s.final_test_acc.map_or("-".into(), |a| format!("{a:.4}")),
+                s.grok_step.map_or("none".into(), |g| g.to_string())
+            );
         }
         Cmd::Hooks { checkpoint } => {
             let l = toylens::io::load_any(&checkpoint)?;

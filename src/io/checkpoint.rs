@@ -356,3 +356,30 @@ pub fn metadata(path: &Path) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }
+
+/// Write a pruning mask: every tensor of `model` as 0/1 (F32) in its shape.
+pub fn save_mask(path: &Path, model: &dyn Model, mask: &crate::models::mask::Mask) -> Result<()> {
+    let tensors = mask
+        .to_arrays(model)
+        .into_iter()
+        .map(|(name, shape, v)| RawTensor {
+            name,
+            dtype: "F32",
+            shape,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
+        .collect();
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("toylens.mask_of".to_string(), model.arch().to_string());
+    write_atomic(path, &serialize(tensors, &meta))
+}
+
+/// A pruning mask for `model` from a safetensors file of 0/1 tensors by parameter name, and the
+/// file's CRC-32C (what checkpoints record).
+pub fn load_mask(path: &Path, model: &dyn Model) -> Result<(crate::models::mask::Mask, String)> {
+    let bytes = read(path)?;
+    let (arrays, _) = read_arrays(path)?;
+    let mask = crate::models::mask::Mask::from_arrays(model, &arrays)
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    Ok((mask, format!("{:08x}", crc32c::crc32c(&bytes))))
+}

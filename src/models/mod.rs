@@ -8,6 +8,7 @@
 //! `impl Model`), its section in `config.rs`, and one line in [`KINDS`] (see docs/ARCHITECTURE.md).
 
 pub mod linear;
+pub mod mask;
 pub mod superposition;
 pub mod toy_mlp;
 pub mod transformer;

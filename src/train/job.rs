@@ -5,10 +5,15 @@ use crate::batch::LossStats;
 use crate::config::Experiment;
 use crate::error::{Error, Result};
 use crate::io::checkpoint;
+use crate::models::mask::{LiveCount, Mask};
 use crate::models::{Model, Scratch};
 use crate::tasks::{TaskData, TaskInfo};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Checkpoint metadata: the mask's file and its CRC-32C.
+pub const META_MASK: &str = "toylens.mask";
+pub const META_MASK_CRC: &str = "toylens.mask_crc32c";
 
 pub struct Job {
     pub model: Box<dyn Model>,
@@ -19,18 +24,61 @@ pub struct Job {
     /// Statistics of the last update's batch.
     last: Option<LossStats>,
     info: TaskInfo,
+    /// The pruning mask and its file's CRC-32C, when training a sparse model.
+    pub mask: Option<(Mask, String)>,
 }
 
 impl Job {
     pub fn new(exp: &Experiment) -> Result<Self> {
+        let mut model = exp.build_model()?;
+        if let Some(p) = &exp.schedule.init_from {
+            let ck =
+                checkpoint::load(p).map_err(|e| Error::config("train.init_from", e.to_string()))?;
+            if ck.model.arch() != model.arch() || ck.model.config_json() != model.config_json() {
+                return Err(Error::config(
+                    "train.init_from",
+                    format!("{}: its model config differs from this run's", p.display()),
+                ));
+            }
+            model = ck.model;
+        }
+        let mask = match &exp.schedule.mask {
+            Some(p) => {
+                let (m, hash) = checkpoint::load_mask(p, model.as_ref())
+                    .map_err(|e| Error::config("train.mask", e.to_string()))?;
+                m.apply(model.params_mut());
+                Some((m, hash))
+            }
+            None => None,
+        };
         Ok(Job {
-            model: exp.build_model()?,
+            model,
             data: exp.data(),
             scratch: Scratch::new(),
             scratch_eval: Scratch::new(),
             last: None,
             info: exp.task.info(),
+            mask,
         })
+    }
+
+    /// Live and total entries per tensor (all live without a mask).
+    pub fn live_counts(&self) -> Vec<LiveCount> {
+        let n = self.model.n_params();
+        let full = Mask::full(n);
+        let m = self.mask.as_ref().map_or(&full, |(m, _)| m);
+        m.counts(&self.model.tensors())
+    }
+
+    /// What checkpoints record about the mask.
+    pub fn mask_metadata(&self, path: Option<&Path>) -> Vec<(String, String)> {
+        match (&self.mask, path) {
+            (Some((_, hash)), Some(p)) => vec![
+                (META_MASK.to_string(), p.display().to_string()),
+                (META_MASK_CRC.to_string(), hash.clone()),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     /// Names of the values [`Job::metrics`] returns.
@@ -42,6 +90,10 @@ impl Job {
     pub fn loss_and_grad(&mut self, step: u64, grads: &mut [f32]) -> Result<f64> {
         let batch = self.data.train_batch(step);
         let s = self.model.loss_and_grad(&mut self.scratch, &batch, grads)?;
+        // Dead weights get no gradient: AdamW's moments stay zero, and with them the weights.
+        if let Some((m, _)) = &self.mask {
+            m.apply(grads);
+        }
         let loss = s.loss;
         self.last = Some(s);
         Ok(loss)
@@ -69,6 +121,18 @@ impl Job {
             return Err(Error::format(
                 path,
                 "its model config differs from the run's config.yaml",
+            ));
+        }
+        let recorded = ck.metadata.get(META_MASK_CRC);
+        let ours = self.mask.as_ref().map(|(_, h)| h);
+        if recorded != ours {
+            return Err(Error::format(
+                path,
+                format!(
+                    "it was trained with mask {} but the run now has mask {} (train.mask)",
+                    recorded.map_or("none", |h| h.as_str()),
+                    ours.map_or("none", |h| h.as_str())
+                ),
             ));
         }
         self.model = ck.model;

@@ -22,7 +22,7 @@ use std::time::Instant;
 /// How to treat the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
-    /// Fail if the directory holds anything.
+    /// Fail if the directory holds anything (but a ticket's `mask.safetensors` and `rounds/`).
     New,
     /// Delete what the directory holds first.
     Force,
@@ -198,9 +198,13 @@ impl Sinks {
 
 /// Prepare the run directory according to `mode`; returns the step to resume from, if any.
 fn prepare_dir(dir: &Path, mode: RunMode) -> Result<()> {
+    // A ticket's run directory holds its mask, and its pruning rounds, before it starts.
     let non_empty = dir.is_dir()
         && std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name() != "mask.safetensors" && e.file_name() != "rounds")
+            })
             .unwrap_or(false);
     match mode {
         RunMode::Resume => {
@@ -331,6 +335,19 @@ fn train_on_pool(
         "toylens.experiment".to_string(),
         serde_json::to_string(&exp.config).expect("config json"),
     );
+    meta.extend(job.mask_metadata(exp.schedule.mask.as_deref()));
+    if job.mask.is_some() {
+        let counts = job.live_counts();
+        for c in &counts {
+            tracing::info!("{}: {} of {} weights live", c.tensor, c.live, c.total);
+        }
+        write_atomic(
+            &dir.join("mask.json"),
+            serde_json::to_string_pretty(&counts)
+                .expect("counts json")
+                .as_bytes(),
+        )?;
+    }
 
     // Start fresh or from the newest checkpoint that loads.
     let point = match mode {
