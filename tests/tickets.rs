@@ -26,6 +26,29 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Run toylens with `args`, SIGKILL it once `dir` has the checkpoint (with optimizer state) of
+/// `step`, and check it was killed before finishing.
+fn kill_at_step<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path, step: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = dir.join(format!("checkpoints/step_{step:06}.optim.safetensors"));
+    let t = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the run did not reach step {step}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dir.join("final.safetensors").exists(), "killed too late");
+}
+
 fn mask_of(path: &Path, model: &dyn toylens::models::Model) -> Mask {
     checkpoint::load_mask(path, model).unwrap().0
 }
@@ -159,8 +182,8 @@ fn masked_weights_stay_zero_through_training_resume_and_tickets() {
         &["train.steps=1500", "train.eval_every=10", &mask_arg],
     );
     let killed = d.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toylens"))
-        .args([
+    kill_at_step(
+        &[
             "train",
             "grokking-tiny",
             "train.checkpoint_every=100",
@@ -170,27 +193,9 @@ fn masked_weights_stay_zero_through_training_resume_and_tickets() {
             "--quiet",
             "--out",
             s(&killed),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !killed
-        .join("checkpoints/step_000300.optim.safetensors")
-        .exists()
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the run did not reach step 300"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !killed.join("final.safetensors").exists(),
-        "killed too late"
+        ],
+        &killed,
+        300,
     );
     ok(&["train", "--quiet", "--resume", s(&killed)]);
     assert_eq!(
@@ -293,29 +298,7 @@ fn a_ticket_rewinds_bit_for_bit_and_resumes_after_sigkill() {
     let a = args(&whole);
     ok(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
     let killed = d.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toylens"))
-        .args(args(&killed))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !killed
-        .join("checkpoints/step_000300.optim.safetensors")
-        .exists()
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the ticket did not reach step 300"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !killed.join("final.safetensors").exists(),
-        "killed too late"
-    );
+    kill_at_step(&args(&killed), &killed, 300);
     let b = args(&killed);
     ok(&b.iter().map(|x| x.as_str()).collect::<Vec<_>>());
     // The same weights (the metadata names each ticket's own mask path).
