@@ -336,18 +336,6 @@ fn train_on_pool(
         serde_json::to_string(&exp.config).expect("config json"),
     );
     meta.extend(job.mask_metadata(exp.schedule.mask.as_deref()));
-    if job.mask.is_some() {
-        let counts = job.live_counts();
-        for c in &counts {
-            tracing::info!("{}: {} of {} weights live", c.tensor, c.live, c.total);
-        }
-        write_atomic(
-            &dir.join("mask.json"),
-            serde_json::to_string_pretty(&counts)
-                .expect("counts json")
-                .as_bytes(),
-        )?;
-    }
 
     // Start fresh or from the newest checkpoint that loads.
     let point = match mode {
@@ -369,6 +357,19 @@ fn train_on_pool(
         mut rows,
         lines,
     } = point;
+    // Written only once the resume point is known to be good: a refused resume changes nothing.
+    if job.mask.is_some() {
+        let counts = job.live_counts();
+        for c in &counts {
+            tracing::info!("{}: {} of {} weights live", c.tensor, c.live, c.total);
+        }
+        write_atomic(
+            &dir.join("mask.json"),
+            serde_json::to_string_pretty(&counts)
+                .expect("counts json")
+                .as_bytes(),
+        )?;
+    }
     write_atomic(
         &dir.join(run::CONFIG),
         config::to_yaml(&exp.config).as_bytes(),
