@@ -480,6 +480,9 @@ pub struct TicketSpec {
     pub method: String,
     pub seed: u64,
     pub overrides: Vec<String>,
+    /// `norm`: instead of the ticket, the dense model with its rewound weights rescaled so that
+    /// the prunable tensors' norm is the ticket's (the Grokking Tickets norm control).
+    pub control: Option<String>,
 }
 
 fn step_checkpoint(run_dir: &Path, step: u64, what: &str) -> Result<PathBuf> {
@@ -497,6 +500,71 @@ fn step_checkpoint(run_dir: &Path, step: u64, what: &str) -> Result<PathBuf> {
             list.join(", ")
         }
     )))
+}
+
+/// The norm control: the dense model from the rewound weights, the prunable tensors scaled by
+/// ‖m ⊙ w_K‖ / ‖w_K‖ (m the ticket's mask) so that their norm is the ticket's at its start.
+fn norm_control(
+    spec: &TicketSpec,
+    from: &Path,
+    rewind: &Path,
+    scope: crate::models::mask::PruneScope,
+    out: &Path,
+    progress: crate::train::Progress,
+) -> Result<crate::train::Summary> {
+    use crate::models::mask::{default_prunable, prune, PruneMethod};
+    let trained = load_any(from)?;
+    let mask = prune(
+        trained.model.as_ref(),
+        spec.sparsity,
+        scope,
+        PruneMethod::Magnitude,
+        &[],
+        spec.seed,
+    )?;
+    let ck = checkpoint::load(rewind)?;
+    let mut model = ck.model;
+    let chosen = default_prunable(model.as_ref());
+    let ranges: Vec<std::ops::Range<usize>> = model
+        .tensors()
+        .into_iter()
+        .filter(|t| chosen.contains(&t.name))
+        .map(|t| t.range)
+        .collect();
+    let w = model.params_mut();
+    let (mut all, mut kept) = (0.0f64, 0.0f64);
+    for r in &ranges {
+        for i in r.clone() {
+            let x = f64::from(w[i]) * f64::from(w[i]);
+            all += x;
+            if mask.live[i] {
+                kept += x;
+            }
+        }
+    }
+    let factor = if all > 0.0 { (kept / all).sqrt() } else { 1.0 } as f32;
+    for r in &ranges {
+        w[r.clone()].iter_mut().for_each(|x| *x *= factor);
+    }
+    let init = out.join("init.safetensors");
+    checkpoint::save(&init, model.as_ref(), ck.task.as_ref(), &ck.metadata)?;
+    let mut overrides = spec.overrides.clone();
+    overrides.push(format!("train.init_from={}", init.display()));
+    let cfg = crate::config::apply_overrides(&run::run_config(&spec.run)?, &overrides)?;
+    let mode = if out.join(run::CONFIG).exists() {
+        crate::train::RunMode::Resume
+    } else {
+        crate::train::RunMode::New
+    };
+    let s = crate::train::train(&cfg, out, mode, progress)?;
+    crate::report::pictures::run_pictures(out, false)?;
+    write_atomic(
+        &out.join("ticket.json"),
+        serde_json::to_string_pretty(spec)
+            .expect("ticket json")
+            .as_bytes(),
+    )?;
+    Ok(s)
 }
 
 /// `toylens ticket`: the mask from the run's checkpoint at `from`, the weights rewound to its step
@@ -556,6 +624,12 @@ pub fn ticket(
     };
     let rewind = step_checkpoint(run_dir, spec.rewind, "--rewind")?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if let Some(c) = &spec.control {
+        if c != "norm" {
+            return Err(Error::Input(format!("--control: `{c}` is `norm`")));
+        }
+        return norm_control(spec, &from, &rewind, scope, out, progress);
+    }
     let mut source = from;
     let mut summary = None;
     for r in 1..=spec.rounds {

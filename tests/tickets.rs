@@ -310,6 +310,72 @@ fn a_ticket_rewinds_bit_for_bit_and_resumes_after_sigkill() {
             .to_vec()
     };
     assert_eq!(w(&whole), w(&killed));
+    // The norm control: the dense model starts from the rewind point scaled to the ticket's norm.
+    let nc = d.path().join("nc");
+    ok(&[
+        "ticket",
+        s(&base),
+        "--from",
+        "final",
+        "--sparsity",
+        "0.5",
+        "--control",
+        "norm",
+        "--quiet",
+        "--out",
+        s(&nc),
+        "train.steps=50",
+    ]);
+    let trained = checkpoint::load(&base.join("final.safetensors")).unwrap();
+    let m = prune(
+        trained.model.as_ref(),
+        0.5,
+        PruneScope::Global,
+        PruneMethod::Magnitude,
+        &[],
+        0,
+    )
+    .unwrap();
+    let init = checkpoint::load(&base.join("checkpoints/step_000000.safetensors")).unwrap();
+    let start = checkpoint::load(&nc.join("checkpoints/step_000000.safetensors")).unwrap();
+    assert!(
+        !start.metadata.contains_key("toylens.mask_crc32c"),
+        "the control is dense"
+    );
+    let chosen = toylens::models::mask::default_prunable(init.model.as_ref());
+    let norm = |w: &[f32], live: Option<&Mask>| -> f64 {
+        init.model
+            .tensors()
+            .iter()
+            .filter(|t| chosen.contains(&t.name))
+            .flat_map(|t| t.range.clone())
+            .filter(|&i| live.is_none_or(|m| m.live[i]))
+            .map(|i| f64::from(w[i]).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (ticket_norm, control_norm) = (
+        norm(init.model.params(), Some(&m)),
+        norm(start.model.params(), None),
+    );
+    assert!(
+        (ticket_norm / control_norm - 1.0).abs() < 1e-5,
+        "{ticket_norm} vs {control_norm}"
+    );
+    // Only the prunable tensors are rescaled.
+    for t in init
+        .model
+        .tensors()
+        .iter()
+        .filter(|t| !chosen.contains(&t.name))
+    {
+        assert_eq!(
+            init.model.params()[t.range.clone()],
+            start.model.params()[t.range.clone()],
+            "{}",
+            t.name
+        );
+    }
     // Iterative pruning: two rounds reach the target sparsity of the chosen tensors.
     let imp = d.path().join("imp");
     ok(&[

@@ -214,6 +214,10 @@ enum Cmd {
         /// The ticket's run directory (default: RUN_DIR-ticket-<from>-s<S>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `norm`: instead of the ticket, the dense model rescaled at its rewind point to the
+        /// ticket's weight norm (the norm control).
+        #[arg(long, value_parser = ["norm"])]
+        control: Option<String>,
         #[arg(long)]
         quiet: bool,
         /// Overrides of the run's config, `key=value`.
@@ -842,6 +846,7 @@ fn run(cmd: Cmd) -> Result<()> {
             method,
             seed,
             out,
+            control,
             quiet,
             overrides,
         } => {
@@ -866,6 +871,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 method,
                 seed,
                 overrides,
+                control,
             };
             let progress = if quiet {
                 toylens::train::Progress::Quiet

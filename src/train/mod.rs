@@ -22,7 +22,8 @@ use std::time::Instant;
 /// How to treat the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
-    /// Fail if the directory holds anything (but a ticket's `mask.safetensors` and `rounds/`).
+    /// Fail if the directory holds anything (but a ticket's `mask.safetensors`, `rounds/` and a norm
+    /// control's `init.safetensors`).
     New,
     /// Delete what the directory holds first.
     Force,
@@ -198,12 +199,15 @@ impl Sinks {
 
 /// Prepare the run directory according to `mode`; returns the step to resume from, if any.
 fn prepare_dir(dir: &Path, mode: RunMode) -> Result<()> {
-    // A ticket's run directory holds its mask, and its pruning rounds, before it starts.
+    // A ticket's run directory holds its mask and its pruning rounds (a norm control its rescaled
+    // initialisation) before it starts.
     let non_empty = dir.is_dir()
         && std::fs::read_dir(dir)
             .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name() != "mask.safetensors" && e.file_name() != "rounds")
+                d.flatten().any(|e| {
+                    !["mask.safetensors", "rounds", "init.safetensors"]
+                        .contains(&e.file_name().to_str().unwrap_or(""))
+                })
             })
             .unwrap_or(false);
     match mode {
