@@ -502,6 +502,32 @@ fn step_checkpoint(run_dir: &Path, step: u64, what: &str) -> Result<PathBuf> {
     )))
 }
 
+/// Train `cfg` into `dir`, or continue it there if it was started (a ticket killed part-way
+/// continues where it was: the same mask, the same bits); then its pictures.
+fn train_or_continue(
+    cfg: &crate::config::ExperimentConfig,
+    dir: &Path,
+    progress: crate::train::Progress,
+) -> Result<crate::train::Summary> {
+    let mode = if dir.join(run::CONFIG).exists() {
+        crate::train::RunMode::Resume
+    } else {
+        crate::train::RunMode::New
+    };
+    let s = crate::train::train(cfg, dir, mode, progress)?;
+    crate::report::pictures::run_pictures(dir, false)?;
+    Ok(s)
+}
+
+fn write_ticket_json(spec: &TicketSpec, out: &Path) -> Result<()> {
+    write_atomic(
+        &out.join("ticket.json"),
+        serde_json::to_string_pretty(spec)
+            .expect("ticket json")
+            .as_bytes(),
+    )
+}
+
 /// The norm control: the dense model from the rewound weights, the prunable tensors scaled by
 /// ‖m ⊙ w_K‖ / ‖w_K‖ (m the ticket's mask) so that their norm is the ticket's at its start.
 fn norm_control(
@@ -551,19 +577,8 @@ fn norm_control(
     let mut overrides = spec.overrides.clone();
     overrides.push(format!("train.init_from={}", init.display()));
     let cfg = crate::config::apply_overrides(&run::run_config(&spec.run)?, &overrides)?;
-    let mode = if out.join(run::CONFIG).exists() {
-        crate::train::RunMode::Resume
-    } else {
-        crate::train::RunMode::New
-    };
-    let s = crate::train::train(&cfg, out, mode, progress)?;
-    crate::report::pictures::run_pictures(out, false)?;
-    write_atomic(
-        &out.join("ticket.json"),
-        serde_json::to_string_pretty(spec)
-            .expect("ticket json")
-            .as_bytes(),
-    )?;
+    let s = train_or_continue(&cfg, out, progress)?;
+    write_ticket_json(spec, out)?;
     Ok(s)
 }
 
@@ -649,22 +664,10 @@ pub fn ticket(
         overrides.push(format!("train.mask={}", mask_path.display()));
         overrides.push(format!("train.init_from={}", rewind.display()));
         let cfg = crate::config::apply_overrides(&base, &overrides)?;
-        // A ticket killed part-way continues where it was: the same mask, the same bits.
-        let mode = if dir.join(run::CONFIG).exists() {
-            crate::train::RunMode::Resume
-        } else {
-            crate::train::RunMode::New
-        };
-        let s = crate::train::train(&cfg, &dir, mode, progress)?;
-        crate::report::pictures::run_pictures(&dir, false)?;
+        let s = train_or_continue(&cfg, &dir, progress)?;
         source = dir.join(run::FINAL);
         summary = Some(s);
     }
-    write_atomic(
-        &out.join("ticket.json"),
-        serde_json::to_string_pretty(spec)
-            .expect("ticket json")
-            .as_bytes(),
-    )?;
+    write_ticket_json(spec, out)?;
     Ok(summary.expect("at least one round"))
 }

@@ -227,14 +227,19 @@ fn run_chain(
     let (lr, gamma, nb) = (cfg.lr as f32, cfg.localization as f32, nbeta as f32);
     let sqrt_lr = (cfg.lr as f32).sqrt();
     let (mut losses, mut distances, mut acceptance) = (Vec::new(), Vec::new(), Vec::new());
-    // (point, ∇U there, U there) of the previous draw, for the acceptance probability.
-    let mut prev: Option<(Vec<f32>, Vec<f32>, f64)> = None;
+    // The point of this draw, and (point, ∇U there, U there) of the previous one, for the
+    // acceptance probability: buffers reused across draws.
+    let (mut point, mut prev_point, mut prev_dws) =
+        (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let mut prev_u: Option<f64> = None;
     let steps = cfg.burnin + cfg.draws * cfg.steps_between_draws;
     for i in 0..steps {
         let batch = data.select(order.batch(i as u64 + 1));
         let loss = m.loss_and_grad(&mut scratch, &batch, &mut grads)?.loss;
         let drawn = i >= cfg.burnin && (i + 1 - cfg.burnin) % cfg.steps_between_draws == 0;
-        let point = drawn.then(|| m.params().to_vec());
+        if drawn {
+            point.copy_from_slice(m.params());
+        }
         let w = m.params_mut();
         let mut dist2 = 0.0f64;
         for r in &trainable {
@@ -252,16 +257,25 @@ fn run_chain(
             distances.push(dist2.sqrt());
             break;
         }
-        if let Some(point) = point {
+        if drawn {
             losses.push(loss);
             distances.push(dist2.sqrt());
             let u = nbeta * loss + 0.5 * cfg.localization * dist2;
-            if let Some((pp, pg, pu)) = &prev {
+            if let Some(pu) = prev_u {
                 acceptance.push(mala_acceptance(
-                    pp, pg, *pu, &point, &dws, u, cfg.lr, &trainable,
+                    &prev_point,
+                    &prev_dws,
+                    pu,
+                    &point,
+                    &dws,
+                    u,
+                    cfg.lr,
+                    &trainable,
                 ));
             }
-            prev = Some((point, dws.clone(), u));
+            std::mem::swap(&mut prev_point, &mut point);
+            prev_dws.copy_from_slice(&dws);
+            prev_u = Some(u);
         }
     }
     Ok((losses, distances, acceptance))
