@@ -185,7 +185,8 @@ pub struct TransformerShape {
     pub n_layers: usize,
     pub d_model: usize,
     pub n_heads: usize,
-    pub d_head: usize,
+    /// null: d_model / n_heads (TransformerLens's usual choice; a sweep of d_model × n_heads keeps it).
+    pub d_head: Option<usize>,
     pub d_mlp: Option<usize>,
     pub act_fn: Option<ActFn>,
     pub normalization_type: Option<Normalization>,
@@ -346,11 +347,24 @@ impl ExperimentConfig {
                 ))
             }
         };
+        let d_head = match m.d_head {
+            Some(d) => d,
+            None if m.n_heads > 0 && m.d_model % m.n_heads == 0 => m.d_model / m.n_heads,
+            None => {
+                return Err(Error::config(
+                    "model.d_head",
+                    format!(
+                        "null means d_model / n_heads, but {} heads do not divide d_model {}",
+                        m.n_heads, m.d_model
+                    ),
+                ))
+            }
+        };
         Ok(TransformerConfig {
             n_layers: m.n_layers,
             d_model: m.d_model,
             n_heads: m.n_heads,
-            d_head: m.d_head,
+            d_head,
             d_mlp: m.d_mlp,
             d_vocab,
             d_vocab_out,

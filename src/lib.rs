@@ -14,6 +14,7 @@ pub mod io;
 pub mod models;
 pub mod pyrandom;
 pub mod report;
+pub mod sweep;
 pub mod tasks;
 pub mod train;
 

@@ -42,6 +42,60 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Many runs of one preset: `toylens sweep PRESET key=v1,v2 key2=range(1,9,2) seed=0,1,2
+    /// fixed.key=v`. The cartesian product of the axes, one run directory per run under DIR (Hydra's
+    /// layout: DIR/multirun.yaml, DIR/N/), run here (--jobs at once) or as a Slurm job array
+    /// (--slurm). The same command again resumes: finished runs are skipped, interrupted ones continue
+    /// from their last checkpoint, failed ones are tried again.
+    Sweep {
+        /// A preset name, axes (`key=v1,v2,...`, `key=range(start,stop[,step])`) and overrides for
+        /// every run (`key=value`; quote values with commas: `key='a,b'`).
+        #[arg(value_name = "PRESET|KEY=V1,V2|KEY=VALUE")]
+        args: Vec<String>,
+        /// The sweep's directory (default: multirun/<preset>-<hash of the arguments>, so the same
+        /// command finds its sweep again).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs at once (default: one single-threaded run per core; see the README's rule).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Allow more than 1000 runs.
+        #[arg(long)]
+        yes: bool,
+        /// Continue the sweep in DIR (locally, or with --slurm on the cluster).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+        /// List DIR's runs: done, running, interrupted, failed, pending.
+        #[arg(long, value_name = "DIR")]
+        status: Option<PathBuf>,
+        /// Write DIR/summary.csv and DIR/sweep.png and print the table.
+        #[arg(long, value_name = "DIR")]
+        summary: Option<PathBuf>,
+        /// Run run N of the sweep in DIR (what each worker and each Slurm array task does).
+        #[arg(long, num_args = 2, value_names = ["DIR", "N"])]
+        task: Option<Vec<String>>,
+        /// Submit the sweep as a Slurm job array (DIR/sweep.sbatch) instead of running it here.
+        #[arg(long)]
+        slurm: bool,
+        /// Slurm partition.
+        #[arg(long, requires = "slurm")]
+        partition: Option<String>,
+        /// Slurm time limit per run (`30`, `2:00:00`).
+        #[arg(long, requires = "slurm")]
+        time: Option<String>,
+        /// At most K array tasks at once.
+        #[arg(long, requires = "slurm")]
+        max_parallel: Option<usize>,
+        /// Threads of each array task (default 1: small runs scale across tasks, not threads).
+        #[arg(long, requires = "slurm")]
+        cpus_per_task: Option<usize>,
+        /// A further #SBATCH argument (repeatable): --sbatch=--mem=4G.
+        #[arg(long = "sbatch", requires = "slurm", allow_hyphen_values = true)]
+        sbatch: Vec<String>,
+        /// With --slurm: write and print the script, do not submit it.
+        #[arg(long, requires = "slurm")]
+        dry_run: bool,
+    },
     /// Redraw a run's loss curves from its metrics (loss.png, or loss.svg with --svg).
     Plot {
         run_dir: PathBuf,
@@ -49,7 +103,8 @@ enum Cmd {
         svg: bool,
     },
     /// Write RUN_DIR/report.html: a run's analysis in one offline, interactive page (modular
-    /// addition, digits, ToyMLP or superposition).
+    /// addition, digits, ToyMLP or superposition), or a sweep's page (every run's curves and the
+    /// summary) when RUN_DIR is a sweep.
     Report { run_dir: PathBuf },
     /// List the embedded presets.
     Presets,
@@ -292,6 +347,99 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
     ))
 }
 
+fn run_sweep_locally(
+    dir: &std::path::Path,
+    exe: &std::path::Path,
+    jobs: Option<usize>,
+) -> Result<()> {
+    use toylens::sweep::{local::Event, RunState};
+    let t0 = std::time::Instant::now();
+    let mut skipped = 0;
+    let report = toylens::sweep::local::run_local(dir, exe, jobs, |e| match e {
+        Event::Skipped(_) => skipped += 1,
+        Event::Start(w, n) => {
+            if skipped > 0 {
+                println!("{skipped} run(s) finished before: skipped");
+            }
+            println!(
+                "{n} run(s) to do: {} at once, {} thread(s) each ({})",
+                w.jobs, w.threads, w.why
+            );
+        }
+        Event::Started(_) => {}
+        Event::Finished(id, st) => match st {
+            RunState::Done => println!("run {id}: done ({:.0} s)", t0.elapsed().as_secs_f64()),
+            RunState::Failed(msg) => println!("run {id}: FAILED: {msg}"),
+            RunState::Running => println!("run {id}: another process is training it; left to it"),
+            other => println!("run {id}: {}", other.label()),
+        },
+    })?;
+    print_sweep_summary(dir)?;
+    println!(
+        "{} run(s) done in {:.1} s",
+        report.done,
+        t0.elapsed().as_secs_f64()
+    );
+    if !report.failed.is_empty() {
+        let ids: Vec<String> = report.failed.iter().map(|(i, _)| i.to_string()).collect();
+        anyhow::bail!(
+            "{} run(s) failed: {} (errors in DIR/N/error.txt; the same command tries them again)",
+            report.failed.len(),
+            ids.join(", ")
+        );
+    }
+    if !report.elsewhere.is_empty() {
+        anyhow::bail!(
+            "{} run(s) are being trained by another process; not all runs are finished",
+            report.elsewhere.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_sweep_status(dir: &std::path::Path) -> Result<()> {
+    use toylens::sweep::RunState;
+    let m = toylens::sweep::load(dir)?;
+    let states = toylens::sweep::states(dir, &m);
+    for (r, st) in m.runs.iter().zip(&states) {
+        let detail = match st {
+            RunState::Interrupted(s) => format!(" (checkpoint at step {s})"),
+            RunState::Failed(msg) => format!(": {msg}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:>4}  {:11}  {}{detail}",
+            r.id,
+            st.label(),
+            r.overrides.join(" ")
+        );
+    }
+    let count = |l: &str| states.iter().filter(|s| s.label() == l).count();
+    println!(
+        "{} runs: {} done, {} running, {} interrupted, {} failed, {} pending",
+        states.len(),
+        count("done"),
+        count("running"),
+        count("interrupted"),
+        count("failed"),
+        count("pending")
+    );
+    Ok(())
+}
+
+fn print_sweep_summary(dir: &std::path::Path) -> Result<()> {
+    let t = toylens::sweep::summary::write_for(dir)?;
+    let g = toylens::sweep::figures::grid(&t);
+    let mut cols: Vec<String> = g.metrics.iter().map(|&c| t.metrics[c].clone()).collect();
+    cols.push("wall_seconds".into());
+    print!("{}", t.text(&cols));
+    println!("wrote {}", dir.join(toylens::sweep::SUMMARY_CSV).display());
+    if let Some(p) = toylens::sweep::figures::draw(dir, &t)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
 fn parse_nbeta(s: &str) -> std::result::Result<toylens::analysis::llc::NBeta, String> {
     use toylens::analysis::llc::NBeta;
     match s {
@@ -399,16 +547,133 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             println!("{line}");
         }
+        Cmd::Sweep {
+            args,
+            out,
+            jobs,
+            yes,
+            resume,
+            status,
+            summary,
+            task,
+            slurm,
+            partition,
+            time,
+            max_parallel,
+            cpus_per_task,
+            sbatch,
+            dry_run,
+        } => {
+            let modes = [
+                resume.is_some(),
+                status.is_some(),
+                summary.is_some(),
+                task.is_some(),
+            ];
+            if modes.iter().filter(|&&m| m).count() > 1 {
+                anyhow::bail!("give one of --resume, --status, --summary, --task");
+            }
+            if modes.iter().any(|&m| m) && !args.is_empty() {
+                anyhow::bail!(
+                    "--resume, --status, --summary and --task take the sweep's directory, not a preset or axes (got {})",
+                    args.join(" ")
+                );
+            }
+            if let Some(dir) = status {
+                return print_sweep_status(&dir);
+            }
+            if let Some(dir) = summary {
+                print_sweep_summary(&dir)?;
+                return Ok(());
+            }
+            if let Some(t) = task {
+                let dir = PathBuf::from(&t[0]);
+                let id: usize = t[1]
+                    .parse()
+                    .with_context(|| format!("--task {} {}: N is a run number", t[0], t[1]))?;
+                use toylens::sweep::task::Outcome;
+                match toylens::sweep::task::run_task(&dir, id, toylens::train::Progress::Auto)? {
+                    Outcome::Trained(s) => println!(
+                        "run {id}: {} steps in {:.1} s; train loss {:.3e}, test loss {:.3e}",
+                        s.steps, s.wall_seconds, s.final_train_loss, s.final_test_loss
+                    ),
+                    Outcome::AlreadyDone => println!("run {id}: finished before; nothing to do"),
+                    Outcome::RunningElsewhere => {
+                        eprintln!("run {id}: another process is training it; nothing done");
+                        std::process::exit(toylens::sweep::local::EXIT_RUNNING_ELSEWHERE);
+                    }
+                }
+                return Ok(());
+            }
+            let dir = match resume {
+                Some(dir) => {
+                    toylens::sweep::load(&dir)?;
+                    dir
+                }
+                None => {
+                    let (preset, rest) = preset_and_overrides(&args)?;
+                    let name = preset.unwrap_or_else(|| "grokking".to_string());
+                    let m = toylens::sweep::plan(&name, &rest, yes)?;
+                    let dir = out.unwrap_or_else(|| toylens::sweep::default_dir(&m));
+                    toylens::sweep::create(&dir, &m)?;
+                    println!(
+                        "sweep {}: {} runs of {} ({})",
+                        dir.display(),
+                        m.runs.len(),
+                        m.preset,
+                        m.axes
+                            .iter()
+                            .map(|a| format!("{} × {}", a.values.len(), a.key))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    dir
+                }
+            };
+            let exe = toylens::sweep::local::current_exe()?;
+            if slurm {
+                let opts = toylens::sweep::slurm::SlurmOptions {
+                    partition,
+                    time,
+                    max_parallel,
+                    cpus_per_task: cpus_per_task.unwrap_or(1),
+                    extra: sbatch,
+                };
+                let p = toylens::sweep::slurm::prepare(&dir, &exe, &opts)?;
+                if p.ids.is_empty() {
+                    println!("every run is finished or running; nothing to submit");
+                    return Ok(());
+                }
+                if dry_run {
+                    println!(
+                        "wrote {} (not submitted):\n{}",
+                        p.script_path.display(),
+                        p.script
+                    );
+                } else {
+                    let job = toylens::sweep::slurm::submit(&p.script_path)?;
+                    println!(
+                        "submitted job array {job}: {} runs; follow with `toylens sweep --status {}`",
+                        p.ids.len(),
+                        dir.display()
+                    );
+                }
+                return Ok(());
+            }
+            run_sweep_locally(&dir, &exe, jobs)?;
+        }
         Cmd::Plot { run_dir, svg } => {
             for f in toylens::report::pictures::run_pictures(&run_dir, svg)? {
                 println!("wrote {}", f.display());
             }
         }
         Cmd::Report { run_dir } => {
-            println!(
-                "wrote {}",
-                toylens::report::html::run_report(&run_dir)?.display()
-            );
+            let page = if toylens::sweep::is_sweep(&run_dir) {
+                toylens::sweep::page::write(&run_dir)?
+            } else {
+                toylens::report::html::run_report(&run_dir)?
+            };
+            println!("wrote {}", page.display());
         }
         Cmd::Presets => {
             for p in toylens::config::PRESETS {

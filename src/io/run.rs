@@ -22,6 +22,19 @@ pub const METRICS_CSV: &str = "metrics.csv";
 pub const METRICS_JSONL: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
 pub const FINAL: &str = "final.safetensors";
+/// Held (flock) by the sweep worker or Slurm task training the run.
+pub const SWEEP_LOCK: &str = "sweep.lock";
+/// A local sweep worker's output.
+pub const SWEEP_LOG: &str = "sweep.log";
+
+/// Files a sweep's executor keeps in a run directory before and while the run trains: its lock, its
+/// log, Slurm's `slurm-%A_%a.out`.
+pub fn executor_file(name: &str) -> bool {
+    name == SWEEP_LOCK
+        || name == SWEEP_LOG
+        || (name.starts_with("slurm-") && name.ends_with(".out"))
+}
+
 /// The folder `toylens analyze` writes into.
 pub const ANALYSIS: &str = "analysis";
 

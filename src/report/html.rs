@@ -22,18 +22,18 @@ use std::path::{Path, PathBuf};
 
 static PLOTLY: &str = include_str!("../../assets/plotly.min.js");
 
-struct Figure {
-    id: &'static str,
-    title: &'static str,
-    caption: String,
-    spec: Value,
+pub(crate) struct Figure {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub caption: String,
+    pub spec: Value,
 }
 
-fn line(name: &str, x: &[f64], y: &[f64]) -> Value {
+pub(crate) fn line(name: &str, x: &[f64], y: &[f64]) -> Value {
     json!({"type": "scatter", "mode": "lines", "name": name, "x": x, "y": y})
 }
 
-fn layout(x: &str, y: &str, log_y: bool) -> Value {
+pub(crate) fn layout(x: &str, y: &str, log_y: bool) -> Value {
     json!({
         "xaxis": {"title": {"text": x}},
         "yaxis": {"title": {"text": y}, "type": if log_y { "log" } else { "linear" }, "exponentformat": "e"},
@@ -57,17 +57,19 @@ fn script_safe(s: &str) -> String {
     s.replace("</", "<\\/")
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
 /// What a task contributes to its page.
-struct Page {
-    heading: String,
-    cfg_line: String,
-    figs: Vec<Figure>,
+pub(crate) struct Page {
+    pub heading: String,
+    pub cfg_line: String,
+    pub figs: Vec<Figure>,
+    /// HTML after the figures (escaped by whoever builds it): a sweep's summary table.
+    pub extra_html: String,
 }
 
 /// Values of metric `k` over the rows (NaN where absent).
@@ -323,6 +325,7 @@ fn modular_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
             "layout": layout("unit", "loss", false)}),
     });
     Ok(Page {
+        extra_html: String::new(),
         heading: format!("(a {} b) mod {p}", task.op.symbol()),
         cfg_line: format!(
             "frac_train {}, d_model {}, {} heads, d_mlp {}, lr {}, weight decay {}, seed {}",
@@ -388,6 +391,7 @@ fn digits_figures(cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
         spec: json!({"data": acc, "layout": layout("step", "accuracy", false)}),
     });
     Ok(Page {
+        extra_html: String::new(),
         heading: format!(
             "{}-digit addition{}",
             task.n_digits,
@@ -473,6 +477,7 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
         spec: json!({"data": traces, "layout": lay}),
     });
     Ok(Page {
+        extra_html: String::new(),
         heading: format!("ToyMLP on (a {} b) mod {p}", task.op.symbol()),
         cfg_line: format!(
             "{} training pairs, embedding {}, hidden {}, batch {}, lr {}, weight decay {}, seed {}",
@@ -555,6 +560,7 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
     });
     let c = &model.cfg;
     Ok(Page {
+        extra_html: String::new(),
         heading: format!(
             "Superposition: {} features in {} dimensions",
             c.n_features, c.n_hidden
@@ -574,7 +580,7 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
 }
 
 /// Write the page: headline from `summary.json`, the figures, and the drawing script.
-fn write_page(run_dir: &Path, page: Page) -> Result<PathBuf> {
+pub(crate) fn write_page(run_dir: &Path, page: Page) -> Result<PathBuf> {
     let figs = page.figs;
     let summary = run::read_summary(run_dir).ok().flatten();
     let headline = match summary {
@@ -617,6 +623,8 @@ fn write_page(run_dir: &Path, page: Page) -> Result<PathBuf> {
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
 .plot {{ height: 440px; }}
+table.summary {{ border-collapse: collapse; font-size: 13px; }}
+table.summary td, table.summary th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 p.caption {{ color: #444; max-width: 62em; }}
 </style>
 <script>
@@ -630,6 +638,7 @@ console.error = (...args) => {{ window.__errors.push(args.join(" ")); consoleErr
 <h1>{heading}: {title}</h1>
 <p>{headline} Config: {cfg_line}.</p>
 {body}
+{extra}
 <pre id="status" hidden>pending</pre>
 <script>
 const FIGS = {specs};
@@ -648,6 +657,7 @@ Promise.all(jobs).then(() => {{
         heading = html_escape(&page.heading),
         cfg_line = html_escape(&page.cfg_line),
         specs = script_safe(&Value::Object(specs).to_string()),
+        extra = page.extra_html,
     );
     let out = run_dir.join("report.html");
     crate::io::checkpoint::write_atomic(&out, html.as_bytes())?;

@@ -420,7 +420,7 @@ fn diverging(v: f64, max_abs: f64) -> RGBColor {
     RGBColor(r as u8, g as u8, b as u8)
 }
 
-fn sequential_blue(v: f64, max: f64) -> RGBColor {
+pub(crate) fn sequential_blue(v: f64, max: f64) -> RGBColor {
     let t = (v / max.max(1e-30)).clamp(0.0, 1.0);
     RGBColor(
         (255.0 - 247.0 * t) as u8,

@@ -200,13 +200,14 @@ impl Sinks {
 /// Prepare the run directory according to `mode`; returns the step to resume from, if any.
 fn prepare_dir(dir: &Path, mode: RunMode) -> Result<()> {
     // A ticket's run directory holds its mask and its pruning rounds (a norm control its rescaled
-    // initialisation) before it starts.
+    // initialisation) before it starts, a sweep's run its executor's lock and logs.
     let non_empty = dir.is_dir()
         && std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten().any(|e| {
-                    !["mask.safetensors", "rounds", "init.safetensors"]
-                        .contains(&e.file_name().to_str().unwrap_or(""))
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    !["mask.safetensors", "rounds", "init.safetensors"].contains(&name.as_str())
+                        && !run::executor_file(&name)
                 })
             })
             .unwrap_or(false);
