@@ -191,3 +191,36 @@ fn every_task_has_a_report_that_draws() {
         draws_in_browser(&path, figures, &d.path().join(format!("{name}-browser")));
     }
 }
+
+#[test]
+fn a_sweep_has_a_page_with_every_run_and_the_table() {
+    let d = tempfile::tempdir().unwrap();
+    let sweep = d.path().join("sweep");
+    let s = sweep.to_str().unwrap();
+    toylens(
+        &[
+            "sweep",
+            "grokking-tiny",
+            "optim.weight_decay=0,1",
+            "seed=0,1",
+            "train.steps=200",
+            "--out",
+            s,
+        ],
+        None,
+    );
+    toylens(&["report", s], None);
+    let path = sweep.join("report.html");
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert!(html.contains("Sweep of grokking-tiny (4 of 4 runs done)"));
+    assert_eq!(html.matches("class=\"plot\"").count(), 2);
+    // The table: a row per run, with its axis values.
+    assert_eq!(html.matches("<tr><td>").count(), 4);
+    assert!(html.contains("<th>optim.weight_decay</th><th>seed</th><th>state</th>"));
+    // Four curves, coloured by weight decay: two legend entries.
+    assert!(html.contains("\"colour: optim.weight_decay\""));
+    assert!(html.contains(
+        "\"name\":[\"weight_decay=0\",\"weight_decay=0\",\"weight_decay=1\",\"weight_decay=1\"]"
+    ));
+    draws_in_browser(&path, 2, d.path());
+}

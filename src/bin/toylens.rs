@@ -71,6 +71,10 @@ enum Cmd {
         /// Write DIR/summary.csv and DIR/sweep.png and print the table.
         #[arg(long, value_name = "DIR")]
         summary: Option<PathBuf>,
+        /// With --summary: the metrics to print and plot, comma-separated; `*` at the end matches
+        /// any rest (`transition_step_*,final_test_loss_d*`). Default: every one that varies.
+        #[arg(long, value_delimiter = ',', requires = "summary")]
+        metrics: Vec<String>,
         /// Run run N of the sweep in DIR (what each worker and each Slurm array task does).
         #[arg(long, num_args = 2, value_names = ["DIR", "N"])]
         task: Option<Vec<String>>,
@@ -374,7 +378,7 @@ fn run_sweep_locally(
             other => println!("run {id}: {}", other.label()),
         },
     })?;
-    print_sweep_summary(dir)?;
+    print_sweep_summary(dir, &[])?;
     println!(
         "{} run(s) done in {:.1} s",
         report.done,
@@ -427,14 +431,14 @@ fn print_sweep_status(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn print_sweep_summary(dir: &std::path::Path) -> Result<()> {
+fn print_sweep_summary(dir: &std::path::Path, metrics: &[String]) -> Result<()> {
     let t = toylens::sweep::summary::write_for(dir)?;
-    let g = toylens::sweep::figures::grid(&t);
+    let g = toylens::sweep::figures::grid(&t, metrics);
     let mut cols: Vec<String> = g.metrics.iter().map(|&c| t.metrics[c].clone()).collect();
     cols.push("wall_seconds".into());
     print!("{}", t.text(&cols));
     println!("wrote {}", dir.join(toylens::sweep::SUMMARY_CSV).display());
-    if let Some(p) = toylens::sweep::figures::draw(dir, &t)? {
+    if let Some(p) = toylens::sweep::figures::draw(dir, &t, metrics)? {
         println!("wrote {}", p.display());
     }
     Ok(())
@@ -555,6 +559,7 @@ fn run(cmd: Cmd) -> Result<()> {
             resume,
             status,
             summary,
+            metrics,
             task,
             slurm,
             partition,
@@ -583,7 +588,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 return print_sweep_status(&dir);
             }
             if let Some(dir) = summary {
-                print_sweep_summary(&dir)?;
+                print_sweep_summary(&dir, &metrics)?;
                 return Ok(());
             }
             if let Some(t) = task {

@@ -58,7 +58,17 @@ fn plotted_metrics(t: &Table) -> Vec<usize> {
         .collect()
 }
 
-pub fn grid(t: &Table) -> Grid {
+/// Whether `name` matches one of `patterns` (`*` at the end matches any rest); no patterns: all.
+pub fn selected(name: &str, patterns: &[String]) -> bool {
+    patterns.is_empty()
+        || patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+}
+
+/// The grid of the metrics matching `patterns` (see [`selected`]), of those worth plotting.
+pub fn grid(t: &Table, patterns: &[String]) -> Grid {
     let axes: Vec<usize> = (0..t.axes.len())
         .filter(|&a| !is_seed_axis(&t.axes[a]))
         .collect();
@@ -74,7 +84,10 @@ pub fn grid(t: &Table) -> Grid {
             l
         })
         .collect();
-    let metrics = plotted_metrics(t);
+    let metrics: Vec<usize> = plotted_metrics(t)
+        .into_iter()
+        .filter(|&c| selected(&t.metrics[c], patterns))
+        .collect();
     let n_cells: usize = levels.iter().map(|l| l.len()).product();
     let mut cells = Vec::with_capacity(n_cells);
     for cell in 0..n_cells {
@@ -107,10 +120,10 @@ pub fn grid(t: &Table) -> Grid {
     }
 }
 
-/// Draw `DIR/sweep.png`; None when there is nothing to plot against (no axis but seeds, or no
+/// Draw `DIR/sweep.png` of the metrics matching `patterns` (all worth plotting if none); None when there is nothing to plot against (no axis but seeds, or no
 /// finished run).
-pub fn draw(dir: &Path, t: &Table) -> Result<Option<PathBuf>> {
-    let g = grid(t);
+pub fn draw(dir: &Path, t: &Table, patterns: &[String]) -> Result<Option<PathBuf>> {
+    let g = grid(t, patterns);
     if g.axes.is_empty() || g.metrics.is_empty() {
         return Ok(None);
     }

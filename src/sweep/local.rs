@@ -15,10 +15,6 @@ use std::time::Duration;
 /// The exit code of a worker that found its run locked by another process.
 pub const EXIT_RUNNING_ELSEWHERE: i32 = 3;
 
-/// Above this many bytes of parameters, gradients and AdamW moments a run gets more than one thread
-/// (see [`plan_workers`]).
-pub const LARGE_RUN_BYTES: f64 = 64e6;
-
 /// How many runs at once, and threads each.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workers {
@@ -29,11 +25,13 @@ pub struct Workers {
 }
 
 /// The default division of `cores` between `todo` runs: one single-threaded run per core, because
-/// runs in parallel scale perfectly while one run's threads do not (a small model's products are too
-/// short to share); fewer runs with more threads each when a run is large (its parameters and
-/// optimizer state above [`LARGE_RUN_BYTES`], where the runs would compete for cache and memory
-/// bandwidth) or when memory holds fewer runs than there are cores. `jobs` given: that many runs,
-/// the cores shared between them.
+/// runs in parallel scale perfectly while one run's threads do not. Measured on 2 cores (README,
+/// docs/PERFORMANCE.md), two one-thread runs at once took 0.59–0.87 of the time of one two-thread
+/// run after another, for every size tried, from grokking-tiny (0.3 MB of weights and optimizer
+/// state) to a 1024-wide digits model (134 MB). Fewer runs, with the spare cores as threads, when
+/// fewer runs are left than there are cores or when memory holds fewer runs (the largest run's
+/// [`crate::config::Experiment::memory_estimate`] against MemAvailable). `jobs` given: that many
+/// runs, the cores shared between them.
 pub fn plan_workers(
     m: &Multirun,
     todo: usize,
@@ -51,12 +49,10 @@ pub fn plan_workers(
         };
     }
     // The largest run decides (the axes may change the model's size).
-    let (mut state_bytes, mut total_bytes) = (0.0f64, 0.0f64);
+    let mut total_bytes = 0.0f64;
     for r in &m.runs {
         if let Ok(exp) = m.config(r).and_then(|c| c.resolve()) {
-            let parts = exp.memory_estimate();
-            state_bytes = state_bytes.max(parts.first().map_or(0.0, |p| p.1));
-            total_bytes = total_bytes.max(parts.iter().map(|p| p.1).sum());
+            total_bytes = total_bytes.max(exp.memory_estimate().iter().map(|p| p.1).sum());
         }
     }
     let by_memory = available_memory
@@ -65,13 +61,6 @@ pub fn plan_workers(
         .unwrap_or(usize::MAX);
     let mut jobs = cores.min(todo.max(1));
     let mut why = "one single-threaded run per core".to_string();
-    if state_bytes > LARGE_RUN_BYTES && cores > 1 {
-        jobs = (cores / 2).max(1).min(jobs);
-        why = format!(
-            "large runs ({:.0} MB of weights and optimizer state): two threads each",
-            state_bytes / 1e6
-        );
-    }
     if by_memory < jobs {
         jobs = by_memory;
         why = format!(
@@ -253,25 +242,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_runs_get_a_core_each_large_ones_share() {
+    fn a_core_per_run_unless_memory_or_the_runs_left_say_otherwise() {
         let m = super::super::plan("grokking-tiny", &["seed=0,1,2,3".into()], false).unwrap();
         let w = plan_workers(&m, 4, 2, None, None);
         assert_eq!((w.jobs, w.threads), (2, 1));
         assert_eq!(plan_workers(&m, 1, 2, None, None).threads, 2);
         assert_eq!(plan_workers(&m, 4, 8, Some(3), None).threads, 2);
-        // Memory for one run only.
-        assert_eq!(plan_workers(&m, 4, 2, None, Some(1.0)).jobs, 1);
+        // Memory for one run only: one run on both cores.
+        let w = plan_workers(&m, 4, 2, None, Some(1.0));
+        assert_eq!((w.jobs, w.threads), (1, 2), "{}", w.why);
+        // The largest run decides: memory for two of digits5 at d_model 1024, not for four.
         let big = super::super::plan(
             "digits5",
             &[
                 "seed=0,1,2,3".into(),
-                "model.d_model=1024".into(),
+                "model.d_model=256,1024".into(),
                 "model.d_mlp=4096".into(),
             ],
             false,
         )
         .unwrap();
-        let w = plan_workers(&big, 4, 4, None, None);
+        let exp = big.config(&big.runs[1]).unwrap().resolve().unwrap();
+        let one: f64 = exp.memory_estimate().iter().map(|p| p.1).sum();
+        let w = plan_workers(&big, 8, 4, None, Some(2.5 * one));
         assert_eq!((w.jobs, w.threads), (2, 2), "{}", w.why);
     }
 }

@@ -170,7 +170,7 @@ fn curves(dir: &Path, m: &Multirun) -> Result<Option<Figure>> {
 /// The summary metrics against the first swept axis: a line per combination of the other swept axes,
 /// mean ± sd over seeds; a menu picks the metric.
 fn against_axes(t: &Table) -> Option<Figure> {
-    let g = figures::grid(t);
+    let g = figures::grid(t, &[]);
     if g.axes.is_empty() || g.metrics.is_empty() {
         return None;
     }
@@ -223,7 +223,7 @@ fn against_axes(t: &Table) -> Option<Figure> {
     let layout = json!({
         "xaxis": {"title": {"text": t.axes[g.axes[0]]}, "type": "category"},
         "yaxis": {"title": {"text": t.metrics[g.metrics[0]]}},
-        "margin": {"t": 40}, "legend": {"orientation": "h"},
+        "margin": {"t": 40}, "legend": {"orientation": "h", "y": -0.3},
         "updatemenus": [{"buttons": buttons, "x": 0.0, "xanchor": "left", "y": 1.12}]
     });
     Some(Figure {
@@ -235,12 +235,12 @@ fn against_axes(t: &Table) -> Option<Figure> {
 }
 
 fn table_html(t: &Table) -> String {
-    let g = figures::grid(t);
+    let g = figures::grid(t, &[]);
     let mut cols: Vec<usize> = g.metrics.clone();
     if let Some(w) = t.metric_index("wall_seconds") {
         cols.push(w);
     }
-    let mut s = String::from("<h2>Summary</h2>\n<table class=\"summary\"><tr><th>run</th>");
+    let mut s = String::from("<h2>Summary</h2>\n<div style=\"overflow-x: auto\"><table class=\"summary\"><tr><th>run</th>");
     for a in &t.axes {
         s += &format!("<th>{}</th>", html_escape(a));
     }
@@ -260,5 +260,5 @@ fn table_html(t: &Table) -> String {
         }
         s += "</tr>\n";
     }
-    s + "</table>\n<p class=\"caption\">Every column of every run is in summary.csv beside this page.</p>\n"
+    s + "</table></div>\n<p class=\"caption\">Every column of every run is in summary.csv beside this page.</p>\n"
 }
