@@ -60,6 +60,10 @@ fn a_sweep_as_a_job_array_matches_the_local_sweep() {
     args.extend(["--out", c, "--slurm", "--dry-run", "--max-parallel", "2"]);
     let dry = toylens(&args);
     assert!(dry.contains("#SBATCH --array=0-5%2"), "{dry}");
+    // Started here, finished on the cluster: run 0 trained locally, the array holds the other five.
+    toylens(&["sweep", "--task", c, "0"]);
+    let dry = toylens(&args);
+    assert!(dry.contains("#SBATCH --array=1-5%2"), "{dry}");
     assert!(dry.contains("not submitted"), "{dry}");
 
     args.retain(|a| *a != "--dry-run");
@@ -78,7 +82,7 @@ fn a_sweep_as_a_job_array_matches_the_local_sweep() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    for n in 0..6 {
+    for n in 1..6 {
         let logs: Vec<_> = std::fs::read_dir(cluster.join(n.to_string()))
             .unwrap()
             .flatten()
