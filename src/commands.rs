@@ -2,7 +2,9 @@
 //! parses arguments and prints these (ripgrep's split). Files are written here, never into a run's
 //! training outputs: `analyze` on a run writes into `RUN/analysis/`.
 
-use crate::analysis::{self, ablation, neurons, superposition as sp, toy_mlp, Analysis, Phases};
+use crate::analysis::{
+    self, ablation, digits, neurons, superposition as sp, toy_mlp, Analysis, Phases,
+};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, write_atomic};
 use crate::io::{load_any, run, Loaded};
@@ -71,6 +73,17 @@ pub enum AnalyzeReport {
         on_train_set: bool,
         files: Vec<PathBuf>,
     },
+    /// A digits run: per-digit statistics at every checkpoint, and the last checkpoint in full.
+    DigitsRun {
+        rows: Vec<(u64, Vec<digits::DigitStats>)>,
+        last: digits::CheckpointReport,
+        files: Vec<PathBuf>,
+    },
+    /// One digits checkpoint.
+    Digits {
+        report: digits::CheckpointReport,
+        files: Vec<PathBuf>,
+    },
     /// A superposition checkpoint: each instance's geometry.
     Superposition {
         instances: Vec<sp::InstanceGeometry>,
@@ -83,6 +96,33 @@ pub enum AnalyzeReport {
 /// `toylens analyze TARGET`: a run directory (pictures and `progress.csv` into `out`, by default
 /// `RUN/analysis/`) or one checkpoint (pictures into `out` when given).
 pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<AnalyzeReport> {
+    if target.is_dir()
+        && matches!(
+            run::run_config(target)?.data,
+            crate::config::DataConfig::Digits(_)
+        )
+    {
+        let (task, rows) = digits::over_training(target)?;
+        let steps = run::checkpoint_steps(target);
+        let last_path = steps.last().map(|&s| run::checkpoint_path(target, s));
+        let last_model = checkpoint::load_transformer(&last_path.expect("over_training checked"))?;
+        let last = digits::checkpoint_report(&last_model, &task)?;
+        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let csv = dir.join("digits.csv");
+        write_atomic(&csv, digits::over_training_csv(&rows).as_bytes())?;
+        let json = dir.join("digits_last.json");
+        write_atomic(
+            &json,
+            serde_json::to_string(&last)
+                .expect("report json")
+                .as_bytes(),
+        )?;
+        let mut files = vec![csv, json];
+        files.extend(figures::digits_run(&rows, &dir)?);
+        files.extend(figures::digits_checkpoint(&last, &dir)?);
+        return Ok(AnalyzeReport::DigitsRun { rows, last, files });
+    }
     if target.is_dir() {
         let rows = analysis::progress(target)?;
         let phases = analysis::phases(&rows);
@@ -115,6 +155,19 @@ pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<Analy
             n_hidden: m.cfg.n_hidden,
             files,
         });
+    }
+    if let Some(TaskInfo::Digits {
+        n_digits,
+        reverse_sum,
+    }) = &l.task
+    {
+        let task = digits::task_of(*n_digits, *reverse_sum)?;
+        let report = digits::checkpoint_report(l.transformer()?, &task)?;
+        let files = match out {
+            Some(dir) => figures::digits_checkpoint(&report, dir)?,
+            None => Vec::new(),
+        };
+        return Ok(AnalyzeReport::Digits { report, files });
     }
     let t = l.transformer().map_err(|_| {
         Error::format(
@@ -160,6 +213,12 @@ pub struct AblateReport {
 /// ToyMLP (with heat maps of the top ones), zero- and mean-ablated.
 pub fn ablate(path: &Path, out: Option<&Path>) -> Result<AblateReport> {
     let l = load_any(path)?;
+    if let Some(TaskInfo::Digits { .. }) = &l.task {
+        return Err(Error::format(
+            path,
+            "a digits model: `toylens analyze` gives its ablation per answer digit (every head and the top neurons, zeroed and mean-ablated)",
+        ));
+    }
     let m = l.modular()?;
     if let Some(out) = out {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;

@@ -152,8 +152,8 @@ fn every_task_has_a_report_that_draws() {
                 "train.steps=40",
                 "data.n_eval=100",
             ][..],
-            3,
-            "Each digit of the sum",
+            7,
+            "Each digit through the naive sum",
         ),
         (
             "toy",

@@ -444,6 +444,80 @@ fn print_sweep_summary(dir: &std::path::Path, metrics: &[String]) -> Result<()> 
     Ok(())
 }
 
+fn print_digits_report(r: &toylens::analysis::digits::CheckpointReport) {
+    println!(
+        "  {}-digit addition, {} evaluation examples",
+        r.n_digits, r.n_eval
+    );
+    println!("  digit    loss    acc | loss: no carry  carry  cascade | no carry: p(naive) p(+1) p(-1) other | carry: p(naive) p(+1) p(-1) other | wrong  ±1 share");
+    let f = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "-".into()
+        }
+    };
+    for d in &r.digits {
+        let o = |v: &[f64; 4]| {
+            v.iter()
+                .map(|&x| {
+                    if x.is_finite() {
+                        format!("{x:.3}")
+                    } else {
+                        "    -".into()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "  10^{:<3} {:>7} {:>6} | {:>14} {:>6} {:>8} | {} | {} | {:>5} {:>6}",
+            d.place,
+            f(d.loss),
+            f(d.acc),
+            f(d.cases[0].loss),
+            f(d.cases[1].loss),
+            f(d.cases[2].loss),
+            o(&d.offsets_no_carry),
+            o(&d.offsets_carry),
+            d.n_wrong,
+            f(d.off_by_one_share)
+        );
+    }
+    let places: Vec<String> = r
+        .ablation
+        .places
+        .iter()
+        .map(|p| format!("10^{p}"))
+        .collect();
+    println!(
+        "  loss increase when zero-ablated (mean-ablated), per digit: {}",
+        places.join(" ")
+    );
+    for c in &r.ablation.components {
+        let cells: Vec<String> = c
+            .zero
+            .iter()
+            .zip(&c.mean)
+            .map(|(z, m)| format!("{z:>7.3} ({m:>6.3})"))
+            .collect();
+        println!("  {:8} {}", c.name, cells.join(" "));
+    }
+    for (l, heads) in r.attention.iter().enumerate() {
+        for (h, a) in heads.iter().enumerate() {
+            let tops: Vec<String> = a
+                .iter()
+                .zip(&r.digits)
+                .map(|(row, d)| {
+                    let k = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+                    format!("10^{}→{} {:.2}", d.place, r.positions[k], row[k])
+                })
+                .collect();
+            println!("  L{l}H{h} attends most to: {}", tops.join(", "));
+        }
+    }
+}
+
 fn parse_nbeta(s: &str) -> std::result::Result<toylens::analysis::llc::NBeta, String> {
     use toylens::analysis::llc::NBeta;
     match s {
@@ -781,6 +855,52 @@ fn run(cmd: Cmd) -> Result<()> {
                             show(ph.cleanup_end)
                         );
                     }
+                }
+                AnalyzeReport::Digits { report, files } => {
+                    for f in &files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&report)?);
+                        return Ok(());
+                    }
+                    println!("{}:", target.display());
+                    print_digits_report(&report);
+                }
+                AnalyzeReport::DigitsRun { rows, last, files } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"over_training": rows, "last_checkpoint": last})
+                        );
+                        return Ok(());
+                    }
+                    println!(
+                        "{}: {} checkpoints -> {} files in {}",
+                        target.display(),
+                        rows.len(),
+                        files.len(),
+                        files
+                            .first()
+                            .and_then(|f| f.parent())
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_default()
+                    );
+                    println!(
+                        "first checkpoint with loss < {:.2} per case (no carry / carry / cascading carry):",
+                        toylens::io::run::DIGIT_TRANSITION_LOSS
+                    );
+                    let show = |s: Option<u64>| s.map_or("-".to_string(), |s| s.to_string());
+                    for (place, t) in toylens::analysis::digits::case_transitions(&rows) {
+                        println!(
+                            "  10^{place}: {:>6} {:>6} {:>6}",
+                            show(t[0]),
+                            show(t[1]),
+                            show(t[2])
+                        );
+                    }
+                    println!("last checkpoint (step {}):", rows.last().map_or(0, |r| r.0));
+                    print_digits_report(&last);
                 }
                 AnalyzeReport::Superposition {
                     instances,

@@ -510,3 +510,115 @@ pub fn superposition(m: &Superposition, path: &Path) -> Result<()> {
     let nh = m.cfg.n_hidden;
     render(path, (w, 640), |a| draw(a, &geo, nh), |a| draw(a, &geo, nh))
 }
+
+/// A digits run over training, a picture per answer digit (`digit_<place>.png`): its loss by
+/// sub-task (log) above, and below where its probability goes relative to the naive sum: on the
+/// naive digit and on naive + 1, for examples without and with a carry into it.
+pub fn digits_run(
+    rows: &[(u64, Vec<crate::analysis::digits::DigitStats>)],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let Some((last, first)) = rows.last().map(|r| (r.0, &r.1)) else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for (j, d) in first.iter().enumerate() {
+        let pts = |f: &dyn Fn(&crate::analysis::digits::DigitStats) -> f64| -> Vec<(f64, f64)> {
+            rows.iter()
+                .map(|(s, ds)| (*s as f64, f(&ds[j])))
+                .filter(|p| p.1.is_finite())
+                .collect()
+        };
+        let case_pts: Vec<Vec<(f64, f64)>> = (0..3).map(|c| pts(&|x| x.cases[c].loss)).collect();
+        let names = ["no carry in", "carry in", "cascading carry"];
+        let log: Vec<Series> = case_pts
+            .iter()
+            .zip(names)
+            .enumerate()
+            .filter(|(_, (p, _))| !p.is_empty())
+            .map(|(c, (p, name))| Series {
+                name,
+                points: p,
+                color: plot::PALETTE[c],
+            })
+            .collect();
+        let lin_pts = [
+            pts(&|x| x.offsets_no_carry[0]),
+            pts(&|x| x.offsets_no_carry[1]),
+            pts(&|x| x.offsets_carry[0]),
+            pts(&|x| x.offsets_carry[1]),
+        ];
+        let lin_names = [
+            "p(naive) | no carry (right)",
+            "p(naive+1) | no carry",
+            "p(naive) | carry (carry missed)",
+            "p(naive+1) | carry (right)",
+        ];
+        let lin: Vec<Series> = lin_pts
+            .iter()
+            .zip(lin_names)
+            .enumerate()
+            .map(|(i, (p, name))| Series {
+                name,
+                points: p,
+                color: plot::PALETTE[3 + i],
+            })
+            .collect();
+        let title = format!(
+            "digit 10^{}: loss by case, probability on the naive sum",
+            d.place
+        );
+        files.extend(both(dir, &format!("digit_{}", d.place), |f| {
+            plot::progress_panels(f, &title, last.max(1) as f64, &log, &lin, &[])
+        })?);
+    }
+    Ok(files)
+}
+
+/// One digits checkpoint: each head's mean attention from the answer positions (rows: answer digits
+/// in position order; columns: input positions), and the loss increase on each digit (columns) when
+/// each component (rows: heads, then the top neurons) is zeroed and mean-ablated.
+pub fn digits_checkpoint(
+    r: &crate::analysis::digits::CheckpointReport,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let ablation = &r.ablation;
+    let mut panels = Vec::new();
+    for (l, heads) in r.attention.iter().enumerate() {
+        for (h, a) in heads.iter().enumerate() {
+            panels.push((format!("L{l}H{h}"), a.clone()));
+        }
+    }
+    let mut files = both(dir, "digit_attention", |f| {
+        plot::heatmaps(
+            f,
+            "Mean attention from each answer position (rows, most significant first) to each input position",
+            &panels,
+            "key position",
+            "answer digit",
+        )
+    })?;
+    let grid = |zero: bool| -> Vec<Vec<f64>> {
+        ablation
+            .components
+            .iter()
+            .map(|c| if zero { c.zero.clone() } else { c.mean.clone() })
+            .collect()
+    };
+    let panels = vec![
+        ("zero-ablated".to_string(), grid(true)),
+        ("mean-ablated".to_string(), grid(false)),
+    ];
+    files.extend(both(dir, "digit_ablation", |f| {
+        plot::heatmaps(
+            f,
+            "Loss increase per answer digit (columns) with one component ablated (rows: heads, then top neurons)",
+            &panels,
+            "answer digit",
+            "component",
+        )
+    })?);
+    Ok(files)
+}

@@ -124,7 +124,9 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
         (ModelSpec::Transformer(_), TaskSpec::Modular(_)) => {
             modular_figures(run_dir, &cfg, &metrics)?
         }
-        (ModelSpec::Transformer(_), TaskSpec::Digits(_)) => digits_figures(&cfg, &metrics)?,
+        (ModelSpec::Transformer(_), TaskSpec::Digits(_)) => {
+            digits_figures(run_dir, &cfg, &metrics)?
+        }
         (ModelSpec::ToyMlp(_), _) => toy_mlp_figures(run_dir, &cfg, &metrics)?,
         (ModelSpec::Superposition(_), _) => superposition_figures(run_dir, &cfg, &metrics)?,
         (ModelSpec::Linear(_), _) | (ModelSpec::Transformer(_), _) => {
@@ -342,7 +344,7 @@ fn modular_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
 }
 
 /// Digits: each digit's test loss with its transition step, per-digit accuracy, whole sums right.
-fn digits_figures(cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
+fn digits_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
     let (TaskSpec::Digits(task), ModelSpec::Transformer(shape)) = (&cfg.task, &cfg.model) else {
         unreachable!("dispatched on a transformer on digits");
     };
@@ -390,6 +392,7 @@ fn digits_figures(cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
         caption: "Test accuracy of each digit, and (black) the fraction of test sums right in every digit.".into(),
         spec: json!({"data": acc, "layout": layout("step", "accuracy", false)}),
     });
+    figs.extend(digit_adder_figures(run_dir)?);
     Ok(Page {
         extra_html: String::new(),
         heading: format!(
@@ -420,6 +423,150 @@ fn digits_figures(cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
         ),
         figs,
     })
+}
+
+/// A drop-down menu over groups of `per` consecutive traces: group i visible for `labels[i]`.
+fn groups_menu(labels: &[String], per: usize) -> Value {
+    let n = labels.len() * per;
+    let buttons: Vec<Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| json!({"label": l, "method": "update", "args": [{"visible": (0..n).map(|j| j / per == i).collect::<Vec<_>>()}]}))
+        .collect();
+    json!([{"buttons": buttons, "x": 1.0, "y": 1.15}])
+}
+
+/// Inside the digit adder (`analysis::digits`): offsets from the naive sum and the sub-tasks over
+/// training, the last checkpoint's attention and per-digit ablation.
+fn digit_adder_figures(run_dir: &Path) -> Result<Vec<Figure>> {
+    use crate::analysis::digits;
+    let (task, rows) = digits::over_training(run_dir)?;
+    let steps: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let Some((_, last_stats)) = rows.last() else {
+        return Ok(Vec::new());
+    };
+    let labels: Vec<String> = last_stats
+        .iter()
+        .map(|d| format!("digit 10^{}", d.place))
+        .collect();
+    let trace = |name: &str, y: Vec<f64>, visible: bool| -> Value {
+        json!({"type": "scatter", "mode": "lines+markers", "name": name, "x": steps, "y": y, "visible": visible})
+    };
+    let (mut offsets, mut cases) = (Vec::new(), Vec::new());
+    for j in 0..last_stats.len() {
+        let col = |f: &dyn Fn(&digits::DigitStats) -> f64| {
+            rows.iter().map(|(_, d)| f(&d[j])).collect::<Vec<f64>>()
+        };
+        let vis = j == 0;
+        offsets.push(trace(
+            "p(naive) | no carry (right)",
+            col(&|d| d.offsets_no_carry[0]),
+            vis,
+        ));
+        offsets.push(trace(
+            "p(naive+1) | no carry",
+            col(&|d| d.offsets_no_carry[1]),
+            vis,
+        ));
+        offsets.push(trace(
+            "p(naive) | carry (carry missed)",
+            col(&|d| d.offsets_carry[0]),
+            vis,
+        ));
+        offsets.push(trace(
+            "p(naive+1) | carry (right)",
+            col(&|d| d.offsets_carry[1]),
+            vis,
+        ));
+        offsets.push(trace(
+            "p(other) | either",
+            col(&|d| {
+                let n0 = d.cases[0].n as f64;
+                let n1 = (d.cases[1].n + d.cases[2].n) as f64;
+                let o1 = if n1 > 0.0 { d.offsets_carry[3] } else { 0.0 };
+                (n0 * d.offsets_no_carry[3] + n1 * o1) / (n0 + n1)
+            }),
+            vis,
+        ));
+        for (c, name) in ["no carry in", "carry in", "cascading carry"]
+            .iter()
+            .enumerate()
+        {
+            cases.push(trace(name, col(&|d| d.cases[c].loss), vis));
+        }
+    }
+    let mut lay = layout("step (checkpoints)", "mean probability", false);
+    lay["updatemenus"] = groups_menu(&labels, 5);
+    let mut lay_c = layout("step (checkpoints)", "test loss", true);
+    lay_c["updatemenus"] = groups_menu(&labels, 3);
+    let last = digits::checkpoint_report(
+        &crate::io::checkpoint::load_transformer(&last_checkpoint(run_dir)?)?,
+        &task,
+    )?;
+    let answer_labels: Vec<String> = last
+        .digits
+        .iter()
+        .map(|d| format!("10^{}", d.place))
+        .collect();
+    let mut head_labels = Vec::new();
+    let mut att = Vec::new();
+    for (l, heads) in last.attention.iter().enumerate() {
+        for (h, a) in heads.iter().enumerate() {
+            head_labels.push(format!("L{l}H{h}"));
+            att.push(json!({"type": "heatmap", "z": a, "x": last.positions, "y": answer_labels, "colorscale": "Blues", "zmin": 0, "zmax": 1, "visible": att.is_empty()}));
+        }
+    }
+    let mut lay_a = layout("key position", "answer digit", false);
+    lay_a["updatemenus"] = one_at_a_time(&head_labels);
+    lay_a["yaxis"]["autorange"] = json!("reversed");
+    let names: Vec<&str> = last
+        .ablation
+        .components
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let zero: Vec<&Vec<f64>> = last.ablation.components.iter().map(|c| &c.zero).collect();
+    let mean: Vec<&Vec<f64>> = last.ablation.components.iter().map(|c| &c.mean).collect();
+    let abl = vec![
+        json!({"type": "heatmap", "z": zero, "x": answer_labels, "y": names, "colorscale": "Reds", "name": "zero"}),
+        json!({"type": "heatmap", "z": mean, "x": answer_labels, "y": names, "colorscale": "Reds", "name": "mean", "visible": false}),
+    ];
+    let mut lay_b = layout("answer digit", "component", false);
+    lay_b["updatemenus"] = one_at_a_time(&["zero-ablated".to_string(), "mean-ablated".to_string()]);
+    lay_b["yaxis"]["autorange"] = json!("reversed");
+    Ok(vec![
+        Figure {
+            id: "naive-sum",
+            title: "Each digit through the naive sum",
+            caption: format!(
+                "The naive digit is (a_k + b_k) mod 10, the carry ignored; the true digit is it or, when a carry arrives, naive + 1. Mean probability the model puts on each, over training, for the examples without and with a carry into the digit (menu: the digit). A digit choosing between the two candidates puts its mass on both until it learns to read the carry. Evaluation set: {} uniform pairs plus {} with a forced cascading carry per place ≥ 10^2.",
+                digits::N_UNIFORM,
+                digits::N_CASCADE
+            ),
+            spec: json!({"data": offsets, "layout": lay}),
+        },
+        Figure {
+            id: "sub-tasks",
+            title: "Each digit's sub-tasks",
+            caption: "Test loss of a digit split by case: no carry arrives, a carry arrives from the pair below (sum ≥ 10), or a cascading carry (the pair below sums to 9 and receives a carry itself). Which case each digit learns first.".into(),
+            spec: json!({"data": cases, "layout": lay_c}),
+        },
+        Figure {
+            id: "digit-attention",
+            title: "Attention from the answer positions (last checkpoint)",
+            caption: "Each head's attention from the position that predicts each answer digit (rows) to every input position (a_k, b_k: the operands' digits of place 10^k; s_k: sum digits already written), averaged over the evaluation set (menu: the head).".into(),
+            spec: json!({"data": att, "layout": lay_a}),
+        },
+        Figure {
+            id: "digit-ablation",
+            title: "Which components each digit needs (last checkpoint)",
+            caption: format!(
+                "Loss increase on each answer digit when a head, or one of the {} MLP neurons most damaging on some digit, is zeroed or replaced by its mean over the evaluation set (menu).",
+                digits::TOP_NEURONS
+            ),
+            spec: json!({"data": abl, "layout": lay_b}),
+        },
+    ])
 }
 
 /// The ToyMLP: accuracy, neuron ablation, the top neurons over the input grid.
