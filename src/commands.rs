@@ -162,7 +162,20 @@ pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<Analy
     }) = &l.task
     {
         let task = digits::task_of(*n_digits, *reverse_sum)?;
-        let report = digits::checkpoint_report(l.transformer()?, &task)?;
+        let t = l.transformer()?;
+        let (v, vo, ctx) = (t.cfg.d_vocab, t.cfg.d_vocab_out(), t.cfg.n_ctx);
+        if v != task.d_vocab() || vo != task.d_vocab_out() || ctx < task.n_ctx() - 1 {
+            return Err(Error::format(
+                target,
+                format!(
+                    "the model (d_vocab {v}, d_vocab_out {vo}, n_ctx {ctx}) does not fit the {n_digits}-digit task it records (d_vocab {}, d_vocab_out {}, n_ctx {})",
+                    task.d_vocab(),
+                    task.d_vocab_out(),
+                    task.n_ctx()
+                ),
+            ));
+        }
+        let report = digits::checkpoint_report(t, &task)?;
         let files = match out {
             Some(dir) => figures::digits_checkpoint(&report, dir)?,
             None => Vec::new(),

@@ -502,12 +502,24 @@ fn analysing_a_checkpoint_of_another_task_is_a_clear_error() {
         .arg(&path)
         .output()
         .unwrap();
+    // A modular-shaped model recorded as a digits model: analyze names the file and the mismatch.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
             && err.contains("digits.safetensors")
-            && err.contains("digits")
+            && err.contains("does not fit the 3-digit task")
             && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .arg("ablate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("`toylens analyze` gives its ablation per answer digit"),
         "{err}"
     );
 }

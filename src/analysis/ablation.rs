@@ -63,6 +63,21 @@ pub fn baseline(model: &Transformer, p: usize, op: Op) -> Result<(f64, f64)> {
     Ok(score(&last_logits(&l), model.cfg.d_vocab_out(), &targets))
 }
 
+/// A hook that zeroes index `idx` of axis 2 (a head of `hook_z`, a neuron of `hook_post`), or with
+/// `mean` gives it, at each position, its mean over the batch.
+pub fn unit_ablation(idx: usize, mean: bool) -> impl FnMut(&mut ArrayViewMutD<f32>) + Send {
+    move |a: &mut ArrayViewMutD<f32>| {
+        let mut unit = a.index_axis_mut(Axis(2), idx);
+        if mean {
+            let m = unit.mean_axis(Axis(0)).expect("batch");
+            unit.axis_iter_mut(Axis(0))
+                .for_each(|mut row| row.assign(&m));
+        } else {
+            unit.fill(0.0);
+        }
+    }
+}
+
 /// Zero- and mean-ablate index `idx` of axis 2 at hook point `name` (a head of `hook_z`, a neuron of
 /// `hook_post`) in hooked runs: [(loss, accuracy) zeroed, (loss, accuracy) mean-ablated]. Mean
 /// ablation gives each position the unit's mean over the inputs at that position.
@@ -75,16 +90,7 @@ fn hooked(
 ) -> Result<[(f64, f64); 2]> {
     let mut r = [(0.0, 0.0); 2];
     for (i, mean_ablate) in [false, true].into_iter().enumerate() {
-        let hook = move |a: &mut ArrayViewMutD<f32>| {
-            let mut unit = a.index_axis_mut(Axis(2), idx);
-            if mean_ablate {
-                let m = unit.mean_axis(Axis(0)).expect("batch");
-                unit.axis_iter_mut(Axis(0))
-                    .for_each(|mut row| row.assign(&m));
-            } else {
-                unit.fill(0.0);
-            }
-        };
+        let hook = unit_ablation(idx, mean_ablate);
         let out = model.run_with_hooks(tokens.view(), Hooks::new().add(name, hook))?;
         r[i] = score(&last_logits(&out), model.cfg.d_vocab_out(), targets);
     }

@@ -9,17 +9,17 @@
 use crate::engine::loss::{cross_entropy, RowLoss};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
-use crate::hooks::{CacheFilter, Hooks};
+use crate::hooks::{ActivationCache, CacheFilter, Hooks};
 use crate::models::transformer::Transformer;
 use crate::tasks::digits::{DigitsTask, Operands};
-use ndarray::{Array2, Array3, ArrayViewMutD, Axis};
+use ndarray::{Array2, Array3, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
 
 /// Uniform pairs in the evaluation set.
-pub const N_UNIFORM: usize = 1000;
+pub const N_UNIFORM: usize = 400;
 /// Pairs with a forced cascading carry, per place that can receive one (10^2 and up).
-pub const N_CASCADE: usize = 100;
+pub const N_CASCADE: usize = 40;
 /// Neurons kept in the per-digit ablation table (the most damaging when zeroed, on any digit).
 pub const TOP_NEURONS: usize = 12;
 const EVAL_SEED: u64 = 0xD161_75E7;
@@ -101,9 +101,12 @@ pub fn eval_set(task: &DigitsTask) -> EvalSet {
         }
     }
     let batch = task.batch(&pairs);
+    // The last token is never attended to from an answer position (causal attention): drop it.
+    let last = batch.loss_pos.last().copied().unwrap_or(0);
+    let tokens = batch.tokens.slice(ndarray::s![.., ..=last]).to_owned();
     EvalSet {
         pairs,
-        tokens: batch.tokens,
+        tokens,
         targets: batch.targets,
         places: task.places(),
         loss_pos: batch.loss_pos,
@@ -240,13 +243,27 @@ pub fn measure(model: &Transformer, set: &EvalSet) -> Result<Vec<DigitStats>> {
     Ok(digit_stats(set, &answer_logits(set, &full)))
 }
 
+fn pattern_names(model: &Transformer) -> Vec<String> {
+    (0..model.cfg.n_layers)
+        .map(|l| format!("blocks.{l}.attn.hook_pattern"))
+        .collect()
+}
+
+/// Where every neuron reaches the logits linearly: the last layer's `hook_post` with no final
+/// LayerNorm (None otherwise).
+fn direct_neurons(model: &Transformer) -> Option<String> {
+    let cfg = &model.cfg;
+    (cfg.has_mlp() && !cfg.has_ln()).then(|| format!("blocks.{}.mlp.hook_post", cfg.n_layers - 1))
+}
+
 /// Each head's attention from each answer position over the key positions, averaged over the
 /// evaluation set: `[layer][head]` of `[answer digits, key positions]`.
-pub fn attention(model: &Transformer, set: &EvalSet) -> Result<Vec<Vec<Array2<f64>>>> {
-    let names: Vec<String> = (0..model.cfg.n_layers)
-        .map(|l| format!("blocks.{l}.attn.hook_pattern"))
-        .collect();
-    let (_, cache) = model.run_with_cache(set.tokens.view(), CacheFilter::Names(names.clone()))?;
+fn attention(
+    model: &Transformer,
+    set: &EvalSet,
+    cache: &ActivationCache,
+) -> Result<Vec<Vec<Array2<f64>>>> {
+    let names = pattern_names(model);
     let mut out = Vec::new();
     for name in &names {
         let p = cache.get(name)?; // [batch, head, query, key]
@@ -319,16 +336,7 @@ pub fn hooked_ablation(
 ) -> Result<[Vec<f64>; 2]> {
     let mut out = [Vec::new(), Vec::new()];
     for (i, mean_ablate) in [false, true].into_iter().enumerate() {
-        let hook = move |a: &mut ArrayViewMutD<f32>| {
-            let mut unit = a.index_axis_mut(Axis(2), idx);
-            if mean_ablate {
-                let m = unit.mean_axis(Axis(0)).expect("batch");
-                unit.axis_iter_mut(Axis(0))
-                    .for_each(|mut row| row.assign(&m));
-            } else {
-                unit.fill(0.0);
-            }
-        };
+        let hook = super::ablation::unit_ablation(idx, mean_ablate);
         let full = model.run_with_hooks(set.tokens.view(), Hooks::new().add(name, hook))?;
         out[i] = per_digit_loss(set, &answer_logits(set, &full));
     }
@@ -338,11 +346,14 @@ pub fn hooked_ablation(
 /// Zero- and mean-ablate every head and every MLP neuron; keep the heads and the top neurons.
 /// Neurons of the last layer without a final LayerNorm reach the logits linearly, so all of them
 /// come from one cached run (exact); other neurons need a hooked run each and are left out.
-pub fn ablate(model: &Transformer, set: &EvalSet) -> Result<DigitAblation> {
+fn ablate(
+    model: &Transformer,
+    set: &EvalSet,
+    base_answer: &Array3<f32>,
+    cache: &ActivationCache,
+) -> Result<DigitAblation> {
     let cfg = &model.cfg;
-    let full = model.forward(set.tokens.view())?;
-    let base_answer = answer_logits(set, &full);
-    let baseline = per_digit_loss(set, &base_answer);
+    let baseline = per_digit_loss(set, base_answer);
     let diff = |v: Vec<f64>| -> Vec<f64> { v.iter().zip(&baseline).map(|(a, b)| a - b).collect() };
     let mut components = Vec::new();
     for l in 0..cfg.n_layers {
@@ -359,10 +370,7 @@ pub fn ablate(model: &Transformer, set: &EvalSet) -> Result<DigitAblation> {
         }
     }
     let l = cfg.n_layers - 1;
-    if cfg.has_mlp() && !cfg.has_ln() {
-        let name = format!("blocks.{l}.mlp.hook_post");
-        let (_, cache) =
-            model.run_with_cache(set.tokens.view(), CacheFilter::Names(vec![name.clone()]))?;
+    if let Some(name) = direct_neurons(model) {
         let post = cache.get(&name)?.select(Axis(1), &set.loss_pos); // [pairs, answers, d_mlp]
         let (w_out, w_u) = (
             model
@@ -446,7 +454,12 @@ pub struct CheckpointReport {
 
 pub fn checkpoint_report(model: &Transformer, task: &DigitsTask) -> Result<CheckpointReport> {
     let set = eval_set(task);
-    let attention = attention(model, &set)?
+    // One cached run serves the statistics, the attention and the neurons' direct effects.
+    let mut names = pattern_names(model);
+    names.extend(direct_neurons(model));
+    let (full, cache) = model.run_with_cache(set.tokens.view(), CacheFilter::Names(names))?;
+    let answer = answer_logits(&set, &full);
+    let attention = attention(model, &set, &cache)?
         .into_iter()
         .map(|heads| {
             heads
@@ -460,16 +473,14 @@ pub fn checkpoint_report(model: &Transformer, task: &DigitsTask) -> Result<Check
         reverse_sum: task.reverse_sum,
         n_eval: set.pairs.len(),
         positions: position_names(task),
-        digits: measure(model, &set)?,
+        digits: digit_stats(&set, &answer),
         attention,
-        ablation: ablate(model, &set)?,
+        ablation: ablate(model, &set, &answer, &cache)?,
     })
 }
 
 /// Every checkpoint of a digits run, in step order: (the task, [(step, per-digit statistics)]).
-pub fn over_training(
-    run_dir: &std::path::Path,
-) -> Result<(DigitsTask, OverTraining)> {
+pub fn over_training(run_dir: &std::path::Path) -> Result<(DigitsTask, OverTraining)> {
     use crate::io::run;
     let exp = run::run_config(run_dir)?.resolve()?;
     let crate::config::TaskSpec::Digits(task) = &exp.task else {
@@ -488,8 +499,9 @@ pub fn over_training(
         )));
     }
     let set = eval_set(task);
+    // Checkpoints are independent: two at once use two cores better than one on both.
     let rows = steps
-        .iter()
+        .par_iter()
         .map(|&s| {
             let m = crate::io::checkpoint::load_transformer(&run::checkpoint_path(run_dir, s))?;
             Ok((s, measure(&m, &set)?))
