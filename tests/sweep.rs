@@ -163,18 +163,11 @@ fn a_failing_run_is_recorded_and_the_others_finish() {
         csv.lines().nth(2).unwrap().starts_with("1,3,failed,"),
         "{csv}"
     );
-    // --summary and --report work on it; the same command tries the failed run again.
+    // --summary works on it; --resume tries the failed run again.
     ok(&["sweep", "--summary", dir.to_str().unwrap()]);
-    let again = toylens(&[
-        "sweep",
-        "grokking-tiny",
-        "model.n_heads=1,3,4",
-        "model.d_head=null",
-        "train.steps=40",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let again = toylens(&["sweep", "--resume", dir.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&again.stdout);
+    assert!(!again.status.success(), "it fails again");
     assert!(
         out.contains("2 run(s) finished before") && out.contains("1 run(s) to do"),
         "{out}"
