@@ -185,3 +185,27 @@ impl W2 {
         Ok(out)
     }
 }
+
+/// W3: one training step of the `digits5` preset: 5-digit addition, batch 64 (the preset's fresh
+/// batch of step 1, fixed here so the PyTorch side trains on the same one), 18 tokens, loss at the 6
+/// answer positions; d_model 512, 4 heads × 128, d_mlp 2048; AdamW lr 1e-4, wd 0.1, betas 0.9/0.98.
+pub struct W3 {
+    pub model: Transformer,
+    pub batch: TokenBatch,
+    pub optim: AdamWConfig,
+}
+
+impl W3 {
+    pub fn new(seed: u64) -> Result<Self> {
+        use crate::config::{ModelSpec, TaskSpec};
+        let exp = crate::config::resolve("digits5", &[format!("seed={seed}")])?.resolve()?;
+        let (ModelSpec::Transformer(cfg), TaskSpec::Digits(task)) = (&exp.model, &exp.task) else {
+            unreachable!("the digits5 preset is a transformer on digits");
+        };
+        Ok(W3 {
+            model: Transformer::new(cfg.clone())?,
+            batch: task.fresh_batch(1, exp.schedule.batch_size.unwrap_or(64)),
+            optim: exp.optim,
+        })
+    }
+}

@@ -285,10 +285,10 @@ enum Cmd {
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch; W2: a
-    /// ToyMLP step at batch 64).
+    /// ToyMLP step at batch 64; W3: a digits5 step).
     Bench {
-        /// `w1` or `w2`.
-        #[arg(long, default_value = "w1", value_parser = ["w1", "w2"])]
+        /// `w1`, `w2` or `w3` (one step of the digits5 preset: batch 64, 18 tokens, d_model 512).
+        #[arg(long, default_value = "w1", value_parser = ["w1", "w2", "w3"])]
         workload: String,
         /// Steps to run (the first one, warm-up, is not timed).
         #[arg(long, default_value_t = 50)]
@@ -1319,6 +1319,51 @@ fn run(cmd: Cmd) -> Result<()> {
             } else {
                 println!(
                     "W2 (ToyMLP step, batch 64): {ms:.4} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
+                    r.step_ms.len() - 1,
+                    rayon::current_num_threads(),
+                    r.losses[0],
+                    r.losses.last().unwrap()
+                );
+            }
+        }
+        Cmd::Bench {
+            workload,
+            steps,
+            seed,
+            out,
+            json,
+            peak: _,
+        } if workload == "w3" => {
+            let mut w3 = toylens::bench::W3::new(seed)?;
+            if let Some(dir) = &out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                checkpoint::save(
+                    &dir.join("init_w3.safetensors"),
+                    &w3.model,
+                    None,
+                    &HashMap::new(),
+                )?;
+            }
+            let r = toylens::bench::train_steps(&mut w3.model, &w3.batch, w3.optim, steps.max(2))?;
+            let ms = toylens::bench::median(&r.step_ms[1..]);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "workload": "W3",
+                        "threads": rayon::current_num_threads(),
+                        "steps": r.losses.len(),
+                        "ms_per_step_median": ms,
+                        "losses": r.losses,
+                        "tokens": w3.batch.tokens.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+                        "targets": w3.batch.targets.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+                        "loss_pos": w3.batch.loss_pos,
+                    })
+                );
+            } else {
+                println!(
+                    "W3 (digits5 step, batch 64): {ms:.3} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
                     r.step_ms.len() - 1,
                     rayon::current_num_threads(),
                     r.losses[0],
