@@ -175,6 +175,27 @@ fn a_failing_run_is_recorded_and_the_others_finish() {
 }
 
 #[test]
+fn a_diverging_run_is_recorded_with_its_nan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    let o = toylens(&[
+        "sweep",
+        "grokking-tiny",
+        "optim.lr=0.003,1e30",
+        "train.steps=30",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = std::fs::read_to_string(dir.join("1/error.txt")).unwrap();
+    assert!(
+        err.contains("training diverged") && err.contains("NaN"),
+        "{err}"
+    );
+    assert!(dir.join("0/final.safetensors").exists());
+}
+
+#[test]
 fn bad_sweeps_are_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("never");
