@@ -12,7 +12,6 @@ ratio and the largest relative difference between the two loss curves.
 
 import argparse
 import json
-import math
 import pathlib
 import statistics
 import subprocess
@@ -21,38 +20,15 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from compare import Nanda  # bench/compare.py, beside this script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 LR, WD, BETAS = 1e-4, 0.1, (0.9, 0.98)
 
 
-class Digits(torch.nn.Module):
-    """The digits5 transformer in plain PyTorch, TransformerLens-layout weights (no attention or
-    unembedding biases, as the preset)."""
-
-    def __init__(self, sd):
-        super().__init__()
-        names = ["embed.W_E", "pos_embed.W_pos", "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V",
-                 "blocks.0.attn.W_O", "blocks.0.mlp.W_in", "blocks.0.mlp.b_in", "blocks.0.mlp.W_out",
-                 "blocks.0.mlp.b_out", "unembed.W_U"]
-        self.p = torch.nn.ParameterDict({n.replace(".", "_"): torch.nn.Parameter(sd[n].clone()) for n in names})
-        self.d_head = sd["blocks.0.attn.W_Q"].shape[-1]
-
-    def forward(self, x):
-        p = self.p
-        n = x.shape[1]
-        r = p["embed_W_E"][x] + p["pos_embed_W_pos"][:n]
-        q = torch.einsum("bpd,hde->bhpe", r, p["blocks_0_attn_W_Q"])
-        k = torch.einsum("bpd,hde->bhpe", r, p["blocks_0_attn_W_K"])
-        v = torch.einsum("bpd,hde->bhpe", r, p["blocks_0_attn_W_V"])
-        scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(self.d_head)
-        mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
-        pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-        z = torch.einsum("bhqk,bhke->bhqe", pattern, v)
-        r = r + torch.einsum("bhqe,hed->bqd", z, p["blocks_0_attn_W_O"])
-        post = torch.relu(r @ p["blocks_0_mlp_W_in"] + p["blocks_0_mlp_b_in"])
-        r = r + post @ p["blocks_0_mlp_W_out"] + p["blocks_0_mlp_b_out"]
-        return r @ p["unembed_W_U"]
+# The same one-layer, no-LayerNorm transformer as W1's (its forward takes any sequence length).
+Digits = Nanda
 
 
 def main():

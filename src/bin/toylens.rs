@@ -351,6 +351,51 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
     ))
 }
 
+/// A benchmark's initial weights into DIR (for the PyTorch side of bench/).
+fn save_bench_init(
+    dir: Option<&std::path::Path>,
+    file: &str,
+    model: &dyn toylens::models::Model,
+) -> Result<()> {
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        checkpoint::save(&dir.join(file), model, None, &HashMap::new())?;
+    }
+    Ok(())
+}
+
+/// A benchmark's step times: one JSON object (with `extra`'s fields) or one line.
+fn print_bench(
+    name: &str,
+    about: &str,
+    r: &toylens::bench::StepTimes,
+    json: bool,
+    extra: serde_json::Value,
+) {
+    let ms = toylens::bench::median(&r.step_ms[1..]);
+    if json {
+        let mut v = serde_json::json!({
+            "workload": name,
+            "threads": rayon::current_num_threads(),
+            "steps": r.losses.len(),
+            "ms_per_step_median": ms,
+            "losses": r.losses,
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{name} ({about}): {ms:.4} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
+            r.step_ms.len() - 1,
+            rayon::current_num_threads(),
+            r.losses[0],
+            r.losses.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+}
+
 fn run_sweep_locally(
     dir: &std::path::Path,
     exe: &std::path::Path,
@@ -1293,38 +1338,15 @@ fn run(cmd: Cmd) -> Result<()> {
             peak: _,
         } if workload == "w2" => {
             let mut w2 = toylens::bench::W2::new(seed)?;
-            if let Some(dir) = &out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                checkpoint::save(
-                    &dir.join("init_w2.safetensors"),
-                    &w2.model,
-                    None,
-                    &HashMap::new(),
-                )?;
-            }
+            save_bench_init(out.as_deref(), "init_w2.safetensors", &w2.model)?;
             let r = w2.train_steps(steps.max(2))?;
-            let ms = toylens::bench::median(&r.step_ms[1..]);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "workload": "W2",
-                        "threads": rayon::current_num_threads(),
-                        "steps": r.losses.len(),
-                        "ms_per_step_median": ms,
-                        "losses": r.losses,
-                    })
-                );
-            } else {
-                println!(
-                    "W2 (ToyMLP step, batch 64): {ms:.4} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
-                    r.step_ms.len() - 1,
-                    rayon::current_num_threads(),
-                    r.losses[0],
-                    r.losses.last().unwrap()
-                );
-            }
+            print_bench(
+                "W2",
+                "ToyMLP step, batch 64",
+                &r,
+                json,
+                serde_json::json!({}),
+            );
         }
         Cmd::Bench {
             workload,
@@ -1335,41 +1357,16 @@ fn run(cmd: Cmd) -> Result<()> {
             peak: _,
         } if workload == "w3" => {
             let mut w3 = toylens::bench::W3::new(seed)?;
-            if let Some(dir) = &out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                checkpoint::save(
-                    &dir.join("init_w3.safetensors"),
-                    &w3.model,
-                    None,
-                    &HashMap::new(),
-                )?;
-            }
+            save_bench_init(out.as_deref(), "init_w3.safetensors", &w3.model)?;
             let r = toylens::bench::train_steps(&mut w3.model, &w3.batch, w3.optim, steps.max(2))?;
-            let ms = toylens::bench::median(&r.step_ms[1..]);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "workload": "W3",
-                        "threads": rayon::current_num_threads(),
-                        "steps": r.losses.len(),
-                        "ms_per_step_median": ms,
-                        "losses": r.losses,
-                        "tokens": w3.batch.tokens.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
-                        "targets": w3.batch.targets.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
-                        "loss_pos": w3.batch.loss_pos,
-                    })
-                );
-            } else {
-                println!(
-                    "W3 (digits5 step, batch 64): {ms:.3} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
-                    r.step_ms.len() - 1,
-                    rayon::current_num_threads(),
-                    r.losses[0],
-                    r.losses.last().unwrap()
-                );
-            }
+            let rows =
+                |a: &ndarray::Array2<u32>| a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+            let batch = serde_json::json!({
+                "tokens": rows(&w3.batch.tokens),
+                "targets": rows(&w3.batch.targets),
+                "loss_pos": w3.batch.loss_pos,
+            });
+            print_bench("W3", "digits5 step, batch 64", &r, json, batch);
         }
         Cmd::Bench {
             steps,
