@@ -68,7 +68,16 @@ pub fn run_task(dir: &Path, id: usize, progress: Progress) -> Result<Outcome> {
     let spec = m.run(id)?;
     let rdir = run_dir(dir, id);
     std::fs::create_dir_all(&rdir).map_err(|e| Error::io(&rdir, e))?;
-    let Some(_lock) = try_lock(&rdir)? else {
+    // `--status` probes the lock for an instant: try a few times before leaving the run to another.
+    let mut lock = try_lock(&rdir)?;
+    for _ in 0..10 {
+        if lock.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        lock = try_lock(&rdir)?;
+    }
+    let Some(_lock) = lock else {
         return Ok(Outcome::RunningElsewhere);
     };
     if rdir.join(run::SUMMARY).is_file() {
