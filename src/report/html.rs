@@ -43,13 +43,7 @@ pub(crate) fn layout(x: &str, y: &str, log_y: bool) -> Value {
 
 /// A drop-down menu that shows one trace at a time: trace i for `labels[i]`.
 fn one_at_a_time(labels: &[String]) -> Value {
-    let n = labels.len();
-    let buttons: Vec<Value> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| json!({"label": l, "method": "update", "args": [{"visible": (0..n).map(|j| j == i).collect::<Vec<_>>()}]}))
-        .collect();
-    json!([{"buttons": buttons, "x": 1.0, "y": 1.15}])
+    groups_menu(labels, 1)
 }
 
 /// Text safe inside an inline `<script>` or HTML: no `</` sequence can end the element.

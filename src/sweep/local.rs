@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// How often a running sweep rewrites `summary.csv`.
+const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
 /// The exit code of a worker that found its run locked by another process.
 pub const EXIT_RUNNING_ELSEWHERE: i32 = 3;
 
@@ -95,14 +98,9 @@ pub struct Report {
     pub elsewhere: Vec<usize>,
 }
 
-impl Report {
-    pub fn all_done(&self) -> bool {
-        self.failed.is_empty() && self.elsewhere.is_empty()
-    }
-}
-
 /// Run every unfinished run of the sweep in `dir` with worker processes of `exe` (the `toylens`
-/// binary); failed runs are tried again. `summary.csv` is rewritten as runs finish.
+/// binary); failed runs are tried again. `summary.csv` is rewritten as runs finish (at most every
+/// few seconds) and at the end.
 pub fn run_local(
     dir: &Path,
     exe: &Path,
@@ -122,10 +120,12 @@ pub fn run_local(
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = plan_workers(&m, todo.len(), cores, jobs, available_memory());
+    let memory = crate::config::available_memory().map(|b| b as f64);
+    let workers = plan_workers(&m, todo.len(), cores, jobs, memory);
     on_event(Event::Start(&workers, todo.len()));
     let mut queue = todo.into_iter();
     let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut last_summary = std::time::Instant::now();
     loop {
         while running.len() < workers.jobs {
             let Some(id) = queue.next() else { break };
@@ -174,9 +174,12 @@ pub fn run_local(
             };
             on_event(Event::Finished(id, &st));
         }
-        if finished {
+        // The table re-reads every finished run: at most every few seconds, and once at the end.
+        if finished && last_summary.elapsed() >= SUMMARY_EVERY {
             summary::write(dir, &m)?;
-        } else {
+            last_summary = std::time::Instant::now();
+        }
+        if !finished {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -222,13 +225,6 @@ fn spawn(dir: &Path, exe: &Path, id: usize, threads: usize) -> Result<Child> {
     }
     cmd.spawn()
         .map_err(|e| Error::Input(format!("cannot start {}: {e}", exe.display())))
-}
-
-fn available_memory() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
 }
 
 /// The `toylens` binary beside the running one: itself, or, for tests and the library, a path given.
