@@ -96,6 +96,27 @@ pub enum AnalyzeReport {
 /// `toylens analyze TARGET`: a run directory (pictures and `progress.csv` into `out`, by default
 /// `RUN/analysis/`) or one checkpoint (pictures into `out` when given).
 pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<AnalyzeReport> {
+    analyze_into(target, Some(out), rule)
+}
+
+/// What `analyze` finds, with no file written (`files` empty): for the Python bindings.
+pub fn analyze_data(target: &Path, rule: KeyRule) -> Result<AnalyzeReport> {
+    analyze_into(target, None, rule)
+}
+
+/// `files`: None writes nothing; `Some(out)` writes as `analyze` does.
+fn analyze_into(
+    target: &Path,
+    files: Option<Option<&Path>>,
+    rule: KeyRule,
+) -> Result<AnalyzeReport> {
+    let out = files.flatten();
+    let run_dir = |target: &Path| -> Result<Option<PathBuf>> {
+        let Some(out) = files else { return Ok(None) };
+        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Some(dir))
+    };
     if target.is_dir()
         && matches!(
             run::run_config(target)?.data,
@@ -107,8 +128,13 @@ pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<Analy
         let last_path = steps.last().map(|&s| run::checkpoint_path(target, s));
         let last_model = checkpoint::load_transformer(&last_path.expect("over_training checked"))?;
         let last = digits::checkpoint_report(&last_model, &task)?;
-        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let Some(dir) = run_dir(target)? else {
+            return Ok(AnalyzeReport::DigitsRun {
+                rows,
+                last,
+                files: Vec::new(),
+            });
+        };
         let csv = dir.join("digits.csv");
         write_atomic(&csv, digits::over_training_csv(&rows).as_bytes())?;
         let json = dir.join("digits_last.json");
@@ -126,8 +152,13 @@ pub fn analyze(target: &Path, out: Option<&Path>, rule: KeyRule) -> Result<Analy
     if target.is_dir() {
         let rows = analysis::progress(target)?;
         let phases = analysis::phases(&rows);
-        let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let Some(dir) = run_dir(target)? else {
+            return Ok(AnalyzeReport::Run {
+                rows,
+                phases,
+                files: Vec::new(),
+            });
+        };
         let csv = dir.join("progress.csv");
         write_atomic(&csv, analysis::progress_csv(&rows).as_bytes())?;
         let mut files = vec![csv];
@@ -363,7 +394,22 @@ pub fn llc(
     cfg: &crate::analysis::llc::LlcConfig,
     out: Option<&Path>,
 ) -> Result<LlcReport> {
+    llc_into(target, cfg, Some(out))
+}
+
+/// What `llc` finds, with no file written (`files` empty): for the Python bindings.
+pub fn llc_data(target: &Path, cfg: &crate::analysis::llc::LlcConfig) -> Result<LlcReport> {
+    llc_into(target, cfg, None)
+}
+
+/// `files`: None writes nothing; `Some(out)` writes as `llc` does.
+fn llc_into(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    files: Option<Option<&Path>>,
+) -> Result<LlcReport> {
     use crate::analysis::llc;
+    let out = files.flatten();
     if target.is_dir() {
         let steps = run::checkpoint_steps(target);
         if steps.is_empty() {
@@ -381,6 +427,14 @@ pub fn llc(
         let models: Vec<&dyn crate::models::Model> =
             loaded.iter().map(|l| l.model.as_ref()).collect();
         let estimates = llc::estimate_many(&models, &data, cfg)?;
+        let Some(out) = files else {
+            return Ok(LlcReport::Run {
+                steps,
+                estimates,
+                n_train: data.len(),
+                files: Vec::new(),
+            });
+        };
         let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut csv = String::from("step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance");

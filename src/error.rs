@@ -22,6 +22,9 @@ pub enum Error {
         name: String,
         suggestions: Vec<String>,
     },
+    /// A run stopped on request, after saving a checkpoint of the step it finished.
+    #[error("stopped at step {step}; saved {}: resume to continue it exactly", .checkpoint.display())]
+    Interrupted { step: u64, checkpoint: PathBuf },
     /// Bad input to a model call (tokens out of range, wrong shapes, ...).
     #[error("{0}")]
     Input(String),

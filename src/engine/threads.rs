@@ -22,14 +22,27 @@ pub fn flush_subnormals() {
 /// Size rayon's global pool once (0 = all cores), subnormals flushed on every thread. Later calls
 /// cannot resize it; they return the size in force. Results do not depend on the thread count.
 pub fn init(threads: usize) -> usize {
+    flush_subnormals();
+    init_pool(threads)
+}
+
+/// [`init`] without touching the calling thread's floating-point mode (for a caller that is not
+/// ours: the Python interpreter's thread).
+pub fn init_pool(threads: usize) -> usize {
     *CONFIGURED.get_or_init(|| {
-        flush_subnormals();
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .start_handler(|_| flush_subnormals())
             .build_global();
         rayon::current_num_threads()
     })
+}
+
+/// Run `f` on a thread of the global pool (sized by [`init_pool`] if it was not), so that it
+/// computes with subnormals flushed while the calling thread keeps its own floating-point mode.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    init_pool(0);
+    rayon::scope(|_| f())
 }
 
 /// Run `f` on a private pool of `threads` threads (used by tests comparing thread counts).

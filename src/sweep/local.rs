@@ -98,12 +98,29 @@ pub struct Report {
     pub elsewhere: Vec<usize>,
 }
 
-/// Run every unfinished run of the sweep in `dir` with worker processes of `exe` (the `toylens`
-/// binary); failed runs are tried again. `summary.csv` is rewritten as runs finish (at most every
+/// The command a worker runs: a program and what comes before `--threads T sweep --task DIR N`
+/// (nothing for the `toylens` binary; `-m toylens._worker` for the Python interpreter).
+#[derive(Clone, Debug)]
+pub struct Worker {
+    pub program: PathBuf,
+    pub prefix: Vec<std::ffi::OsString>,
+}
+
+impl Worker {
+    pub fn binary(exe: &Path) -> Self {
+        Worker {
+            program: exe.to_path_buf(),
+            prefix: Vec::new(),
+        }
+    }
+}
+
+/// Run every unfinished run of the sweep in `dir` with worker processes; failed runs are tried
+/// again. `summary.csv` is rewritten as runs finish (at most every
 /// few seconds) and at the end.
 pub fn run_local(
     dir: &Path,
-    exe: &Path,
+    worker: &Worker,
     jobs: Option<usize>,
     mut on_event: impl FnMut(Event),
 ) -> Result<Report> {
@@ -129,7 +146,7 @@ pub fn run_local(
     loop {
         while running.len() < workers.jobs {
             let Some(id) = queue.next() else { break };
-            running.push((id, spawn(dir, exe, id, workers.threads)?));
+            running.push((id, spawn(dir, worker, id, workers.threads)?));
             on_event(Event::Started(id));
         }
         if running.is_empty() {
@@ -187,7 +204,7 @@ pub fn run_local(
     Ok(report)
 }
 
-fn spawn(dir: &Path, exe: &Path, id: usize, threads: usize) -> Result<Child> {
+fn spawn(dir: &Path, worker: &Worker, id: usize, threads: usize) -> Result<Child> {
     let rdir = run_dir(dir, id);
     std::fs::create_dir_all(&rdir).map_err(|e| Error::io(&rdir, e))?;
     let log_path = rdir.join(LOG);
@@ -197,8 +214,9 @@ fn spawn(dir: &Path, exe: &Path, id: usize, threads: usize) -> Result<Child> {
         .open(&log_path)
         .map_err(|e| Error::io(&log_path, e))?;
     let log2 = log.try_clone().map_err(|e| Error::io(&log_path, e))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--threads")
+    let mut cmd = Command::new(&worker.program);
+    cmd.args(&worker.prefix)
+        .arg("--threads")
         .arg(threads.to_string())
         .arg("sweep")
         .arg("--task")
@@ -224,7 +242,7 @@ fn spawn(dir: &Path, exe: &Path, id: usize, threads: usize) -> Result<Child> {
         }
     }
     cmd.spawn()
-        .map_err(|e| Error::Input(format!("cannot start {}: {e}", exe.display())))
+        .map_err(|e| Error::Input(format!("cannot start {}: {e}", worker.program.display())))
 }
 
 /// The `toylens` binary beside the running one: itself, or, for tests and the library, a path given.

@@ -39,6 +39,17 @@ pub enum Progress {
     Quiet,
 }
 
+/// What a caller can do to a run while it trains (the Python bindings: Ctrl-C and notebook
+/// progress lines).
+#[derive(Clone, Copy, Default)]
+pub struct Control<'a> {
+    /// Set (by a signal handler, say) to stop: the run saves a checkpoint of the step it finished
+    /// and returns [`Error::Interrupted`]; resuming continues to the same bits.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Receives the progress lines (instead of the log) when progress is `Auto`.
+    pub log: Option<&'a (dyn Fn(&str) + Sync)>,
+}
+
 /// The config to continue the run in `dir` with: its own, with `overrides` of `train.*` only (a
 /// longer budget, say).
 pub fn resume_config(dir: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
@@ -273,6 +284,17 @@ pub fn train(
     mode: RunMode,
     progress: Progress,
 ) -> Result<Summary> {
+    train_with(cfg, dir, mode, progress, Control::default())
+}
+
+/// [`train`], with a way to stop it and to receive its progress.
+pub fn train_with(
+    cfg: &ExperimentConfig,
+    dir: &Path,
+    mode: RunMode,
+    progress: Progress,
+    control: Control,
+) -> Result<Summary> {
     let exp = cfg.resolve()?;
     exp.check_memory()?;
     // The thread pool with subnormals flushed (a no-op when the caller set it up already): late
@@ -281,7 +303,7 @@ pub fn train(
     crate::engine::threads::flush_subnormals();
     // The loop runs on a pool thread: each parallel loop inside a step then starts where the pool
     // is, not by handing work over from the main thread (a fifth of a small model's step).
-    rayon::scope(|_| train_on_pool(&exp, dir, mode, progress))
+    rayon::scope(|_| train_on_pool(&exp, dir, mode, progress, control))
 }
 
 /// Where a resumed run starts: the newest checkpoint that loads, its optimizer state, and the
@@ -330,6 +352,7 @@ fn train_on_pool(
     dir: &Path,
     mode: RunMode,
     progress: Progress,
+    control: Control,
 ) -> Result<Summary> {
     prepare_dir(dir, mode)?;
     let sched = &exp.schedule;
@@ -410,7 +433,10 @@ fn train_on_pool(
         job.save(&checkpoint_path(dir, 0), &meta)?;
         save_optim(&optim_path(dir, 0), &opt, 0, 0.0, start_unix)?;
     }
-    let bar = (progress == Progress::Auto && std::io::stderr().is_terminal()).then(|| {
+    let bar = (progress == Progress::Auto
+        && control.log.is_none()
+        && std::io::stderr().is_terminal())
+    .then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
@@ -452,7 +478,11 @@ fn train_on_pool(
             if let Some(b) = &bar {
                 b.set_message(format!("{}  {rate:.0} steps/s", describe(&r)));
             } else if progress == Progress::Auto && (step % log_every == 0 || step == total) {
-                tracing::info!("step {step}/{total}  {}  {rate:.0} steps/s", describe(&r));
+                let line = format!("step {step}/{total}  {}  {rate:.0} steps/s", describe(&r));
+                match control.log {
+                    Some(log) => log(&line),
+                    None => tracing::info!("{line}"),
+                }
             }
             stopped_early = sched
                 .early_stop_test_loss
@@ -475,6 +505,19 @@ fn train_on_pool(
         }
         if stopped_early {
             break;
+        }
+        if control
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            if last_saved != step {
+                job.save(&checkpoint_path(dir, step), &meta)?;
+                save_optim(&optim_path(dir, step), &opt, step, wall(&t0), start_unix)?;
+            }
+            return Err(Error::Interrupted {
+                step,
+                checkpoint: checkpoint_path(dir, step),
+            });
         }
     }
     if let Some(b) = bar {
