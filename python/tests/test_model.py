@@ -1,0 +1,109 @@
+"""Loading, running, caches and hooks."""
+
+import numpy as np
+import pytest
+
+import toylens
+
+
+def all_pairs(p):
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    return np.stack([a.ravel(), b.ravel(), np.full(p * p, p)], axis=1)
+
+
+def test_load_the_original_checkpoint(grokked):
+    m = toylens.load(grokked)
+    assert m.arch == "transformer"
+    assert m.cfg["d_model"] == 128 and m.cfg["n_ctx"] == 3 and m.cfg["d_vocab"] == 114
+    assert m.task["name"] == "modular" and m.task["p"] == 113
+    sd = m.state_dict()
+    assert sd["embed.W_E"].shape == (114, 128)
+    assert sd["blocks.0.attn.W_Q"].shape == (4, 128, 32)
+    assert sd["blocks.0.attn.mask"].dtype == np.bool_
+    assert sum(v.size for k, v in sd.items() if not k.endswith(("mask", "IGNORE"))) == m.n_params
+
+
+def test_the_grokked_model_is_right_on_every_pair(grokked):
+    m = toylens.load(grokked)
+    tokens = all_pairs(113)
+    logits = m(tokens)
+    assert logits.shape == (113 * 113, 3, m.cfg["d_vocab_out"]) and logits.dtype == np.float32
+    pred = logits[:, -1].argmax(-1)
+    assert (pred == (tokens[:, 0] + tokens[:, 1]) % 113).all()
+
+
+def test_one_dimensional_tokens_are_one_example(grokked):
+    m = toylens.load(grokked)
+    np.testing.assert_array_equal(m([3, 5, 113]), m(np.array([[3, 5, 113]])))
+
+
+def test_cache_has_every_hook_in_transformer_lens_shapes(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)[:50]
+    logits, cache = m.run_with_cache(tokens)
+    assert set(cache) == set(m.hook_names)
+    cfg = m.cfg
+    assert cache["hook_embed"].shape == (50, 3, cfg["d_model"])
+    assert cache["blocks.0.attn.hook_pattern"].shape == (50, cfg["n_heads"], 3, 3)
+    assert cache["blocks.0.mlp.hook_post"].shape == (50, 3, cfg["d_mlp"])
+    np.testing.assert_allclose(cache["blocks.0.attn.hook_pattern"].sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(logits, m(tokens))
+
+
+def test_names_filter_forms(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)[:4]
+    _, one = m.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")
+    assert list(one) == ["blocks.0.hook_resid_post"]
+    _, two = m.run_with_cache(tokens, names_filter=["hook_embed", "hook_pos_embed"])
+    assert set(two) == {"hook_embed", "hook_pos_embed"}
+    _, fn = m.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert list(fn) == ["blocks.0.attn.hook_pattern"]
+
+
+def test_python_zeroing_hook_equals_rust_zero_ablation(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)
+    name = "blocks.0.mlp.hook_post"
+    seen = []
+
+    def zero(act, hook):
+        seen.append((hook, hook.name, act.shape))
+        return np.zeros_like(act)
+
+    def zero_in_place(act, hook_name):
+        act[:] = 0.0
+
+    by_python = m.run_with_hooks(tokens, fwd_hooks=[(name, zero)])
+    in_place = m.run_with_hooks(tokens, fwd_hooks=[(name, zero_in_place)])
+    by_rust = m.run_with_hooks(tokens, fwd_hooks=[(name, toylens.hooks.zero)])
+    np.testing.assert_array_equal(by_python, by_rust)
+    np.testing.assert_array_equal(in_place, by_rust)
+    assert seen == [(name, name, (23 * 23, 3, m.cfg["d_mlp"]))]
+    # And it did something: the model without the MLP is another model.
+    assert np.abs(by_rust - m(tokens)).max() > 1e-3
+
+
+def test_hook_that_only_reads_changes_nothing(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)[:10]
+    got = {}
+    out = m.run_with_hooks(
+        tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, h: got.setdefault(h, a.copy()))]
+    )
+    np.testing.assert_array_equal(out, m(tokens))
+    _, cache = m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    np.testing.assert_array_equal(got["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_pattern"])
+
+
+def test_rust_mean_and_replace_hooks(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)[:40]
+    name = "blocks.0.hook_resid_mid"
+    _, cache = m.run_with_cache(tokens, names_filter=name)
+    mean = cache[name].mean(0)
+    by_mean = m.run_with_hooks(tokens, fwd_hooks=[(name, toylens.hooks.mean)])
+    by_replace = m.run_with_hooks(tokens, fwd_hooks=[(name, toylens.hooks.replace(mean))])
+    by_python = m.run_with_hooks(tokens, fwd_hooks=[(name, lambda a, h: np.broadcast_to(mean, a.shape))])
+    np.testing.assert_allclose(by_mean, by_replace, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(by_replace, by_python)
