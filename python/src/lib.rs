@@ -4,8 +4,12 @@
 //! released, so the interpreter's thread keeps its floating-point mode and other Python threads
 //! run meanwhile; a Rust panic becomes a Python `RuntimeError`, never an abort.
 
+mod alloc;
 mod model;
 mod runs;
+
+#[global_allocator]
+static ALLOCATOR: alloc::KeepLarge = alloc::KeepLarge::new();
 
 use pyo3::exceptions::{
     PyFileNotFoundError, PyKeyError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
@@ -77,11 +81,27 @@ fn get_num_threads() -> usize {
     toylens::engine::threads::init_pool(0)
 }
 
+/// Give back the large blocks toylens keeps for reuse (freed caches, say); returns the bytes.
+/// Like `torch.cuda.empty_cache()`: only for memory wanted elsewhere, as the next large call
+/// must then fault fresh pages in.
+#[pyfunction]
+fn empty_cache() -> usize {
+    ALLOCATOR.release()
+}
+
+/// How many large allocations were served from kept blocks (for the tests).
+#[pyfunction]
+fn _reused_blocks() -> usize {
+    ALLOCATOR.hits()
+}
+
 #[pymodule]
 fn _toylens(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(_reused_blocks, m)?)?;
     model::register(m)?;
     runs::register(m)?;
     Ok(())

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import _toylens, hooks
-from ._toylens import Model, get_num_threads, load, presets, set_num_threads
+from ._toylens import Model, empty_cache, get_num_threads, load, presets, set_num_threads
 
 __version__ = _toylens.__version__
 
@@ -33,6 +33,7 @@ __all__ = [
     "ablate",
     "analyze",
     "config",
+    "empty_cache",
     "evaluate",
     "get_num_threads",
     "hooks",

@@ -58,6 +58,10 @@ def set_num_threads(threads: int) -> int:
     """Size toylens's thread pool before its first use; returns the size in force."""
 
 def get_num_threads() -> int: ...
+def empty_cache() -> int:
+    """Give back the large freed blocks toylens keeps for reuse; returns the bytes."""
+
+def _reused_blocks() -> int: ...
 def _train(
     preset: Optional[str],
     overrides: List[str],

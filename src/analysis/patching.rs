@@ -81,12 +81,17 @@ pub fn patch(
         )));
     }
     let row = |t: &[u32]| Array2::from_shape_vec((1, t.len()), t.to_vec()).expect("row");
-    let (_, cache) = model.run_with_cache(
+    // Source, baseline and patched run all take the hooked path (a hook that changes nothing at
+    // the same point): a cache-only pass may take shortcuts that round differently, and patching a
+    // run into itself must change nothing, bit for bit.
+    let watch = || Hooks::new().add(hook, |_| {});
+    let (_, cache) = model.run(
         row(source).view(),
-        CacheFilter::Names(vec![hook.to_string()]),
+        watch(),
+        Some(CacheFilter::Names(vec![hook.to_string()])),
     )?;
     let src = cache.get(hook)?.clone();
-    let before = model.forward(row(target).view())?;
+    let before = model.run_with_hooks(row(target).view(), watch())?;
     let after = model.run_with_hooks(
         row(target).view(),
         Hooks::new().try_add(hook, hooks::patch_from(src, spec, pos_axis, head_axis)),

@@ -23,6 +23,11 @@ fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], sh
     }
 }
 
+/// The token ids, flat (the rows of W_E that hook_embed holds).
+fn tokens_flat(tokens: ArrayView2<u32>) -> Vec<u32> {
+    tokens.iter().copied().collect()
+}
+
 /// Whether a hook or the cache wants `site`.
 fn wants(hk: &Option<&mut Interceptor>, site: Site) -> bool {
     hk.as_deref().is_some_and(|h| h.wants(&site.name()))
@@ -53,6 +58,38 @@ fn intercept_heads(
             data[(hh * rows + r) * dh..][..dh].copy_from_slice(&t[(r * h + hh) * dh..][..dh]);
         }
     }
+}
+
+/// Cache `site` from rows of `data` (`[rows, width]`, or head-major `[h, rows, width / h]` when
+/// `heads` is given): row `map[i]` for each of the `shape`'s leading `map.len()` entries. For the
+/// deduplicated layer 0 of a pass with no hooks.
+fn cache_gathered(
+    hk: &mut Option<&mut Interceptor>,
+    site: Site,
+    data: &[f32],
+    map: &[u32],
+    n_rows: usize,
+    heads: Option<usize>,
+    shape: &[usize],
+) {
+    let Some(h) = hk.as_deref_mut() else { return };
+    h.cache_with(&site.name(), || {
+        let width: usize = shape[2..].iter().product();
+        let mut out = crate::hooks::fresh_vec(map.len() * width);
+        out.resize(map.len() * width, 0.0);
+        out.par_chunks_mut(width)
+            .zip(map)
+            .for_each(|(o, &r)| match heads {
+                None => o.copy_from_slice(&data[r as usize * width..][..width]),
+                Some(h_n) => {
+                    let dh = width / h_n;
+                    for (hh, oh) in o.chunks_exact_mut(dh).enumerate() {
+                        oh.copy_from_slice(&data[(hh * n_rows + r as usize) * dh..][..dh]);
+                    }
+                }
+            });
+        ndarray::ArrayD::from_shape_vec(shape, out).expect("gathered shape")
+    });
 }
 
 /// LayerNorm forward of `x [rows, d]` with its two hook points; the output is in `ln.y`.
@@ -111,7 +148,7 @@ impl Transformer {
     ) {
         let cfg = &self.cfg;
         let (b_n, p_n) = tokens.dim();
-        let plan = Plan::choose(cfg, hk.is_none());
+        let plan = Plan::choose(cfg, hk.as_deref());
         ws.plan = plan;
         ws.batch = b_n;
         ws.n_pos = p_n;
@@ -141,7 +178,7 @@ impl Transformer {
             let res_in = &mut res_lo[l][..rows.n_rows * cfg.d_model];
             let lb = &mut ws.layers[l];
             self.attention_forward(l, lb, res_in, rows, &mut ws.head_tmp, &plan, &mut hk);
-            self.mlp_forward(l, lb, &mut res_hi[0], rows, &plan, &mut hk);
+            self.mlp_forward(l, lb, res_in, &mut res_hi[0], rows, &plan, &mut hk);
         }
         self.unembed_forward(ws, &mut hk);
     }
@@ -180,7 +217,22 @@ impl Transformer {
         let w_e = lay.get(w, lay.w_e);
         let w_pos = lay.get(w, lay.w_pos);
         let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
-        if wants(hk, Site::Embed) || wants(hk, Site::PosEmbed) {
+        if ws.plan.dedup_layer0 {
+            // No hooks on this path: the cache gets the full tensors, gathered.
+            let shape = [b_n, p_n, d];
+            cache_gathered(
+                hk,
+                Site::Embed,
+                w_e,
+                &tokens_flat(tokens),
+                cfg.d_vocab,
+                None,
+                &shape,
+            );
+            let pos: Vec<u32> = (0..b_n * p_n).map(|i| (i % p_n) as u32).collect();
+            cache_gathered(hk, Site::PosEmbed, w_pos, &pos, cfg.n_ctx, None, &shape);
+        }
+        if !ws.plan.dedup_layer0 && (wants(hk, Site::Embed) || wants(hk, Site::PosEmbed)) {
             let emb = buf(&mut ws.embed, n_rows0 * d);
             let pos = buf(&mut ws.pos, n_rows0 * d);
             for (r, &(t, p)) in ws.uniq.iter().enumerate() {
@@ -222,10 +274,26 @@ impl Transformer {
         let (b_n, p_n, n_rows) = (rows.b, rows.p, rows.n_rows);
         let nq = rows.q_pos.len();
         let rq = b_n * nq;
-        intercept(hk, Site::ResidPre(l), res_in, &[b_n, p_n, d]);
+        let dedup = l == 0 && plan.dedup_layer0;
+        if dedup {
+            let shape = [b_n, p_n, d];
+            cache_gathered(
+                hk,
+                Site::ResidPre(l),
+                res_in,
+                rows.map,
+                n_rows,
+                None,
+                &shape,
+            );
+        } else {
+            intercept(hk, Site::ResidPre(l), res_in, &[b_n, p_n, d]);
+        }
         let res_in: &[f32] = res_in;
         let x1: &[f32] = match ids.ln1 {
             Some(ln) => {
+                let (s_scale, s_norm) = (Site::Ln1Scale(l), Site::Ln1Normalized(l));
+                let mut no_hooks: Option<&mut Interceptor> = None;
                 ln_forward(
                     &mut lb.ln1,
                     res_in,
@@ -233,10 +301,15 @@ impl Transformer {
                     n_rows,
                     d,
                     cfg.eps as f32,
-                    hk,
-                    (Site::Ln1Scale(l), Site::Ln1Normalized(l)),
+                    if dedup { &mut no_hooks } else { hk },
+                    (s_scale, s_norm),
                     (b_n, p_n),
                 );
+                if dedup {
+                    let (scale, norm) = ([b_n, p_n, 1], [b_n, p_n, d]);
+                    cache_gathered(hk, s_scale, &lb.ln1.scale, rows.map, n_rows, None, &scale);
+                    cache_gathered(hk, s_norm, &lb.ln1.xhat, rows.map, n_rows, None, &norm);
+                }
                 &lb.ln1.y
             }
             None => res_in,
@@ -262,10 +335,21 @@ impl Transformer {
                 );
             }
         }
-        let shape = (b_n, p_n, h_n, dh);
-        intercept_heads(hk, Site::Q(l), &mut lb.q, head_tmp, shape);
-        intercept_heads(hk, Site::K(l), &mut lb.k, head_tmp, shape);
-        intercept_heads(hk, Site::V(l), &mut lb.v, head_tmp, shape);
+        if dedup {
+            let shape = [b_n, p_n, h_n, dh];
+            for (site, x) in [
+                (Site::Q(l), &lb.q),
+                (Site::K(l), &lb.k),
+                (Site::V(l), &lb.v),
+            ] {
+                cache_gathered(hk, site, x, rows.map, n_rows, Some(h_n), &shape);
+            }
+        } else {
+            let shape = (b_n, p_n, h_n, dh);
+            intercept_heads(hk, Site::Q(l), &mut lb.q, head_tmp, shape);
+            intercept_heads(hk, Site::K(l), &mut lb.k, head_tmp, shape);
+            intercept_heads(hk, Site::V(l), &mut lb.v, head_tmp, shape);
+        }
 
         let g = rows.geometry(h_n, dh);
         let n_scores = b_n * h_n * nq * p_n;
@@ -293,6 +377,11 @@ impl Transformer {
                 );
             }
             attention::mix_projected(&g, &lb.pattern, &lb.vo, d, lay.get(w, ids.b_o), attn_out);
+            if wants(hk, Site::Z(l)) {
+                // Only the cache watches (no hooks with this shortcut): z for it alone.
+                attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * h_n * dh));
+                intercept(hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
+            }
         } else {
             attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * h_n * dh));
             intercept(hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
@@ -325,10 +414,12 @@ impl Transformer {
 
     /// Block `l`'s MLP: resid_mid `[b·q, d]` → LN2 → pre, post `[b·q, m]` → mlp_out `[b·q, d]`,
     /// and `res_out [b·q, d]` = resid_mid + mlp_out (resid_mid alone without an MLP).
+    #[allow(clippy::too_many_arguments)]
     fn mlp_forward(
         &self,
         l: usize,
         lb: &mut LayerBufs,
+        res_in: &[f32],
         res_out: &mut Vec<f32>,
         rows: BlockRows,
         plan: &Plan,
@@ -366,7 +457,45 @@ impl Transformer {
         let dm = cfg.d_mlp();
         let pre = buf(&mut lb.pre, rq * dm);
         let post = buf(&mut lb.post, rq * dm);
-        if plan.fused_bias_relu {
+        if l == 0 && plan.fold_w_in_layer0 && ids.ln2.is_none() {
+            // resid_mid = resid_pre + Σ_h pattern·(v·W_O)_h + b_O, each term from the distinct rows
+            // of layer 0: through W_in those rows first, then mix them (d_mlp-wide) per example.
+            let (n_rows, h_n) = (rows.n_rows, cfg.n_heads);
+            let w_in = lay.get(w, m.w_in);
+            let xin = buf(&mut lb.xin, n_rows * dm);
+            matmul(
+                &mut view_mut(xin, n_rows, dm),
+                &view(res_in, n_rows, d),
+                &view(w_in, d, dm),
+                false,
+            );
+            let vow = buf(&mut lb.vow, h_n * n_rows * dm);
+            matmul(
+                &mut view_mut(vow, h_n * n_rows, dm),
+                &view(&lb.vo, h_n * n_rows, d),
+                &view(w_in, d, dm),
+                false,
+            );
+            let mut bias = lay.get(w, m.b_in).to_vec();
+            for (k, &bo) in lay.get(w, ids.b_o).iter().enumerate() {
+                for (x, &wv) in bias.iter_mut().zip(&w_in[k * dm..][..dm]) {
+                    *x += bo * wv;
+                }
+            }
+            let g = rows.geometry(h_n, cfg.d_head);
+            attention::mix_projected(&g, &lb.pattern, &lb.vow, dm, &bias, pre);
+            let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
+            let xin = &lb.xin;
+            pre.par_chunks_mut(dm).enumerate().for_each(|(r, o)| {
+                let (bi, i) = (r / nq, r % nq);
+                let src = map[bi * p_n + q_pos[i]] as usize;
+                for (o, &x) in o.iter_mut().zip(&xin[src * dm..][..dm]) {
+                    *o += x;
+                }
+            });
+            intercept(hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
+            activation::forward(cfg.act(), &lb.pre, post);
+        } else if plan.fused_bias_relu {
             // Bias and ReLU in one pass over the product (the backward masks with post).
             matmul(
                 &mut view_mut(pre, rq, dm),
@@ -449,11 +578,17 @@ impl Transformer {
 impl Plan {
     /// The shortcuts a pass takes: all of them without hooks or a cache (each is exact), none with
     /// (a hook always sees, and may replace, the full tensor).
-    pub(super) fn choose(cfg: &super::TransformerConfig, unhooked: bool) -> Plan {
+    /// A pass whose interceptor has no hooks (a cache only) keeps the layer-0 shortcuts, the
+    /// cache getting full tensors gathered or computed beside them, and adds the forward-only
+    /// W_in fold.
+    pub(super) fn choose(cfg: &super::TransformerConfig, hk: Option<&Interceptor>) -> Plan {
+        let unhooked = hk.is_none();
+        let cache_only = hk.is_some_and(|h| !h.has_hooks());
         Plan {
-            dedup_layer0: unhooked,
-            fold_wo_layer0: unhooked,
+            dedup_layer0: unhooked || cache_only,
+            fold_wo_layer0: unhooked || cache_only,
             fused_bias_relu: unhooked && cfg.has_mlp() && cfg.act() == ActFn::Relu,
+            fold_w_in_layer0: cache_only && cfg.has_mlp(),
             differentiable: unhooked,
         }
     }

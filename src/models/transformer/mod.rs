@@ -28,6 +28,9 @@ use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
 use crate::models::{batch_mismatch, Buffer, Kind, Model, Scratch, TensorSpec};
 use ndarray::{Array3, ArrayView2, IxDyn};
 
+/// The buffers of the last [`Transformer::run`], kept for the next (one set, for any model).
+static RUN_WORKSPACE: std::sync::Mutex<Option<Workspace>> = std::sync::Mutex::new(None);
+
 /// A transformer: its config, the parameter layout and the flat parameter buffer.
 #[derive(Clone, Debug)]
 pub struct Transformer {
@@ -60,6 +63,10 @@ struct LayerBufs {
     z: Vec<f32>,
     /// Folded W_O: v·W_O per head, `[h, r, d]`.
     vo: Vec<f32>,
+    /// The W_in fold of layer 0 (forward-only): the distinct rows and each head's v·W_O, through
+    /// W_in, `[r, m]` and `[h, r, m]`.
+    xin: Vec<f32>,
+    vow: Vec<f32>,
     /// `[b·q, d]` each.
     attn_out: Vec<f32>,
     resid_mid: Vec<f32>,
@@ -80,6 +87,11 @@ pub(crate) struct Plan {
     pub fold_wo_layer0: bool,
     /// W_in's bias and the ReLU are applied in one pass.
     pub fused_bias_relu: bool,
+    /// Layer 0 (no LayerNorm before its MLP) computes mlp_pre from the few distinct rows its input
+    /// is a linear function of (resid_pre and each head's v·W_O, through W_in) instead of from
+    /// resid_mid: a forward-only shortcut (exact maths, other rounding), for hooked runs whose
+    /// hooks only cache.
+    pub fold_w_in_layer0: bool,
     /// No hook ran (hooks may replace activations, so a hooked pass has no backward).
     pub differentiable: bool,
 }
@@ -275,13 +287,23 @@ impl Transformer {
         let mut icpt: forward::Interceptor =
             HookRunner::new(&names, hooks, filter.as_ref().map(|f| (&mut cache, f)))?;
         let (b, p) = tokens.dim();
-        let mut ws = Workspace::new();
+        // The last run's buffers, when no other run holds them: repeated runs (an analysis over
+        // units, a notebook cell run again) then allocate and page-fault nothing large.
+        let mut ws = RUN_WORKSPACE
+            .lock()
+            .ok()
+            .and_then(|mut w| w.take())
+            .unwrap_or_default();
         let all_pos: Vec<usize> = (0..p).collect();
         self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
-        icpt.finish()?;
+        let finished = icpt.finish();
         let v = self.cfg.d_vocab_out();
         let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
             .expect("logits shape");
+        if let Ok(mut w) = RUN_WORKSPACE.lock() {
+            *w = Some(ws);
+        }
+        finished?;
         Ok((logits, cache))
     }
 
