@@ -719,20 +719,10 @@ pub fn ticket(
     progress: crate::train::Progress,
 ) -> Result<crate::train::Summary> {
     use crate::models::mask::{PruneMethod, PruneScope};
-    let scope = match spec.scope.as_str() {
-        "global" => PruneScope::Global,
-        "layer" => PruneScope::Layer,
-        s => return Err(Error::Input(format!("--scope: `{s}` is global or layer"))),
-    };
-    let method = match spec.method.as_str() {
-        "magnitude" => PruneMethod::Magnitude,
-        "random" => PruneMethod::Random,
-        m => {
-            return Err(Error::Input(format!(
-                "--method: `{m}` is magnitude or random"
-            )))
-        }
-    };
+    let scope =
+        PruneScope::parse(&spec.scope).map_err(|e| Error::Input(format!("--scope: {e}")))?;
+    let method =
+        PruneMethod::parse(&spec.method).map_err(|e| Error::Input(format!("--method: {e}")))?;
     if spec.rounds == 0 {
         return Err(Error::Input("--rounds must be at least 1".into()));
     }

@@ -388,18 +388,10 @@ fn _llc<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     use toylens::analysis::llc::{InitLoss, LlcConfig, NBeta};
     let path = path_of(target)?;
-    let nbeta = if let Ok(x) = nbeta.extract::<f64>() {
-        NBeta::Value(x)
-    } else {
-        match nbeta.extract::<String>()?.as_str() {
-            "batch" => NBeta::Batch,
-            "dataset" => NBeta::Dataset,
-            s => {
-                return Err(PyValueError::new_err(format!(
-                    "nbeta: `{s}` is \"batch\" (m / ln m), \"dataset\" (n / ln n) or a number"
-                )))
-            }
-        }
+    let nbeta = match nbeta.extract::<f64>() {
+        Ok(x) => NBeta::Value(x),
+        Err(_) => NBeta::parse(&nbeta.extract::<String>()?)
+            .map_err(|e| PyValueError::new_err(format!("nbeta: {e}")))?,
     };
     let init_loss = match init_loss {
         "full" => InitLoss::Full,
@@ -456,24 +448,10 @@ fn _prune<'py>(
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyAny>)> {
     use toylens::models::mask::{self, PruneMethod, PruneScope};
     let path = path_of(target)?;
-    let scope = match scope {
-        "global" => PruneScope::Global,
-        "layer" => PruneScope::Layer,
-        s => {
-            return Err(PyValueError::new_err(format!(
-                "scope: `{s}` is global or layer"
-            )))
-        }
-    };
-    let method = match method {
-        "magnitude" => PruneMethod::Magnitude,
-        "random" => PruneMethod::Random,
-        m => {
-            return Err(PyValueError::new_err(format!(
-                "method: `{m}` is magnitude or random"
-            )))
-        }
-    };
+    let scope =
+        PruneScope::parse(scope).map_err(|e| PyValueError::new_err(format!("scope: {e}")))?;
+    let method =
+        PruneMethod::parse(method).map_err(|e| PyValueError::new_err(format!("method: {e}")))?;
     let (arrays, counts) = compute(py, || {
         let l = toylens::io::load_any(&path)?;
         let m = mask::prune(l.model.as_ref(), sparsity, scope, method, &tensors, seed)?;

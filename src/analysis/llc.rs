@@ -42,6 +42,20 @@ pub enum NBeta {
     Value(f64),
 }
 
+impl NBeta {
+    /// `batch`, `dataset` or a number; the error says which are known.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "batch" => Ok(NBeta::Batch),
+            "dataset" => Ok(NBeta::Dataset),
+            x => x
+                .parse::<f64>()
+                .map(NBeta::Value)
+                .map_err(|_| format!("`{x}`: nβ is `batch`, `dataset` or a number")),
+        }
+    }
+}
+
 /// Where L(w*) is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum InitLoss {

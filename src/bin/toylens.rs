@@ -194,7 +194,7 @@ enum Cmd {
         localization: f64,
         /// Inverse temperature nβ: `batch` (m / ln m, devinterp's default), `dataset` (n / ln n)
         /// or a number.
-        #[arg(long, default_value = "batch", value_parser = parse_nbeta)]
+        #[arg(long, default_value = "batch", value_parser = toylens::analysis::llc::NBeta::parse)]
         nbeta: toylens::analysis::llc::NBeta,
         #[arg(long, default_value_t = 4)]
         chains: usize,
@@ -218,7 +218,7 @@ enum Cmd {
         calibrate: bool,
         #[arg(long, value_delimiter = ',', default_values_t = [1e-5, 1e-4, 1e-3])]
         lrs: Vec<f64>,
-        #[arg(long, value_delimiter = ',', value_parser = parse_nbeta, default_values = ["batch"])]
+        #[arg(long, value_delimiter = ',', value_parser = toylens::analysis::llc::NBeta::parse, default_values = ["batch"])]
         nbetas: Vec<toylens::analysis::llc::NBeta>,
         #[arg(long, value_delimiter = ',', default_values_t = [100.0])]
         localizations: Vec<f64>,
@@ -567,18 +567,6 @@ fn print_digits_report(r: &toylens::analysis::digits::CheckpointReport) {
                 .collect();
             println!("  L{l}H{h} attends most to: {}", tops.join(", "));
         }
-    }
-}
-
-fn parse_nbeta(s: &str) -> std::result::Result<toylens::analysis::llc::NBeta, String> {
-    use toylens::analysis::llc::NBeta;
-    match s {
-        "batch" => Ok(NBeta::Batch),
-        "dataset" => Ok(NBeta::Dataset),
-        x => x
-            .parse::<f64>()
-            .map(NBeta::Value)
-            .map_err(|_| format!("`{x}`: nβ is `batch`, `dataset` or a number")),
     }
 }
 

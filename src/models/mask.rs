@@ -125,6 +125,28 @@ pub enum PruneScope {
     Layer,
 }
 
+impl PruneMethod {
+    /// `magnitude` or `random`; the error says which are known.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "magnitude" => Ok(PruneMethod::Magnitude),
+            "random" => Ok(PruneMethod::Random),
+            m => Err(format!("`{m}` is magnitude or random")),
+        }
+    }
+}
+
+impl PruneScope {
+    /// `global` or `layer`; the error says which are known.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "global" => Ok(PruneScope::Global),
+            "layer" => Ok(PruneScope::Layer),
+            m => Err(format!("`{m}` is global or layer")),
+        }
+    }
+}
+
 /// The tensors pruned by default: every matrix (two or more axes) but the positional embedding, so
 /// the embedding, attention and MLP matrices and the unembedding; no biases, LayerNorm parameters
 /// or `pos_embed.W_pos`.

@@ -116,8 +116,7 @@ impl Worker {
 }
 
 /// Run every unfinished run of the sweep in `dir` with worker processes; failed runs are tried
-/// again. `summary.csv` is rewritten as runs finish (at most every
-/// few seconds) and at the end.
+/// again. `summary.csv` is rewritten as runs finish (at most every few seconds) and at the end.
 pub fn run_local(
     dir: &Path,
     worker: &Worker,
