@@ -64,6 +64,17 @@ impl KeepLarge {
         total
     }
 
+    /// A kept block of exactly `size` bytes, taken out of the cache.
+    fn take(&self, size: usize) -> Option<*mut u8> {
+        let mut k = self.kept.lock().ok()?;
+        let s = k.slots.iter_mut().find(|s| s.1 == size)?;
+        let addr = s.0;
+        *s = (0, 0);
+        k.bytes -= size;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(addr as *mut u8)
+    }
+
     /// How many large requests were served from kept blocks.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
@@ -83,14 +94,8 @@ unsafe impl GlobalAlloc for KeepLarge {
         if !large(layout) {
             return System.alloc(layout);
         }
-        if let Ok(mut k) = self.kept.lock() {
-            if let Some(s) = k.slots.iter_mut().find(|s| s.1 == layout.size()) {
-                let addr = s.0;
-                *s = (0, 0);
-                k.bytes -= layout.size();
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return addr as *mut u8;
-            }
+        if let Some(p) = self.take(layout.size()) {
+            return p;
         }
         System.alloc(Layout::from_size_align_unchecked(layout.size(), ALIGN))
     }
@@ -99,16 +104,9 @@ unsafe impl GlobalAlloc for KeepLarge {
         if !large(layout) {
             return System.alloc_zeroed(layout);
         }
-        if let Ok(mut k) = self.kept.lock() {
-            if let Some(s) = k.slots.iter_mut().find(|s| s.1 == layout.size()) {
-                let addr = s.0;
-                *s = (0, 0);
-                k.bytes -= layout.size();
-                drop(k);
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                std::ptr::write_bytes(addr as *mut u8, 0, layout.size());
-                return addr as *mut u8;
-            }
+        if let Some(p) = self.take(layout.size()) {
+            std::ptr::write_bytes(p, 0, layout.size());
+            return p;
         }
         System.alloc_zeroed(Layout::from_size_align_unchecked(layout.size(), ALIGN))
     }
