@@ -111,3 +111,11 @@ def test_sweep_from_python_runs_every_combination(tmp_path):
         s.run(1).load().state_dict()["embed.W_E"], alone.load().state_dict()["embed.W_E"]
     )
     assert t["final_train_loss"][1] == alone.summary["final_train_loss"]
+
+
+def test_evaluate_gives_every_set(grokked, cli):
+    r = toylens.evaluate(grokked)
+    assert set(r["sets"]) == {"all", "train", "test"}
+    assert r["sets"]["test"]["accuracy"] == 1.0
+    theirs = cli_json(cli, "eval", grokked)
+    assert r["sets"]["test"]["loss"] == theirs["loss_test"]
