@@ -126,3 +126,17 @@ def test_freed_caches_are_reused_and_give_the_same_values(grokked):
     del again
     assert toylens.empty_cache() > 0
     assert toylens.empty_cache() == 0
+
+
+def test_dense_models_take_float_inputs(tmp_path):
+    run = toylens.train("superposition", {"train.steps": 200}, out=tmp_path / "sp", progress=False)
+    m = run.load()
+    assert m.arch == "superposition"
+    n = m.cfg["n_instances"] * m.cfg["n_features"]
+    x = np.random.default_rng(0).random((7, n), dtype=np.float32)
+    out, cache = m.run_with_cache(x)
+    assert out.shape[0] == 7 and out.size == 7 * n
+    assert set(cache) == set(m.hook_names)
+    np.testing.assert_array_equal(m(x), out)
+    analysis = toylens.analyze(run.dir / "final.safetensors")
+    assert analysis["kind"] == "superposition" and len(analysis["instances"]) == m.cfg["n_instances"]
