@@ -404,32 +404,26 @@ fn run_sweep_locally(
     use toylens::sweep::{local::Event, RunState};
     let t0 = std::time::Instant::now();
     let mut skipped = 0;
-    let report = toylens::sweep::local::run_local(
-        dir,
-        &toylens::sweep::local::Worker::binary(exe),
-        jobs,
-        |e| match e {
-            Event::Skipped(_) => skipped += 1,
-            Event::Start(w, n) => {
-                if skipped > 0 {
-                    println!("{skipped} run(s) finished before: skipped");
-                }
-                println!(
-                    "{n} run(s) to do: {} at once, {} thread(s) each ({})",
-                    w.jobs, w.threads, w.why
-                );
+    let worker = toylens::sweep::local::Worker::binary(exe);
+    let report = toylens::sweep::local::run_local(dir, &worker, jobs, |e| match e {
+        Event::Skipped(_) => skipped += 1,
+        Event::Start(w, n) => {
+            if skipped > 0 {
+                println!("{skipped} run(s) finished before: skipped");
             }
-            Event::Started(_) => {}
-            Event::Finished(id, st) => match st {
-                RunState::Done => println!("run {id}: done ({:.0} s)", t0.elapsed().as_secs_f64()),
-                RunState::Failed(msg) => println!("run {id}: FAILED: {msg}"),
-                RunState::Running => {
-                    println!("run {id}: another process is training it; left to it")
-                }
-                other => println!("run {id}: {}", other.label()),
-            },
+            println!(
+                "{n} run(s) to do: {} at once, {} thread(s) each ({})",
+                w.jobs, w.threads, w.why
+            );
+        }
+        Event::Started(_) => {}
+        Event::Finished(id, st) => match st {
+            RunState::Done => println!("run {id}: done ({:.0} s)", t0.elapsed().as_secs_f64()),
+            RunState::Failed(msg) => println!("run {id}: FAILED: {msg}"),
+            RunState::Running => println!("run {id}: another process is training it; left to it"),
+            other => println!("run {id}: {}", other.label()),
         },
-    )?;
+    })?;
     print_sweep_summary(dir, &[])?;
     println!(
         "{} run(s) done in {:.1} s",
