@@ -138,7 +138,8 @@ impl BlockRows<'_> {
 
 impl Transformer {
     /// Forward pass. `last_q`: positions the last block computes (loss positions, or all). With an
-    /// interceptor (hooks/cache) nothing is deduplicated and `last_q` must be all positions.
+    /// interceptor (hooks or a cache) `last_q` must be all positions; with hooks nothing is
+    /// deduplicated or folded (see [`Plan::choose`]).
     pub(super) fn forward_impl(
         &self,
         ws: &mut Workspace,
