@@ -75,19 +75,30 @@ fn cache_gathered(
     let Some(h) = hk.as_deref_mut() else { return };
     h.cache_with(&site.name(), || {
         let width: usize = shape[2..].iter().product();
-        let mut out = crate::hooks::fresh_vec(map.len() * width);
-        out.resize(map.len() * width, 0.0);
-        out.par_chunks_mut(width)
+        let n = map.len() * width;
+        let mut out = crate::hooks::fresh_vec(n);
+        // Straight into the uninitialised room: no pass of zeros first.
+        let write = |dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]| {
+            assert_eq!(dst.len(), src.len());
+            // SAFETY: equal lengths, distinct allocations; f32 is Copy.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len())
+            }
+        };
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(width)
             .zip(map)
             .for_each(|(o, &r)| match heads {
-                None => o.copy_from_slice(&data[r as usize * width..][..width]),
+                None => write(o, &data[r as usize * width..][..width]),
                 Some(h_n) => {
                     let dh = width / h_n;
                     for (hh, oh) in o.chunks_exact_mut(dh).enumerate() {
-                        oh.copy_from_slice(&data[(hh * n_rows + r as usize) * dh..][..dh]);
+                        write(oh, &data[(hh * n_rows + r as usize) * dh..][..dh]);
                     }
                 }
             });
+        // SAFETY: every one of the n floats was written above (map.len() rows of width).
+        unsafe { out.set_len(n) };
         ndarray::ArrayD::from_shape_vec(shape, out).expect("gathered shape")
     });
 }
