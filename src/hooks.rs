@@ -208,6 +208,13 @@ pub fn fresh_vec(n: usize) -> Vec<f32> {
     v
 }
 
+/// `src` into the uninitialised `dst` of the same length (the room of a [`fresh_vec`]).
+pub fn write_floats(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: equal lengths; a `&mut` and a `&` slice never overlap; f32 is Copy.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) }
+}
+
 /// What a model's forward calls at each hook point: the hooks asked for and the cache, with the
 /// first hook error kept for the end of the pass.
 pub struct HookRunner<'h, 'c> {
@@ -305,16 +312,7 @@ impl<'h, 'c> HookRunner<'h, 'c> {
                 data.spare_capacity_mut()[..n]
                     .par_chunks_mut(CHUNK)
                     .zip(src.par_chunks(CHUNK))
-                    .for_each(|(d, s)| {
-                        // SAFETY: d and s are disjoint chunks of the same length; f32 is Copy.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                s.as_ptr(),
-                                d.as_mut_ptr().cast(),
-                                s.len(),
-                            )
-                        }
-                    });
+                    .for_each(|(d, s)| write_floats(d, s));
                 // SAFETY: the n floats were all written just above.
                 unsafe { data.set_len(n) };
                 let a = ArrayD::from_shape_vec(IxDyn(shape), data).expect("cache shape");

@@ -10,7 +10,7 @@ use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::matmul::{linear, matmul, view, view_mut};
 use crate::engine::{activation, layernorm, simd};
-use crate::hooks::HookRunner;
+use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
@@ -78,22 +78,15 @@ fn cache_gathered(
         let n = map.len() * width;
         let mut out = crate::hooks::fresh_vec(n);
         // Straight into the uninitialised room: no pass of zeros first.
-        let write = |dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]| {
-            assert_eq!(dst.len(), src.len());
-            // SAFETY: equal lengths, distinct allocations; f32 is Copy.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len())
-            }
-        };
         out.spare_capacity_mut()[..n]
             .par_chunks_mut(width)
             .zip(map)
             .for_each(|(o, &r)| match heads {
-                None => write(o, &data[r as usize * width..][..width]),
+                None => write_floats(o, &data[r as usize * width..][..width]),
                 Some(h_n) => {
                     let dh = width / h_n;
                     for (hh, oh) in o.chunks_exact_mut(dh).enumerate() {
-                        write(oh, &data[(hh * n_rows + r as usize) * dh..][..dh]);
+                        write_floats(oh, &data[(hh * n_rows + r as usize) * dh..][..dh]);
                     }
                 }
             });
