@@ -113,6 +113,55 @@ fn cache_has_every_hook_with_transformer_lens_shapes() {
     assert_eq!(c.len(), 2);
 }
 
+/// Every cache entry of a pass without hooks against the same entry of a hooked pass (the full
+/// path), for inputs whose first tokens repeat: the unhooked pass splits there, computing the last
+/// block's rows at those positions once per distinct prefix.
+fn check_split_cache(m: &Transformer, tokens: &Array2<u32>) {
+    let (logits, cache) = m.run_with_cache(tokens.view(), CacheFilter::All).unwrap();
+    let watch = Hooks::new().add("hook_embed", |_| {});
+    let (full_logits, full) = m.run(tokens.view(), watch, Some(CacheFilter::All)).unwrap();
+    assert_eq!(cache.len(), full.len());
+    let d = rel_diff(&logits, &full_logits);
+    assert!(d < 1e-6, "logits differ by {d:e}");
+    for (name, want) in &full.map {
+        let got = cache.get(name).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        let d = rel_diff(got, want);
+        assert!(d < 1e-6, "{name} differs by {d:e}");
+    }
+    // A name filter keeps its names through the split too.
+    let name = "unembed.hook_in";
+    let (_, one) = m
+        .run_with_cache(tokens.view(), CacheFilter::Names(vec![name.into()]))
+        .unwrap();
+    assert_eq!(one.map.keys().collect::<Vec<_>>(), [name]);
+    assert_eq!(one.get(name).unwrap(), cache.get(name).unwrap());
+}
+
+#[test]
+fn cache_passes_split_at_repeated_prefixes_equal_the_full_path() {
+    // 30 inputs: 3 distinct first tokens, 6 distinct first pairs, then all different.
+    let tokens = Array2::from_shape_fn((30, 5), |(i, j)| match j {
+        0 => (i % 3) as u32,
+        1 => (i % 6 / 3 + 4) as u32,
+        _ => ((i * 7 + j * 5) % 11) as u32,
+    });
+    check_split_cache(&model(), &tokens);
+    // One layer without LayerNorm (the grokking model's shape: layer 0's W_O and W_in folds), and
+    // every pair of its inputs (position 0 repeats).
+    let m = Transformer::new(TransformerConfig {
+        d_model: 16,
+        n_heads: 2,
+        d_head: 8,
+        d_mlp: Some(24),
+        seed: Some(3),
+        ..TransformerConfig::nanda(7)
+    })
+    .unwrap();
+    let pairs = Array2::from_shape_fn((49, 3), |(i, j)| [i / 7, i % 7, 7][j] as u32);
+    check_split_cache(&m, &pairs);
+}
+
 #[test]
 fn unknown_hook_names_suggest_close_ones() {
     let m = model();

@@ -141,9 +141,10 @@ impl BlockRows<'_> {
 }
 
 impl Transformer {
-    /// Forward pass. `last_q`: positions the last block computes (loss positions, or all). With an
-    /// interceptor (hooks or a cache) `last_q` must be all positions; with hooks nothing is
-    /// deduplicated or folded (see [`Plan::choose`]).
+    /// Forward pass. `last_q`: positions the last block computes (loss positions, or all). With
+    /// hooks `last_q` must be all positions, and nothing is deduplicated or folded (see
+    /// [`Plan::choose`]); a cache pass restricts it only when it keeps none of the last block's
+    /// query-side entries (`prefix.rs` assembles those).
     pub(super) fn forward_impl(
         &self,
         ws: &mut Workspace,

@@ -4,8 +4,11 @@
 //! One forward serves training and interpretability. Without hooks or cache it takes two exact
 //! shortcuts: layer 0 computes everything before attention (LN, Q/K/V) once per distinct
 //! (token, position) pair and indexes into it, and the last block computes attention queries, MLP and
-//! unembedding only at the positions that carry loss. With hooks or a cache every activation is
-//! computed at every position, so a hook always sees (and can replace) the full tensor.
+//! unembedding only at the positions that carry loss. With hooks every activation is computed at
+//! every position, so a hook always sees (and can replace) the full tensor. A pass with a cache and
+//! no hooks keeps layer 0's shortcuts and, where the inputs' first tokens repeat, computes the last
+//! block's rows at those positions once per distinct prefix (`prefix.rs`); the cache still gets
+//! every entry in full.
 //!
 //! `forward.rs` and `backward.rs` hold the passes, a function per stage (embeddings, attention, MLP,
 //! unembedding) with the shapes each takes; the forward records the shortcuts it took in a [`Plan`]
@@ -15,6 +18,7 @@ mod backward;
 mod config;
 mod forward;
 mod params;
+mod prefix;
 mod sites;
 
 pub use config::{InitScheme, Normalization, TransformerConfig};
@@ -30,6 +34,22 @@ use ndarray::{Array3, ArrayView2, IxDyn};
 
 /// The buffers of the last [`Transformer::run`], kept for the next (one set, for any model).
 static RUN_WORKSPACE: std::sync::Mutex<Option<Workspace>> = std::sync::Mutex::new(None);
+
+/// The last run's buffers, when no other run holds them: repeated runs (an analysis over units, a
+/// notebook cell run again) then allocate and page-fault nothing large.
+fn take_run_workspace() -> Workspace {
+    RUN_WORKSPACE
+        .lock()
+        .ok()
+        .and_then(|mut w| w.take())
+        .unwrap_or_default()
+}
+
+fn put_run_workspace(ws: Workspace) {
+    if let Ok(mut w) = RUN_WORKSPACE.lock() {
+        *w = Some(ws);
+    }
+}
 
 /// A transformer: its config, the parameter layout and the flat parameter buffer.
 #[derive(Clone, Debug)]
@@ -283,26 +303,32 @@ impl Transformer {
     ) -> Result<(Array3<f32>, ActivationCache)> {
         self.check_tokens(tokens)?;
         let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
+        if let (true, Some(filter)) = (hooks.is_empty(), filter.as_ref()) {
+            if let Some(split) = prefix::PrefixSplit::find(tokens) {
+                // Check the filter's names first (the split passes filter by predicate).
+                HookRunner::new(
+                    &names,
+                    Hooks::new(),
+                    Some((&mut ActivationCache::default(), filter)),
+                )?;
+                let mut ws = take_run_workspace();
+                let out = self.run_split(&mut ws, tokens, filter, &split);
+                put_run_workspace(ws);
+                return out;
+            }
+        }
         let mut cache = ActivationCache::default();
         let mut icpt: forward::Interceptor =
             HookRunner::new(&names, hooks, filter.as_ref().map(|f| (&mut cache, f)))?;
         let (b, p) = tokens.dim();
-        // The last run's buffers, when no other run holds them: repeated runs (an analysis over
-        // units, a notebook cell run again) then allocate and page-fault nothing large.
-        let mut ws = RUN_WORKSPACE
-            .lock()
-            .ok()
-            .and_then(|mut w| w.take())
-            .unwrap_or_default();
+        let mut ws = take_run_workspace();
         let all_pos: Vec<usize> = (0..p).collect();
         self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
         let finished = icpt.finish();
         let v = self.cfg.d_vocab_out();
         let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
             .expect("logits shape");
-        if let Ok(mut w) = RUN_WORKSPACE.lock() {
-            *w = Some(ws);
-        }
+        put_run_workspace(ws);
         finished?;
         Ok((logits, cache))
     }
