@@ -22,30 +22,35 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 pub fn forward(act: ActFn, pre: &[f32], post: &mut [f32]) {
     post.par_chunks_mut(PAR_CHUNK)
         .zip(pre.par_chunks(PAR_CHUNK))
-        .for_each(|(y, x)| match act {
-            ActFn::Relu => vectorized(
-                #[inline(always)]
-                || {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x.max(0.0);
-                    }
-                },
-            ),
-            ActFn::Gelu => {
+        .for_each(|(y, x)| apply(act, x, y));
+}
+
+/// `post = act(pre)` on this thread (for a row a fused loop has just computed).
+pub fn apply(act: ActFn, x: &[f32], y: &mut [f32]) {
+    match act {
+        ActFn::Relu => vectorized(
+            #[inline(always)]
+            || {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    // 1 + erf(z) as erfc(-z): no cancellation for negative x, where erf(z) is near -1.
-                    *y = 0.5 * x * libm::erfcf(-x * INV_SQRT_2);
+                    *y = x.max(0.0);
                 }
+            },
+        ),
+        ActFn::Gelu => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                // 1 + erf(z) as erfc(-z): no cancellation for negative x, where erf(z) is near -1.
+                *y = 0.5 * x * libm::erfcf(-x * INV_SQRT_2);
             }
-            ActFn::GeluNew => {
-                // 0.5·x·(1 + tanh u) = x·σ(2u): the same function without the cancellation of
-                // 1 + tanh u for negative x.
-                for (y, &x) in y.iter_mut().zip(x) {
-                    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                    *y = x / (1.0 + (-2.0 * u).exp());
-                }
+        }
+        ActFn::GeluNew => {
+            // 0.5·x·(1 + tanh u) = x·σ(2u): the same function without the cancellation of
+            // 1 + tanh u for negative x.
+            for (y, &x) in y.iter_mut().zip(x) {
+                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                *y = x / (1.0 + (-2.0 * u).exp());
             }
-        });
+        }
+    }
 }
 
 /// `post = relu(pre + b)` for rows of width `b.len()`: bias and activation in one pass (`pre` is left

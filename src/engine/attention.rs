@@ -228,6 +228,52 @@ pub fn mix_projected(
         });
 }
 
+/// [`mix_projected`] with each output row started by `init(row, out)` (row = b·q + i) instead of
+/// a bias, and mapped into `post` by `then(out, post)` while it is still in cache: one pass where
+/// a product's input is a mix (layer 0's W_in fold, followed by the activation).
+#[allow(clippy::too_many_arguments)]
+pub fn mix_projected_then(
+    g: &Geometry,
+    pattern: &[f32],
+    vo: &[f32],
+    d: usize,
+    out: &mut [f32],
+    post: &mut [f32],
+    init: impl Fn(usize, &mut [f32]) + Sync,
+    then: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    let (h_n, p_n, nq) = (g.n_heads, g.n_pos, g.nq());
+    let n = g.batch * nq * d;
+    out[..n]
+        .par_chunks_mut(nq * d)
+        .zip(post[..n].par_chunks_mut(nq * d))
+        .enumerate()
+        .for_each(|(b, (ob, pb))| {
+            for (i, (o, po)) in ob
+                .chunks_exact_mut(d)
+                .zip(pb.chunks_exact_mut(d))
+                .enumerate()
+            {
+                init(b * nq + i, o);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for h in 0..h_n {
+                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                            for (j, &w) in pat.iter().enumerate() {
+                                if w != 0.0 {
+                                    let r = g.row(b, j);
+                                    axpy(o, w, &vo[(h * g.n_rows + r) * d..][..d]);
+                                }
+                            }
+                        }
+                    },
+                );
+                then(o, po);
+            }
+        });
+}
+
 /// Backward through mix, softmax and scores. `dq`, `dk`, `dv` (physical layout) are added to.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(

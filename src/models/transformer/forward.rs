@@ -489,18 +489,20 @@ impl Transformer {
                 }
             }
             let g = rows.geometry(h_n, cfg.d_head);
-            attention::mix_projected(&g, &lb.pattern, &lb.vow, dm, &bias, pre);
             let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
-            let xin = &lb.xin;
-            pre.par_chunks_mut(dm).enumerate().for_each(|(r, o)| {
-                let (bi, i) = (r / nq, r % nq);
-                let src = map[bi * p_n + q_pos[i]] as usize;
-                for (o, &x) in o.iter_mut().zip(&xin[src * dm..][..dm]) {
-                    *o += x;
+            let (xin, act) = (&lb.xin, cfg.act());
+            // pre = (xin of the row's own position + bias) + the mix; post = act(pre) in the same
+            // pass, while the row is in cache.
+            let init = |r: usize, o: &mut [f32]| {
+                let src = map[(r / nq) * p_n + q_pos[r % nq]] as usize;
+                for ((o, &x), &c) in o.iter_mut().zip(&xin[src * dm..][..dm]).zip(&bias) {
+                    *o = x + c;
                 }
-            });
+            };
+            let then = |x: &[f32], y: &mut [f32]| activation::apply(act, x, y);
+            attention::mix_projected_then(&g, &lb.pattern, &lb.vow, dm, pre, post, init, then);
+            // The cache only watches here (this fold is for passes without hooks).
             intercept(hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
-            activation::forward(cfg.act(), &lb.pre, post);
         } else if plan.fused_bias_relu {
             // Bias and ReLU in one pass over the product (the backward masks with post).
             matmul(
