@@ -2,7 +2,7 @@
 (every hook cached), called from Python, against the same call timed inside Rust (no Python in
 the loop) and against TransformerLens's `run_with_cache` on the same weights, input and threads.
 
-    target/python/venv/bin/python bench/python_cache.py [--threads 2] [--repeats 15] [--rounds 3]
+    target/python/venv/bin/python bench/python_cache.py [--threads 2] [--repeats 15] [--rounds 3] [--pause 0.2]
 
 Needs the package installed in that environment (scripts/python-tests makes it) and the original
 grokked checkpoint in ../shared/fixtures. Each round times all three once per repeat, interleaved;
@@ -29,6 +29,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.2,
+        help="seconds of idle before each timed call: the previous engine's worker threads (torch's "
+        "OpenMP team, toylens's rayon pool) spin for a while after a call, taking a core from the next",
+    )
     args = ap.parse_args()
     toylens.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -48,11 +55,14 @@ def main():
     for r in range(args.rounds):
         py, rust, tlt = [], [], []
         for _ in range(args.repeats):
+            time.sleep(args.pause)
             t0 = time.perf_counter()
             out = model.run_with_cache(tokens)
             py.append(time.perf_counter() - t0)
             del out
+            time.sleep(args.pause)
             rust.extend(toylens._toylens._rust_run_with_cache_seconds(model, tokens, 1))
+            time.sleep(args.pause)
             with torch.no_grad():
                 t0 = time.perf_counter()
                 out = tl.run_with_cache(tokens_t)
