@@ -198,7 +198,7 @@ pub fn mix_projected(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    let (h_n, p_n, nq) = (g.n_heads, g.n_pos, g.nq());
+    let nq = g.nq();
     let per_b = nq * d;
     out[..g.batch * per_b]
         .par_chunks_mut(per_b)
@@ -209,23 +209,26 @@ pub fn mix_projected(
                 || {
                     for (i, o) in ob.chunks_exact_mut(d).enumerate() {
                         o.copy_from_slice(bias);
-                        for h in 0..h_n {
-                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                            for (j, &w) in pat.iter().enumerate() {
-                                if w != 0.0 {
-                                    let r = g.row(b, j);
-                                    for (o, &x) in
-                                        o.iter_mut().zip(&vo[(h * g.n_rows + r) * d..][..d])
-                                    {
-                                        *o += w * x;
-                                    }
-                                }
-                            }
-                        }
+                        mix_row_into(g, pattern, vo, b, i, o);
                     }
                 },
             )
         });
+}
+
+/// `o += Σ_h Σ_j pattern[b, h, i, j] · vo[h, row(b, j)]`: one output row of a projected mix
+/// (`vo` `[n_heads, n_rows, o.len()]`).
+#[inline(always)]
+fn mix_row_into(g: &Geometry, pattern: &[f32], vo: &[f32], b: usize, i: usize, o: &mut [f32]) {
+    let (h_n, p_n, nq, d) = (g.n_heads, g.n_pos, g.nq(), o.len());
+    for h in 0..h_n {
+        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+        for (j, &w) in pat.iter().enumerate() {
+            if w != 0.0 {
+                axpy(o, w, &vo[(h * g.n_rows + g.row(b, j)) * d..][..d]);
+            }
+        }
+    }
 }
 
 /// [`mix_projected`] with each output row started by `init(row, out)` (row = b·q + i) instead of
@@ -242,7 +245,7 @@ pub fn mix_projected_then(
     init: impl Fn(usize, &mut [f32]) + Sync,
     then: impl Fn(&[f32], &mut [f32]) + Sync,
 ) {
-    let (h_n, p_n, nq) = (g.n_heads, g.n_pos, g.nq());
+    let nq = g.nq();
     let n = g.batch * nq * d;
     out[..n]
         .par_chunks_mut(nq * d)
@@ -257,17 +260,7 @@ pub fn mix_projected_then(
                 init(b * nq + i, o);
                 vectorized(
                     #[inline(always)]
-                    || {
-                        for h in 0..h_n {
-                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                            for (j, &w) in pat.iter().enumerate() {
-                                if w != 0.0 {
-                                    let r = g.row(b, j);
-                                    axpy(o, w, &vo[(h * g.n_rows + r) * d..][..d]);
-                                }
-                            }
-                        }
-                    },
+                    || mix_row_into(g, pattern, vo, b, i, o),
                 );
                 then(o, po);
             }

@@ -312,7 +312,7 @@ impl Transformer {
                     Some((&mut ActivationCache::default(), filter)),
                 )?;
                 let mut ws = take_run_workspace();
-                let out = self.run_split(&mut ws, tokens, filter, &split);
+                let out = self.run_split(&mut ws, tokens, (&names, filter), &split);
                 put_run_workspace(ws);
                 return out;
             }

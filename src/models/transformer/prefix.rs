@@ -95,12 +95,11 @@ impl Transformer {
         &self,
         ws: &mut Workspace,
         tokens: ArrayView2<u32>,
-        filter: &CacheFilter,
+        (names, filter): (&[String], &CacheFilter),
         split: &PrefixSplit,
     ) -> crate::error::Result<(Array3<f32>, ActivationCache)> {
         let cfg = &self.cfg;
         let (b, p) = tokens.dim();
-        let names: Vec<String> = Site::all(cfg).iter().map(Site::name).collect();
         let query_side: Vec<Site> = self
             .query_side_sites()
             .into_iter()
@@ -113,7 +112,7 @@ impl Transformer {
             filter.keeps(n) && !qs_names.iter().any(|q| q == n)
         }));
         let mut icpt: Interceptor =
-            HookRunner::new(&names, Hooks::new(), Some((&mut cache, &rest)))?;
+            HookRunner::new(names, Hooks::new(), Some((&mut cache, &rest)))?;
         let last_q: Vec<usize> = (split.len..p).collect();
         self.forward_impl(ws, tokens, &last_q, Some(&mut icpt));
         icpt.finish()?;
