@@ -7,7 +7,7 @@
 //! are queried); `z` is `[batch, n_query, n_heads·d_head]`. Only the listed query positions are
 //! computed: the last block needs just the positions that carry loss.
 
-use super::simd::{exp_f32, vectorized, SendPtr};
+use super::simd::{exp_f32, vectorized, with_scratch, SendPtr};
 use rayon::prelude::*;
 
 /// The value masked scores hold (TransformerLens' `IGNORE` buffer).
@@ -231,40 +231,31 @@ fn mix_row_into(g: &Geometry, pattern: &[f32], vo: &[f32], b: usize, i: usize, o
     }
 }
 
-/// [`mix_projected`] with each output row started by `init(row, out)` (row = b·q + i) instead of
-/// a bias, and mapped into `post` by `then(out, post)` while it is still in cache: one pass where
-/// a product's input is a mix (layer 0's W_in fold, followed by the activation).
-#[allow(clippy::too_many_arguments)]
-pub fn mix_projected_then(
+/// [`mix_projected`] one row at a time, for a product whose input is a mix (layer 0's W_in fold):
+/// each row (r = b·q + i) is started by `init(r, row)` instead of a bias, mixed in a scratch row
+/// that stays in cache, and handed to `emit(r, row)`, which writes it (and what follows from it,
+/// the activation) wherever the caller keeps it. Rows are emitted once each, in parallel by input.
+pub fn mix_projected_each(
     g: &Geometry,
     pattern: &[f32],
     vo: &[f32],
     d: usize,
-    out: &mut [f32],
-    post: &mut [f32],
     init: impl Fn(usize, &mut [f32]) + Sync,
-    then: impl Fn(&[f32], &mut [f32]) + Sync,
+    emit: impl Fn(usize, &[f32]) + Sync,
 ) {
     let nq = g.nq();
-    let n = g.batch * nq * d;
-    out[..n]
-        .par_chunks_mut(nq * d)
-        .zip(post[..n].par_chunks_mut(nq * d))
-        .enumerate()
-        .for_each(|(b, (ob, pb))| {
-            for (i, (o, po)) in ob
-                .chunks_exact_mut(d)
-                .zip(pb.chunks_exact_mut(d))
-                .enumerate()
-            {
+    (0..g.batch).into_par_iter().for_each(|b| {
+        with_scratch(d, |o| {
+            for i in 0..nq {
                 init(b * nq + i, o);
                 vectorized(
                     #[inline(always)]
                     || mix_row_into(g, pattern, vo, b, i, o),
                 );
-                then(o, po);
+                emit(b * nq + i, o);
             }
-        });
+        })
+    });
 }
 
 /// Backward through mix, softmax and scores. `dq`, `dk`, `dv` (physical layout) are added to.

@@ -5,10 +5,11 @@
 //! vocabulary. Which shortcuts a pass takes is decided once, in [`Plan`], and recorded in the
 //! workspace for the backward to follow.
 
+use super::prefix::RowDst;
 use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
-use crate::engine::matmul::{linear, matmul, view, view_mut};
+use crate::engine::matmul::{linear, matmul, view, view_mut, view_strided, view_strided_mut};
 use crate::engine::{activation, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
@@ -162,10 +163,7 @@ impl Transformer {
         ws.all_pos.extend(0..p_n);
         ws.last_q.clear();
         ws.last_q.extend_from_slice(last_q);
-        if ws.layers.len() != cfg.n_layers {
-            ws.layers.resize_with(cfg.n_layers, LayerBufs::default);
-            ws.resid.resize_with(cfg.n_layers + 1, Vec::new);
-        }
+        ws.ensure_layers(cfg.n_layers);
         let ident = buf(&mut ws.ident, b_n * p_n);
         for (i, x) in ident.iter_mut().enumerate() {
             *x = i as u32;
@@ -461,9 +459,14 @@ impl Transformer {
             None => &lb.resid_mid,
         };
         let dm = cfg.d_mlp();
+        let folded = l == 0 && plan.fold_w_in_layer0 && ids.ln2.is_none();
+        if !folded {
+            // Only the fold writes into the cache's arrays.
+            (lb.cache_pre, lb.cache_post) = (None, None);
+        }
         let pre = buf(&mut lb.pre, rq * dm);
         let post = buf(&mut lb.post, rq * dm);
-        if l == 0 && plan.fold_w_in_layer0 && ids.ln2.is_none() {
+        if folded {
             // resid_mid = resid_pre + Σ_h pattern·(v·W_O)_h + b_O, each term from the distinct rows
             // of layer 0: through W_in those rows first, then mix them (d_mlp-wide) per example.
             let (n_rows, h_n) = (rows.n_rows, cfg.n_heads);
@@ -499,10 +502,30 @@ impl Transformer {
                     *o = x + c;
                 }
             };
-            let then = |x: &[f32], y: &mut [f32]| activation::apply(act, x, y);
-            attention::mix_projected_then(&g, &lb.pattern, &lb.vow, dm, pre, post, init, then);
-            // The cache only watches here (this fold is for passes without hooks).
-            intercept(hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
+            let pre_to = RowDst::cache_or_dense(lb.cache_pre.as_mut(), pre, q_pos, dm);
+            let post_to = RowDst::cache_or_dense(lb.cache_post.as_mut(), post, q_pos, dm);
+            let emit = |r: usize, x: &[f32]| {
+                simd::with_scratch(dm, |y| {
+                    activation::apply(act, x, y);
+                    // SAFETY: rows r < b·q, each emitted once.
+                    unsafe {
+                        pre_to.write(r, x);
+                        post_to.write(r, y);
+                    }
+                })
+            };
+            attention::mix_projected_each(&g, &lb.pattern, &lb.vow, dm, init, emit);
+            for c in [&mut lb.cache_pre, &mut lb.cache_post]
+                .into_iter()
+                .flatten()
+            {
+                // SAFETY: the fold wrote every row at the block's query positions.
+                unsafe { c.mark_whole() };
+            }
+            if lb.cache_pre.is_none() {
+                // The cache only watches here (this fold is for passes without hooks).
+                intercept(hk, Site::MlpPre(l), &mut lb.pre, &[b_n, nq, dm]);
+            }
         } else if plan.fused_bias_relu {
             // Bias and ReLU in one pass over the product (the backward masks with post).
             matmul(
@@ -525,17 +548,29 @@ impl Transformer {
             intercept(hk, Site::MlpPre(l), pre, &[b_n, nq, dm]);
             activation::forward(cfg.act(), &lb.pre, post);
         }
-        intercept(hk, Site::MlpPost(l), post, &[b_n, nq, dm]);
         let mo = buf(&mut lb.mlp_out, rq * d);
-        linear(
-            mo,
-            &lb.post,
-            lay.get(w, m.w_out),
-            Some(lay.get(w, m.b_out)),
-            rq,
-            dm,
-            d,
-        );
+        let (w_out, b_out) = (lay.get(w, m.w_out), lay.get(w, m.b_out));
+        match &lb.cache_post {
+            None => {
+                intercept(hk, Site::MlpPost(l), &mut lb.post, &[b_n, nq, dm]);
+                linear(mo, &lb.post, w_out, Some(b_out), rq, dm, d);
+            }
+            Some(c) => {
+                // post lies in the cache's [b, p, m] array: one product per query position.
+                let (post, p_n) = (c.flat(), rows.p);
+                for row in mo.chunks_exact_mut(d) {
+                    row.copy_from_slice(b_out);
+                }
+                for (i, &q) in rows.q_pos.iter().enumerate() {
+                    matmul(
+                        &mut view_strided_mut(&mut mo[i * d..], b_n, d, nq * d),
+                        &view_strided(&post[q * dm..], b_n, dm, p_n * dm),
+                        &view(w_out, dm, d),
+                        true,
+                    );
+                }
+            }
+        }
         intercept(hk, Site::MlpOut(l), mo, &[b_n, nq, d]);
         simd::add(res_out, &lb.resid_mid, &lb.mlp_out);
         intercept(hk, Site::ResidPost(l), res_out, &[b_n, nq, d]);

@@ -96,6 +96,10 @@ struct LayerBufs {
     post: Vec<f32>,
     /// `[b·q, d]`.
     mlp_out: Vec<f32>,
+    /// A split cache pass's arrays `[b, p, m]` for mlp_pre and mlp_post: when set, the W_in fold
+    /// writes the block's rows straight into them instead of into `pre` and `post`.
+    cache_pre: Option<prefix::CacheRows>,
+    cache_post: Option<prefix::CacheRows>,
 }
 
 /// The exact shortcuts a forward pass took, recorded for its backward to follow.
@@ -174,6 +178,14 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Buffers for `n_layers` blocks.
+    fn ensure_layers(&mut self, n_layers: usize) {
+        if self.layers.len() != n_layers {
+            self.layers.resize_with(n_layers, LayerBufs::default);
+            self.resid.resize_with(n_layers + 1, Vec::new);
+        }
     }
 }
 

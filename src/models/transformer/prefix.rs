@@ -13,6 +13,7 @@
 use super::forward::{BlockRows, Interceptor};
 use super::{Site, Transformer, Workspace};
 use crate::engine::attention::{self, IGNORE};
+use crate::engine::simd::SendPtr;
 use crate::hooks::{fresh_vec, write_floats, ActivationCache, CacheFilter, HookRunner, Hooks};
 use ndarray::{Array2, Array3, ArrayD, ArrayView2, IxDyn};
 use rayon::prelude::*;
@@ -60,11 +61,11 @@ impl PrefixSplit {
     }
 }
 
-/// How a query-side activation lies in the workspace: rows `[b·q, width]`, or the attention layout
+/// How a query-side activation lies in the workspace: rows `[b·q, ...]`, or the attention layout
 /// `[b, h, q, p]`.
 #[derive(Clone, Copy)]
 enum BufShape {
-    Rows(usize),
+    Rows,
     Keys { heads: usize, masked: f32 },
 }
 
@@ -113,10 +114,8 @@ impl Transformer {
         }));
         let mut icpt: Interceptor =
             HookRunner::new(names, Hooks::new(), Some((&mut cache, &rest)))?;
-        let last_q: Vec<usize> = (split.len..p).collect();
-        self.forward_impl(ws, tokens, &last_q, Some(&mut icpt));
-        icpt.finish()?;
-        // The distinct prefixes: the query side only (a pass of its own, which may split again).
+        // The distinct prefixes first: the query side only (a pass of its own, which may split
+        // again).
         let (side_logits, side) = self.run(
             split.prefixes.view(),
             Hooks::new(),
@@ -124,6 +123,20 @@ impl Transformer {
         )?;
         let (h_n, dh) = (cfg.n_heads, cfg.d_head);
         let last = cfg.n_layers - 1;
+        // Layer 0's W_in fold (a one-block model) writes mlp_pre and mlp_post straight into
+        // their arrays, already holding the prefixes' rows.
+        ws.ensure_layers(cfg.n_layers);
+        let direct = |site: Site| {
+            (last == 0 && query_side.contains(&site))
+                .then(|| side.get(&site.name()))
+                .transpose()
+                .map(|e| e.map(|e| CacheRows::prefilled(e, split, (b, p))))
+        };
+        ws.layers[last].cache_pre = direct(Site::MlpPre(last))?;
+        ws.layers[last].cache_post = direct(Site::MlpPost(last))?;
+        let last_q: Vec<usize> = (split.len..p).collect();
+        self.forward_impl(ws, tokens, &last_q, Some(&mut icpt));
+        icpt.finish()?;
         if query_side.contains(&Site::Z(last)) && last == 0 && ws.plan.fold_wo_layer0 {
             // W_O was folded into v, so z was not formed: form it for the cache.
             let rows = BlockRows {
@@ -137,16 +150,27 @@ impl Transformer {
             let z = super::buf(&mut lb.z, b * last_q.len() * h_n * dh);
             attention::mix(&rows.geometry(h_n, dh), &lb.pattern, &lb.v, z);
         }
-        let v = cfg.d_vocab_out();
+        let (pre, post) = (Site::MlpPre(last), Site::MlpPost(last));
+        for (site, c) in [
+            (pre, ws.layers[last].cache_pre.take()),
+            (post, ws.layers[last].cache_post.take()),
+        ] {
+            if let Some(c) = c.filter(CacheRows::is_whole) {
+                cache.map.insert(site.name(), c.into_array());
+            }
+        }
         for site in &query_side {
-            let (data, layout) = self.query_side_buffer(ws, *site);
             let name = site.name();
+            if cache.map.contains_key(&name) {
+                continue;
+            }
+            let (data, layout) = self.query_side_buffer(ws, *site);
             let side_entry = side.get(&name)?;
             let entry = assemble(data, layout, side_entry, split, (b, p));
             cache.map.insert(name, entry);
         }
         let side_logits = side_logits.into_dyn();
-        let logits = assemble(&ws.logits, BufShape::Rows(v), &side_logits, split, (b, p));
+        let logits = assemble(&ws.logits, BufShape::Rows, &side_logits, split, (b, p));
         let logits = logits.into_dimensionality().expect("logits shape");
         Ok((logits, cache))
     }
@@ -155,7 +179,7 @@ impl Transformer {
     fn query_side_buffer<'w>(&self, ws: &'w Workspace, site: Site) -> (&'w [f32], BufShape) {
         use Site::*;
         let (cfg, lay) = (&self.cfg, &self.layout);
-        let (d, h_n) = (cfg.d_model, cfg.n_heads);
+        let h_n = cfg.n_heads;
         let lb = &ws.layers[cfg.n_layers - 1];
         let xf: &[f32] = match lay.ln_final {
             Some(_) => &ws.lnf.y,
@@ -176,21 +200,170 @@ impl Transformer {
                     masked: 0.0,
                 },
             ),
-            Z(_) => (&lb.z, BufShape::Rows(h_n * cfg.d_head)),
-            AttnOut(_) => (&lb.attn_out, BufShape::Rows(d)),
-            ResidMid(_) => (&lb.resid_mid, BufShape::Rows(d)),
-            Ln2Scale(_) => (&lb.ln2.scale, BufShape::Rows(1)),
-            Ln2Normalized(_) => (&lb.ln2.xhat, BufShape::Rows(d)),
-            MlpPre(_) => (&lb.pre, BufShape::Rows(cfg.d_mlp())),
-            MlpPost(_) => (&lb.post, BufShape::Rows(cfg.d_mlp())),
-            MlpOut(_) => (&lb.mlp_out, BufShape::Rows(d)),
-            ResidPost(_) => (&ws.resid[cfg.n_layers], BufShape::Rows(d)),
-            LnFinalScale => (&ws.lnf.scale, BufShape::Rows(1)),
-            LnFinalNormalized => (&ws.lnf.xhat, BufShape::Rows(d)),
-            UnembedIn => (xf, BufShape::Rows(d)),
-            UnembedOut => (&ws.logits, BufShape::Rows(cfg.d_vocab_out())),
+            Z(_) => (&lb.z, BufShape::Rows),
+            AttnOut(_) => (&lb.attn_out, BufShape::Rows),
+            ResidMid(_) => (&lb.resid_mid, BufShape::Rows),
+            Ln2Scale(_) => (&lb.ln2.scale, BufShape::Rows),
+            Ln2Normalized(_) => (&lb.ln2.xhat, BufShape::Rows),
+            MlpPre(_) => (&lb.pre, BufShape::Rows),
+            MlpPost(_) => (&lb.post, BufShape::Rows),
+            MlpOut(_) => (&lb.mlp_out, BufShape::Rows),
+            ResidPost(_) => (&ws.resid[cfg.n_layers], BufShape::Rows),
+            LnFinalScale => (&ws.lnf.scale, BufShape::Rows),
+            LnFinalNormalized => (&ws.lnf.xhat, BufShape::Rows),
+            UnembedIn => (xf, BufShape::Rows),
+            UnembedOut => (&ws.logits, BufShape::Rows),
             _ => unreachable!("{site:?} is computed at every position"),
         }
+    }
+}
+
+/// One query-side cache entry `[b, p, ...]` of a split pass, filled in two parts: the positions
+/// below the split from the prefixes' pass when it is made, the others by the full batch. The full
+/// batch's forward may write its rows straight in (through [`CacheRows::dst`]), which saves
+/// writing them to the workspace and copying them out.
+#[derive(Debug)]
+pub(super) struct CacheRows {
+    /// Room for the whole array; its length stays 0 until every row is written.
+    data: Vec<f32>,
+    shape: Vec<usize>,
+    width: usize,
+}
+
+impl CacheRows {
+    /// The array for `side`'s entry (`[prefixes, split.len, ...]`) over the whole batch, with the
+    /// positions below the split written.
+    fn prefilled(side: &ArrayD<f32>, split: &PrefixSplit, (b, p): (usize, usize)) -> CacheRows {
+        let width: usize = side.shape()[2..].iter().product();
+        let l = split.len;
+        let src = side.as_slice().expect("a cache entry is contiguous");
+        let mut data = fresh_vec(b * p * width);
+        data.spare_capacity_mut()[..b * p * width]
+            .par_chunks_mut(p * width)
+            .zip(&split.of)
+            .for_each(|(o, &s)| {
+                write_floats(
+                    &mut o[..l * width],
+                    &src[s as usize * l * width..][..l * width],
+                )
+            });
+        let shape = [&[b, p][..], &side.shape()[2..]].concat();
+        CacheRows { data, shape, width }
+    }
+
+    /// Where the forward writes its rows (`b·q + i` for query position `q_pos[i]`).
+    pub fn dst<'a>(&'a mut self, q_pos: &'a [usize]) -> RowDst<'a> {
+        RowDst {
+            ptr: SendPtr(self.data.as_mut_ptr()),
+            width: self.width,
+            nq: q_pos.len(),
+            per_b: self.shape[1],
+            q_pos: Some(q_pos),
+        }
+    }
+
+    /// Record that every row is written.
+    ///
+    /// # Safety
+    /// Every row at the positions not prefilled must have been written through [`Self::dst`].
+    pub unsafe fn mark_whole(&mut self) {
+        let n = self.shape.iter().product();
+        self.data.set_len(n);
+    }
+
+    /// The whole array, flat (after [`Self::mark_whole`]).
+    pub fn flat(&self) -> &[f32] {
+        assert!(
+            !self.data.is_empty(),
+            "a cache array read before it is whole"
+        );
+        &self.data
+    }
+
+    /// Whether [`Self::mark_whole`] was called: the forward took the path that writes it.
+    pub fn is_whole(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    /// Write the rows the prefixes did not from `main` (`[b·q, width]`, the workspace's buffer),
+    /// in parallel by input.
+    fn fill_from(&mut self, main: &[f32], split: &PrefixSplit) {
+        let (p, w) = (self.shape[1], self.width);
+        let nq = p - split.len;
+        let q_pos: Vec<usize> = (split.len..p).collect();
+        let dst = self.dst(&q_pos);
+        main[..dst.rows(split.of.len()) * w]
+            .par_chunks(nq * w)
+            .enumerate()
+            .for_each(|(bi, src)| {
+                for (i, row) in src.chunks_exact(w).enumerate() {
+                    // SAFETY: each (input, position) row once; rows are disjoint.
+                    unsafe { dst.write(bi * nq + i, row) };
+                }
+            });
+        // SAFETY: every input's rows at positions split.len.. were written just above.
+        unsafe { self.mark_whole() };
+    }
+
+    pub fn into_array(self) -> ArrayD<f32> {
+        assert!(self.is_whole(), "a cache array taken before it is whole");
+        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data).expect("assembled shape")
+    }
+}
+
+/// Where row `r = b·q + i` of a block's output goes (q its number of query positions): a dense
+/// `[b·q, width]` buffer, or a cache array `[b, p, width]` at row `b·p + q_pos[i]`. A raw pointer,
+/// so that parallel loops can write disjoint rows.
+#[derive(Clone, Copy)]
+pub(super) struct RowDst<'a> {
+    ptr: SendPtr,
+    width: usize,
+    nq: usize,
+    per_b: usize,
+    q_pos: Option<&'a [usize]>,
+}
+
+impl<'a> RowDst<'a> {
+    /// The rows of a dense buffer `[b·nq, width]`.
+    pub fn dense(buf: &'a mut [f32], width: usize, nq: usize) -> RowDst<'a> {
+        RowDst {
+            ptr: SendPtr(buf.as_mut_ptr()),
+            width,
+            nq,
+            per_b: nq,
+            q_pos: None,
+        }
+    }
+
+    /// The rows of `cache` where there is one, else of the dense `[b·q, width]` buffer.
+    pub fn cache_or_dense(
+        cache: Option<&'a mut CacheRows>,
+        dense: &'a mut [f32],
+        q_pos: &'a [usize],
+        width: usize,
+    ) -> RowDst<'a> {
+        match cache {
+            Some(c) => c.dst(q_pos),
+            None => RowDst::dense(dense, width, q_pos.len()),
+        }
+    }
+
+    /// The number of rows written for a batch of `b`.
+    pub fn rows(&self, b: usize) -> usize {
+        b * self.nq
+    }
+
+    /// Write row `r`.
+    ///
+    /// # Safety
+    /// `r` is a row of the destination (r < b·q for the batch it was made for), and no other thread
+    /// writes row `r` meanwhile.
+    pub unsafe fn write(&self, r: usize, x: &[f32]) {
+        let (bi, i) = (r / self.nq, r % self.nq);
+        let q = self.q_pos.map_or(i, |q| q[i]);
+        let at = self.ptr.0.add((bi * self.per_b + q) * self.width);
+        let dst = std::slice::from_raw_parts_mut(at.cast(), self.width);
+        write_floats(dst, &x[..self.width]);
     }
 }
 
@@ -204,13 +377,17 @@ fn assemble(
     split: &PrefixSplit,
     (b, p): (usize, usize),
 ) -> ArrayD<f32> {
+    let (heads, masked) = match layout {
+        BufShape::Rows => {
+            let mut rows = CacheRows::prefilled(side, split, (b, p));
+            rows.fill_from(main, split);
+            return rows.into_array();
+        }
+        BufShape::Keys { heads, masked } => (heads, masked),
+    };
     let l = split.len;
     let nq = p - l;
-    let (per_b, shape) = match layout {
-        // The trailing axes as the prefixes' pass gave them ([d], [1], [h, d_head]...).
-        BufShape::Rows(w) => (p * w, [&[b, p][..], &side.shape()[2..]].concat()),
-        BufShape::Keys { heads, .. } => (heads * p * p, vec![b, heads, p, p]),
-    };
+    let per_b = heads * p * p;
     let side = side.as_slice().expect("a cache entry is contiguous");
     let mut out = fresh_vec(b * per_b);
     out.spare_capacity_mut()[..b * per_b]
@@ -218,27 +395,19 @@ fn assemble(
         .enumerate()
         .for_each(|(bi, o)| {
             let s = split.of[bi] as usize;
-            match layout {
-                BufShape::Rows(w) => {
-                    write_floats(&mut o[..l * w], &side[s * l * w..][..l * w]);
-                    write_floats(&mut o[l * w..], &main[bi * nq * w..][..nq * w]);
-                }
-                BufShape::Keys { heads, masked } => {
-                    for h in 0..heads {
-                        for q in 0..p {
-                            let row = &mut o[(h * p + q) * p..][..p];
-                            // A few keys a row: element by element, not a call to memcpy.
-                            if q < l {
-                                let src = &side[((s * heads + h) * l + q) * l..][..l];
-                                for (k, x) in row.iter_mut().enumerate() {
-                                    x.write(if k < l { src[k] } else { masked });
-                                }
-                            } else {
-                                let src = &main[((bi * heads + h) * nq + q - l) * p..][..p];
-                                for (x, &y) in row.iter_mut().zip(src) {
-                                    x.write(y);
-                                }
-                            }
+            for h in 0..heads {
+                for q in 0..p {
+                    let row = &mut o[(h * p + q) * p..][..p];
+                    // A few keys a row: element by element, not a call to memcpy.
+                    if q < l {
+                        let src = &side[((s * heads + h) * l + q) * l..][..l];
+                        for (k, x) in row.iter_mut().enumerate() {
+                            x.write(if k < l { src[k] } else { masked });
+                        }
+                    } else {
+                        let src = &main[((bi * heads + h) * nq + q - l) * p..][..p];
+                        for (x, &y) in row.iter_mut().zip(src) {
+                            x.write(y);
                         }
                     }
                 }
@@ -246,5 +415,5 @@ fn assemble(
         });
     // SAFETY: every input's block of per_b floats was written above.
     unsafe { out.set_len(b * per_b) };
-    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("assembled shape")
+    ArrayD::from_shape_vec(IxDyn(&[b, heads, p, p]), out).expect("assembled shape")
 }
