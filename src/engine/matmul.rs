@@ -4,7 +4,7 @@
 //! the same for any thread count.
 
 use gemm::Parallelism;
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Products smaller than this many multiply-adds run on the calling thread: waking the pool costs more
 /// (measured: the per-head Q/K/V products on layer 0's few hundred distinct rows ran 2× slower on
@@ -166,31 +166,4 @@ pub fn linear_backward(
         }
         None => weight_grad(dw, db, threads),
     }
-}
-
-/// `[rows, cols]` view of a flat slice whose rows lie `row_stride` apart (every k-th row of a
-/// larger matrix, or one position of a `[b, p, cols]` array).
-pub fn view_strided(s: &[f32], rows: usize, cols: usize, row_stride: usize) -> ArrayView2<'_, f32> {
-    let len = if rows == 0 {
-        0
-    } else {
-        (rows - 1) * row_stride + cols
-    };
-    ArrayView2::from_shape((rows, cols).strides((row_stride, 1)), &s[..len]).expect("strided view")
-}
-
-/// Mutable [`view_strided`].
-pub fn view_strided_mut(
-    s: &mut [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-) -> ArrayViewMut2<'_, f32> {
-    let len = if rows == 0 {
-        0
-    } else {
-        (rows - 1) * row_stride + cols
-    };
-    ArrayViewMut2::from_shape((rows, cols).strides((row_stride, 1)), &mut s[..len])
-        .expect("strided view")
 }

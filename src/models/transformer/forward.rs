@@ -9,7 +9,7 @@ use super::prefix::RowDst;
 use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
-use crate::engine::matmul::{linear, matmul, view, view_mut, view_strided, view_strided_mut};
+use crate::engine::matmul::{linear, matmul, view, view_mut};
 use crate::engine::{activation, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
@@ -380,6 +380,38 @@ impl Transformer {
                     false,
                 );
             }
+            let dl = &mut lb.direct;
+            if dl.attn_out.is_some() || dl.resid_mid.is_some() {
+                // A split cache pass: attn_out and resid_mid in one pass, each row written once,
+                // straight into its cache array where there is one.
+                let (map, q_pos, b_o) = (rows.map, rows.q_pos, lay.get(w, ids.b_o));
+                let attn_to = RowDst::cache_or_dense(dl.attn_out.as_mut(), attn_out, q_pos, d);
+                let mid = buf(&mut lb.resid_mid, rq * d);
+                let mid_to = RowDst::cache_or_dense(dl.resid_mid.as_mut(), mid, q_pos, d);
+                let res_in: &[f32] = res_in;
+                let emit = |r: usize, a: &[f32]| {
+                    let src = map[(r / nq) * p_n + q_pos[r % nq]] as usize;
+                    simd::with_scratch(d, |y| {
+                        for ((o, &x), &a) in y.iter_mut().zip(&res_in[src * d..][..d]).zip(a) {
+                            *o = x + a;
+                        }
+                        // SAFETY: rows r < b·q, each emitted once.
+                        unsafe {
+                            attn_to.write(r, a);
+                            mid_to.write(r, y);
+                        }
+                    })
+                };
+                let init = |_: usize, o: &mut [f32]| o.copy_from_slice(b_o);
+                attention::mix_projected_each(&g, &lb.pattern, &lb.vo, d, init, emit);
+                for c in [&mut dl.attn_out, &mut dl.resid_mid].into_iter().flatten() {
+                    // SAFETY: every row at the block's query positions was written above.
+                    unsafe { c.mark_whole() };
+                }
+                // The cache only watches on this path (a split pass caches no query side).
+                debug_assert!(!wants(hk, Site::AttnOut(l)) && !wants(hk, Site::ResidMid(l)));
+                return;
+            }
             attention::mix_projected(&g, &lb.pattern, &lb.vo, d, lay.get(w, ids.b_o), attn_out);
             if wants(hk, Site::Z(l)) {
                 // Only the cache watches (no hooks with this shortcut): z for it alone.
@@ -460,10 +492,10 @@ impl Transformer {
         };
         let dm = cfg.d_mlp();
         let folded = l == 0 && plan.fold_w_in_layer0 && ids.ln2.is_none();
-        if !folded {
-            // Only the fold writes into the cache's arrays.
-            (lb.cache_pre, lb.cache_post) = (None, None);
-        }
+        assert!(
+            folded || lb.direct.is_empty(),
+            "only the W_in fold writes into a split pass's cache arrays"
+        );
         let pre = buf(&mut lb.pre, rq * dm);
         let post = buf(&mut lb.post, rq * dm);
         if folded {
@@ -502,8 +534,8 @@ impl Transformer {
                     *o = x + c;
                 }
             };
-            let pre_to = RowDst::cache_or_dense(lb.cache_pre.as_mut(), pre, q_pos, dm);
-            let post_to = RowDst::cache_or_dense(lb.cache_post.as_mut(), post, q_pos, dm);
+            let pre_to = RowDst::cache_or_dense(lb.direct.pre.as_mut(), pre, q_pos, dm);
+            let post_to = RowDst::cache_or_dense(lb.direct.post.as_mut(), post, q_pos, dm);
             let emit = |r: usize, x: &[f32]| {
                 simd::with_scratch(dm, |y| {
                     activation::apply(act, x, y);
@@ -515,14 +547,14 @@ impl Transformer {
                 })
             };
             attention::mix_projected_each(&g, &lb.pattern, &lb.vow, dm, init, emit);
-            for c in [&mut lb.cache_pre, &mut lb.cache_post]
+            for c in [&mut lb.direct.pre, &mut lb.direct.post]
                 .into_iter()
                 .flatten()
             {
                 // SAFETY: the fold wrote every row at the block's query positions.
                 unsafe { c.mark_whole() };
             }
-            if lb.cache_pre.is_none() {
+            if lb.direct.pre.is_none() {
                 // The cache only watches here (this fold is for passes without hooks).
                 intercept(hk, Site::MlpPre(l), &mut lb.pre, &[b_n, nq, dm]);
             }
@@ -550,27 +582,52 @@ impl Transformer {
         }
         let mo = buf(&mut lb.mlp_out, rq * d);
         let (w_out, b_out) = (lay.get(w, m.w_out), lay.get(w, m.b_out));
-        match &lb.cache_post {
-            None => {
-                intercept(hk, Site::MlpPost(l), &mut lb.post, &[b_n, nq, dm]);
-                linear(mo, &lb.post, w_out, Some(b_out), rq, dm, d);
-            }
-            Some(c) => {
-                // post lies in the cache's [b, p, m] array: one product per query position.
-                let (post, p_n) = (c.flat(), rows.p);
-                for row in mo.chunks_exact_mut(d) {
-                    row.copy_from_slice(b_out);
-                }
-                for (i, &q) in rows.q_pos.iter().enumerate() {
+        let dl = &mut lb.direct;
+        if folded && !dl.is_empty() {
+            // A split cache pass: rows read from and written to the cache's arrays where there
+            // are some, one product per query position.
+            let q_pos = rows.q_pos;
+            let post_at = RowDst::cache_or_dense(dl.post.as_mut(), &mut lb.post, q_pos, dm);
+            let mid_at = RowDst::cache_or_dense(dl.resid_mid.as_mut(), &mut lb.resid_mid, q_pos, d);
+            let mo_to = RowDst::cache_or_dense(dl.mlp_out.as_mut(), mo, q_pos, d);
+            let res_to = RowDst::cache_or_dense(dl.resid_post.as_mut(), res_out, q_pos, d);
+            // SAFETY (all three blocks): rows r < b·q, each written by one task; post and
+            // resid_mid were written by the fold and the attention above.
+            (0..rq)
+                .into_par_iter()
+                .with_min_len(simd::ROW_CHUNK)
+                .for_each(|r| unsafe { mo_to.write(r, b_out) });
+            for i in 0..nq {
+                unsafe {
+                    let x = post_at.position(i, b_n);
                     matmul(
-                        &mut view_strided_mut(&mut mo[i * d..], b_n, d, nq * d),
-                        &view_strided(&post[q * dm..], b_n, dm, p_n * dm),
+                        &mut mo_to.position(i, b_n),
+                        &x.view(),
                         &view(w_out, dm, d),
                         true,
                     );
                 }
             }
+            (0..rq)
+                .into_par_iter()
+                .with_min_len(simd::ROW_CHUNK)
+                .for_each(|r| {
+                    simd::with_scratch(d, |y| unsafe {
+                        for ((o, &a), &b) in y.iter_mut().zip(mid_at.row(r)).zip(mo_to.row(r)) {
+                            *o = a + b;
+                        }
+                        res_to.write(r, y);
+                    })
+                });
+            for c in [&mut dl.mlp_out, &mut dl.resid_post].into_iter().flatten() {
+                // SAFETY: every row at the block's query positions was written above.
+                unsafe { c.mark_whole() };
+            }
+            debug_assert!(!wants(hk, Site::MlpPost(l)) && !wants(hk, Site::ResidPost(l)));
+            return;
         }
+        intercept(hk, Site::MlpPost(l), &mut lb.post, &[b_n, nq, dm]);
+        linear(mo, &lb.post, w_out, Some(b_out), rq, dm, d);
         intercept(hk, Site::MlpOut(l), mo, &[b_n, nq, d]);
         simd::add(res_out, &lb.resid_mid, &lb.mlp_out);
         intercept(hk, Site::ResidPost(l), res_out, &[b_n, nq, d]);
@@ -584,6 +641,35 @@ impl Transformer {
         let b_n = ws.batch;
         let nq = ws.last_q.len();
         let rq = b_n * nq;
+        let v = cfg.d_vocab_out();
+        let dl = &mut ws.layers[cfg.n_layers - 1].direct;
+        if lay.ln_final.is_none() && (dl.resid_post.is_some() || dl.logits.is_some()) {
+            // A split cache pass: the logits from the rows of resid_post and into those of the
+            // logits' array, wherever each lies; one product per query position.
+            let q_pos = &ws.last_q;
+            let res = &mut ws.resid[cfg.n_layers];
+            let x_at = RowDst::cache_or_dense(dl.resid_post.as_mut(), res, q_pos, d);
+            let logits = buf(&mut ws.logits, rq * v);
+            let to = RowDst::cache_or_dense(dl.logits.as_mut(), logits, q_pos, v);
+            let (w_u, b_u) = (lay.get(w, lay.w_u), lay.get(w, lay.b_u));
+            // SAFETY: rows r < b·q, each written by one task; resid_post's rows were all written.
+            (0..rq)
+                .into_par_iter()
+                .with_min_len(simd::ROW_CHUNK)
+                .for_each(|r| unsafe { to.write(r, b_u) });
+            for i in 0..nq {
+                unsafe {
+                    let x = x_at.position(i, b_n);
+                    matmul(&mut to.position(i, b_n), &x.view(), &view(w_u, d, v), true);
+                }
+            }
+            if let Some(c) = dl.logits.as_mut() {
+                // SAFETY: every row at the last block's query positions was written above.
+                unsafe { c.mark_whole() };
+            }
+            debug_assert!(!wants(hk, Site::UnembedIn) && !wants(hk, Site::UnembedOut));
+            return;
+        }
         let res = &mut ws.resid[cfg.n_layers][..rq * d];
         let xf: &mut [f32] = match lay.ln_final {
             Some(ln) => {
@@ -603,7 +689,6 @@ impl Transformer {
             None => res,
         };
         intercept(hk, Site::UnembedIn, xf, &[b_n, nq, d]);
-        let v = cfg.d_vocab_out();
         let logits = buf(&mut ws.logits, rq * v);
         linear(
             logits,

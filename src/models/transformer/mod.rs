@@ -96,10 +96,9 @@ struct LayerBufs {
     post: Vec<f32>,
     /// `[b·q, d]`.
     mlp_out: Vec<f32>,
-    /// A split cache pass's arrays `[b, p, m]` for mlp_pre and mlp_post: when set, the W_in fold
-    /// writes the block's rows straight into them instead of into `pre` and `post`.
-    cache_pre: Option<prefix::CacheRows>,
-    cache_post: Option<prefix::CacheRows>,
+    /// A split cache pass's arrays that this block writes its rows straight into, instead of
+    /// into the buffers above (prefix.rs).
+    direct: prefix::DirectRows,
 }
 
 /// The exact shortcuts a forward pass took, recorded for its backward to follow.

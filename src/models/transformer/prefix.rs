@@ -15,7 +15,7 @@ use super::{Site, Transformer, Workspace};
 use crate::engine::attention::{self, IGNORE};
 use crate::engine::simd::SendPtr;
 use crate::hooks::{fresh_vec, write_floats, ActivationCache, CacheFilter, HookRunner, Hooks};
-use ndarray::{Array2, Array3, ArrayD, ArrayView2, IxDyn};
+use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayViewMut2, IxDyn};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -123,17 +123,20 @@ impl Transformer {
         )?;
         let (h_n, dh) = (cfg.n_heads, cfg.d_head);
         let last = cfg.n_layers - 1;
-        // Layer 0's W_in fold (a one-block model) writes mlp_pre and mlp_post straight into
-        // their arrays, already holding the prefixes' rows.
+        // A one-block model on the folds' path writes its rows straight into the cache's arrays,
+        // already holding the prefixes' rows (see `DirectRows`).
         ws.ensure_layers(cfg.n_layers);
-        let direct = |site: Site| {
-            (last == 0 && query_side.contains(&site))
-                .then(|| side.get(&site.name()))
-                .transpose()
-                .map(|e| e.map(|e| CacheRows::prefilled(e, split, (b, p))))
-        };
-        ws.layers[last].cache_pre = direct(Site::MlpPre(last))?;
-        ws.layers[last].cache_post = direct(Site::MlpPost(last))?;
+        let side_logits = side_logits.into_dyn();
+        let direct = &mut ws.layers[last].direct;
+        *direct = DirectRows::default();
+        if self.writes_split_rows_directly() {
+            for (site, slot) in direct.slots() {
+                if query_side.contains(&site) {
+                    *slot = Some(CacheRows::prefilled(side.get(&site.name())?, split, (b, p)));
+                }
+            }
+            direct.logits = Some(CacheRows::prefilled(&side_logits, split, (b, p)));
+        }
         let last_q: Vec<usize> = (split.len..p).collect();
         self.forward_impl(ws, tokens, &last_q, Some(&mut icpt));
         icpt.finish()?;
@@ -150,18 +153,36 @@ impl Transformer {
             let z = super::buf(&mut lb.z, b * last_q.len() * h_n * dh);
             attention::mix(&rows.geometry(h_n, dh), &lb.pattern, &lb.v, z);
         }
-        let (pre, post) = (Site::MlpPre(last), Site::MlpPost(last));
-        for (site, c) in [
-            (pre, ws.layers[last].cache_pre.take()),
-            (post, ws.layers[last].cache_post.take()),
-        ] {
-            if let Some(c) = c.filter(CacheRows::is_whole) {
+        let mut direct = std::mem::take(&mut ws.layers[last].direct);
+        let mut written = Vec::new();
+        for (site, slot) in direct.slots() {
+            if let Some(c) = slot.take().filter(CacheRows::is_whole) {
                 cache.map.insert(site.name(), c.into_array());
+                written.push(site);
             }
         }
+        let direct_logits = direct.logits.take().filter(CacheRows::is_whole);
+        let logits_written = direct_logits.is_some();
+        let logits = match direct_logits {
+            Some(c) => c.into_array(),
+            None => assemble(&ws.logits, BufShape::Rows, &side_logits, split, (b, p)),
+        };
         for site in &query_side {
             let name = site.name();
             if cache.map.contains_key(&name) {
+                continue;
+            }
+            // The unembedding's input and output were written straight into the resid_post and
+            // logits arrays (there is no final LayerNorm on that path): copies of those.
+            let copy = match site {
+                Site::UnembedIn if written.contains(&Site::ResidPost(last)) => {
+                    Some(cache.get(&Site::ResidPost(last).name())?.clone())
+                }
+                Site::UnembedOut if logits_written => Some(logits.clone()),
+                _ => None,
+            };
+            if let Some(entry) = copy {
+                cache.map.insert(name, entry);
                 continue;
             }
             let (data, layout) = self.query_side_buffer(ws, *site);
@@ -169,10 +190,19 @@ impl Transformer {
             let entry = assemble(data, layout, side_entry, split, (b, p));
             cache.map.insert(name, entry);
         }
-        let side_logits = side_logits.into_dyn();
-        let logits = assemble(&ws.logits, BufShape::Rows, &side_logits, split, (b, p));
         let logits = logits.into_dimensionality().expect("logits shape");
         Ok((logits, cache))
+    }
+
+    /// Whether a split pass's forward writes the last block's rows straight into the cache's
+    /// arrays: one block on the W_O and W_in folds' path (an MLP and no LayerNorm after the
+    /// attention), as [`DirectRows`] supposes.
+    fn writes_split_rows_directly(&self) -> bool {
+        let blk = &self.layout.blocks[0];
+        self.cfg.n_layers == 1
+            && blk.mlp.is_some()
+            && blk.ln2.is_none()
+            && self.layout.ln_final.is_none()
     }
 
     /// The workspace's buffer for a query-side hook point after a forward, and its layout.
@@ -271,15 +301,6 @@ impl CacheRows {
         self.data.set_len(n);
     }
 
-    /// The whole array, flat (after [`Self::mark_whole`]).
-    pub fn flat(&self) -> &[f32] {
-        assert!(
-            !self.data.is_empty(),
-            "a cache array read before it is whole"
-        );
-        &self.data
-    }
-
     /// Whether [`Self::mark_whole`] was called: the forward took the path that writes it.
     pub fn is_whole(&self) -> bool {
         !self.data.is_empty()
@@ -308,6 +329,48 @@ impl CacheRows {
     pub fn into_array(self) -> ArrayD<f32> {
         assert!(self.is_whole(), "a cache array taken before it is whole");
         ArrayD::from_shape_vec(IxDyn(&self.shape), self.data).expect("assembled shape")
+    }
+}
+
+/// The cache arrays a split pass of a one-block model (the W_O and W_in folds, no LayerNorm) has
+/// its forward write straight into, each prefilled with the prefixes' rows; None where the cache
+/// leaves that entry out. The forward writes the others to the workspace as usual.
+#[derive(Debug, Default)]
+pub(super) struct DirectRows {
+    pub attn_out: Option<CacheRows>,
+    pub resid_mid: Option<CacheRows>,
+    pub pre: Option<CacheRows>,
+    pub post: Option<CacheRows>,
+    pub mlp_out: Option<CacheRows>,
+    pub resid_post: Option<CacheRows>,
+    pub logits: Option<CacheRows>,
+}
+
+impl DirectRows {
+    fn slots(&mut self) -> [(Site, &mut Option<CacheRows>); 6] {
+        [
+            (Site::AttnOut(0), &mut self.attn_out),
+            (Site::ResidMid(0), &mut self.resid_mid),
+            (Site::MlpPre(0), &mut self.pre),
+            (Site::MlpPost(0), &mut self.post),
+            (Site::MlpOut(0), &mut self.mlp_out),
+            (Site::ResidPost(0), &mut self.resid_post),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let s = self;
+        [
+            &s.attn_out,
+            &s.resid_mid,
+            &s.pre,
+            &s.post,
+            &s.mlp_out,
+            &s.resid_post,
+            &s.logits,
+        ]
+        .iter()
+        .all(|c| c.is_none())
     }
 }
 
@@ -353,16 +416,39 @@ impl<'a> RowDst<'a> {
         b * self.nq
     }
 
+    /// Row `r`, as written.
+    ///
+    /// # Safety
+    /// Row `r` has been written, and nobody writes it while the slice lives.
+    pub unsafe fn row(&self, r: usize) -> &'a [f32] {
+        std::slice::from_raw_parts(self.at(r), self.width)
+    }
+
+    /// The rows at query position `i` of every input, `[b, width]` (strided): one product per
+    /// position reads or writes the rows of a cache array in place.
+    ///
+    /// # Safety
+    /// Those rows have been written (a product reads what it adds to), for the batch `b` this
+    /// was made for, and nobody else touches them while the view lives.
+    pub unsafe fn position(&self, i: usize, b: usize) -> ArrayViewMut2<'a, f32> {
+        use ndarray::ShapeBuilder;
+        let shape = (b, self.width).strides((self.per_b * self.width, 1));
+        ArrayViewMut2::from_shape_ptr(shape, self.at(i))
+    }
+
+    fn at(&self, r: usize) -> *mut f32 {
+        let (bi, i) = (r / self.nq, r % self.nq);
+        let q = self.q_pos.map_or(i, |q| q[i]);
+        self.ptr.0.wrapping_add((bi * self.per_b + q) * self.width)
+    }
+
     /// Write row `r`.
     ///
     /// # Safety
     /// `r` is a row of the destination (r < b·q for the batch it was made for), and no other thread
     /// writes row `r` meanwhile.
     pub unsafe fn write(&self, r: usize, x: &[f32]) {
-        let (bi, i) = (r / self.nq, r % self.nq);
-        let q = self.q_pos.map_or(i, |q| q[i]);
-        let at = self.ptr.0.add((bi * self.per_b + q) * self.width);
-        let dst = std::slice::from_raw_parts_mut(at.cast(), self.width);
+        let dst = std::slice::from_raw_parts_mut(self.at(r).cast(), self.width);
         write_floats(dst, &x[..self.width]);
     }
 }
