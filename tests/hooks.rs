@@ -6,6 +6,7 @@ use toylens::engine::activation::ActFn;
 use toylens::hooks::{self, CacheFilter, Hooks, PatchSpec};
 use toylens::models::transformer::Normalization;
 use toylens::models::transformer::{patch_axes, Site};
+use toylens::models::Model;
 use toylens::{Error, Transformer, TransformerConfig};
 
 fn model() -> Transformer {
@@ -172,6 +173,28 @@ fn cache_passes_split_at_repeated_prefixes_equal_the_full_path() {
     .unwrap();
     let pairs = Array2::from_shape_fn((49, 3), |(i, j)| [i / 7, i % 7, 7][j] as u32);
     check_split_cache(&nudged(m), &pairs);
+}
+
+#[test]
+fn activations_said_to_be_the_same_are_equal_bit_for_bit() {
+    let one_block = Transformer::new(TransformerConfig {
+        d_mlp: Some(24),
+        ..TransformerConfig::nanda(7)
+    })
+    .unwrap();
+    let pairs = Array2::from_shape_fn((49, 3), |(i, j)| [i / 7, i % 7, 7][j] as u32);
+    for (m, tokens) in [(model(), tokens()), (one_block, pairs)] {
+        let (logits, cache) = m.run_with_cache(tokens.view(), CacheFilter::All).unwrap();
+        let same = Model::same_activations(&m);
+        assert!(!same.is_empty());
+        for (name, other) in same {
+            let want = match other {
+                Some(o) => cache.get(&o).unwrap().clone(),
+                None => logits.clone().into_dyn(),
+            };
+            assert_eq!(cache.get(&name).unwrap(), &want, "{name}");
+        }
+    }
 }
 
 #[test]

@@ -388,6 +388,8 @@ impl PyModel {
 
     /// `(output, cache)`: the cache maps hook names to arrays in TransformerLens's shapes (moved
     /// into numpy, not copied). `names_filter`: None (all), a name, a list, or `fn(name) -> bool`.
+    /// As in TransformerLens, `unembed.hook_out` shares its memory with the output, and
+    /// `unembed.hook_in` with the last `hook_resid_post` when there is no final LayerNorm.
     #[pyo3(signature = (input, names_filter=None))]
     fn run_with_cache<'py>(
         &self,
@@ -395,9 +397,26 @@ impl PyModel {
         input: &Bound<'py, PyAny>,
         names_filter: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
-        let keep = filter_names(self.model.as_ref(), names_filter)?;
-        let (out, cache) = self.forward(py, input, Vec::new(), Some(keep))?;
-        Ok((out, cache.expect("asked for a cache")))
+        let model = self.model.as_ref();
+        let names = filter_names(model, names_filter)?.unwrap_or_else(|| model.hook_names());
+        let (request, shared) = shared_request(model, &names);
+        let (out, cache) = self.forward(py, input, Vec::new(), Some(Some(request)))?;
+        let cache = cache.expect("asked for a cache");
+        // Entries equal to another or to the output: views of that array, as TransformerLens
+        // gives the same storage (an in-place change to one shows in the other there too).
+        for (alias, target) in &shared {
+            let of = match target {
+                None => out.clone(),
+                Some(t) => cache.get_item(t)?.expect("requested"),
+            };
+            cache.set_item(alias, of.call_method0("view")?)?;
+        }
+        for (_, target) in shared {
+            if let Some(t) = target.filter(|t| !names.contains(t)) {
+                cache.del_item(t)?;
+            }
+        }
+        Ok((out, cache))
     }
 
     /// The output with `fwd_hooks`, a list of `(hook_name, fn)`; `fn(activation, hook)` returns a
@@ -461,8 +480,30 @@ fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
     Ok(PyModel::new(loaded))
 }
 
+/// What to ask the model for to cache `names`: each entry that equals another or the output
+/// (`Model::same_activations`) is left out, its source asked for instead; and those pairs.
+fn shared_request(
+    model: &dyn Model,
+    names: &[String],
+) -> (Vec<String>, Vec<(String, Option<String>)>) {
+    let mut request = names.to_vec();
+    let mut shared = Vec::new();
+    for (alias, target) in model.same_activations() {
+        if !request.contains(&alias) {
+            continue;
+        }
+        request.retain(|n| *n != alias);
+        if let Some(t) = target.as_ref().filter(|t| !request.contains(t)) {
+            request.push(t.clone());
+        }
+        shared.push((alias, target));
+    }
+    (request, shared)
+}
+
 /// Seconds per `run_with_cache` call measured inside Rust (the bindings' overhead benchmark):
-/// the same call with no Python in the loop. Returns one time per repetition.
+/// the same call with no Python in the loop (every hook point; the entries `run_with_cache`
+/// shares with another, left out as it leaves them out). Returns one time per repetition.
 #[pyfunction]
 fn _rust_run_with_cache_seconds(
     py: Python<'_>,
@@ -476,7 +517,9 @@ fn _rust_run_with_cache_seconds(
         let mut times = Vec::new();
         for _ in 0..repeats {
             let t0 = std::time::Instant::now();
-            let (out, cache) = m.run(input.view(), Hooks::new(), Some(CacheFilter::All))?;
+            let (request, _) = shared_request(m, &m.hook_names());
+            let filter = CacheFilter::Names(request);
+            let (out, cache) = m.run(input.view(), Hooks::new(), Some(filter))?;
             times.push(t0.elapsed().as_secs_f64());
             drop((out, cache));
         }

@@ -50,6 +50,21 @@ def test_cache_has_every_hook_in_transformer_lens_shapes(tiny_run):
     np.testing.assert_array_equal(logits, m(tokens))
 
 
+def test_entries_equal_to_another_share_its_memory(tiny_run):
+    m = tiny_run.load()
+    tokens = all_pairs(23)[:50]
+    logits, cache = m.run_with_cache(tokens)
+    assert np.shares_memory(cache["unembed.hook_out"], logits)
+    resid = cache["blocks.0.hook_resid_post"]
+    assert np.shares_memory(cache["unembed.hook_in"], resid)
+    # Asked for alone, the entry is still there and right, and its source is not.
+    _, only = m.run_with_cache(tokens, names_filter="unembed.hook_in")
+    assert list(only) == ["unembed.hook_in"]
+    np.testing.assert_array_equal(only["unembed.hook_in"], resid)
+    _, out_only = m.run_with_cache(tokens, names_filter=["unembed.hook_out"])
+    np.testing.assert_array_equal(out_only["unembed.hook_out"], logits)
+
+
 def test_names_filter_forms(tiny_run):
     m = tiny_run.load()
     tokens = all_pairs(23)[:4]

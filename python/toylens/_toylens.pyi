@@ -39,7 +39,9 @@ class Model:
     def run_with_cache(
         self, input: _Input, names_filter: _NamesFilter = None
     ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-        """``(logits, cache)``; the cache maps hook names to arrays in TransformerLens's shapes."""
+        """``(logits, cache)``; the cache maps hook names to arrays in TransformerLens's shapes.
+        As in TransformerLens, ``unembed.hook_out`` shares its memory with the logits, and
+        ``unembed.hook_in`` with the last ``hook_resid_post`` when there is no final LayerNorm."""
     def run_with_hooks(
         self, input: _Input, fwd_hooks: Optional[Sequence[Tuple[str, _Hook]]] = None
     ) -> np.ndarray:

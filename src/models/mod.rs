@@ -78,6 +78,12 @@ pub trait Model: Send + Sync {
     }
     /// Hook-point names, in the order the forward pass reaches them.
     fn hook_names(&self) -> Vec<String>;
+    /// Hook points whose activation, in a pass without hooks, always equals another's (`Some`) or
+    /// the output (`None`). TransformerLens hands out one storage for each such pair, and a
+    /// binding can too instead of receiving the same array twice.
+    fn same_activations(&self) -> Vec<(String, Option<String>)> {
+        Vec::new()
+    }
     /// An input of one example that the model accepts (for listing hook shapes).
     fn example_input(&self) -> Batch;
     /// Loss statistics on a batch (forward only).

@@ -493,6 +493,14 @@ impl Model for Transformer {
     fn hook_names(&self) -> Vec<String> {
         Site::all(&self.cfg).iter().map(Site::name).collect()
     }
+    fn same_activations(&self) -> Vec<(String, Option<String>)> {
+        let mut same = vec![(Site::UnembedOut.name(), None)];
+        if self.layout.ln_final.is_none() {
+            let last = Site::ResidPost(self.cfg.n_layers - 1).name();
+            same.push((Site::UnembedIn.name(), Some(last)));
+        }
+        same
+    }
     fn example_input(&self) -> Batch {
         Batch::Tokens(TokenBatch {
             tokens: ndarray::Array2::zeros((1, self.cfg.n_ctx)),
