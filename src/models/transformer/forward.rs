@@ -97,6 +97,34 @@ fn cache_gathered(
     });
 }
 
+/// `y = x·w + b` over the rows of a split pass, `y` and `x` each dense or a cache array's
+/// (`[b·q, n_out]` and `[b·q, n_in]` as rows): the bias into every row of `y`, then one product per
+/// query position on strided views.
+///
+/// # Safety
+/// Every row of `x` has been written, and nothing else reads or writes `x` or `y` meanwhile.
+unsafe fn linear_rows(
+    y: RowDst,
+    x: RowDst,
+    (w, bias): (&[f32], &[f32]),
+    (n_in, n_out): (usize, usize),
+    (b_n, nq): (usize, usize),
+) {
+    (0..b_n * nq)
+        .into_par_iter()
+        .with_min_len(simd::ROW_CHUNK)
+        .for_each(|r| y.write(r, bias));
+    for i in 0..nq {
+        let x = x.position(i, b_n);
+        matmul(
+            &mut y.position(i, b_n),
+            &x.view(),
+            &view(w, n_in, n_out),
+            true,
+        );
+    }
+}
+
 /// LayerNorm forward of `x [rows, d]` with its two hook points; the output is in `ln.y`.
 #[allow(clippy::too_many_arguments)]
 fn ln_forward(
@@ -591,23 +619,9 @@ impl Transformer {
             let mid_at = RowDst::cache_or_dense(dl.resid_mid.as_mut(), &mut lb.resid_mid, q_pos, d);
             let mo_to = RowDst::cache_or_dense(dl.mlp_out.as_mut(), mo, q_pos, d);
             let res_to = RowDst::cache_or_dense(dl.resid_post.as_mut(), res_out, q_pos, d);
-            // SAFETY (all three blocks): rows r < b·q, each written by one task; post and
-            // resid_mid were written by the fold and the attention above.
-            (0..rq)
-                .into_par_iter()
-                .with_min_len(simd::ROW_CHUNK)
-                .for_each(|r| unsafe { mo_to.write(r, b_out) });
-            for i in 0..nq {
-                unsafe {
-                    let x = post_at.position(i, b_n);
-                    matmul(
-                        &mut mo_to.position(i, b_n),
-                        &x.view(),
-                        &view(w_out, dm, d),
-                        true,
-                    );
-                }
-            }
+            // SAFETY (both): post and resid_mid were written by the fold and the attention above;
+            // rows r < b·q, each written by one task.
+            unsafe { linear_rows(mo_to, post_at, (w_out, b_out), (dm, d), (b_n, nq)) };
             (0..rq)
                 .into_par_iter()
                 .with_min_len(simd::ROW_CHUNK)
@@ -652,17 +666,8 @@ impl Transformer {
             let logits = buf(&mut ws.logits, rq * v);
             let to = RowDst::cache_or_dense(dl.logits.as_mut(), logits, q_pos, v);
             let (w_u, b_u) = (lay.get(w, lay.w_u), lay.get(w, lay.b_u));
-            // SAFETY: rows r < b·q, each written by one task; resid_post's rows were all written.
-            (0..rq)
-                .into_par_iter()
-                .with_min_len(simd::ROW_CHUNK)
-                .for_each(|r| unsafe { to.write(r, b_u) });
-            for i in 0..nq {
-                unsafe {
-                    let x = x_at.position(i, b_n);
-                    matmul(&mut to.position(i, b_n), &x.view(), &view(w_u, d, v), true);
-                }
-            }
+            // SAFETY: resid_post's rows were all written above.
+            unsafe { linear_rows(to, x_at, (w_u, b_u), (d, v), (b_n, nq)) };
             if let Some(c) = dl.logits.as_mut() {
                 // SAFETY: every row at the last block's query positions was written above.
                 unsafe { c.mark_whole() };

@@ -347,6 +347,7 @@ pub(super) struct DirectRows {
 }
 
 impl DirectRows {
+    /// The entries with a hook point, each with its site (block 0: the only one on this path).
     fn slots(&mut self) -> [(Site, &mut Option<CacheRows>); 6] {
         [
             (Site::AttnOut(0), &mut self.attn_out),
