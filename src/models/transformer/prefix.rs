@@ -153,17 +153,17 @@ impl Transformer {
             let z = super::buf(&mut lb.z, b * last_q.len() * h_n * dh);
             attention::mix(&rows.geometry(h_n, dh), &lb.pattern, &lb.v, z);
         }
+        // The forward fills every array it was given (into_array checks).
         let mut direct = std::mem::take(&mut ws.layers[last].direct);
         let mut written = Vec::new();
         for (site, slot) in direct.slots() {
-            if let Some(c) = slot.take().filter(CacheRows::is_whole) {
+            if let Some(c) = slot.take() {
                 cache.map.insert(site.name(), c.into_array());
                 written.push(site);
             }
         }
-        let direct_logits = direct.logits.take().filter(CacheRows::is_whole);
-        let logits_written = direct_logits.is_some();
-        let logits = match direct_logits {
+        let logits_written = direct.logits.is_some();
+        let logits = match direct.logits.take() {
             Some(c) => c.into_array(),
             None => assemble(&ws.logits, BufShape::Rows, &side_logits, split, (b, p)),
         };
@@ -301,11 +301,6 @@ impl CacheRows {
         self.data.set_len(n);
     }
 
-    /// Whether [`Self::mark_whole`] was called: the forward took the path that writes it.
-    pub fn is_whole(&self) -> bool {
-        !self.data.is_empty()
-    }
-
     /// Write the rows the prefixes did not from `main` (`[b·q, width]`, the workspace's buffer),
     /// in parallel by input.
     fn fill_from(&mut self, main: &[f32], split: &PrefixSplit) {
@@ -327,7 +322,10 @@ impl CacheRows {
     }
 
     pub fn into_array(self) -> ArrayD<f32> {
-        assert!(self.is_whole(), "a cache array taken before it is whole");
+        assert!(
+            !self.data.is_empty(),
+            "a split pass's forward left a cache array unwritten"
+        );
         ArrayD::from_shape_vec(IxDyn(&self.shape), self.data).expect("assembled shape")
     }
 }
