@@ -55,3 +55,19 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R 
         .expect("thread pool")
         .install(f)
 }
+
+/// Two independent halves of some work, on two threads when called from a pool of two or more,
+/// else one after the other. For small steps: after a pair of halves the other worker is usually
+/// still spinning, so the next pair pays no wake-up. Each half must compute the same bits wherever
+/// it runs, and the caller's split must not depend on the thread count; then neither does the
+/// result.
+pub fn halves<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+        rayon::join(a, b)
+    } else {
+        (a(), b())
+    }
+}

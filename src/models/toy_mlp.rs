@@ -12,6 +12,7 @@ use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{matmul_threads, view, view_mut};
 use crate::engine::rng::Rng;
 use crate::engine::simd::{column_sums_add, vectorized};
+use crate::engine::threads::halves;
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
 use crate::models::{batch_mismatch, Kind, Model, Scratch, TensorSpec};
@@ -248,15 +249,23 @@ impl ToyMlp {
             intercept(HOOKS[0], &mut rows, &[n, 2, e]);
             from_rows(x, &rows, n, 2 * e);
         }
+        // pre = x·W1ᵀ + b1, the hidden units in two halves (each a contiguous run of the
+        // feature-major buffer, and a block of W1's rows).
         let pre = buf(&mut ws.pre, n * h);
-        for (col, &bias) in pre.chunks_exact_mut(n).zip(b1) {
-            col.fill(bias);
-        }
-        mm(
-            fm_mut(pre, n, h),
-            fm(&ws.x, n, 2 * e),
-            view(w1, h, 2 * e).t(),
-            true,
+        let xv = fm(&ws.x, n, 2 * e);
+        let h0 = h / 2;
+        let (pre0, pre1) = pre.split_at_mut(h0 * n);
+        let (w1a, w1b) = w1.split_at(h0 * 2 * e);
+        let hidden = |pre: &mut [f32], w1: &[f32], b1: &[f32]| {
+            let units = b1.len();
+            for (col, &bias) in pre.chunks_exact_mut(n).zip(b1) {
+                col.fill(bias);
+            }
+            mm(fm_mut(pre, n, units), xv, view(w1, units, 2 * e).t(), true);
+        };
+        halves(
+            || hidden(pre0, w1a, &b1[..h0]),
+            || hidden(pre1, w1b, &b1[h0..]),
         );
         if watch[1] {
             let mut rows = to_rows(pre, n, h);
@@ -277,17 +286,23 @@ impl ToyMlp {
             intercept(HOOKS[2], &mut rows, &[n, h]);
             from_rows(post, &rows, n, h);
         }
-        // Logits row-major, as the loss reads them.
+        // Logits row-major, as the loss reads them; the batch in two halves.
         let logits = buf(&mut ws.logits, n * p);
-        for row in logits.chunks_exact_mut(p) {
-            row.copy_from_slice(b2);
-        }
-        mm(
-            view_mut(logits, n, p),
-            fm(&ws.post, n, h),
-            view(w2, p, h).t(),
-            true,
-        );
+        let n0 = n / 2;
+        let (top, bottom) = logits.split_at_mut(n0 * p);
+        let postv = fm(&ws.post, n, h);
+        let unembed = |logits: &mut [f32], rows: std::ops::Range<usize>| {
+            for row in logits.chunks_exact_mut(p) {
+                row.copy_from_slice(b2);
+            }
+            mm(
+                view_mut(logits, rows.len(), p),
+                postv.slice(ndarray::s![rows, ..]),
+                view(w2, p, h).t(),
+                true,
+            );
+        };
+        halves(|| unembed(top, 0..n0), || unembed(bottom, n0..n));
         if watch[3] {
             intercept(HOOKS[3], logits, &[n, p]);
         }
@@ -440,65 +455,79 @@ impl ToyMlp {
         let (w1, w2) = (w(1), w(3));
         let [g_emb, g_w1, g_b1, g_w2, g_b2] = split5(grads, &self.ranges);
         let (dlogits, post, pre, x) = (&ws.dlogits, &ws.post, &ws.pre, &ws.x);
-        // Unembedding: dW2 = dlogitsᵀ·post, db2 = Σ dlogits, dpost = dlogits·W2.
-        mm(
-            view_mut(g_w2, p, h),
-            view(dlogits, n, p).t(),
-            fm(post, n, h),
-            false,
-        );
-        g_b2.fill(0.0);
-        column_sums_add(g_b2, dlogits, n, p);
+        // Each layer's weight gradient and input gradient are independent: one on each thread.
+        // Unembedding: dW2 = dlogitsᵀ·post, db2 = Σ dlogits | dpost = dlogits·W2.
         let dpost = buf(&mut ws.dpost, n * h);
-        mm(
-            fm_mut(dpost, n, h),
-            view(dlogits, n, p),
-            view(w2, p, h),
-            false,
-        );
-        // ReLU: the gradient passes where the pre-activation is positive.
-        vectorized(
-            #[inline(always)]
+        halves(
             || {
-                for (d, &v) in dpost.iter_mut().zip(pre) {
-                    *d = if v > 0.0 { *d } else { 0.0 };
-                }
+                mm(
+                    view_mut(g_w2, p, h),
+                    view(dlogits, n, p).t(),
+                    fm(post, n, h),
+                    false,
+                );
+                g_b2.fill(0.0);
+                column_sums_add(g_b2, dlogits, n, p);
+            },
+            || {
+                mm(
+                    fm_mut(dpost, n, h),
+                    view(dlogits, n, p),
+                    view(w2, p, h),
+                    false,
+                );
+                // ReLU: the gradient passes where the pre-activation is positive.
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (d, &v) in dpost.iter_mut().zip(pre) {
+                            *d = if v > 0.0 { *d } else { 0.0 };
+                        }
+                    },
+                );
             },
         );
-        // Hidden layer: dW1 = dpreᵀ·x, db1 = Σ_batch dpre (a sum along each feature-major run),
+        // Hidden layer: dW1 = dpreᵀ·x, db1 = Σ_batch dpre (a sum along each feature-major run) |
         // dx = dpre·W1.
         let dpre = &ws.dpost;
-        mm(
-            view_mut(g_w1, h, 2 * e),
-            fm(dpre, n, h).t(),
-            fm(x, n, 2 * e),
-            false,
-        );
-        vectorized(
-            #[inline(always)]
-            || {
-                for (b, col) in g_b1.iter_mut().zip(dpre.chunks_exact(n)) {
-                    // Eight running sums, combined in a fixed order: vectorises, stays deterministic.
-                    let mut acc = [0.0f32; 8];
-                    let head = col.len() / 8 * 8;
-                    for ch in col[..head].chunks_exact(8) {
-                        for k in 0..8 {
-                            acc[k] += ch[k];
-                        }
-                    }
-                    let tail: f32 = col[head..].iter().sum();
-                    *b = ((acc[0] + acc[1]) + (acc[2] + acc[3]))
-                        + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-                        + tail;
-                }
-            },
-        );
         let dx = buf(&mut ws.dx, n * 2 * e);
-        mm(
-            fm_mut(dx, n, 2 * e),
-            fm(dpre, n, h),
-            view(w1, h, 2 * e),
-            false,
+        halves(
+            || {
+                mm(
+                    view_mut(g_w1, h, 2 * e),
+                    fm(dpre, n, h).t(),
+                    fm(x, n, 2 * e),
+                    false,
+                );
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (b, col) in g_b1.iter_mut().zip(dpre.chunks_exact(n)) {
+                            // Eight running sums, combined in a fixed order: vectorises, stays
+                            // deterministic.
+                            let mut acc = [0.0f32; 8];
+                            let head = col.len() / 8 * 8;
+                            for ch in col[..head].chunks_exact(8) {
+                                for k in 0..8 {
+                                    acc[k] += ch[k];
+                                }
+                            }
+                            let tail: f32 = col[head..].iter().sum();
+                            *b = ((acc[0] + acc[1]) + (acc[2] + acc[3]))
+                                + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+                                + tail;
+                        }
+                    },
+                );
+            },
+            || {
+                mm(
+                    fm_mut(dx, n, 2 * e),
+                    fm(dpre, n, h),
+                    view(w1, h, 2 * e),
+                    false,
+                );
+            },
         );
         // Both inputs share the embedding: scatter both halves back to their tokens' rows.
         g_emb.fill(0.0);
