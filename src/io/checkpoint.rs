@@ -103,6 +103,70 @@ pub fn serialize(
     out
 }
 
+/// Atomic writes ([`write_atomic`]) on a thread of their own, in the order they were handed over:
+/// training passes a checkpoint's bytes and goes on with its next step while the file is written
+/// and synced (the syncs took ~7% of a 3000-step ToyMLP run's wall time). A failed write stops the
+/// thread; the error comes back from the next [`BackgroundWrites::write`] or from
+/// [`BackgroundWrites::finish`], which waits for every write. Dropping it waits too.
+pub struct BackgroundWrites {
+    to_worker: Option<std::sync::mpsc::SyncSender<(std::path::PathBuf, Vec<u8>)>>,
+    worker: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl BackgroundWrites {
+    pub fn new() -> Result<Self> {
+        // Two files in flight at most: a checkpoint and its optimizer state.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(std::path::PathBuf, Vec<u8>)>(2);
+        let worker = std::thread::Builder::new()
+            .name("toylens-writes".into())
+            .spawn(move || {
+                for (path, bytes) in rx {
+                    write_atomic(&path, &bytes)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::Input(format!("cannot start the checkpoint writer thread: {e}")))?;
+        Ok(BackgroundWrites {
+            to_worker: Some(tx),
+            worker: Some(worker),
+        })
+    }
+
+    /// Queue `bytes` for `path`; an error is an earlier write's.
+    pub fn write(&mut self, path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
+        let sent = match &self.to_worker {
+            Some(tx) => tx.send((path, bytes)).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The worker stopped on an error (or `finish` ran): report what stopped it.
+            self.finish()?;
+            Err(Error::Input(
+                "checkpoint writes were already finished".into(),
+            ))
+        }
+    }
+
+    /// Wait until every queued file is on disk; the first error, if a write failed.
+    pub fn finish(&mut self) -> Result<()> {
+        self.to_worker = None;
+        match self.worker.take() {
+            Some(w) => w.join().unwrap_or_else(|_| {
+                Err(Error::Input("the checkpoint writer thread panicked".into()))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundWrites {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Save `model` (and the task description, if any) atomically: its parameters under their names
 /// and shapes, its buffers, and in the metadata its config (`toylens.model`), its kind
 /// (`toylens.arch`; absent for the transformer, as TransformerLens-era files have it) and the task.
@@ -112,6 +176,15 @@ pub fn save(
     task: Option<&TaskInfo>,
     extra: &HashMap<String, String>,
 ) -> Result<()> {
+    write_atomic(path, &encode(model, task, extra))
+}
+
+/// The bytes [`save`] writes.
+pub fn encode(
+    model: &dyn Model,
+    task: Option<&TaskInfo>,
+    extra: &HashMap<String, String>,
+) -> Vec<u8> {
     let mut meta: std::collections::BTreeMap<String, String> = extra.clone().into_iter().collect();
     meta.insert("format".into(), "pt".into());
     if model.arch() != "transformer" {
@@ -144,7 +217,7 @@ pub fn save(
         shape: b.shape,
         bytes: b.bytes,
     }));
-    write_atomic(path, &serialize(tensors, &meta))
+    serialize(tensors, &meta)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -382,4 +455,46 @@ pub fn load_mask(path: &Path, model: &dyn Model) -> Result<(crate::models::mask:
     let mask = crate::models::mask::Mask::from_arrays(model, &arrays)
         .map_err(|e| Error::format(path, e.to_string()))?;
     Ok((mask, format!("{:08x}", crc32c::crc32c(&bytes))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_writes_land_in_order_and_report_a_failed_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = BackgroundWrites::new().unwrap();
+        let a = tmp.path().join("a.bin");
+        // The same file twice: the later bytes win, as they would written in place.
+        w.write(a.clone(), vec![1; 1000]).unwrap();
+        w.write(a.clone(), vec![2; 10]).unwrap();
+        w.write(tmp.path().join("b.bin"), vec![3; 5]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), vec![2; 10]);
+        assert_eq!(std::fs::read(tmp.path().join("b.bin")).unwrap(), vec![3; 5]);
+
+        // A write into a missing directory fails on the worker; the error names the file and
+        // comes back from a later call.
+        let mut w = BackgroundWrites::new().unwrap();
+        let bad = tmp.path().join("missing").join("c.bin");
+        w.write(bad, vec![4; 5]).unwrap();
+        let mut err = None;
+        for _ in 0..100 {
+            if let Err(e) = w.write(tmp.path().join("d.bin"), vec![5; 5]) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = err
+            .map_or_else(|| w.finish().unwrap_err(), |e| e)
+            .to_string();
+        assert!(e.contains("c.bin"), "{e}");
+        // Nothing half-written is left next to the target.
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    }
 }

@@ -108,8 +108,9 @@ impl Job {
         )
     }
 
-    pub fn save(&self, path: &Path, meta: &HashMap<String, String>) -> Result<()> {
-        checkpoint::save(path, self.model.as_ref(), Some(&self.info), meta)
+    /// The checkpoint file of the model now (written by the caller).
+    pub fn encode(&self, meta: &HashMap<String, String>) -> Vec<u8> {
+        checkpoint::encode(self.model.as_ref(), Some(&self.info), meta)
     }
 
     /// Replace the parameters by a checkpoint's, which must hold a model of this run's config.

@@ -72,7 +72,8 @@ fn unix_now() -> f64 {
 }
 
 /// Optimizer state and progress, saved beside each checkpoint.
-fn save_optim(path: &Path, opt: &AdamW, step: u64, wall: f64, start_unix: f64) -> Result<()> {
+/// The optimizer file of a checkpoint: AdamW's moments and step, and the run's clock.
+fn encode_optim(opt: &AdamW, step: u64, wall: f64, start_unix: f64) -> Vec<u8> {
     let n = opt.exp_avg.len();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let tensors = vec![
@@ -94,7 +95,7 @@ fn save_optim(path: &Path, opt: &AdamW, step: u64, wall: f64, start_unix: f64) -
     meta.insert("adam_step".to_string(), opt.step.to_string());
     meta.insert("wall_seconds".to_string(), format!("{wall:.17e}"));
     meta.insert("start_unix".to_string(), format!("{start_unix:.17e}"));
-    write_atomic(path, &checkpoint::serialize(tensors, &meta))
+    checkpoint::serialize(tensors, &meta)
 }
 
 /// Optimizer state from an optimizer file: (optimizer, wall seconds, the run's start in Unix time).
@@ -426,12 +427,25 @@ fn train_on_pool(
         Ok(MetricRow { step, values })
     };
 
+    // Checkpoints are written and synced on a thread of their own while training goes on.
+    let mut writes = checkpoint::BackgroundWrites::new()?;
+    let save = |writes: &mut checkpoint::BackgroundWrites,
+                job: &job::Job,
+                opt: &AdamW,
+                step: u64,
+                wall: f64|
+     -> Result<()> {
+        writes.write(checkpoint_path(dir, step), job.encode(&meta))?;
+        writes.write(
+            optim_path(dir, step),
+            encode_optim(opt, step, wall, start_unix),
+        )
+    };
     if start == 0 {
         let r = row_of(&mut job, 0, sched.lr_at(1), 0.0)?;
         sinks.write(&r)?;
         rows.push(r);
-        job.save(&checkpoint_path(dir, 0), &meta)?;
-        save_optim(&optim_path(dir, 0), &opt, 0, 0.0, start_unix)?;
+        save(&mut writes, &job, &opt, 0, 0.0)?;
     }
     let bar = (progress == Progress::Auto
         && control.log.is_none()
@@ -496,8 +510,7 @@ fn train_on_pool(
                     checkpoint_path(dir, last_saved).display()
                 )));
             }
-            job.save(&checkpoint_path(dir, step), &meta)?;
-            save_optim(&optim_path(dir, step), &opt, step, wall(&t0), start_unix)?;
+            save(&mut writes, &job, &opt, step, wall(&t0))?;
             last_saved = step;
         }
         if let Some(b) = &bar {
@@ -511,9 +524,9 @@ fn train_on_pool(
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
         {
             if last_saved != step {
-                job.save(&checkpoint_path(dir, step), &meta)?;
-                save_optim(&optim_path(dir, step), &opt, step, wall(&t0), start_unix)?;
+                save(&mut writes, &job, &opt, step, wall(&t0))?;
             }
+            writes.finish()?;
             return Err(Error::Interrupted {
                 step,
                 checkpoint: checkpoint_path(dir, step),
@@ -525,7 +538,8 @@ fn train_on_pool(
     }
 
     let last = rows.last().cloned().expect("at least the step-0 row");
-    job.save(&dir.join(run::FINAL), &meta)?;
+    writes.write(dir.join(run::FINAL), job.encode(&meta))?;
+    writes.finish()?;
     let wall_seconds = wall(&t0);
     let digits = matches!(exp.task, config::TaskSpec::Digits(_));
     let summary = Summary {
