@@ -486,9 +486,7 @@ mod tests {
                 break;
             }
         }
-        let e = err
-            .map_or_else(|| w.finish().unwrap_err(), |e| e)
-            .to_string();
+        let e = err.unwrap_or_else(|| w.finish().unwrap_err()).to_string();
         assert!(e.contains("c.bin"), "{e}");
         // Nothing half-written is left next to the target.
         let names: Vec<_> = std::fs::read_dir(tmp.path())
