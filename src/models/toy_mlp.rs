@@ -11,7 +11,7 @@ use crate::batch::{Batch, Input, LossStats, TokenBatch};
 use crate::engine::loss::{self, RowLoss};
 use crate::engine::matmul::{matmul_threads, view, view_mut};
 use crate::engine::rng::Rng;
-use crate::engine::simd::{column_sums_add, vectorized};
+use crate::engine::simd::{column_sums_add, vectorized, SendPtr};
 use crate::engine::threads::halves;
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
@@ -234,16 +234,14 @@ impl ToyMlp {
         // x [n, 2e] feature-major: column j < e is E[a][j], column e + j is E[b][j].
         let x = buf(&mut ws.x, n * 2 * e);
         let (xa, xb) = x.split_at_mut(e * n);
-        for (j, (ca, cb)) in xa
-            .chunks_exact_mut(n)
-            .zip(xb.chunks_exact_mut(n))
-            .enumerate()
-        {
-            for ((va, vb), &(a, b)) in ca.iter_mut().zip(cb.iter_mut()).zip(pairs) {
-                *va = emb[a as usize * e + j];
-                *vb = emb[b as usize * e + j];
+        let gather = |x: &mut [f32], token: fn(&Pair) -> u32| {
+            for (j, col) in x.chunks_exact_mut(n).enumerate() {
+                for (v, pair) in col.iter_mut().zip(pairs) {
+                    *v = emb[token(pair) as usize * e + j];
+                }
             }
-        }
+        };
+        halves(|| gather(xa, |p| p.0), || gather(xb, |p| p.1));
         if watch[0] {
             let mut rows = to_rows(x, n, 2 * e);
             intercept(HOOKS[0], &mut rows, &[n, 2, e]);
@@ -541,15 +539,29 @@ impl ToyMlp {
                 );
             },
         );
-        // Both inputs share the embedding: scatter both halves back to their tokens' rows.
+        // Both inputs share the embedding: scatter both halves back to their tokens' rows, the
+        // embedding's columns in two halves (each entry's sum runs over the batch in order, a's
+        // term before b's, wherever its column is done).
         g_emb.fill(0.0);
         let (dxa, dxb) = dx.split_at(e * n);
-        for (j, (ca, cb)) in dxa.chunks_exact(n).zip(dxb.chunks_exact(n)).enumerate() {
-            for ((&va, &vb), &(a, b)) in ca.iter().zip(cb).zip(pairs) {
-                g_emb[a as usize * e + j] += va;
-                g_emb[b as usize * e + j] += vb;
+        let g = SendPtr(g_emb.as_mut_ptr());
+        let scatter = |cols: Range<usize>| {
+            // `{ g }`: the closure takes the whole SendPtr (which may cross threads), not its field.
+            let g = { g }.0;
+            for j in cols {
+                let (ca, cb) = (&dxa[j * n..(j + 1) * n], &dxb[j * n..(j + 1) * n]);
+                for ((&va, &vb), &(a, b)) in ca.iter().zip(cb).zip(pairs) {
+                    // SAFETY: a and b are below p (checked with the batch), j below e, so both
+                    // entries lie in g_emb [p, e]; the two halves write disjoint columns, and
+                    // g_emb is borrowed mutably for the whole scatter.
+                    unsafe {
+                        *g.add(a as usize * e + j) += va;
+                        *g.add(b as usize * e + j) += vb;
+                    }
+                }
             }
-        }
+        };
+        halves(|| scatter(0..e / 2), || scatter(e / 2..e));
         Ok(stats)
     }
 
