@@ -71,8 +71,7 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Optimizer state and progress, saved beside each checkpoint.
-/// The optimizer file of a checkpoint: AdamW's moments and step, and the run's clock.
+/// The optimizer file beside each checkpoint: AdamW's moments and step, and the run's clock.
 fn encode_optim(opt: &AdamW, step: u64, wall: f64, start_unix: f64) -> Vec<u8> {
     let n = opt.exp_avg.len();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
