@@ -544,16 +544,19 @@ impl ToyMlp {
         // term before b's, wherever its column is done).
         g_emb.fill(0.0);
         let (dxa, dxb) = dx.split_at(e * n);
+        debug_assert!(pairs
+            .iter()
+            .all(|&(a, b)| (a as usize) < p && (b as usize) < p));
         let g = SendPtr(g_emb.as_mut_ptr());
         let scatter = |cols: Range<usize>| {
-            // `{ g }`: the closure takes the whole SendPtr (which may cross threads), not its field.
+            // `{ g }`: the closure takes the whole SendPtr (it may cross threads), not its field.
             let g = { g }.0;
             for j in cols {
                 let (ca, cb) = (&dxa[j * n..(j + 1) * n], &dxb[j * n..(j + 1) * n]);
                 for ((&va, &vb), &(a, b)) in ca.iter().zip(cb).zip(pairs) {
-                    // SAFETY: a and b are below p (checked with the batch), j below e, so both
-                    // entries lie in g_emb [p, e]; the two halves write disjoint columns, and
-                    // g_emb is borrowed mutably for the whole scatter.
+                    // SAFETY: a and b are below p (both callers check the batch), j below e,
+                    // so both entries lie in g_emb [p, e]; the two halves write disjoint
+                    // columns, and g_emb is borrowed mutably for the whole scatter.
                     unsafe {
                         *g.add(a as usize * e + j) += va;
                         *g.add(b as usize * e + j) += vb;
