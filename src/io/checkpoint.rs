@@ -488,7 +488,7 @@ mod tests {
         }
         let e = err.unwrap_or_else(|| w.finish().unwrap_err()).to_string();
         assert!(e.contains("c.bin"), "{e}");
-        // Nothing half-written is left next to the target.
+        // The writes that succeeded left no temporary file behind.
         let names: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
