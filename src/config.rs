@@ -678,6 +678,10 @@ impl Schedule {
         if step == 0 || step % self.checkpoint_every == 0 || step == self.steps {
             return true;
         }
+        if step > self.checkpoint_every {
+            // The log-spaced ones all lie below the first regular one.
+            return false;
+        }
         let n = self.log_checkpoints;
         (0..n).any(|i| {
             (self.checkpoint_every as f64)
@@ -1043,6 +1047,31 @@ pub fn to_yaml(cfg: &ExperimentConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_fall_at_zero_the_log_spaced_steps_every_interval_and_the_end() {
+        let sched = Schedule {
+            steps: 2500,
+            batch_size: None,
+            eval_every: 100,
+            checkpoint_every: 1000,
+            log_checkpoints: 4,
+            early_stop_test_loss: None,
+            lr: 1e-3,
+            warmup_steps: 0,
+            mask: None,
+            init_from: None,
+        };
+        let due: Vec<u64> = (0..=3000).filter(|&s| sched.checkpoint_due(s)).collect();
+        // 1000^(i/4) rounded: 1, 6, 32, 178.
+        assert_eq!(due, [0, 1, 6, 32, 178, 1000, 2000, 2500, 3000]);
+        let none = Schedule {
+            log_checkpoints: 0,
+            ..sched
+        };
+        let due: Vec<u64> = (0..=2500).filter(|&s| none.checkpoint_due(s)).collect();
+        assert_eq!(due, [0, 1000, 2000, 2500]);
+    }
 
     #[test]
     fn presets_parse_and_validate() {
