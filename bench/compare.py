@@ -1,13 +1,15 @@
 """W1 side by side: one full-batch AdamW step of Nanda et al.'s grokking model in toylens, PyTorch
 eager and TransformerLens, from the same initial weights, on the same data, with the same thread count.
 
-    python bench/compare.py [--steps 100] [--threads 2] [--toylens target/release/toylens]
+    python bench/compare.py [--steps 100] [--threads 2] [--rounds 1] [--no-tl] [--toylens target/release/toylens]
 
 toylens writes the initial weights (bench/out/init.safetensors); the PyTorch reference and
 TransformerLens load them. The data are the 3830 training pairs of the original split
 (`random.seed(1); random.shuffle(pairs)`, computed here independently). Prints ms/step (median),
 the ratios, and how far each loss curve is from PyTorch's and from a float64 run of the same model
 and optimizer (the ground truth: f32 engines drift apart as training amplifies rounding).
+With --rounds N, toylens and then PyTorch eager are timed N - 1 more times in the same run, and
+the ratio of each round is printed with their range and median (this machine is shared and noisy).
 """
 
 import argparse
@@ -102,13 +104,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--toylens", default=str(ROOT / "target" / "release" / "toylens"))
     ap.add_argument("--no-tl", action="store_true", help="skip TransformerLens")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time toylens then PyTorch eager this many times in all, each from the same initial weights")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 
-    res = subprocess.run([args.toylens, "--threads", str(args.threads), "bench", "--steps", str(args.steps),
-                          "--out", str(OUT), "--json", "--peak"], check=True, capture_output=True, text=True)
-    ty = json.loads(res.stdout)
+    def toylens_bench(*extra):
+        res = subprocess.run([args.toylens, "--threads", str(args.threads), "bench", "--steps", str(args.steps),
+                              "--out", str(OUT), "--json", *extra], check=True, capture_output=True, text=True)
+        return json.loads(res.stdout)
+
+    ty = toylens_bench("--peak")
     sd = load_file(str(OUT / "init.safetensors"))
     tokens, labels = original_split()
     rows = [("toylens", ty["ms_per_step_median"], ty["losses"])]
@@ -154,6 +161,22 @@ def main():
     if ty.get("gemm_peak_gflops"):
         print(f"toylens: {ty['step_matmul_gflop']:.2f} GFLOP of matmuls per step at {ty['step_gflops']:.0f} GFLOP/s; "
               f"GEMM peak {ty['gemm_peak_gflops']:.0f} GFLOP/s ({100 * ty['step_gflops'] / ty['gemm_peak_gflops']:.0f}%)")
+
+    ratios = [ref_ms / rows[0][1]]
+    for r in range(1, args.rounds):
+        ours = toylens_bench()
+        model = Nanda(sd)
+        torch_losses, times = train(model, list(model.parameters()), tokens, labels, args.steps)
+        torch_ms = statistics.median(times[1:])
+        ratios.append(torch_ms / ours["ms_per_step_median"])
+        print(f"round {r + 1}: toylens {ours['ms_per_step_median']:.2f} ms/step, PyTorch eager {torch_ms:.2f} "
+              f"({ratios[-1]:.2f}x); loss diff vs PyTorch, steps 1-{args.steps}: "
+              f"{max_rel_diff(ours['losses'], torch_losses):.1e}")
+    if args.rounds > 1:
+        summary["ratio_per_round"] = ratios
+        (OUT / "w1.json").write_text(json.dumps(summary, indent=2))
+        print(f"ratio per round (the first is the table's): {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"{min(ratios):.2f}-{max(ratios):.2f}x, median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
