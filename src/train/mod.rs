@@ -504,6 +504,8 @@ fn train_on_pool(
         }
         if sched.checkpoint_due(step) || stopped_early {
             if let Some(name) = job.model.non_finite_tensor() {
+                // The message names the last checkpoint as good: make sure it is on disk.
+                writes.finish()?;
                 return Err(Error::Input(format!(
                     "training diverged: `{name}` holds NaN/inf after step {step}; the last good checkpoint is {}",
                     checkpoint_path(dir, last_saved).display()
