@@ -351,6 +351,11 @@ fn batch(
 }
 
 fn check_model(name: &str, cfg: TransformerConfig, batch: TokenBatch) {
+    check_model_with(name, cfg, batch, None);
+}
+
+/// [`check_model`] with layer 0's W_in fold forced on or off (None: the cost rule's choice).
+fn check_model_with(name: &str, cfg: TransformerConfig, batch: TokenBatch, fold: Option<bool>) {
     let mut model = Transformer::new(cfg).unwrap();
     // Random (non-zero) biases and LN gains, so their gradients flow through non-trivial values.
     let mut rng = Rng::new(11);
@@ -362,8 +367,16 @@ fn check_model(name: &str, cfg: TransformerConfig, batch: TokenBatch) {
         }
     }
     let mut ws = Workspace::new();
+    ws.set_w_in_fold(fold);
     let mut grads = vec![0.0; model.layout.total];
     model.loss_and_grad(&mut ws, &batch, &mut grads).unwrap();
+    if let Some(f) = fold {
+        assert_eq!(
+            ws.w_in_folded(),
+            f,
+            "{name}: the fold was not taken as forced"
+        );
+    }
     for s in &model.layout.specs {
         let g = &grads[s.range()];
         if s.name.ends_with("b_K") {
@@ -414,6 +427,109 @@ fn nanda_model_gradients_match_finite_differences() {
     let cfg = nanda_small();
     let b = batch(&cfg, 10, 3, vec![2], 7);
     check_model("nanda", cfg, b);
+}
+
+#[test]
+fn nanda_model_with_the_w_in_fold_matches_finite_differences() {
+    // With and without attention biases (b_O enters the fold's bias).
+    let cfg = nanda_small();
+    let b = batch(&cfg, 10, 3, vec![2], 7);
+    check_model_with("nanda folded", cfg, b, Some(true));
+    let cfg = TransformerConfig {
+        attn_bias: true,
+        unembed_bias: true,
+        ..nanda_small()
+    };
+    let b = batch(&cfg, 10, 3, vec![2], 17);
+    check_model_with("nanda folded, biases", cfg, b, Some(true));
+}
+
+#[test]
+fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
+    // Nanda's shape with a batch of repeated tokens, and a model whose layer 0 is not the last (its
+    // MLP rows are every position), each folded and not.
+    let nanda = TransformerConfig {
+        d_model: 128,
+        n_heads: 4,
+        d_head: 32,
+        d_mlp: Some(512),
+        attn_bias: true,
+        ..TransformerConfig::nanda(23)
+    };
+    let two_layers = TransformerConfig {
+        normalization_type: None,
+        act_fn: Some(ActFn::Relu),
+        n_ctx: 4,
+        ..ln_gelu_2l()
+    };
+    for (cfg, p, loss_pos) in [(nanda, 3, vec![2]), (two_layers, 4, vec![1, 3])] {
+        let b = batch(&cfg, 40, p, loss_pos, 5);
+        let mut model = Transformer::new(cfg).unwrap();
+        let mut rng = Rng::new(4);
+        for s in model.layout.specs.clone() {
+            if s.trainable && !s.name.contains(".W_") {
+                for x in &mut model.params[s.range()] {
+                    *x += (rng.normal() * 0.3) as f32;
+                }
+            }
+        }
+        let run = |fold: bool| {
+            let mut ws = Workspace::new();
+            ws.set_w_in_fold(Some(fold));
+            let mut g = vec![0.0; model.layout.total];
+            let stats = model.loss_and_grad(&mut ws, &b, &mut g).unwrap();
+            assert_eq!(ws.w_in_folded(), fold);
+            (stats.loss, g)
+        };
+        let (loss_f, g_f) = run(true);
+        let (loss_g, g_g) = run(false);
+        assert!(
+            (loss_f - loss_g).abs() < 1e-6 * loss_g.abs(),
+            "loss {loss_f} vs {loss_g}"
+        );
+        // b_K's gradient is zero in exact arithmetic (see check_model): rounding on both sides.
+        for s in model
+            .layout
+            .specs
+            .iter()
+            .filter(|s| s.trainable && !s.name.ends_with("b_K"))
+        {
+            let (a, b) = (&g_f[s.range()], &g_g[s.range()]);
+            let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            // f32 rounding of two orders of summation (a wrong term would be off by O(1)).
+            assert!(
+                worst <= 1e-4 * scale,
+                "{}: fold vs general {worst:e} of {scale:e}",
+                s.name
+            );
+            eprintln!(
+                "{}: fold vs general {:.1e} of its largest entry",
+                s.name,
+                worst / scale
+            );
+        }
+    }
+}
+
+#[test]
+fn the_w_in_fold_is_taken_only_when_asked() {
+    let model = Transformer::new(TransformerConfig::nanda(113)).unwrap();
+    let b = batch(&model.cfg, 4, 3, vec![2], 1);
+    let mut ws = Workspace::new();
+    model.evaluate(&mut ws, &b).unwrap();
+    assert!(!ws.w_in_folded(), "the default is the general path");
+    ws.set_w_in_fold(Some(true));
+    model.evaluate(&mut ws, &b).unwrap();
+    assert!(ws.w_in_folded(), "asked for, Nanda's model folds");
+    // A model with a LayerNorm before its MLP has no fold to take.
+    let ln = Transformer::new(ln_gelu_2l()).unwrap();
+    let b = batch(&ln.cfg, 4, 3, vec![2], 1);
+    ln.evaluate(&mut ws, &b).unwrap();
+    assert!(!ws.w_in_folded(), "no fold through a LayerNorm");
 }
 
 #[test]

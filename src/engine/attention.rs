@@ -51,11 +51,11 @@ impl<'a> Geometry<'a> {
         }
     }
 
-    fn nq(&self) -> usize {
+    pub(crate) fn nq(&self) -> usize {
         self.q_pos.len()
     }
     #[inline]
-    fn row(&self, b: usize, p: usize) -> usize {
+    pub(crate) fn row(&self, b: usize, p: usize) -> usize {
         self.row_of[b * self.n_pos + p] as usize
     }
 }
@@ -63,7 +63,7 @@ impl<'a> Geometry<'a> {
 /// Dot product in 16 independent lanes summed in a fixed tree: vectorises (a plain `.sum()` is a
 /// strict-order chain that LLVM must not reorder) and still gives the same bits on every run.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let head = n / 16 * 16;
     let mut acc = [0.0f32; 16];
@@ -85,7 +85,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += a·x` over equal-length slices.
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
     }
@@ -284,11 +284,12 @@ pub fn backward(
         dq,
         dk,
         dv,
+        None,
     );
 }
 
 /// Backward of [`mix_projected`] (bias excluded): adds into `dq`, `dk` and `dvo`
-/// (`[n_heads, n_rows, d]`).
+/// (`[n_heads, n_rows, d]`); `fold` adds a second mix's share of d pattern.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_projected(
     g: &Geometry,
@@ -301,6 +302,7 @@ pub fn backward_projected(
     dq: &mut [f32],
     dk: &mut [f32],
     dvo: &mut [f32],
+    fold: Option<DpatternParts>,
 ) {
     let nq = g.nq();
     backward_impl(
@@ -315,13 +317,22 @@ pub fn backward_projected(
         dq,
         dk,
         dvo,
+        fold,
     );
 }
 
+/// d pattern's share from a second mix of the same pattern (layer 0's W_in fold, see `fold.rs`):
+/// `parts[c, r, h, j]` for `n_parts` partial sums c (added in order) per row r = b·q + i, head h
+/// and key j, `[n_parts, b·q, n_heads, n_pos]`.
+pub struct DpatternParts<'a> {
+    pub parts: &'a [f32],
+    pub n_parts: usize,
+}
+
 /// The shared backward: values (`[n_heads, n_rows, width]`) were mixed by the pattern into outputs
-/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`. Split by head:
-/// each head owns disjoint slices of `dq/dk/dvals`, and within a head the batch is walked in order,
-/// so the sums are identical for any thread count.
+/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`; `fold` adds to
+/// d pattern. Split by head: each head owns disjoint slices of `dq/dk/dvals`, and within a head the
+/// batch is walked in order, so the sums are identical for any thread count.
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
     g: &Geometry,
@@ -335,10 +346,14 @@ fn backward_impl(
     dq: &mut [f32],
     dk: &mut [f32],
     dvals: &mut [f32],
+    fold: Option<DpatternParts>,
 ) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
     assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
+    let rq = g.batch * nq;
+    let (parts, n_parts) = fold.map_or((&[][..], 0), |f| (f.parts, f.n_parts));
+    assert!(parts.len() >= n_parts * rq * h_n * p_n);
     let (dqp, dkp, dvp) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
@@ -377,6 +392,9 @@ fn backward_impl(
                         for j in 0..=qp {
                             let r = g.row(b, j);
                             dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
+                            for c in 0..n_parts {
+                                dp[j] += parts[((c * rq + b * nq + i) * h_n + h) * p_n + j];
+                            }
                             s += pat[j] * dp[j];
                             axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);
                         }

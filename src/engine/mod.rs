@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod fold;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;

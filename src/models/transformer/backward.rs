@@ -8,7 +8,10 @@ use super::forward::BlockRows;
 use super::{buf, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, view, view_mut};
-use crate::engine::{activation, layernorm, simd};
+use crate::engine::simd::SendPtr;
+use crate::engine::{activation, fold, layernorm, simd};
+use ndarray::{ArrayView2, ShapeBuilder};
+use rayon::prelude::*;
 
 /// `dst[map(i)] += src[i]` over rows of width `d`, in row order (rows that share a destination are
 /// added in the same order for any thread count). Sequential: it is memory-bound and short.
@@ -24,6 +27,40 @@ fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) 
             }
         },
     );
+}
+
+/// [`scatter_add_rows`] in parallel by column blocks: each column still adds its rows in row
+/// order, so the sums are the same for any thread count.
+fn scatter_add_rows_by_columns(
+    dst: &mut [f32],
+    src: &[f32],
+    d: usize,
+    map: impl Fn(usize) -> usize + Sync,
+) {
+    const COLS: usize = 64;
+    let rows = src.len() / d;
+    assert!(
+        (0..rows).all(|i| (map(i) + 1) * d <= dst.len()),
+        "scatter target out of range"
+    );
+    let out = SendPtr(dst.as_mut_ptr());
+    (0..d.div_ceil(COLS)).into_par_iter().for_each(|c| {
+        let (lo, w) = (c * COLS, COLS.min(d - c * COLS));
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (i, row) in src.chunks_exact(d).enumerate() {
+                    // SAFETY: in bounds (asserted above); column block c belongs to this task.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut({ &out }.0.add(map(i) * d + lo), w)
+                    };
+                    for (o, s) in o.iter_mut().zip(&row[lo..lo + w]) {
+                        *o += s;
+                    }
+                }
+            },
+        );
+    });
 }
 
 /// Two disjoint mutable sub-slices of one buffer.
@@ -160,6 +197,12 @@ impl Transformer {
         );
         // The fused bias+ReLU and the general activation share one backward (ReLU masks with post).
         activation::backward(cfg.act(), &lb.pre, &lb.post, dh_buf);
+        if self.folds_w_in(l, &ws.plan) {
+            // W_in's input was the fold's mix (forward.rs): d mlp_pre stays in `dhidden` for the
+            // attention's backward, which takes it back through the fold's rows. Here only b_in.
+            simd::column_sums_add(&mut grads[lay.specs[m.b_in].range()], &ws.dhidden, rq, dm);
+            return;
+        }
         let x2: &[f32] = if ids.ln2.is_some() {
             &lb.ln2.y
         } else {
@@ -248,18 +291,35 @@ impl Transformer {
         let dv = buf(&mut ws.dv, h_n * blk);
         dq.fill(0.0);
         dk.fill(0.0);
-        let (gw, gb) = two_mut(
-            grads,
-            lay.specs[ids.w_o].range(),
-            lay.specs[ids.b_o].range(),
-        );
+        // The W_in fold (forward.rs): d mlp_pre, in `dhidden`, reaches the pattern and v·W_O
+        // through the mixed rows v·W_O·W_in, and resid_pre and b_O through their own terms below.
+        let fold_w_in = self.folds_w_in(l, &ws.plan);
+        let dm = cfg.d_mlp();
         if l == 0 && ws.plan.fold_wo_layer0 {
             // The forward folded W_O into v (see mix_projected): differentiate that form.
             if cfg.attn_bias {
-                simd::column_sums_add(gb, &dres[..rq * d], rq, d);
+                simd::column_sums_add(
+                    &mut grads[lay.specs[ids.b_o].range()],
+                    &dres[..rq * d],
+                    rq,
+                    d,
+                );
             }
             let dvo = buf(&mut ws.dvo, h_n * n_rows * d);
             dvo.fill(0.0);
+            let n_parts = fold::blocks(dm);
+            if fold_w_in {
+                let vs = lb.vow_stride;
+                let dvow = buf(&mut ws.dvow, h_n * n_rows * vs);
+                dvow.fill(0.0);
+                let parts = buf(&mut ws.dpattern_parts, n_parts * rq * h_n * p_n);
+                let dpre = &ws.dhidden[..rq * dm];
+                fold::mix_backward(&g, &lb.pattern, &lb.vow, dpre, (dm, vs), dvow, parts);
+            }
+            let fold = fold_w_in.then_some(attention::DpatternParts {
+                parts: &ws.dpattern_parts,
+                n_parts,
+            });
             attention::backward_projected(
                 &g,
                 &lb.q,
@@ -271,8 +331,24 @@ impl Transformer {
                 dq,
                 dk,
                 dvo,
+                fold,
             );
+            if fold_w_in {
+                // vow = vo·W_in: dvo += dvow·W_inᵀ and dW_in += voᵀ·dvow, one product per thread.
+                let mlp = ids.mlp.expect("the W_in fold has an MLP");
+                let (vs, rows_v) = (lb.vow_stride, h_n * n_rows);
+                let dvow = ArrayView2::from_shape((rows_v, dm).strides((vs, 1)), &ws.dvow[..])
+                    .expect("dvow shape");
+                let w_in = view(lay.get(w, mlp.w_in), d, dm);
+                let gw_in = &mut grads[lay.specs[mlp.w_in].range()];
+                let vo = view(&lb.vo, rows_v, d);
+                rayon::join(
+                    || matmul(&mut view_mut(dvo, rows_v, d), &dvow, &w_in.t(), true),
+                    || matmul(&mut view_mut(gw_in, d, dm), &vo.t(), &dvow, true),
+                );
+            }
             let w_o = lay.get(w, ids.w_o);
+            let gw = &mut grads[lay.specs[ids.w_o].range()];
             for h in 0..h_n {
                 let dvo_h = view(&ws.dvo[h * n_rows * d..], n_rows, d);
                 // dv_h = dvo_h · W_O[h]ᵀ ; dW_O[h] += v_hᵀ · dvo_h
@@ -290,6 +366,11 @@ impl Transformer {
                 );
             }
         } else {
+            let (gw, gb) = two_mut(
+                grads,
+                lay.specs[ids.w_o].range(),
+                lay.specs[ids.b_o].range(),
+            );
             let dz = buf(&mut ws.dz, rq * hd);
             linear_backward(
                 &dres[..rq * d],
@@ -351,9 +432,52 @@ impl Transformer {
             }
             None => dpre.copy_from_slice(&ws.dx[..n_rows * d]),
         }
-        scatter_add_rows(dpre, &dres[..rq * d], d, |r| {
-            map[(r / nq) * p_n + q_pos[r % nq]] as usize
-        });
+        let own_row = |r: usize| map[(r / nq) * p_n + q_pos[r % nq]] as usize;
+        scatter_add_rows(dpre, &dres[..rq * d], d, own_row);
+        if fold_w_in {
+            // The fold's resid_pre term (xin = resid_pre·W_in, at each row's own position):
+            // dxin by row, then dW_in += resid_preᵀ·dxin and d resid_pre += dxin·W_inᵀ.
+            let mlp = ids.mlp.expect("the W_in fold has an MLP");
+            let w_in = lay.get(w, mlp.w_in);
+            let dxin = buf(&mut ws.dxin, n_rows * dm);
+            dxin.fill(0.0);
+            scatter_add_rows_by_columns(dxin, &ws.dhidden[..rq * dm], dm, own_row);
+            let (gw_in, gb_o) = two_mut(
+                grads,
+                lay.specs[mlp.w_in].range(),
+                lay.specs[ids.b_o].range(),
+            );
+            linear_backward(
+                &ws.dxin,
+                res_in,
+                w_in,
+                gw_in,
+                None,
+                Some((dpre, true)),
+                n_rows,
+                d,
+                dm,
+            );
+            if cfg.attn_bias {
+                // b_O's term (the fold's bias holds b_O·W_in): with s = Σ_rows d mlp_pre,
+                // d b_O += W_in·s and dW_in += b_O ⊗ s.
+                let sum = buf(&mut ws.dpre_sum, dm);
+                sum.fill(0.0);
+                simd::column_sums_add(sum, &ws.dxin, n_rows, dm);
+                let b_o = lay.get(w, ids.b_o);
+                for k in 0..d {
+                    let w_row = &w_in[k * dm..][..dm];
+                    gb_o[k] += w_row
+                        .iter()
+                        .zip(&ws.dpre_sum)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+                    for (g, &s) in gw_in[k * dm..][..dm].iter_mut().zip(&ws.dpre_sum) {
+                        *g += b_o[k] * s;
+                    }
+                }
+            }
+        }
     }
 
     /// Embeddings: scatter each physical row of layer 0 (`dres [r, d]`) back to its token and

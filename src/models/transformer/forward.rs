@@ -9,8 +9,8 @@ use super::prefix::RowDst;
 use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
-use crate::engine::matmul::{linear, matmul, view, view_mut};
-use crate::engine::{activation, layernorm, simd};
+use crate::engine::matmul::{linear, matmul, view, view_mut, view_rows};
+use crate::engine::{activation, fold, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
 use rayon::prelude::*;
@@ -183,8 +183,9 @@ impl Transformer {
     ) {
         let cfg = &self.cfg;
         let (b_n, p_n) = tokens.dim();
-        let plan = Plan::choose(cfg, hk.as_deref());
+        let plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold);
         ws.plan = plan;
+        ws.w_in_folded = self.folds_w_in(0, &plan);
         ws.batch = b_n;
         ws.n_pos = p_n;
         ws.all_pos.clear();
@@ -519,7 +520,7 @@ impl Transformer {
             None => &lb.resid_mid,
         };
         let dm = cfg.d_mlp();
-        let folded = l == 0 && plan.fold_w_in_layer0 && ids.ln2.is_none();
+        let folded = self.folds_w_in(l, plan);
         assert!(
             folded || lb.direct.is_empty(),
             "only the W_in fold writes into a split pass's cache arrays"
@@ -538,53 +539,71 @@ impl Transformer {
                 &view(w_in, d, dm),
                 false,
             );
-            let vow = buf(&mut lb.vow, h_n * n_rows * dm);
+            // Training by column blocks (fold::mix, and its backward) on padded rows; a cache pass
+            // row by row on dense ones, as measured for it (PERFORMANCE.md, "From Python").
+            let by_columns = hk.is_none() && lb.direct.is_empty();
+            let vs = if by_columns {
+                fold::table_stride(dm)
+            } else {
+                dm
+            };
+            lb.vow_stride = vs;
+            let vow = buf(&mut lb.vow, h_n * n_rows * vs);
             matmul(
-                &mut view_mut(vow, h_n * n_rows, dm),
+                &mut view_rows(vow, h_n * n_rows, dm, vs),
                 &view(&lb.vo, h_n * n_rows, d),
                 &view(w_in, d, dm),
                 false,
             );
-            let mut bias = lay.get(w, m.b_in).to_vec();
+            let bias = buf(&mut lb.fold_bias, dm);
+            bias.copy_from_slice(lay.get(w, m.b_in));
             for (k, &bo) in lay.get(w, ids.b_o).iter().enumerate() {
                 for (x, &wv) in bias.iter_mut().zip(&w_in[k * dm..][..dm]) {
                     *x += bo * wv;
                 }
             }
+            let bias = &lb.fold_bias;
             let g = rows.geometry(h_n, cfg.d_head);
             let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
             let (xin, act) = (&lb.xin, cfg.act());
-            // pre = (xin of the row's own position + bias) + the mix; post = act(pre) in the same
-            // pass, while the row is in cache.
-            let init = |r: usize, o: &mut [f32]| {
-                let src = map[(r / nq) * p_n + q_pos[r % nq]] as usize;
-                for ((o, &x), &c) in o.iter_mut().zip(&xin[src * dm..][..dm]).zip(&bias) {
-                    *o = x + c;
-                }
-            };
-            let pre_to = RowDst::cache_or_dense(lb.direct.pre.as_mut(), pre, q_pos, dm);
-            let post_to = RowDst::cache_or_dense(lb.direct.post.as_mut(), post, q_pos, dm);
-            let emit = |r: usize, x: &[f32]| {
-                simd::with_scratch(dm, |y| {
-                    activation::apply(act, x, y);
-                    // SAFETY: rows r < b·q, each emitted once.
-                    unsafe {
-                        pre_to.write(r, x);
-                        post_to.write(r, y);
+            if by_columns {
+                // By column blocks (fold.rs): the same bits as row by row. Unhooked, with a ReLU,
+                // nothing reads mlp_pre (the backward masks with post).
+                let pre = (act != ActFn::Relu).then_some(pre);
+                fold::mix(&g, &lb.pattern, xin, (&lb.vow, vs), bias, act, pre, post);
+            } else {
+                // pre = (xin of the row's own position + bias) + the mix; post = act(pre) in the same
+                // pass, while the row is in cache.
+                let init = |r: usize, o: &mut [f32]| {
+                    let src = map[(r / nq) * p_n + q_pos[r % nq]] as usize;
+                    for ((o, &x), &c) in o.iter_mut().zip(&xin[src * dm..][..dm]).zip(bias) {
+                        *o = x + c;
                     }
-                })
-            };
-            attention::mix_projected_each(&g, &lb.pattern, &lb.vow, dm, init, emit);
-            for c in [&mut lb.direct.pre, &mut lb.direct.post]
-                .into_iter()
-                .flatten()
-            {
-                // SAFETY: the fold wrote every row at the block's query positions.
-                unsafe { c.mark_whole() };
-            }
-            if lb.direct.pre.is_none() {
-                // The cache only watches here (this fold is for passes without hooks).
-                intercept(hk, Site::MlpPre(l), &mut lb.pre, &[b_n, nq, dm]);
+                };
+                let pre_to = RowDst::cache_or_dense(lb.direct.pre.as_mut(), pre, q_pos, dm);
+                let post_to = RowDst::cache_or_dense(lb.direct.post.as_mut(), post, q_pos, dm);
+                let emit = |r: usize, x: &[f32]| {
+                    simd::with_scratch(dm, |y| {
+                        activation::apply(act, x, y);
+                        // SAFETY: rows r < b·q, each emitted once.
+                        unsafe {
+                            pre_to.write(r, x);
+                            post_to.write(r, y);
+                        }
+                    })
+                };
+                attention::mix_projected_each(&g, &lb.pattern, &lb.vow, dm, init, emit);
+                for c in [&mut lb.direct.pre, &mut lb.direct.post]
+                    .into_iter()
+                    .flatten()
+                {
+                    // SAFETY: the fold wrote every row at the block's query positions.
+                    unsafe { c.mark_whole() };
+                }
+                if lb.direct.pre.is_none() {
+                    // The cache only watches here (this fold is for passes without hooks).
+                    intercept(hk, Site::MlpPre(l), &mut lb.pre, &[b_n, nq, dm]);
+                }
             }
         } else if plan.fused_bias_relu {
             // Bias and ReLU in one pass over the product (the backward masks with post).
@@ -713,16 +732,32 @@ impl Plan {
     /// (a hook always sees, and may replace, the full tensor).
     /// A pass whose interceptor has no hooks (a cache only) keeps the layer-0 shortcuts, the
     /// cache getting full tensors gathered or computed beside them, and adds the forward-only
-    /// W_in fold.
-    pub(super) fn choose(cfg: &super::TransformerConfig, hk: Option<&Interceptor>) -> Plan {
+    /// W_in fold. Unhooked passes fold W_in only when asked (`w_in_fold`, from
+    /// [`super::Workspace::set_w_in_fold`]): on the machines measured it was slower than the
+    /// products it replaces (docs/PERFORMANCE.md, "The W_in fold in training").
+    pub(super) fn choose(
+        cfg: &super::TransformerConfig,
+        hk: Option<&Interceptor>,
+        w_in_fold: Option<bool>,
+    ) -> Plan {
         let unhooked = hk.is_none();
         let cache_only = hk.is_some_and(|h| !h.has_hooks());
         Plan {
             dedup_layer0: unhooked || cache_only,
             fold_wo_layer0: unhooked || cache_only,
             fused_bias_relu: unhooked && cfg.has_mlp() && cfg.act() == ActFn::Relu,
-            fold_w_in_layer0: cache_only && cfg.has_mlp(),
+            fold_w_in_layer0: cfg.has_mlp()
+                && (cache_only || (unhooked && w_in_fold == Some(true))),
             differentiable: unhooked,
         }
+    }
+}
+
+impl Transformer {
+    /// Whether block `l`'s MLP takes its input through the W_in fold in a pass with `plan`: layer
+    /// 0 with an MLP and no LayerNorm before it (its input is linear in layer 0's distinct rows).
+    pub(super) fn folds_w_in(&self, l: usize, plan: &Plan) -> bool {
+        let ids = &self.layout.blocks[l];
+        l == 0 && plan.fold_w_in_layer0 && ids.mlp.is_some() && ids.ln2.is_none()
     }
 }

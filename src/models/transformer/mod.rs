@@ -87,6 +87,10 @@ struct LayerBufs {
     /// W_in, `[r, m]` and `[h, r, m]`.
     xin: Vec<f32>,
     vow: Vec<f32>,
+    /// The row stride of `vow`: d_mlp, or padded (`fold::table_stride`) where `fold::mix` reads it.
+    vow_stride: usize,
+    /// The fold's bias, b_in + b_O·W_in `[m]`.
+    fold_bias: Vec<f32>,
     /// `[b·q, d]` each.
     attn_out: Vec<f32>,
     resid_mid: Vec<f32>,
@@ -112,8 +116,8 @@ pub(crate) struct Plan {
     pub fused_bias_relu: bool,
     /// Layer 0 (no LayerNorm before its MLP) computes mlp_pre from the few distinct rows its input
     /// is a linear function of (resid_pre and each head's v·W_O, through W_in) instead of from
-    /// resid_mid: a forward-only shortcut (exact maths, other rounding), for hooked runs whose
-    /// hooks only cache.
+    /// resid_mid (exact maths, other rounding): in passes whose hooks only cache, and in unhooked
+    /// passes (forward and backward) when a workspace asks for it.
     pub fold_w_in_layer0: bool,
     /// No hook ran (hooks may replace activations, so a hooked pass has no backward).
     pub differentiable: bool,
@@ -172,11 +176,35 @@ pub struct Workspace {
     dv: Vec<f32>,
     /// `[h, r, d]`.
     dvo: Vec<f32>,
+    /// The W_in fold's gradients: d (v·W_O·W_in) `[h, r, m]`, d (resid_pre·W_in) `[r, m]`, and
+    /// d mlp_pre summed over rows `[m]`.
+    dvow: Vec<f32>,
+    dxin: Vec<f32>,
+    dpre_sum: Vec<f32>,
+    /// d pattern's share through the fold, one partial sum per column block (`fold::mix_backward`).
+    dpattern_parts: Vec<f32>,
+    /// Whether unhooked passes take the W_in fold (None: the default, off).
+    w_in_fold: Option<bool>,
+    /// Whether the last forward's layer 0 took the W_in fold.
+    w_in_folded: bool,
 }
 
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Take layer 0's W_in fold in the unhooked passes that use this workspace (training and
+    /// evaluation) or not; `None`, the default, is off. Exact maths, other rounding; for tests and
+    /// benchmarks that compare it with the general path (on the machines measured it was slower:
+    /// docs/PERFORMANCE.md).
+    pub fn set_w_in_fold(&mut self, fold: Option<bool>) {
+        self.w_in_fold = fold;
+    }
+
+    /// Whether the last forward folded W_in into layer 0's rows.
+    pub fn w_in_folded(&self) -> bool {
+        self.w_in_folded
     }
 
     /// Buffers for `n_layers` blocks.
