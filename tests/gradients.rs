@@ -446,8 +446,9 @@ fn nanda_model_with_the_w_in_fold_matches_finite_differences() {
 
 #[test]
 fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
-    // Nanda's shape with a batch of repeated tokens, and a model whose layer 0 is not the last (its
-    // MLP rows are every position), each folded and not.
+    // Nanda's shape with a batch of repeated tokens, and models whose layer 0 is not the last (its
+    // MLP rows are every position; ReLU, then GELU over a d_mlp of one full column block and a
+    // partial one), each folded and not.
     let nanda = TransformerConfig {
         d_model: 128,
         n_heads: 4,
@@ -462,7 +463,17 @@ fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
         n_ctx: 4,
         ..ln_gelu_2l()
     };
-    for (cfg, p, loss_pos) in [(nanda, 3, vec![2]), (two_layers, 4, vec![1, 3])] {
+    let gelu = TransformerConfig {
+        act_fn: Some(ActFn::Gelu),
+        d_mlp: Some(70),
+        ..two_layers.clone()
+    };
+    let cases = [
+        (nanda, 3, vec![2]),
+        (two_layers, 4, vec![1, 3]),
+        (gelu, 4, vec![3]),
+    ];
+    for (cfg, p, loss_pos) in cases {
         let b = batch(&cfg, 40, p, loss_pos, 5);
         let mut model = Transformer::new(cfg).unwrap();
         let mut rng = Rng::new(4);

@@ -83,6 +83,112 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// For each key j: `out[j] = dot(g, vals[at(j)..][..n])` and `dvals[at(j)..][..n] += pats[j]·g`,
+/// in one pass over `g` for up to four keys at a time (their sums side by side, where one by one
+/// each would wait on its own chain). The same lanes and tree as [`dot`] and [`axpy`]: the same
+/// bits as calling them key by key.
+#[inline(always)]
+fn fold_keys(
+    g: &[f32],
+    vals: &[f32],
+    dvals: &mut [f32],
+    (n, at): (usize, impl Fn(usize) -> usize),
+    pats: &[f32],
+    out: &mut [f32],
+) {
+    let keys = pats.len();
+    let mut j = 0;
+    while j < keys {
+        match keys - j {
+            1 => fold_keys_n::<1>(g, vals, dvals, n, [at(j)], [pats[j]], &mut out[j..]),
+            2 => fold_keys_n::<2>(
+                g,
+                vals,
+                dvals,
+                n,
+                [at(j), at(j + 1)],
+                [pats[j], pats[j + 1]],
+                &mut out[j..],
+            ),
+            3 => fold_keys_n::<3>(
+                g,
+                vals,
+                dvals,
+                n,
+                [at(j), at(j + 1), at(j + 2)],
+                [pats[j], pats[j + 1], pats[j + 2]],
+                &mut out[j..],
+            ),
+            _ => fold_keys_n::<4>(
+                g,
+                vals,
+                dvals,
+                n,
+                [at(j), at(j + 1), at(j + 2), at(j + 3)],
+                [pats[j], pats[j + 1], pats[j + 2], pats[j + 3]],
+                &mut out[j..],
+            ),
+        }
+        j += 4;
+    }
+}
+
+#[inline(always)]
+fn fold_keys_n<const K: usize>(
+    g: &[f32],
+    vals: &[f32],
+    dvals: &mut [f32],
+    n: usize,
+    at: [usize; K],
+    pats: [f32; K],
+    out: &mut [f32],
+) {
+    let g = &g[..n];
+    for &a in &at {
+        assert!(a + n <= vals.len() && a + n <= dvals.len());
+    }
+    let dv = dvals.as_mut_ptr();
+    let head = n / 16 * 16;
+    let mut acc = [[0.0f32; 16]; K];
+    let mut c = 0;
+    while c < head {
+        let gc = &g[c..c + 16];
+        for k in 0..K {
+            let v = &vals[at[k] + c..][..16];
+            for l in 0..16 {
+                acc[k][l] += gc[l] * v[l];
+            }
+            // SAFETY: in bounds (asserted above); two keys' rows may be one row, updated here in
+            // key order element by element, as one axpy after another would.
+            let d = unsafe { std::slice::from_raw_parts_mut(dv.add(at[k] + c), 16) };
+            for l in 0..16 {
+                d[l] += pats[k] * gc[l];
+            }
+        }
+        c += 16;
+    }
+    let acc = std::hint::black_box(acc);
+    for k in 0..K {
+        let a = &acc[k];
+        let mut a8 = [0.0f32; 8];
+        for i in 0..8 {
+            a8[i] = a[i] + a[i + 8];
+        }
+        let mut a4 = [0.0f32; 4];
+        for i in 0..4 {
+            a4[i] = a8[i] + a8[i + 4];
+        }
+        let mut s = (a4[0] + a4[2]) + (a4[1] + a4[3]);
+        let v = &vals[at[k]..][..n];
+        for i in head..n {
+            s += g[i] * v[i];
+            // SAFETY: as above.
+            unsafe { *dv.add(at[k] + i) += pats[k] * g[i] };
+        }
+        out[k] = s;
+    }
+}
+
 /// `y += a·x` over equal-length slices.
 #[inline(always)]
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -289,7 +395,7 @@ pub fn backward(
 }
 
 /// Backward of [`mix_projected`] (bias excluded): adds into `dq`, `dk` and `dvo`
-/// (`[n_heads, n_rows, d]`); `fold` adds a second mix's share of d pattern.
+/// (`[n_heads, n_rows, d]`), and with `fold` into a second mix's value gradients.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_projected(
     g: &Geometry,
@@ -302,7 +408,7 @@ pub fn backward_projected(
     dq: &mut [f32],
     dk: &mut [f32],
     dvo: &mut [f32],
-    fold: Option<DpatternParts>,
+    fold: Option<FoldedMix>,
 ) {
     let nq = g.nq();
     backward_impl(
@@ -321,18 +427,23 @@ pub fn backward_projected(
     );
 }
 
-/// d pattern's share from a second mix of the same pattern (layer 0's W_in fold, see `fold.rs`):
-/// `parts[c, r, h, j]` for `n_parts` partial sums c (added in order) per row r = b·q + i, head h
-/// and key j, `[n_parts, b·q, n_heads, n_pos]`.
-pub struct DpatternParts<'a> {
-    pub parts: &'a [f32],
-    pub n_parts: usize,
+/// A second mix of the same pattern over other values: layer 0's W_in fold (`fold.rs`) mixes
+/// `vals` (`[n_heads, n_rows, width]` at row stride `stride`) into mlp_pre, whose gradient is
+/// `dout` (`[b·q, width]`). Its share of d pattern joins the first mix's, and its value gradients
+/// go to `dvals` (the layout of `vals`, added to).
+pub struct FoldedMix<'a> {
+    pub vals: &'a [f32],
+    pub width: usize,
+    pub stride: usize,
+    pub dout: &'a [f32],
+    pub dvals: &'a mut [f32],
 }
 
 /// The shared backward: values (`[n_heads, n_rows, width]`) were mixed by the pattern into outputs
-/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`; `fold` adds to
-/// d pattern. Split by head: each head owns disjoint slices of `dq/dk/dvals`, and within a head the
-/// batch is walked in order, so the sums are identical for any thread count.
+/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`, and with `fold`
+/// a second set of values into a second output. Split by head: each head owns disjoint slices of
+/// `dq/dk/dvals` (and the fold's), and within a head the batch is walked in order, so the sums are
+/// identical for any thread count.
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
     g: &Geometry,
@@ -346,14 +457,21 @@ fn backward_impl(
     dq: &mut [f32],
     dk: &mut [f32],
     dvals: &mut [f32],
-    fold: Option<DpatternParts>,
+    fold: Option<FoldedMix>,
 ) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
     assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
-    let rq = g.batch * nq;
-    let (parts, n_parts) = fold.map_or((&[][..], 0), |f| (f.parts, f.n_parts));
-    assert!(parts.len() >= n_parts * rq * h_n * p_n);
+    let (fw, fs) = fold.as_ref().map_or((0, 0), |f| (f.width, f.stride));
+    let fblk = g.n_rows * fs;
+    let (fold_vals, fold_dout, dfp): (&[f32], &[f32], SendPtr) = match fold {
+        Some(f) => {
+            assert!(fs >= fw && f.vals.len() >= h_n * fblk && f.dvals.len() >= h_n * fblk);
+            assert!(f.dout.len() >= g.batch * nq * fw);
+            (f.vals, f.dout, SendPtr(f.dvals.as_mut_ptr()))
+        }
+        None => (&[], &[], SendPtr(std::ptr::null_mut())),
+    };
     let (dqp, dkp, dvp) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
@@ -361,16 +479,26 @@ fn backward_impl(
     );
     (0..h_n).into_par_iter().for_each(|h| {
         // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
-        let (dqh, dkh, dvh) = unsafe {
+        let (dqh, dkh, dvh, dfh) = unsafe {
             (
                 std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
                 std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
                 std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
+                if fw == 0 {
+                    &mut [][..]
+                } else {
+                    std::slice::from_raw_parts_mut({ dfp }.0.add(h * fblk), fblk)
+                },
             )
         };
         let qh = &q[h * blk..(h + 1) * blk];
         let kh = &k[h * blk..(h + 1) * blk];
         let vh = &vals[h * vblk..(h + 1) * vblk];
+        let fh = if fw == 0 {
+            &[][..]
+        } else {
+            &fold_vals[h * fblk..(h + 1) * fblk]
+        };
         // Scratch for one query's key gradients: on the stack for any realistic context.
         let mut dp_stack = [0.0f32; 256];
         let mut dp_heap = Vec::new();
@@ -380,6 +508,14 @@ fn backward_impl(
             dp_heap.resize(p_n, 0.0);
             &mut dp_heap
         };
+        let mut dfold_stack = [0.0f32; 256];
+        let mut dfold_heap = Vec::new();
+        let dfold: &mut [f32] = if p_n <= dfold_stack.len() {
+            &mut dfold_stack[..p_n]
+        } else {
+            dfold_heap.resize(p_n, 0.0);
+            &mut dfold_heap
+        };
         vectorized(
             #[inline(always)]
             || {
@@ -388,12 +524,18 @@ fn backward_impl(
                         let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                         let di = &dout[out_at(b, i, h)..][..width];
                         // d pattern and d values
+                        if fw != 0 {
+                            // The fold's share first, all keys in one pass over its gradient row.
+                            let gi = &fold_dout[(b * nq + i) * fw..][..fw];
+                            let at = |j: usize| g.row(b, j) * fs;
+                            fold_keys(gi, fh, dfh, (fw, at), &pat[..=qp], &mut dfold[..=qp]);
+                        }
                         let mut s = 0.0f32;
                         for j in 0..=qp {
                             let r = g.row(b, j);
                             dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
-                            for c in 0..n_parts {
-                                dp[j] += parts[((c * rq + b * nq + i) * h_n + h) * p_n + j];
+                            if fw != 0 {
+                                dp[j] += dfold[j];
                             }
                             s += pat[j] * dp[j];
                             axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);

@@ -9,7 +9,7 @@ use super::{buf, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, view, view_mut};
 use crate::engine::simd::SendPtr;
-use crate::engine::{activation, fold, layernorm, simd};
+use crate::engine::{activation, layernorm, simd};
 use ndarray::{ArrayView2, ShapeBuilder};
 use rayon::prelude::*;
 
@@ -307,19 +307,20 @@ impl Transformer {
             }
             let dvo = buf(&mut ws.dvo, h_n * n_rows * d);
             dvo.fill(0.0);
-            let n_parts = fold::blocks(dm);
-            if fold_w_in {
+            let fold = if fold_w_in {
                 let vs = lb.vow_stride;
                 let dvow = buf(&mut ws.dvow, h_n * n_rows * vs);
                 dvow.fill(0.0);
-                let parts = buf(&mut ws.dpattern_parts, n_parts * rq * h_n * p_n);
-                let dpre = &ws.dhidden[..rq * dm];
-                fold::mix_backward(&g, &lb.pattern, &lb.vow, dpre, (dm, vs), dvow, parts);
-            }
-            let fold = fold_w_in.then_some(attention::DpatternParts {
-                parts: &ws.dpattern_parts,
-                n_parts,
-            });
+                Some(attention::FoldedMix {
+                    vals: &lb.vow,
+                    width: dm,
+                    stride: vs,
+                    dout: &ws.dhidden[..rq * dm],
+                    dvals: dvow,
+                })
+            } else {
+                None
+            };
             attention::backward_projected(
                 &g,
                 &lb.q,

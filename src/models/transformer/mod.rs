@@ -181,8 +181,6 @@ pub struct Workspace {
     dvow: Vec<f32>,
     dxin: Vec<f32>,
     dpre_sum: Vec<f32>,
-    /// d pattern's share through the fold, one partial sum per column block (`fold::mix_backward`).
-    dpattern_parts: Vec<f32>,
     /// Whether unhooked passes take the W_in fold (None: the default, off).
     w_in_fold: Option<bool>,
     /// Whether the last forward's layer 0 took the W_in fold.
