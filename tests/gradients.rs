@@ -440,8 +440,10 @@ fn nanda_model_with_the_w_in_fold_matches_finite_differences() {
         unembed_bias: true,
         ..nanda_small()
     };
-    let b = batch(&cfg, 10, 3, vec![2], 17);
-    check_model_with("nanda folded, biases", cfg, b, Some(true));
+    // The last token the same in every input, as Nanda's "=": one row holds every query.
+    let mut b = batch(&cfg, 10, 3, vec![2], 17);
+    b.tokens.column_mut(2).fill(3);
+    check_model_with("nanda folded, biases, one query row", cfg, b, Some(true));
 }
 
 #[test]
@@ -473,8 +475,12 @@ fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
         (two_layers, 4, vec![1, 3]),
         (gelu, 4, vec![3]),
     ];
-    for (cfg, p, loss_pos) in cases {
-        let b = batch(&cfg, 40, p, loss_pos, 5);
+    for (n, (cfg, p, loss_pos)) in cases.into_iter().enumerate() {
+        let mut b = batch(&cfg, 40, p, loss_pos, 5);
+        if n == 0 {
+            // Nanda's data: the "=" last, one row for every query.
+            b.tokens.column_mut(2).fill(23);
+        }
         let mut model = Transformer::new(cfg).unwrap();
         let mut rng = Rng::new(4);
         for s in model.layout.specs.clone() {

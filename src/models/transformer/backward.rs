@@ -437,34 +437,50 @@ impl Transformer {
         scatter_add_rows(dpre, &dres[..rq * d], d, own_row);
         if fold_w_in {
             // The fold's resid_pre term (xin = resid_pre·W_in, at each row's own position):
-            // dxin by row, then dW_in += resid_preᵀ·dxin and d resid_pre += dxin·W_inᵀ.
+            // dxin by row, then dW_in += resid_preᵀ·dxin and d resid_pre += dxin·W_inᵀ; and
+            // s = Σ_rows d mlp_pre for b_O below.
             let mlp = ids.mlp.expect("the W_in fold has an MLP");
             let w_in = lay.get(w, mlp.w_in);
-            let dxin = buf(&mut ws.dxin, n_rows * dm);
-            dxin.fill(0.0);
-            scatter_add_rows_by_columns(dxin, &ws.dhidden[..rq * dm], dm, own_row);
             let (gw_in, gb_o) = two_mut(
                 grads,
                 lay.specs[mlp.w_in].range(),
                 lay.specs[ids.b_o].range(),
             );
-            linear_backward(
-                &ws.dxin,
-                res_in,
-                w_in,
-                gw_in,
-                None,
-                Some((dpre, true)),
-                n_rows,
-                d,
-                dm,
-            );
+            let sum = buf(&mut ws.dpre_sum, dm);
+            sum.fill(0.0);
+            let own0 = if rq > 0 { own_row(0) } else { 0 };
+            if rq > 0 && (0..rq).all(|r| own_row(r) == own0) {
+                // Every query at one row (Nanda's: the "=" at the last position): dxin is that
+                // row alone, d mlp_pre summed over the batch.
+                simd::column_sums_add(sum, &ws.dhidden[..rq * dm], rq, dm);
+                let (x, s) = (&res_in[own0 * d..][..d], &ws.dpre_sum);
+                for (k, &xk) in x.iter().enumerate() {
+                    let w_row = &w_in[k * dm..][..dm];
+                    dpre[own0 * d + k] += w_row.iter().zip(s).map(|(a, b)| a * b).sum::<f32>();
+                    for (g, &sv) in gw_in[k * dm..][..dm].iter_mut().zip(s) {
+                        *g += xk * sv;
+                    }
+                }
+            } else {
+                let dxin = buf(&mut ws.dxin, n_rows * dm);
+                dxin.fill(0.0);
+                scatter_add_rows_by_columns(dxin, &ws.dhidden[..rq * dm], dm, own_row);
+                linear_backward(
+                    &ws.dxin,
+                    res_in,
+                    w_in,
+                    gw_in,
+                    None,
+                    Some((dpre, true)),
+                    n_rows,
+                    d,
+                    dm,
+                );
+                simd::column_sums_add(&mut ws.dpre_sum, &ws.dxin, n_rows, dm);
+            }
             if cfg.attn_bias {
                 // b_O's term (the fold's bias holds b_O·W_in): with s = Σ_rows d mlp_pre,
                 // d b_O += W_in·s and dW_in += b_O ⊗ s.
-                let sum = buf(&mut ws.dpre_sum, dm);
-                sum.fill(0.0);
-                simd::column_sums_add(sum, &ws.dxin, n_rows, dm);
                 let b_o = lay.get(w, ids.b_o);
                 for k in 0..d {
                     let w_row = &w_in[k * dm..][..dm];

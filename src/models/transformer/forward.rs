@@ -533,9 +533,18 @@ impl Transformer {
             let (n_rows, h_n) = (rows.n_rows, cfg.n_heads);
             let w_in = lay.get(w, m.w_in);
             let xin = buf(&mut lb.xin, n_rows * dm);
+            let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
+            let own_row = |r: usize| map[(r / nq) * p_n + q_pos[r % nq]] as usize;
+            let own0 = if rq > 0 { own_row(0) } else { 0 };
+            // Only the rows some query sits at are read: all of them, or (Nanda's "=") one.
+            let (lo, n_own) = if rq > 0 && (0..rq).all(|r| own_row(r) == own0) {
+                (own0, 1)
+            } else {
+                (0, n_rows)
+            };
             matmul(
-                &mut view_mut(xin, n_rows, dm),
-                &view(res_in, n_rows, d),
+                &mut view_mut(&mut xin[lo * dm..], n_own, dm),
+                &view(&res_in[lo * d..], n_own, d),
                 &view(w_in, d, dm),
                 false,
             );
@@ -564,7 +573,6 @@ impl Transformer {
             }
             let bias = &lb.fold_bias;
             let g = rows.geometry(h_n, cfg.d_head);
-            let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
             let (xin, act) = (&lb.xin, cfg.act());
             if by_columns {
                 // By column blocks (fold.rs): the same bits as row by row. Unhooked, with a ReLU,
