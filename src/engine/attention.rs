@@ -499,23 +499,17 @@ fn backward_impl(
         } else {
             &fold_vals[h * fblk..(h + 1) * fblk]
         };
-        // Scratch for one query's key gradients: on the stack for any realistic context.
-        let mut dp_stack = [0.0f32; 256];
-        let mut dp_heap = Vec::new();
-        let dp: &mut [f32] = if p_n <= dp_stack.len() {
-            &mut dp_stack[..p_n]
+        // Scratch for one query's key gradients (d pattern, and the fold's share of it): on the
+        // stack for any realistic context.
+        let mut stack = [0.0f32; 512];
+        let mut heap = Vec::new();
+        let scratch: &mut [f32] = if 2 * p_n <= stack.len() {
+            &mut stack[..2 * p_n]
         } else {
-            dp_heap.resize(p_n, 0.0);
-            &mut dp_heap
+            heap.resize(2 * p_n, 0.0);
+            &mut heap
         };
-        let mut dfold_stack = [0.0f32; 256];
-        let mut dfold_heap = Vec::new();
-        let dfold: &mut [f32] = if p_n <= dfold_stack.len() {
-            &mut dfold_stack[..p_n]
-        } else {
-            dfold_heap.resize(p_n, 0.0);
-            &mut dfold_heap
-        };
+        let (dp, dfold) = scratch.split_at_mut(p_n);
         vectorized(
             #[inline(always)]
             || {
