@@ -4,7 +4,7 @@
 //!
 //! The mix walks the d_mlp columns in fixed blocks of [`COLS`], one task per block, every row
 //! passing through each block: a row's block sum stays in registers (a whole d_mlp-wide row would
-//! not), and a block of the tables stays in cache while the rows pass.
+//! not), and each task reads only its block of the tables.
 
 use super::activation::{self, ActFn};
 use super::attention::{axpy, Geometry};
@@ -24,8 +24,8 @@ fn block(x: &[f32]) -> &[f32; COLS] {
 }
 
 /// The row stride of the fold's tables of width `m`: a line more than a multiple of 16 floats, so
-/// that one block's rows spread over the cache's sets (at a power-of-two stride such as 512
-/// floats they would share an eighth of them, and evict each other).
+/// that one block's rows do not all fall into the same cache sets, as they would at a stride of
+/// 512 floats.
 pub fn table_stride(m: usize) -> usize {
     m.next_multiple_of(16) + 16
 }

@@ -549,7 +549,7 @@ impl Transformer {
                 false,
             );
             // Training by column blocks (fold::mix, and its backward) on padded rows; a cache pass
-            // row by row on dense ones, as measured for it (PERFORMANCE.md, "From Python").
+            // row by row on dense ones (a blocked mix was no faster there: PERFORMANCE.md).
             let by_columns = hk.is_none() && lb.direct.is_empty();
             let vs = if by_columns {
                 fold::table_stride(dm)
@@ -741,8 +741,8 @@ impl Plan {
     /// A pass whose interceptor has no hooks (a cache only) keeps the layer-0 shortcuts, the
     /// cache getting full tensors gathered or computed beside them, and adds the forward-only
     /// W_in fold. Unhooked passes fold W_in only when asked (`w_in_fold`, from
-    /// [`super::Workspace::set_w_in_fold`]): on the machines measured it was slower than the
-    /// products it replaces (docs/PERFORMANCE.md, "The W_in fold in training").
+    /// [`super::Workspace::set_w_in_fold`]): on the machines measured it was no faster than the
+    /// products it replaces (docs/PERFORMANCE.md, "The W_in fold in training, built on `main`").
     pub(super) fn choose(
         cfg: &super::TransformerConfig,
         hk: Option<&Interceptor>,

@@ -194,8 +194,8 @@ impl Workspace {
 
     /// Take layer 0's W_in fold in the unhooked passes that use this workspace (training and
     /// evaluation) or not; `None`, the default, is off. Exact maths, other rounding; for tests and
-    /// benchmarks that compare it with the general path (on the machines measured it was slower:
-    /// docs/PERFORMANCE.md).
+    /// benchmarks that compare it with the general path (on the machines measured it was no
+    /// faster: docs/PERFORMANCE.md).
     pub fn set_w_in_fold(&mut self, fold: Option<bool>) {
         self.w_in_fold = fold;
     }
