@@ -428,13 +428,12 @@ pub fn backward_projected(
 }
 
 /// A second mix of the same pattern over other values: layer 0's W_in fold (`fold.rs`) mixes
-/// `vals` (`[n_heads, n_rows, width]` at row stride `stride`) into mlp_pre, whose gradient is
+/// `vals` (`[n_heads, n_rows, width]`) into mlp_pre, whose gradient is
 /// `dout` (`[b·q, width]`). Its share of d pattern joins the first mix's, and its value gradients
 /// go to `dvals` (the layout of `vals`, added to).
 pub struct FoldedMix<'a> {
     pub vals: &'a [f32],
     pub width: usize,
-    pub stride: usize,
     pub dout: &'a [f32],
     pub dvals: &'a mut [f32],
 }
@@ -462,11 +461,11 @@ fn backward_impl(
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
     assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
-    let (fw, fs) = fold.as_ref().map_or((0, 0), |f| (f.width, f.stride));
-    let fblk = g.n_rows * fs;
+    let fw = fold.as_ref().map_or(0, |f| f.width);
+    let fblk = g.n_rows * fw;
     let (fold_vals, fold_dout, dfp): (&[f32], &[f32], SendPtr) = match fold {
         Some(f) => {
-            assert!(fs >= fw && f.vals.len() >= h_n * fblk && f.dvals.len() >= h_n * fblk);
+            assert!(f.vals.len() >= h_n * fblk && f.dvals.len() >= h_n * fblk);
             assert!(f.dout.len() >= g.batch * nq * fw);
             (f.vals, f.dout, SendPtr(f.dvals.as_mut_ptr()))
         }
@@ -521,7 +520,7 @@ fn backward_impl(
                         if fw != 0 {
                             // The fold's share first, all keys in one pass over its gradient row.
                             let gi = &fold_dout[(b * nq + i) * fw..][..fw];
-                            let at = |j: usize| g.row(b, j) * fs;
+                            let at = |j: usize| g.row(b, j) * fw;
                             fold_keys(gi, fh, dfh, (fw, at), &pat[..=qp], &mut dfold[..=qp]);
                         }
                         let mut s = 0.0f32;

@@ -23,24 +23,17 @@ fn block(x: &[f32]) -> &[f32; COLS] {
     unsafe { &*(x.as_ptr() as *const [f32; COLS]) }
 }
 
-/// The row stride of the fold's tables of width `m`: a line more than a multiple of 16 floats, so
-/// that one block's rows do not all fall into the same cache sets, as they would at a stride of
-/// 512 floats.
-pub fn table_stride(m: usize) -> usize {
-    m.next_multiple_of(16) + 16
-}
-
 /// `pre[r] = own[row(b, q_pos[i])] + bias + Σ_h Σ_j pattern[b, h, i, j] · vals[h, row(b, j)]` and
 /// `post[r] = act(pre[r])` for each row r = b·q + i; pre is not written where it is None (a
-/// ReLU's backward needs post only). `own` `[n_rows, m]`, `vals` `[n_heads, n_rows, m]` at row
-/// stride `vs`, `pre` and `post` `[b·q, m]`. Terms are added in that order (heads, then keys),
+/// ReLU's backward needs post only). `own` `[n_rows, m]`, `vals` `[n_heads, n_rows, m]`, `pre`
+/// and `post` `[b·q, m]`. Terms are added in that order (heads, then keys),
 /// zero weights skipped, as [`super::attention::mix_projected_each`] does: the same bits.
 #[allow(clippy::too_many_arguments)]
 pub fn mix(
     g: &Geometry,
     pattern: &[f32],
     own: &[f32],
-    (vals, vs): (&[f32], usize),
+    vals: &[f32],
     bias: &[f32],
     act: ActFn,
     pre: Option<&mut [f32]>,
@@ -49,7 +42,7 @@ pub fn mix(
     let m = bias.len();
     let (h_n, p_n, nq, n_rows) = (g.n_heads, g.n_pos, g.nq(), g.n_rows);
     let rq = g.batch * nq;
-    assert!(own.len() >= n_rows * m && vs >= m && vals.len() >= h_n * n_rows * vs);
+    assert!(own.len() >= n_rows * m && vals.len() >= h_n * n_rows * m);
     assert!(pre.as_ref().is_none_or(|p| p.len() >= rq * m) && post.len() >= rq * m);
     let pre_p = pre.map(|p| SendPtr(p.as_mut_ptr()));
     let post_p = SendPtr(post.as_mut_ptr());
@@ -96,7 +89,7 @@ pub fn mix(
                                     let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                                     for (j, &wt) in pat.iter().enumerate() {
                                         if wt != 0.0 {
-                                            let at = (h * n_rows + g.row(b, j)) * vs + lo;
+                                            let at = (h * n_rows + g.row(b, j)) * m + lo;
                                             let v = block(&vals[at..]);
                                             for k in 0..COLS {
                                                 acc[k] += wt * v[k];
@@ -121,7 +114,7 @@ pub fn mix(
                                 let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                                 for (j, &wt) in pat.iter().enumerate() {
                                     if wt != 0.0 {
-                                        let at = (h * n_rows + g.row(b, j)) * vs + lo;
+                                        let at = (h * n_rows + g.row(b, j)) * m + lo;
                                         axpy(o, wt, &vals[at..][..w]);
                                     }
                                 }

@@ -87,14 +87,6 @@ pub fn view_mut(s: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f3
     ArrayViewMut2::from_shape((rows, cols), &mut s[..rows * cols]).expect("slice shape")
 }
 
-/// Mutable `[rows, cols]` view of a flat slice whose rows lie `stride` floats apart.
-#[inline]
-pub fn view_rows(s: &mut [f32], rows: usize, cols: usize, stride: usize) -> ArrayViewMut2<'_, f32> {
-    use ndarray::ShapeBuilder;
-    assert!(cols <= stride && s.len() >= rows.saturating_sub(1) * stride + cols);
-    ArrayViewMut2::from_shape((rows, cols).strides((stride, 1)), s).expect("slice shape")
-}
-
 /// `y[r, :] = x[r, :] · w + b` for row-major `x [rows, n_in]`, `w [n_in, n_out]`.
 pub fn linear(
     y: &mut [f32],

@@ -8,10 +8,7 @@ use super::forward::BlockRows;
 use super::{buf, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, view, view_mut};
-use crate::engine::simd::SendPtr;
 use crate::engine::{activation, layernorm, simd};
-use ndarray::{ArrayView2, ShapeBuilder};
-use rayon::prelude::*;
 
 /// `dst[map(i)] += src[i]` over rows of width `d`, in row order (rows that share a destination are
 /// added in the same order for any thread count). Sequential: it is memory-bound and short.
@@ -27,40 +24,6 @@ fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) 
             }
         },
     );
-}
-
-/// [`scatter_add_rows`] in parallel by column blocks: each column still adds its rows in row
-/// order, so the sums are the same for any thread count.
-fn scatter_add_rows_by_columns(
-    dst: &mut [f32],
-    src: &[f32],
-    d: usize,
-    map: impl Fn(usize) -> usize + Sync,
-) {
-    const COLS: usize = 64;
-    let rows = src.len() / d;
-    assert!(
-        (0..rows).all(|i| (map(i) + 1) * d <= dst.len()),
-        "scatter target out of range"
-    );
-    let out = SendPtr(dst.as_mut_ptr());
-    (0..d.div_ceil(COLS)).into_par_iter().for_each(|c| {
-        let (lo, w) = (c * COLS, COLS.min(d - c * COLS));
-        simd::vectorized(
-            #[inline(always)]
-            || {
-                for (i, row) in src.chunks_exact(d).enumerate() {
-                    // SAFETY: in bounds (asserted above); column block c belongs to this task.
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut({ &out }.0.add(map(i) * d + lo), w)
-                    };
-                    for (o, s) in o.iter_mut().zip(&row[lo..lo + w]) {
-                        *o += s;
-                    }
-                }
-            },
-        );
-    });
 }
 
 /// Two disjoint mutable sub-slices of one buffer.
@@ -308,13 +271,11 @@ impl Transformer {
             let dvo = buf(&mut ws.dvo, h_n * n_rows * d);
             dvo.fill(0.0);
             let fold = if fold_w_in {
-                let vs = lb.vow_stride;
-                let dvow = buf(&mut ws.dvow, h_n * n_rows * vs);
+                let dvow = buf(&mut ws.dvow, h_n * n_rows * dm);
                 dvow.fill(0.0);
                 Some(attention::FoldedMix {
                     vals: &lb.vow,
                     width: dm,
-                    stride: vs,
                     dout: &ws.dhidden[..rq * dm],
                     dvals: dvow,
                 })
@@ -337,9 +298,8 @@ impl Transformer {
             if fold_w_in {
                 // vow = vo·W_in: dvo += dvow·W_inᵀ and dW_in += voᵀ·dvow, one product per thread.
                 let mlp = ids.mlp.expect("the W_in fold has an MLP");
-                let (vs, rows_v) = (lb.vow_stride, h_n * n_rows);
-                let dvow = ArrayView2::from_shape((rows_v, dm).strides((vs, 1)), &ws.dvow[..])
-                    .expect("dvow shape");
+                let rows_v = h_n * n_rows;
+                let dvow = view(&ws.dvow, rows_v, dm);
                 let w_in = view(lay.get(w, mlp.w_in), d, dm);
                 let gw_in = &mut grads[lay.specs[mlp.w_in].range()];
                 let vo = view(&lb.vo, rows_v, d);
@@ -437,8 +397,7 @@ impl Transformer {
         scatter_add_rows(dpre, &dres[..rq * d], d, own_row);
         if fold_w_in {
             // The fold's resid_pre term (xin = resid_pre·W_in, at each row's own position):
-            // dxin by row, then dW_in += resid_preᵀ·dxin and d resid_pre += dxin·W_inᵀ; and
-            // s = Σ_rows d mlp_pre for b_O below.
+            // dxin by row, then dW_in += resid_preᵀ·dxin and d resid_pre += dxin·W_inᵀ.
             let mlp = ids.mlp.expect("the W_in fold has an MLP");
             let w_in = lay.get(w, mlp.w_in);
             let (gw_in, gb_o) = two_mut(
@@ -446,41 +405,26 @@ impl Transformer {
                 lay.specs[mlp.w_in].range(),
                 lay.specs[ids.b_o].range(),
             );
-            let sum = buf(&mut ws.dpre_sum, dm);
-            sum.fill(0.0);
-            let own0 = if rq > 0 { own_row(0) } else { 0 };
-            if rq > 0 && (0..rq).all(|r| own_row(r) == own0) {
-                // Every query at one row (Nanda's: the "=" at the last position): dxin is that
-                // row alone, d mlp_pre summed over the batch.
-                simd::column_sums_add(sum, &ws.dhidden[..rq * dm], rq, dm);
-                let (x, s) = (&res_in[own0 * d..][..d], &ws.dpre_sum);
-                for (k, &xk) in x.iter().enumerate() {
-                    let w_row = &w_in[k * dm..][..dm];
-                    dpre[own0 * d + k] += w_row.iter().zip(s).map(|(a, b)| a * b).sum::<f32>();
-                    for (g, &sv) in gw_in[k * dm..][..dm].iter_mut().zip(s) {
-                        *g += xk * sv;
-                    }
-                }
-            } else {
-                let dxin = buf(&mut ws.dxin, n_rows * dm);
-                dxin.fill(0.0);
-                scatter_add_rows_by_columns(dxin, &ws.dhidden[..rq * dm], dm, own_row);
-                linear_backward(
-                    &ws.dxin,
-                    res_in,
-                    w_in,
-                    gw_in,
-                    None,
-                    Some((dpre, true)),
-                    n_rows,
-                    d,
-                    dm,
-                );
-                simd::column_sums_add(&mut ws.dpre_sum, &ws.dxin, n_rows, dm);
-            }
+            let dxin = buf(&mut ws.dxin, n_rows * dm);
+            dxin.fill(0.0);
+            scatter_add_rows(dxin, &ws.dhidden[..rq * dm], dm, own_row);
+            linear_backward(
+                &ws.dxin,
+                res_in,
+                w_in,
+                gw_in,
+                None,
+                Some((dpre, true)),
+                n_rows,
+                d,
+                dm,
+            );
             if cfg.attn_bias {
                 // b_O's term (the fold's bias holds b_O·W_in): with s = Σ_rows d mlp_pre,
                 // d b_O += W_in·s and dW_in += b_O ⊗ s.
+                let sum = buf(&mut ws.dpre_sum, dm);
+                sum.fill(0.0);
+                simd::column_sums_add(sum, &ws.dxin, n_rows, dm);
                 let b_o = lay.get(w, ids.b_o);
                 for k in 0..d {
                     let w_row = &w_in[k * dm..][..dm];

@@ -9,7 +9,7 @@ use super::prefix::RowDst;
 use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
-use crate::engine::matmul::{linear, matmul, view, view_mut, view_rows};
+use crate::engine::matmul::{linear, matmul, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
@@ -533,33 +533,15 @@ impl Transformer {
             let (n_rows, h_n) = (rows.n_rows, cfg.n_heads);
             let w_in = lay.get(w, m.w_in);
             let xin = buf(&mut lb.xin, n_rows * dm);
-            let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
-            let own_row = |r: usize| map[(r / nq) * p_n + q_pos[r % nq]] as usize;
-            let own0 = if rq > 0 { own_row(0) } else { 0 };
-            // Only the rows some query sits at are read: all of them, or (Nanda's "=") one.
-            let (lo, n_own) = if rq > 0 && (0..rq).all(|r| own_row(r) == own0) {
-                (own0, 1)
-            } else {
-                (0, n_rows)
-            };
             matmul(
-                &mut view_mut(&mut xin[lo * dm..], n_own, dm),
-                &view(&res_in[lo * d..], n_own, d),
+                &mut view_mut(xin, n_rows, dm),
+                &view(res_in, n_rows, d),
                 &view(w_in, d, dm),
                 false,
             );
-            // Training by column blocks (fold::mix, and its backward) on padded rows; a cache pass
-            // row by row on dense ones (a blocked mix was no faster there: PERFORMANCE.md).
-            let by_columns = hk.is_none() && lb.direct.is_empty();
-            let vs = if by_columns {
-                fold::table_stride(dm)
-            } else {
-                dm
-            };
-            lb.vow_stride = vs;
-            let vow = buf(&mut lb.vow, h_n * n_rows * vs);
+            let vow = buf(&mut lb.vow, h_n * n_rows * dm);
             matmul(
-                &mut view_rows(vow, h_n * n_rows, dm, vs),
+                &mut view_mut(vow, h_n * n_rows, dm),
                 &view(&lb.vo, h_n * n_rows, d),
                 &view(w_in, d, dm),
                 false,
@@ -573,12 +555,15 @@ impl Transformer {
             }
             let bias = &lb.fold_bias;
             let g = rows.geometry(h_n, cfg.d_head);
+            let (map, q_pos, p_n) = (rows.map, rows.q_pos, rows.p);
             let (xin, act) = (&lb.xin, cfg.act());
-            if by_columns {
+            // Training by column blocks (fold.rs); a cache pass row by row, straight into its
+            // arrays where it has them (a blocked mix was no faster there: PERFORMANCE.md).
+            if hk.is_none() && lb.direct.is_empty() {
                 // By column blocks (fold.rs): the same bits as row by row. Unhooked, with a ReLU,
                 // nothing reads mlp_pre (the backward masks with post).
                 let pre = (act != ActFn::Relu).then_some(pre);
-                fold::mix(&g, &lb.pattern, xin, (&lb.vow, vs), bias, act, pre, post);
+                fold::mix(&g, &lb.pattern, xin, &lb.vow, bias, act, pre, post);
             } else {
                 // pre = (xin of the row's own position + bias) + the mix; post = act(pre) in the same
                 // pass, while the row is in cache.

@@ -87,8 +87,6 @@ struct LayerBufs {
     /// W_in, `[r, m]` and `[h, r, m]`.
     xin: Vec<f32>,
     vow: Vec<f32>,
-    /// The row stride of `vow`: d_mlp, or padded (`fold::table_stride`) where `fold::mix` reads it.
-    vow_stride: usize,
     /// The fold's bias, b_in + b_O·W_in `[m]`.
     fold_bias: Vec<f32>,
     /// `[b·q, d]` each.
@@ -177,7 +175,7 @@ pub struct Workspace {
     /// `[h, r, d]`.
     dvo: Vec<f32>,
     /// The W_in fold's gradients: d (v·W_O·W_in) `[h, r, m]`, d (resid_pre·W_in) `[r, m]`, and
-    /// d mlp_pre summed over rows `[m]`.
+    /// d mlp_pre summed over rows `[m]` (for b_O).
     dvow: Vec<f32>,
     dxin: Vec<f32>,
     dpre_sum: Vec<f32>,
