@@ -74,7 +74,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     // Through black_box the lanes stay one register wide; without it this loop was compiled two
     // lanes at a time. The same bits; the attention backward at W1's shapes took 1.63–1.70 ms
-    // against 2.18–2.27 (medians, `examples/attention_kernels.rs`, PERFORMANCE.md).
+    // against 2.18–2.27 (medians, `examples/w1_kernels.rs`, PERFORMANCE.md).
     let acc = std::hint::black_box(acc);
     // Fixed pairwise tree (the same order every time).
     let a8: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);

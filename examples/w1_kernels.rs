@@ -1,8 +1,9 @@
-//! Layer 0's attention kernels at W1's shapes (Nanda's model, p = 113, full batch of 3830), timed
-//! alone, away from the rest of a step: the W_in fold's mix, and the attention backward with and
-//! without the fold's share. A 7.8 MB fill (the size of one mlp_pre) is the memory yardstick.
+//! W1's kernels (Nanda's model, p = 113, full batch of 3830) timed alone, away from the rest of a
+//! step: each of the step's products, a 2048³ product for the peak, layer 0's attention backward
+//! with and without the W_in fold's share, and the fold's mix. A 7.8 MB fill (the size of one
+//! mlp_pre) is the memory yardstick.
 //!
-//!     cargo run --release --example attention_kernels -- [threads]
+//!     cargo run --release --example w1_kernels -- [threads]
 //!
 //! Prints the median and the minimum of 40 calls each (docs/PERFORMANCE.md has the figures).
 
@@ -10,6 +11,7 @@ use std::time::Instant;
 use toylens::engine::activation::ActFn;
 use toylens::engine::attention::{self, FoldedMix, Geometry};
 use toylens::engine::fold;
+use toylens::engine::matmul::{matmul, view, view_mut};
 
 /// Median and minimum of 40 timed calls, in ms.
 fn time(mut f: impl FnMut()) -> (f64, f64) {
@@ -61,6 +63,9 @@ fn main() {
         }
     }
     let mut filled = |n: usize| -> Vec<f32> { (0..n).map(|_| uniform()).collect() };
+    let report = |name: &str, (median, min): (f64, f64)| {
+        println!("{name:<44} {median:7.3} ms median, {min:7.3} min");
+    };
     let (own, vals, bias) = (filled(n_rows * m), filled(h_n * n_rows * m), filled(m));
     let (q, k, vo) = (
         filled(h_n * n_rows * d_head),
@@ -75,10 +80,8 @@ fn main() {
     );
     let (mut dvo, mut dvow) = (vec![0f32; h_n * n_rows * d], vec![0f32; h_n * n_rows * m]);
 
-    let report = |name: &str, (median, min): (f64, f64)| {
-        println!("{name:<40} {median:7.3} ms median, {min:7.3} min");
-    };
     println!("{threads} threads");
+    products(&mut filled, &report);
     report(
         "fill 7.8 MB",
         time(|| {
@@ -135,4 +138,98 @@ fn main() {
     );
     // Keeps the outputs alive.
     println!("(checksum {})", post[9] + dq[3] + dvow[7] + dvo[1]);
+}
+
+/// The step's products at their shapes (the MLP at the last position, the unembedding), each with
+/// its rate from the median.
+fn products(filled: &mut dyn FnMut(usize) -> Vec<f32>, report: &dyn Fn(&str, (f64, f64))) {
+    let (b, d, m, v) = (3830usize, 128usize, 512usize, 113usize);
+    let (x, w_in, dpre, w_out) = (filled(b * d), filled(d * m), filled(b * m), filled(m * d));
+    let (w_u, dlogits) = (filled(d * v), filled(b * v));
+    let (mut bm, mut bd, mut dm) = (vec![0f32; b * m], vec![0f32; b * d], vec![0f32; d * m]);
+    let (mut bv, mut dv) = (vec![0f32; b * v], vec![0f32; d * v]);
+    let row = |name: &str, (rows, inner, cols): (usize, usize, usize), f: &mut dyn FnMut()| {
+        let t = time(f);
+        let gflop_s = 2.0 * (rows * inner * cols) as f64 / t.0 / 1e6;
+        report(&format!("{name} {gflop_s:.0} GFLOP/s"), t);
+    };
+    row("mlp_pre = x·W_in", (b, d, m), &mut || {
+        matmul(
+            &mut view_mut(&mut bm, b, m),
+            &view(&x, b, d),
+            &view(&w_in, d, m),
+            false,
+        )
+    });
+    row("mlp_out = post·W_out", (b, m, d), &mut || {
+        matmul(
+            &mut view_mut(&mut bd, b, d),
+            &view(&dpre, b, m),
+            &view(&w_out, m, d),
+            false,
+        )
+    });
+    row("dW_in = xᵀ·d pre", (d, b, m), &mut || {
+        matmul(
+            &mut view_mut(&mut dm, d, m),
+            &view(&x, b, d).t(),
+            &view(&dpre, b, m),
+            true,
+        )
+    });
+    row("dx = d pre·W_inᵀ", (b, m, d), &mut || {
+        matmul(
+            &mut view_mut(&mut bd, b, d),
+            &view(&dpre, b, m),
+            &view(&w_in, d, m).t(),
+            true,
+        )
+    });
+    row("dW_out = postᵀ·d out", (m, b, d), &mut || {
+        matmul(
+            &mut view_mut(&mut dm, m, d),
+            &view(&dpre, b, m).t(),
+            &view(&x, b, d),
+            true,
+        )
+    });
+    row("d post = d out·W_outᵀ", (b, d, m), &mut || {
+        matmul(
+            &mut view_mut(&mut bm, b, m),
+            &view(&x, b, d),
+            &view(&w_out, m, d).t(),
+            false,
+        )
+    });
+    row("logits = x·W_U", (b, d, v), &mut || {
+        matmul(
+            &mut view_mut(&mut bv, b, v),
+            &view(&x, b, d),
+            &view(&w_u, d, v),
+            false,
+        )
+    });
+    row("dW_U = xᵀ·d logits", (d, b, v), &mut || {
+        matmul(
+            &mut view_mut(&mut dv, d, v),
+            &view(&x, b, d).t(),
+            &view(&dlogits, b, v),
+            true,
+        )
+    });
+    let n = 2048;
+    let (p, q) = (filled(n * n), filled(n * n));
+    let mut c = vec![0f32; n * n];
+    row("2048³", (n, n, n), &mut || {
+        matmul(
+            &mut view_mut(&mut c, n, n),
+            &view(&p, n, n),
+            &view(&q, n, n),
+            false,
+        )
+    });
+    println!(
+        "(checksum {})",
+        bm[3] + bd[4] + dm[5] + bv[6] + dv[7] + c[1]
+    );
 }
