@@ -7,6 +7,7 @@
 //!
 //! Prints the median and the minimum of 40 calls each (docs/PERFORMANCE.md has the figures).
 
+use ndarray::ArrayView2;
 use std::time::Instant;
 use toylens::engine::activation::ActFn;
 use toylens::engine::attention::{self, FoldedMix, Geometry};
@@ -146,90 +147,38 @@ fn products(filled: &mut dyn FnMut(usize) -> Vec<f32>, report: &dyn Fn(&str, (f6
     let (b, d, m, v) = (3830usize, 128usize, 512usize, 113usize);
     let (x, w_in, dpre, w_out) = (filled(b * d), filled(d * m), filled(b * m), filled(m * d));
     let (w_u, dlogits) = (filled(d * v), filled(b * v));
-    let (mut bm, mut bd, mut dm) = (vec![0f32; b * m], vec![0f32; b * d], vec![0f32; d * m]);
-    let (mut bv, mut dv) = (vec![0f32; b * v], vec![0f32; d * v]);
-    let row = |name: &str, (rows, inner, cols): (usize, usize, usize), f: &mut dyn FnMut()| {
-        let t = time(f);
+    let (x, w_in, dpre) = (view(&x, b, d), view(&w_in, d, m), view(&dpre, b, m));
+    let (w_out, w_u, dlogits) = (view(&w_out, m, d), view(&w_u, d, v), view(&dlogits, b, v));
+    let mut out = vec![0f32; b * m];
+    // `c (+)= a·b`, as the step computes it (`accumulate` where the step adds into a gradient).
+    let mut product = |name: &str, a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool| {
+        let ((rows, inner), cols) = (a.dim(), b.dim().1);
+        let t = time(|| matmul(&mut view_mut(&mut out, rows, cols), &a, &b, accumulate));
         let gflop_s = 2.0 * (rows * inner * cols) as f64 / t.0 / 1e6;
         report(&format!("{name} {gflop_s:.0} GFLOP/s"), t);
     };
-    row("mlp_pre = x·W_in", (b, d, m), &mut || {
-        matmul(
-            &mut view_mut(&mut bm, b, m),
-            &view(&x, b, d),
-            &view(&w_in, d, m),
-            false,
-        )
-    });
-    row("mlp_out = post·W_out", (b, m, d), &mut || {
-        matmul(
-            &mut view_mut(&mut bd, b, d),
-            &view(&dpre, b, m),
-            &view(&w_out, m, d),
-            false,
-        )
-    });
-    row("dW_in = xᵀ·d pre", (d, b, m), &mut || {
-        matmul(
-            &mut view_mut(&mut dm, d, m),
-            &view(&x, b, d).t(),
-            &view(&dpre, b, m),
-            true,
-        )
-    });
-    row("dx = d pre·W_inᵀ", (b, m, d), &mut || {
-        matmul(
-            &mut view_mut(&mut bd, b, d),
-            &view(&dpre, b, m),
-            &view(&w_in, d, m).t(),
-            true,
-        )
-    });
-    row("dW_out = postᵀ·d out", (m, b, d), &mut || {
-        matmul(
-            &mut view_mut(&mut dm, m, d),
-            &view(&dpre, b, m).t(),
-            &view(&x, b, d),
-            true,
-        )
-    });
-    row("d post = d out·W_outᵀ", (b, d, m), &mut || {
-        matmul(
-            &mut view_mut(&mut bm, b, m),
-            &view(&x, b, d),
-            &view(&w_out, m, d).t(),
-            false,
-        )
-    });
-    row("logits = x·W_U", (b, d, v), &mut || {
-        matmul(
-            &mut view_mut(&mut bv, b, v),
-            &view(&x, b, d),
-            &view(&w_u, d, v),
-            false,
-        )
-    });
-    row("dW_U = xᵀ·d logits", (d, b, v), &mut || {
-        matmul(
-            &mut view_mut(&mut dv, d, v),
-            &view(&x, b, d).t(),
-            &view(&dlogits, b, v),
-            true,
-        )
-    });
+    product("mlp_pre = x·W_in", x, w_in, false);
+    product("mlp_out = post·W_out", dpre, w_out, false);
+    product("dW_in = xᵀ·d pre", x.t(), dpre, true);
+    product("dx = d pre·W_inᵀ", dpre, w_in.t(), true);
+    product("dW_out = postᵀ·d out", dpre.t(), x, true);
+    product("d post = d out·W_outᵀ", x, w_out.t(), false);
+    product("logits = x·W_U", x, w_u, false);
+    product("dW_U = xᵀ·d logits", x.t(), dlogits, true);
     let n = 2048;
     let (p, q) = (filled(n * n), filled(n * n));
-    let mut c = vec![0f32; n * n];
-    row("2048³", (n, n, n), &mut || {
+    let mut big = vec![0f32; n * n];
+    let t = time(|| {
         matmul(
-            &mut view_mut(&mut c, n, n),
+            &mut view_mut(&mut big, n, n),
             &view(&p, n, n),
             &view(&q, n, n),
             false,
         )
     });
-    println!(
-        "(checksum {})",
-        bm[3] + bd[4] + dm[5] + bv[6] + dv[7] + c[1]
+    report(
+        &format!("2048³ {:.0} GFLOP/s", 2.0 * (n * n * n) as f64 / t.0 / 1e6),
+        t,
     );
+    println!("(checksum {})", out[5] + big[1]);
 }
