@@ -71,7 +71,17 @@ pub fn train_steps(
     optim: AdamWConfig,
     steps: usize,
 ) -> Result<StepTimes> {
-    let mut ws = Workspace::new();
+    train_steps_in(&mut Workspace::new(), model, batch, optim, steps)
+}
+
+/// [`train_steps`] in a given workspace (one asked to take the W_in fold, say).
+pub fn train_steps_in(
+    ws: &mut Workspace,
+    model: &mut Transformer,
+    batch: &TokenBatch,
+    optim: AdamWConfig,
+    steps: usize,
+) -> Result<StepTimes> {
     let mut grads = vec![0.0f32; model.layout.total];
     let mut opt = AdamW::new(optim, model.layout.total);
     let trainable = model.layout.trainable_ranges();
@@ -81,7 +91,7 @@ pub fn train_steps(
     };
     for _ in 0..steps {
         let t0 = Instant::now();
-        let stats = model.loss_and_grad(&mut ws, batch, &mut grads)?;
+        let stats = model.loss_and_grad(ws, batch, &mut grads)?;
         opt.update(&mut model.params, &grads, &trainable, optim.lr);
         out.step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         out.losses.push(stats.loss);

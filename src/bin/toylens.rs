@@ -305,6 +305,10 @@ enum Cmd {
         /// Also measure the GEMM peak (a 2048³ product) and the step's share of it.
         #[arg(long)]
         peak: bool,
+        /// W1 only: take layer 0's W_in fold (off by default; exact, other rounding), to time it
+        /// against the general path on this machine.
+        #[arg(long)]
+        w_in_fold: bool,
     },
 }
 
@@ -1325,7 +1329,11 @@ fn run(cmd: Cmd) -> Result<()> {
             out,
             json,
             peak: _,
+            w_in_fold,
         } if workload == "w2" => {
+            if w_in_fold {
+                anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w2");
+            }
             let mut w2 = toylens::bench::W2::new(seed)?;
             save_bench_init(out.as_deref(), "init_w2.safetensors", &w2.model)?;
             let r = w2.train_steps(steps.max(2))?;
@@ -1344,7 +1352,11 @@ fn run(cmd: Cmd) -> Result<()> {
             out,
             json,
             peak: _,
+            w_in_fold,
         } if workload == "w3" => {
+            if w_in_fold {
+                anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w3");
+            }
             let mut w3 = toylens::bench::W3::new(seed)?;
             save_bench_init(out.as_deref(), "init_w3.safetensors", &w3.model)?;
             let r = toylens::bench::train_steps(&mut w3.model, &w3.batch, w3.optim, steps.max(2))?;
@@ -1363,6 +1375,7 @@ fn run(cmd: Cmd) -> Result<()> {
             out,
             json,
             peak,
+            w_in_fold,
             ..
         } => {
             let mut w1 = toylens::bench::W1::new(seed)?;
@@ -1377,7 +1390,18 @@ fn run(cmd: Cmd) -> Result<()> {
                     &HashMap::new(),
                 )?;
             }
-            let r = toylens::bench::train_steps(&mut w1.model, &w1.batch, w1.optim, steps.max(2))?;
+            let mut ws = toylens::Workspace::new();
+            if w_in_fold {
+                ws.set_w_in_fold(Some(true));
+            }
+            let r = toylens::bench::train_steps_in(
+                &mut ws,
+                &mut w1.model,
+                &w1.batch,
+                w1.optim,
+                steps.max(2),
+            )?;
+            let folded = ws.w_in_folded();
             let ms = toylens::bench::median(&r.step_ms[1..]);
             let flops = w1.step_flops();
             let step_gflops = flops / (ms / 1e3) / 1e9;
@@ -1393,6 +1417,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     "step_matmul_gflop": flops / 1e9,
                     "step_gflops": step_gflops,
                     "gemm_peak_gflops": peak_gflops,
+                    "w_in_folded": folded,
                 });
                 println!("{v}");
             } else {
@@ -1405,6 +1430,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     r.losses[0],
                     r.losses.last().unwrap()
                 );
+                if folded {
+                    println!("  layer 0's W_in folded (--w-in-fold): the work below is the general path's");
+                }
                 println!(
                     "  matmul work {:.2} GFLOP/step -> {step_gflops:.0} GFLOP/s",
                     flops / 1e9
