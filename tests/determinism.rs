@@ -1,6 +1,6 @@
 //! Results do not depend on the thread count, and runs repeat bit for bit.
 
-use toylens::bench::{train_steps, train_steps_in, W1};
+use toylens::bench::{train_steps, W1};
 use toylens::engine::threads::with_threads;
 
 fn three_steps(threads: usize) -> (Vec<f64>, Vec<f32>) {
@@ -43,23 +43,4 @@ fn the_w_in_fold_gives_the_same_gradient_on_one_and_two_threads() {
         g1 == g2,
         "the fold's gradients differ between 1 and 2 threads"
     );
-}
-
-#[test]
-fn bench_steps_in_a_folding_workspace_take_the_fold_and_train_alike() {
-    let mut w = W1::new(3).unwrap();
-    let general = train_steps(&mut w.model, &w.batch, w.optim, 2).unwrap();
-    let mut w = W1::new(3).unwrap();
-    let mut ws = toylens::Workspace::new();
-    ws.set_w_in_fold(Some(true));
-    let folded = train_steps_in(&mut ws, &mut w.model, &w.batch, w.optim, 2).unwrap();
-    assert!(ws.w_in_folded());
-    for (a, b) in general.losses.iter().zip(&folded.losses) {
-        assert!(
-            (a - b).abs() < 1e-5 * a,
-            "{:?} against {:?}",
-            general.losses,
-            folded.losses
-        );
-    }
 }

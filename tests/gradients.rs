@@ -670,3 +670,23 @@ fn superposition_backward_matches_finite_differences() {
             .sum()
     });
 }
+
+#[test]
+fn bench_steps_in_a_folding_workspace_take_the_fold_and_train_alike() {
+    let mut w = toylens::bench::W1::new(3).unwrap();
+    let general = toylens::bench::train_steps(&mut w.model, &w.batch, w.optim, 2).unwrap();
+    let mut w = toylens::bench::W1::new(3).unwrap();
+    let mut ws = Workspace::new();
+    ws.set_w_in_fold(Some(true));
+    let folded =
+        toylens::bench::train_steps_in(&mut ws, &mut w.model, &w.batch, w.optim, 2).unwrap();
+    assert!(ws.w_in_folded());
+    for (a, b) in general.losses.iter().zip(&folded.losses) {
+        assert!(
+            (a - b).abs() < 1e-5 * a,
+            "{:?} against {:?}",
+            general.losses,
+            folded.losses
+        );
+    }
+}

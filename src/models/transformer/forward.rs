@@ -560,8 +560,8 @@ impl Transformer {
             // Training by column blocks (fold.rs); a cache pass row by row, straight into its
             // arrays where it has them (a blocked mix was no faster there: PERFORMANCE.md).
             if hk.is_none() && lb.direct.is_empty() {
-                // By column blocks (fold.rs): the same bits as row by row. Unhooked, with a ReLU,
-                // nothing reads mlp_pre (the backward masks with post).
+                // The same bits as row by row. Unhooked, with a ReLU, nothing reads mlp_pre (the
+                // backward masks with post).
                 let pre = (act != ActFn::Relu).then_some(pre);
                 fold::mix(&g, &lb.pattern, xin, &lb.vow, bias, act, pre, post);
             } else {
