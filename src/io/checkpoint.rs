@@ -105,23 +105,49 @@ pub fn serialize(
 
 /// Atomic writes ([`write_atomic`]) on a thread of their own, in the order they were handed over:
 /// training passes a checkpoint's bytes and goes on with its next step while the file is written
-/// and synced (the syncs took ~7% of a 3000-step ToyMLP run's wall time). A failed write stops the
-/// thread; the error comes back from the next [`BackgroundWrites::write`] or from
-/// [`BackgroundWrites::finish`], which waits for every write. Dropping it waits too.
+/// and synced (the syncs took ~7% of a 3000-step ToyMLP run's wall time). Files queue up to
+/// [`BackgroundWrites::QUEUED_BYTES`] (and always one, whatever its size): log-spaced
+/// checkpoints come every step early in a run, and a queue of two files made the step wait on
+/// the previous file's sync. A failed write stops the thread; the error comes back from the next
+/// [`BackgroundWrites::write`] or from [`BackgroundWrites::finish`], which waits for every write.
+/// Dropping it waits too.
 pub struct BackgroundWrites {
-    to_worker: Option<std::sync::mpsc::SyncSender<(std::path::PathBuf, Vec<u8>)>>,
+    to_worker: Option<std::sync::mpsc::Sender<(std::path::PathBuf, Vec<u8>)>>,
     worker: Option<std::thread::JoinHandle<Result<()>>>,
+    queue: std::sync::Arc<WriteQueue>,
+    max_queued_bytes: usize,
+}
+
+/// Bytes handed over and not yet on disk, and whether the worker stopped.
+#[derive(Default)]
+struct WriteQueue {
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
 }
 
 impl BackgroundWrites {
+    /// The most bytes waiting to be written before [`BackgroundWrites::write`] waits.
+    pub const QUEUED_BYTES: usize = 256 << 20;
+
     pub fn new() -> Result<Self> {
-        // Two files in flight at most: a checkpoint and its optimizer state.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(std::path::PathBuf, Vec<u8>)>(2);
+        Self::with_queue_limit(Self::QUEUED_BYTES)
+    }
+
+    /// As [`BackgroundWrites::new`], with at most `max_queued_bytes` waiting (beyond one file).
+    pub fn with_queue_limit(max_queued_bytes: usize) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(std::path::PathBuf, Vec<u8>)>();
+        let queue = std::sync::Arc::new(WriteQueue::default());
+        let worker_queue = queue.clone();
         let worker = std::thread::Builder::new()
             .name("toylens-writes".into())
             .spawn(move || {
                 for (path, bytes) in rx {
-                    write_atomic(&path, &bytes)?;
+                    let written = write_atomic(&path, &bytes);
+                    let mut state = worker_queue.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.0 -= bytes.len();
+                    state.1 |= written.is_err();
+                    worker_queue.changed.notify_all();
+                    written?;
                 }
                 Ok(())
             })
@@ -129,15 +155,39 @@ impl BackgroundWrites {
         Ok(BackgroundWrites {
             to_worker: Some(tx),
             worker: Some(worker),
+            queue,
+            max_queued_bytes,
         })
     }
 
-    /// Queue `bytes` for `path`; an error is an earlier write's.
+    /// Queue `bytes` for `path`, first waiting while the queue is full; an error is an earlier
+    /// write's.
     pub fn write(&mut self, path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
-        let sent = match &self.to_worker {
-            Some(tx) => tx.send((path, bytes)).is_ok(),
-            None => false,
+        let stopped = {
+            let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+            while !state.1 && state.0 > 0 && state.0 + bytes.len() > self.max_queued_bytes {
+                // A worker that panicked never signals: look again now and then.
+                if self.worker.as_ref().is_none_or(|w| w.is_finished()) {
+                    state.1 = true;
+                    break;
+                }
+                state = self
+                    .queue
+                    .changed
+                    .wait_timeout(state, std::time::Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if !state.1 && self.to_worker.is_some() {
+                state.0 += bytes.len();
+            }
+            state.1
         };
+        let sent = !stopped
+            && match &self.to_worker {
+                Some(tx) => tx.send((path, bytes)).is_ok(),
+                None => false,
+            };
         if sent {
             Ok(())
         } else {
@@ -473,6 +523,20 @@ mod tests {
         w.finish().unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), vec![2; 10]);
         assert_eq!(std::fs::read(tmp.path().join("b.bin")).unwrap(), vec![3; 5]);
+
+        // With room for less than one file, each write waits for the one before it; all land.
+        let mut w = BackgroundWrites::with_queue_limit(10).unwrap();
+        for i in 0..20u8 {
+            w.write(tmp.path().join(format!("q{}.bin", i % 3)), vec![i; 1000])
+                .unwrap();
+        }
+        w.finish().unwrap();
+        for (name, last) in [("q0.bin", 18u8), ("q1.bin", 19), ("q2.bin", 17)] {
+            assert_eq!(
+                std::fs::read(tmp.path().join(name)).unwrap(),
+                vec![last; 1000]
+            );
+        }
 
         // A write into a missing directory fails on the worker; the error names the file and
         // comes back from a later call.
