@@ -118,11 +118,19 @@ pub struct BackgroundWrites {
     max_queued_bytes: usize,
 }
 
-/// Bytes handed over and not yet on disk, and whether the worker stopped.
+/// What the writer and the training thread share, with a signal for each change.
 #[derive(Default)]
 struct WriteQueue {
-    state: std::sync::Mutex<(usize, bool)>,
+    state: std::sync::Mutex<QueueState>,
     changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Bytes handed over and not yet on disk.
+    queued_bytes: usize,
+    /// The worker stopped (a write failed, or it panicked).
+    stopped: bool,
 }
 
 impl BackgroundWrites {
@@ -144,8 +152,8 @@ impl BackgroundWrites {
                 for (path, bytes) in rx {
                     let written = write_atomic(&path, &bytes);
                     let mut state = worker_queue.state.lock().unwrap_or_else(|e| e.into_inner());
-                    state.0 -= bytes.len();
-                    state.1 |= written.is_err();
+                    state.queued_bytes -= bytes.len();
+                    state.stopped |= written.is_err();
                     worker_queue.changed.notify_all();
                     written?;
                 }
@@ -165,10 +173,13 @@ impl BackgroundWrites {
     pub fn write(&mut self, path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
         let stopped = {
             let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-            while !state.1 && state.0 > 0 && state.0 + bytes.len() > self.max_queued_bytes {
+            while !state.stopped
+                && state.queued_bytes > 0
+                && state.queued_bytes + bytes.len() > self.max_queued_bytes
+            {
                 // A worker that panicked never signals: look again now and then.
                 if self.worker.as_ref().is_none_or(|w| w.is_finished()) {
-                    state.1 = true;
+                    state.stopped = true;
                     break;
                 }
                 state = self
@@ -178,10 +189,10 @@ impl BackgroundWrites {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !state.1 && self.to_worker.is_some() {
-                state.0 += bytes.len();
+            if !state.stopped && self.to_worker.is_some() {
+                state.queued_bytes += bytes.len();
             }
-            state.1
+            state.stopped
         };
         let sent = !stopped
             && match &self.to_worker {
