@@ -118,19 +118,11 @@ pub struct BackgroundWrites {
     max_queued_bytes: usize,
 }
 
-/// What the writer and the training thread share, with a signal for each change.
+/// Bytes handed over and not yet on disk, with a signal each time a file lands.
 #[derive(Default)]
 struct WriteQueue {
-    state: std::sync::Mutex<QueueState>,
-    changed: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    /// Bytes handed over and not yet on disk.
-    queued_bytes: usize,
-    /// The worker stopped (a write failed, or it panicked).
-    stopped: bool,
+    queued_bytes: std::sync::Mutex<usize>,
+    landed: std::sync::Condvar,
 }
 
 impl BackgroundWrites {
@@ -151,10 +143,11 @@ impl BackgroundWrites {
             .spawn(move || {
                 for (path, bytes) in rx {
                     let written = write_atomic(&path, &bytes);
-                    let mut state = worker_queue.state.lock().unwrap_or_else(|e| e.into_inner());
-                    state.queued_bytes -= bytes.len();
-                    state.stopped |= written.is_err();
-                    worker_queue.changed.notify_all();
+                    *worker_queue
+                        .queued_bytes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) -= bytes.len();
+                    worker_queue.landed.notify_all();
                     written?;
                 }
                 Ok(())
@@ -171,34 +164,31 @@ impl BackgroundWrites {
     /// Queue `bytes` for `path`, first waiting while the queue is full; an error is an earlier
     /// write's.
     pub fn write(&mut self, path: std::path::PathBuf, bytes: Vec<u8>) -> Result<()> {
-        let stopped = {
-            let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-            while !state.stopped
-                && state.queued_bytes > 0
-                && state.queued_bytes + bytes.len() > self.max_queued_bytes
-            {
-                // A worker that panicked never signals: look again now and then.
+        {
+            let mut queued = self
+                .queue
+                .queued_bytes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            while *queued > 0 && *queued + bytes.len() > self.max_queued_bytes {
+                // A worker that stopped (on an error, or a panic) lands nothing more: the send
+                // below then fails and reports why.
                 if self.worker.as_ref().is_none_or(|w| w.is_finished()) {
-                    state.stopped = true;
                     break;
                 }
-                state = self
+                queued = self
                     .queue
-                    .changed
-                    .wait_timeout(state, std::time::Duration::from_millis(100))
+                    .landed
+                    .wait_timeout(queued, std::time::Duration::from_millis(100))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !state.stopped && self.to_worker.is_some() {
-                state.queued_bytes += bytes.len();
-            }
-            state.stopped
+            *queued += bytes.len();
+        }
+        let sent = match &self.to_worker {
+            Some(tx) => tx.send((path, bytes)).is_ok(),
+            None => false,
         };
-        let sent = !stopped
-            && match &self.to_worker {
-                Some(tx) => tx.send((path, bytes)).is_ok(),
-                None => false,
-            };
         if sent {
             Ok(())
         } else {
