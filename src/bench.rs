@@ -99,6 +99,12 @@ pub fn train_steps_in(
     Ok(out)
 }
 
+/// Mean of a sample: with the step count, what a run of those steps pays (slow steps included,
+/// which the median leaves out).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
 /// Median of a sample.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -217,5 +223,17 @@ impl W3 {
             batch: task.fresh_batch(1, exp.schedule.batch_size.unwrap_or(64)),
             optim: exp.optim,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mean, median};
+
+    #[test]
+    fn the_mean_counts_a_slow_step_that_the_median_leaves_out() {
+        let steps = [1.0, 1.0, 1.0, 1.0, 6.0];
+        assert_eq!(median(&steps), 1.0);
+        assert_eq!(mean(&steps), 2.0);
     }
 }

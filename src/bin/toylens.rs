@@ -377,12 +377,14 @@ fn print_bench(
     extra: serde_json::Value,
 ) {
     let ms = toylens::bench::median(&r.step_ms[1..]);
+    let mean = toylens::bench::mean(&r.step_ms[1..]);
     if json {
         let mut v = serde_json::json!({
             "workload": name,
             "threads": rayon::current_num_threads(),
             "steps": r.losses.len(),
             "ms_per_step_median": ms,
+            "ms_per_step_mean": mean,
             "losses": r.losses,
         });
         if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
@@ -391,7 +393,7 @@ fn print_bench(
         println!("{v}");
     } else {
         println!(
-            "{name} ({about}): {ms:.4} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
+            "{name} ({about}): {ms:.4} ms/step median ({mean:.4} mean) over {} steps, {} threads; loss {:.6} -> {:.6}",
             r.step_ms.len() - 1,
             rayon::current_num_threads(),
             r.losses[0],
@@ -1412,7 +1414,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     "threads": rayon::current_num_threads(),
                     "steps": r.losses.len(),
                     "ms_per_step_median": ms,
-                    "ms_per_step_mean": r.step_ms[1..].iter().sum::<f64>() / (r.step_ms.len() - 1) as f64,
+                    "ms_per_step_mean": toylens::bench::mean(&r.step_ms[1..]),
                     "losses": r.losses,
                     "step_matmul_gflop": flops / 1e9,
                     "step_gflops": step_gflops,
