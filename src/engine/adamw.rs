@@ -73,12 +73,21 @@ impl AdamW {
             vectorized(
                 #[inline(always)]
                 || {
-                    for i in 0..p.len() {
-                        p[i] *= decay;
-                        m[i] += one_minus_b1 * (g[i] - m[i]);
-                        v[i] = v[i] * b2 + one_minus_b2 * g[i] * g[i];
-                        let denom = div_by(v[i].sqrt(), bc2_sqrt, inv_bc2_sqrt) + eps;
-                        p[i] += neg_step_size * (m[i] / denom);
+                    let n = p.len();
+                    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+                    for i in 0..n {
+                        // All four loads before any store: the buffers are page-aligned alike,
+                        // and a load after a store to the same offset in another page waits on
+                        // it (4K aliasing). Storing p after its decay and reloading it took 3×
+                        // as long (109k parameters on an AMD Zen 4: 98–119 µs against 32–40).
+                        let (pi, gi, mi, vi) = (p[i], g[i], m[i], v[i]);
+                        let pi = pi * decay;
+                        let mi = mi + one_minus_b1 * (gi - mi);
+                        let vi = vi * b2 + one_minus_b2 * gi * gi;
+                        let denom = div_by(vi.sqrt(), bc2_sqrt, inv_bc2_sqrt) + eps;
+                        m[i] = mi;
+                        v[i] = vi;
+                        p[i] = pi + neg_step_size * (mi / denom);
                     }
                 },
             )
