@@ -130,13 +130,19 @@ impl AdamW {
 /// quotient `q = a·y` is within an ulp of `a / b`, its remainder `a − b·q` is exact in an FMA, and one
 /// correction step then gives the rounded quotient exactly (Markstein's theorem; valid without
 /// overflow or underflow: here a is a square root of a normal float or zero, and b lies in (0, 1]).
-/// Element-wise division by the same `b` is the optimizer's bottleneck on the divider; this takes
-/// one division per element off it, with the same bits.
+/// An infinite or NaN `a` (a gradient whose square overflowed) passes through as the division
+/// would pass it. AdamW's loop waits on its divisions and its square root; this takes one of the
+/// two divisions off each element, with the same bits.
 #[inline(always)]
 fn div_by(a: f32, b: f32, y: f32) -> f32 {
     let q = a * y;
     let r = (-b).mul_add(q, a);
-    r.mul_add(y, q)
+    let corrected = r.mul_add(y, q);
+    if q.is_finite() {
+        corrected
+    } else {
+        q
+    }
 }
 
 #[cfg(test)]
@@ -168,7 +174,7 @@ mod tests {
             }
             assert_eq!(wrong, 0, "divisor {b:e}");
         }
-        for a in [0.0f32, 1e-19, 3.0e19, 0.3, 12345.678] {
+        for a in [0.0f32, 1e-19, 3.0e19, 0.3, 12345.678, f32::INFINITY] {
             let b = divisors[0];
             assert_eq!(
                 div_by(a, b, 1.0 / b).to_bits(),
@@ -176,5 +182,6 @@ mod tests {
                 "{a:e} / {b:e}"
             );
         }
+        assert!(div_by(f32::NAN, 0.5, 2.0).is_nan());
     }
 }
