@@ -79,7 +79,7 @@ impl AdamW {
                         // All four loads before any store: the buffers are page-aligned alike,
                         // and a load after a store to the same offset in another page waits on
                         // it (4K aliasing). Storing p after its decay and reloading it took 3×
-                        // as long (109k parameters on an AMD Zen 4: 98–119 µs against 32–40).
+                        // as long (109k parameters on an AMD Zen 4: 97–119 µs against 32–44).
                         let (pi, gi, mi, vi) = (p[i], g[i], m[i], v[i]);
                         let pi = pi * decay;
                         let mi = mi + one_minus_b1 * (gi - mi);
