@@ -4,11 +4,11 @@
 //!
 //! The mix walks the d_mlp columns in fixed blocks of [`COLS`], one task per block, every row
 //! passing through each block: a row's block sum stays in registers (a whole d_mlp-wide row would
-//! not), and each task reads only its block of the tables.
+//! not), and each task reads only its block of the tables, first copied together (see [`mix`]).
 
 use super::activation::{self, ActFn};
 use super::attention::{axpy, Geometry};
-use super::simd::{vectorized, SendPtr};
+use super::simd::{self, vectorized, SendPtr};
 use rayon::prelude::*;
 
 /// Columns per block: 64 floats, four AVX-512 or eight AVX2 registers of sums.
@@ -40,14 +40,44 @@ pub fn mix(
     post: &mut [f32],
 ) {
     let m = bias.len();
-    let (h_n, p_n, nq, n_rows) = (g.n_heads, g.n_pos, g.nq(), g.n_rows);
+    let (h_n, nq, n_rows) = (g.n_heads, g.nq(), g.n_rows);
     let rq = g.batch * nq;
     assert!(own.len() >= n_rows * m && vals.len() >= h_n * n_rows * m);
     assert!(pre.as_ref().is_none_or(|p| p.len() >= rq * m) && post.len() >= rq * m);
     let pre_p = pre.map(|p| SendPtr(p.as_mut_ptr()));
     let post_p = SendPtr(post.as_mut_ptr());
+    let n_vals = h_n * n_rows;
     (0..m.div_ceil(COLS)).into_par_iter().for_each(|c| {
         let (lo, w) = (c * COLS, COLS.min(m - c * COLS));
+        // The block's pieces of the table rows, side by side. In place they lie a d_mlp row apart
+        // (2 KB at d_mlp 512), so they fall into few cache sets and evict each other even where
+        // the block's share of the table (232 KB for Nanda's) would fit in L2.
+        simd::with_scratch(n_vals * COLS, |tbl| {
+            for (t, row) in tbl.chunks_exact_mut(COLS).zip(vals.chunks_exact(m)) {
+                t[..w].copy_from_slice(&row[lo..lo + w]);
+            }
+            let tbl: &[f32] = tbl;
+            mix_block(g, pattern, own, tbl, bias, act, (lo, w, m), &pre_p, &post_p)
+        })
+    });
+}
+
+/// One column block of [`mix`]: `tbl [h·n_rows, COLS]` holds the block's columns of `vals`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn mix_block(
+    g: &Geometry,
+    pattern: &[f32],
+    own: &[f32],
+    tbl: &[f32],
+    bias: &[f32],
+    act: ActFn,
+    (lo, w, m): (usize, usize, usize),
+    pre_p: &Option<SendPtr>,
+    post_p: &SendPtr,
+) {
+    let (h_n, p_n, nq, n_rows) = (g.n_heads, g.n_pos, g.nq(), g.n_rows);
+    {
         vectorized(
             #[inline(always)]
             || {
@@ -89,8 +119,8 @@ pub fn mix(
                                     let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                                     for (j, &wt) in pat.iter().enumerate() {
                                         if wt != 0.0 {
-                                            let at = (h * n_rows + g.row(b, j)) * m + lo;
-                                            let v = block(&vals[at..]);
+                                            let at = (h * n_rows + g.row(b, j)) * COLS;
+                                            let v = block(&tbl[at..]);
                                             for k in 0..COLS {
                                                 acc[k] += wt * v[k];
                                             }
@@ -114,8 +144,8 @@ pub fn mix(
                                 let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                                 for (j, &wt) in pat.iter().enumerate() {
                                     if wt != 0.0 {
-                                        let at = (h * n_rows + g.row(b, j)) * m + lo;
-                                        axpy(o, wt, &vals[at..][..w]);
+                                        let at = (h * n_rows + g.row(b, j)) * COLS;
+                                        axpy(o, wt, &tbl[at..][..w]);
                                     }
                                 }
                             }
@@ -125,5 +155,5 @@ pub fn mix(
                 }
             },
         )
-    });
+    }
 }
