@@ -1,6 +1,6 @@
 //! W1's kernels (Nanda's model, p = 113, full batch of 3830) timed alone, away from the rest of a
 //! step: each of the step's products, a 2048³ product for the peak, layer 0's attention backward
-//! with and without the W_in fold's share, and the fold's mix. A 7.8 MB fill (the size of one
+//! with and without the W_in fold's share (`fold::share_backward`), and the fold's mix. A 7.8 MB fill (the size of one
 //! mlp_pre) is the memory yardstick.
 //!
 //!     cargo run --release --example w1_kernels -- [threads]
@@ -10,7 +10,7 @@
 use ndarray::ArrayView2;
 use std::time::Instant;
 use toylens::engine::activation::ActFn;
-use toylens::engine::attention::{self, FoldedMix, Geometry};
+use toylens::engine::attention::{self, Geometry};
 use toylens::engine::fold;
 use toylens::engine::matmul::{matmul, view, view_mut};
 
@@ -113,15 +113,19 @@ fn main() {
             )
         }),
     );
+    let (mut keys, mut dfold) = (fold::KeyRows::default(), vec![0f32; pattern.len()]);
+    report(
+        "fold::share_backward (and its index)",
+        time(|| {
+            keys.build(&g);
+            fold::share_backward(&g, &keys, &pattern, &vals, &dpre, m, &mut dvow, &mut dfold)
+        }),
+    );
     report(
         "attention backward with the fold's share",
         time(|| {
-            let fold = FoldedMix {
-                vals: &vals,
-                width: m,
-                dout: &dpre,
-                dvals: &mut dvow,
-            };
+            keys.build(&g);
+            fold::share_backward(&g, &keys, &pattern, &vals, &dpre, m, &mut dvow, &mut dfold);
             attention::backward_projected(
                 &g,
                 &q,
@@ -133,7 +137,7 @@ fn main() {
                 &mut dq,
                 &mut dk,
                 &mut dvo,
-                Some(fold),
+                Some(&dfold),
             )
         }),
     );

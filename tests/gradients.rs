@@ -447,6 +447,22 @@ fn nanda_model_with_the_w_in_fold_matches_finite_differences() {
 }
 
 #[test]
+fn two_layer_gelu_model_with_the_w_in_fold_matches_finite_differences() {
+    // Layer 0 not the last (its MLP rows are every position, each its own row), GELU: the
+    // second layer gets its input through the fold. A smaller init than ln_gelu_2l's: without
+    // LayerNorms its larger activations leave b_K's gradient (zero in exact arithmetic) at 1.2e-6,
+    // on the general path too.
+    let cfg = TransformerConfig {
+        normalization_type: None,
+        n_ctx: 4,
+        initializer_range: 0.25,
+        ..ln_gelu_2l()
+    };
+    let b = batch(&cfg, 6, 4, vec![3], 5);
+    check_model_with("two layers, GELU, folded", cfg, b, Some(true));
+}
+
+#[test]
 fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
     // Nanda's shape with a batch of repeated tokens, and models whose layer 0 is not the last (its
     // MLP rows are every position; ReLU, then GELU over a d_mlp of one full column block and a
@@ -517,9 +533,13 @@ fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
                 .iter()
                 .zip(b)
                 .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            // f32 rounding of two orders of summation (a wrong term would be off by O(1)).
+            // f32 rounding of two orders of summation (a wrong term would be off by O(1)). The
+            // second layer's query and key gradients amplify the first layer's rounding through
+            // the softmax's backward: 2.2e-5 with the fold's table as (v·W_O)·W_in, 2.5e-4 as
+            // v·(W_O·W_in), where every other tensor stays within 3e-5 (finite differences
+            // check the fold itself, above).
             assert!(
-                worst <= 1e-4 * scale,
+                worst <= 1e-3 * scale,
                 "{}: fold vs general {worst:e} of {scale:e}",
                 s.name
             );
@@ -533,16 +553,40 @@ fn the_w_in_fold_gives_the_general_paths_loss_and_gradients() {
 }
 
 #[test]
-fn the_w_in_fold_is_taken_only_when_asked() {
-    let model = Transformer::new(TransformerConfig::nanda(113)).unwrap();
-    let b = batch(&model.cfg, 4, 3, vec![2], 1);
+fn the_w_in_fold_is_taken_where_it_pays_or_when_asked() {
+    // Nanda's model on its 3830 training pairs (W1): folded by default.
+    let w1 = toylens::bench::W1::new(0).unwrap();
     let mut ws = Workspace::new();
-    model.evaluate(&mut ws, &b).unwrap();
-    assert!(!ws.w_in_folded(), "the default is the general path");
+    w1.model.evaluate(&mut ws, &w1.batch).unwrap();
+    assert!(ws.w_in_folded(), "Nanda's model on its training set folds");
+    // Four examples through W_in cost less than the fold's tables: the general path.
+    let b = batch(&w1.model.cfg, 4, 3, vec![2], 1);
+    w1.model.evaluate(&mut ws, &b).unwrap();
+    assert!(!ws.w_in_folded(), "a batch of four does not fold");
     ws.set_w_in_fold(Some(true));
-    model.evaluate(&mut ws, &b).unwrap();
-    assert!(ws.w_in_folded(), "asked for, Nanda's model folds");
-    // A model with a LayerNorm before its MLP has no fold to take.
+    w1.model.evaluate(&mut ws, &b).unwrap();
+    assert!(ws.w_in_folded(), "asked for, it folds");
+    ws.set_w_in_fold(Some(false));
+    w1.model.evaluate(&mut ws, &w1.batch).unwrap();
+    assert!(!ws.w_in_folded(), "asked not to, it does not");
+    // grokking-tiny's width (d_model 32) on the same batch, and the digit adder of W3 (8 heads over
+    // up to 18 keys): their products are cheaper than the fold's gathers.
+    let mut ws = Workspace::new();
+    let tiny = Transformer::new(TransformerConfig {
+        d_model: 32,
+        n_heads: 2,
+        d_head: 16,
+        d_mlp: Some(64),
+        ..TransformerConfig::nanda(113)
+    })
+    .unwrap();
+    tiny.evaluate(&mut ws, &w1.batch).unwrap();
+    assert!(!ws.w_in_folded(), "d_model 32 does not fold");
+    let w3 = toylens::bench::W3::new(0).unwrap();
+    w3.model.evaluate(&mut ws, &w3.batch).unwrap();
+    assert!(!ws.w_in_folded(), "digits5 does not fold");
+    // A model with a LayerNorm before its MLP has no fold to take, even when asked.
+    ws.set_w_in_fold(Some(true));
     let ln = Transformer::new(ln_gelu_2l()).unwrap();
     let b = batch(&ln.cfg, 4, 3, vec![2], 1);
     ln.evaluate(&mut ws, &b).unwrap();

@@ -87,112 +87,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// For each key j: `out[j] = dot(g, vals[at(j)..][..n])` and `dvals[at(j)..][..n] += pats[j]·g`,
-/// in one pass over `g` for up to four keys at a time (their sums side by side, where one by one
-/// each would wait on its own chain). The same lanes and tree as [`dot`] and [`axpy`]: the same
-/// bits as calling them key by key.
-#[inline(always)]
-fn fold_keys(
-    g: &[f32],
-    vals: &[f32],
-    dvals: &mut [f32],
-    (n, at): (usize, impl Fn(usize) -> usize),
-    pats: &[f32],
-    out: &mut [f32],
-) {
-    let keys = pats.len();
-    let mut j = 0;
-    while j < keys {
-        match keys - j {
-            1 => fold_keys_n::<1>(g, vals, dvals, n, [at(j)], [pats[j]], &mut out[j..]),
-            2 => fold_keys_n::<2>(
-                g,
-                vals,
-                dvals,
-                n,
-                [at(j), at(j + 1)],
-                [pats[j], pats[j + 1]],
-                &mut out[j..],
-            ),
-            3 => fold_keys_n::<3>(
-                g,
-                vals,
-                dvals,
-                n,
-                [at(j), at(j + 1), at(j + 2)],
-                [pats[j], pats[j + 1], pats[j + 2]],
-                &mut out[j..],
-            ),
-            _ => fold_keys_n::<4>(
-                g,
-                vals,
-                dvals,
-                n,
-                [at(j), at(j + 1), at(j + 2), at(j + 3)],
-                [pats[j], pats[j + 1], pats[j + 2], pats[j + 3]],
-                &mut out[j..],
-            ),
-        }
-        j += 4;
-    }
-}
-
-#[inline(always)]
-fn fold_keys_n<const K: usize>(
-    g: &[f32],
-    vals: &[f32],
-    dvals: &mut [f32],
-    n: usize,
-    at: [usize; K],
-    pats: [f32; K],
-    out: &mut [f32],
-) {
-    let g = &g[..n];
-    for &a in &at {
-        assert!(a + n <= vals.len() && a + n <= dvals.len());
-    }
-    let dv = dvals.as_mut_ptr();
-    let head = n / 16 * 16;
-    let mut acc = [[0.0f32; 16]; K];
-    let mut c = 0;
-    while c < head {
-        let gc = &g[c..c + 16];
-        for k in 0..K {
-            let v = &vals[at[k] + c..][..16];
-            for l in 0..16 {
-                acc[k][l] += gc[l] * v[l];
-            }
-            // SAFETY: in bounds (asserted above); two keys' rows may be one row, updated here in
-            // key order element by element, as one axpy after another would.
-            let d = unsafe { std::slice::from_raw_parts_mut(dv.add(at[k] + c), 16) };
-            for l in 0..16 {
-                d[l] += pats[k] * gc[l];
-            }
-        }
-        c += 16;
-    }
-    let acc = std::hint::black_box(acc);
-    for k in 0..K {
-        let a = &acc[k];
-        let mut a8 = [0.0f32; 8];
-        for i in 0..8 {
-            a8[i] = a[i] + a[i + 8];
-        }
-        let mut a4 = [0.0f32; 4];
-        for i in 0..4 {
-            a4[i] = a8[i] + a8[i + 4];
-        }
-        let mut s = (a4[0] + a4[2]) + (a4[1] + a4[3]);
-        let v = &vals[at[k]..][..n];
-        for i in head..n {
-            s += g[i] * v[i];
-            // SAFETY: as above.
-            unsafe { *dv.add(at[k] + i) += pats[k] * g[i] };
-        }
-        out[k] = s;
-    }
-}
-
 /// `y += a·x` over equal-length slices.
 #[inline(always)]
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -412,7 +306,7 @@ pub fn backward_projected(
     dq: &mut [f32],
     dk: &mut [f32],
     dvo: &mut [f32],
-    fold: Option<FoldedMix>,
+    fold_dpattern: Option<&[f32]>,
 ) {
     let nq = g.nq();
     backward_impl(
@@ -427,26 +321,16 @@ pub fn backward_projected(
         dq,
         dk,
         dvo,
-        fold,
+        fold_dpattern,
     );
 }
 
-/// A second mix of the same pattern over other values: layer 0's W_in fold (`fold.rs`) mixes
-/// `vals` (`[n_heads, n_rows, width]`) into mlp_pre, whose gradient is
-/// `dout` (`[b·q, width]`). Its share of d pattern joins the first mix's, and its value gradients
-/// go to `dvals` (the layout of `vals`, added to).
-pub struct FoldedMix<'a> {
-    pub vals: &'a [f32],
-    pub width: usize,
-    pub dout: &'a [f32],
-    pub dvals: &'a mut [f32],
-}
-
 /// The shared backward: values (`[n_heads, n_rows, width]`) were mixed by the pattern into outputs
-/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`, and with `fold`
-/// a second set of values into a second output. Split by head: each head owns disjoint slices of
-/// `dq/dk/dvals` (and the fold's), and within a head the batch is walked in order, so the sums are
-/// identical for any thread count.
+/// whose gradient for (batch b, query i, head h) starts at `dout[out_at(b, i, h)]`. With
+/// `fold_dpattern` (`[b, h, q, p]`) the pattern also mixed a second set of values (layer 0's W_in
+/// fold, `fold.rs`), whose share of d pattern joins this mix's. Split by head: each head owns
+/// disjoint slices of `dq/dk/dvals`, and within a head the batch is walked in order, so the sums
+/// are identical for any thread count.
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
     g: &Geometry,
@@ -460,21 +344,12 @@ fn backward_impl(
     dq: &mut [f32],
     dk: &mut [f32],
     dvals: &mut [f32],
-    fold: Option<FoldedMix>,
+    fold_dpattern: Option<&[f32]>,
 ) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
     assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
-    let fw = fold.as_ref().map_or(0, |f| f.width);
-    let fblk = g.n_rows * fw;
-    let (fold_vals, fold_dout, dfp): (&[f32], &[f32], SendPtr) = match fold {
-        Some(f) => {
-            assert!(f.vals.len() >= h_n * fblk && f.dvals.len() >= h_n * fblk);
-            assert!(f.dout.len() >= g.batch * nq * fw);
-            (f.vals, f.dout, SendPtr(f.dvals.as_mut_ptr()))
-        }
-        None => (&[], &[], SendPtr(std::ptr::null_mut())),
-    };
+    assert!(fold_dpattern.is_none_or(|f| f.len() >= g.batch * h_n * nq * p_n));
     let (dqp, dkp, dvp) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
@@ -482,37 +357,25 @@ fn backward_impl(
     );
     (0..h_n).into_par_iter().for_each(|h| {
         // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
-        let (dqh, dkh, dvh, dfh) = unsafe {
+        let (dqh, dkh, dvh) = unsafe {
             (
                 std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
                 std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
                 std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
-                if fw == 0 {
-                    &mut [][..]
-                } else {
-                    std::slice::from_raw_parts_mut({ dfp }.0.add(h * fblk), fblk)
-                },
             )
         };
         let qh = &q[h * blk..(h + 1) * blk];
         let kh = &k[h * blk..(h + 1) * blk];
         let vh = &vals[h * vblk..(h + 1) * vblk];
-        let fh = if fw == 0 {
-            &[][..]
-        } else {
-            &fold_vals[h * fblk..(h + 1) * fblk]
-        };
-        // Scratch for one query's key gradients (d pattern, and the fold's share of it): on the
-        // stack for any realistic context.
-        let mut stack = [0.0f32; 512];
+        // Scratch for one query's d pattern: on the stack for any realistic context.
+        let mut stack = [0.0f32; 256];
         let mut heap = Vec::new();
-        let scratch: &mut [f32] = if 2 * p_n <= stack.len() {
-            &mut stack[..2 * p_n]
+        let dp: &mut [f32] = if p_n <= stack.len() {
+            &mut stack[..p_n]
         } else {
-            heap.resize(2 * p_n, 0.0);
+            heap.resize(p_n, 0.0);
             &mut heap
         };
-        let (dp, dfold) = scratch.split_at_mut(p_n);
         vectorized(
             #[inline(always)]
             || {
@@ -520,19 +383,14 @@ fn backward_impl(
                     for (i, &qp) in g.q_pos.iter().enumerate() {
                         let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                         let di = &dout[out_at(b, i, h)..][..width];
+                        let dfold = fold_dpattern.map(|f| &f[((b * h_n + h) * nq + i) * p_n..]);
                         // d pattern and d values
-                        if fw != 0 {
-                            // The fold's share first, all keys in one pass over its gradient row.
-                            let gi = &fold_dout[(b * nq + i) * fw..][..fw];
-                            let at = |j: usize| g.row(b, j) * fw;
-                            fold_keys(gi, fh, dfh, (fw, at), &pat[..=qp], &mut dfold[..=qp]);
-                        }
                         let mut s = 0.0f32;
                         for j in 0..=qp {
                             let r = g.row(b, j);
                             dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
-                            if fw != 0 {
-                                dp[j] += dfold[j];
+                            if let Some(df) = dfold {
+                                dp[j] += df[j];
                             }
                             s += pat[j] * dp[j];
                             axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);

@@ -1,13 +1,13 @@
 //! Layer 0's W_in fold in training (see `models/transformer/forward.rs`): each MLP row's
-//! pre-activation mixed from a few d_mlp-wide table rows by the attention pattern. Its backward
-//! runs inside the attention's (`attention::FoldedMix`), which walks the same rows by head.
+//! pre-activation mixed from a few d_mlp-wide table rows by the attention pattern
+//! ([`mix`]), and its backward to d pattern and the tables ([`share_backward`], by table row).
 //!
 //! The mix walks the d_mlp columns in fixed blocks of [`COLS`], one task per block, every row
 //! passing through each block: a row's block sum stays in registers (a whole d_mlp-wide row would
 //! not), and each task reads only its block of the tables, first copied together (see [`mix`]).
 
 use super::activation::{self, ActFn};
-use super::attention::{axpy, Geometry};
+use super::attention::{axpy, dot, Geometry};
 use super::simd::{self, vectorized, SendPtr};
 use rayon::prelude::*;
 
@@ -86,7 +86,7 @@ fn mix_block(
                     // SAFETY: in bounds (asserted above); columns lo..lo + w of every row
                     // belong to this task.
                     let post_r =
-                        unsafe { std::slice::from_raw_parts_mut({ &post_p }.0.add(r * m + lo), w) };
+                        unsafe { std::slice::from_raw_parts_mut(post_p.0.add(r * m + lo), w) };
                     if let Some(p) = &pre_p {
                         // SAFETY: as for post.
                         unsafe { std::slice::from_raw_parts_mut(p.0.add(r * m + lo), w) }
@@ -156,4 +156,109 @@ fn mix_block(
             },
         )
     }
+}
+
+/// Which examples use each layer-0 row as a key: `starts [n_rows + 1]` into `batch` (each row's
+/// examples in batch order) and each row's key position `pos [n_rows]`. Built per pass by a
+/// counting sort; rows are distinct (token, position) pairs, so a row has one position.
+#[derive(Default, Debug)]
+pub struct KeyRows {
+    starts: Vec<u32>,
+    batch: Vec<u32>,
+    pos: Vec<u32>,
+}
+
+impl KeyRows {
+    /// The examples of every row at the key positions some query sees (j ≤ the largest q_pos).
+    pub fn build(&mut self, g: &Geometry) {
+        let n_keys = g.q_pos.iter().max().map_or(0, |&q| q + 1);
+        self.starts.clear();
+        self.starts.resize(g.n_rows + 1, 0);
+        self.pos.clear();
+        self.pos.resize(g.n_rows, u32::MAX);
+        for b in 0..g.batch {
+            for j in 0..n_keys {
+                let r = g.row(b, j);
+                assert!(
+                    self.pos[r] == u32::MAX || self.pos[r] == j as u32,
+                    "a key row at two positions"
+                );
+                self.pos[r] = j as u32;
+                self.starts[r + 1] += 1;
+            }
+        }
+        for r in 0..g.n_rows {
+            self.starts[r + 1] += self.starts[r];
+        }
+        self.batch.clear();
+        self.batch.resize(self.starts[g.n_rows] as usize, 0);
+        // Filled in batch order: each row's examples ascending.
+        let mut next = self.starts[..g.n_rows].to_vec();
+        for b in 0..g.batch {
+            for j in 0..n_keys {
+                let r = g.row(b, j);
+                self.batch[next[r] as usize] = b as u32;
+                next[r] += 1;
+            }
+        }
+    }
+}
+
+/// The backward of [`mix`]'s table terms, by table row: `dpattern[b, h, i, j] = dout[b·q + i] ·
+/// vals[h, row(b, j)]` (the fold's share of d pattern; keys after the query left alone), and
+/// `dvals[h, r] += Σ pattern[b, h, i, j] · dout[b·q + i]` over the (b, i, j) that use row r.
+/// `vals`, `dvals` `[n_heads, n_rows, m]`, `dout` `[b·q, m]`, `dpattern` `[b, h, q, p]`.
+///
+/// One task per row: its heads' table rows and their gradients stay in L1 while the examples
+/// that use it pass, where walking the examples in order would fetch a table row (and its
+/// gradient) from L3 for every key. Each gradient row adds its terms in batch and query order,
+/// as a walk in example order would: the same bits, for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn share_backward(
+    g: &Geometry,
+    keys: &KeyRows,
+    pattern: &[f32],
+    vals: &[f32],
+    dout: &[f32],
+    m: usize,
+    dvals: &mut [f32],
+    dpattern: &mut [f32],
+) {
+    let (h_n, p_n, nq, n_rows) = (g.n_heads, g.n_pos, g.nq(), g.n_rows);
+    assert!(vals.len() >= h_n * n_rows * m && dvals.len() >= h_n * n_rows * m);
+    assert!(dout.len() >= g.batch * nq * m);
+    assert!(dpattern.len() >= g.batch * h_n * nq * p_n && pattern.len() >= dpattern.len());
+    assert_eq!(
+        keys.starts.len(),
+        n_rows + 1,
+        "KeyRows built for another geometry"
+    );
+    let (dv, dp) = (SendPtr(dvals.as_mut_ptr()), SendPtr(dpattern.as_mut_ptr()));
+    (0..n_rows).into_par_iter().for_each(|r| {
+        let examples = &keys.batch[keys.starts[r] as usize..keys.starts[r + 1] as usize];
+        let j = keys.pos[r] as usize;
+        vectorized(
+            #[inline(always)]
+            || {
+                for &b in examples {
+                    let b = b as usize;
+                    for (i, _) in g.q_pos.iter().enumerate().filter(|&(_, &qp)| j <= qp) {
+                        let gi = &dout[(b * nq + i) * m..][..m];
+                        let at = |h: usize| ((b * h_n + h) * nq + i) * p_n + j;
+                        let row = |h: usize| (h * n_rows + r) * m;
+                        for h in 0..h_n {
+                            let (at, row) = (at(h), row(h));
+                            // SAFETY: in bounds (asserted above); row r's gradient rows and the
+                            // d pattern entries of its (b, i, j) belong to this task alone.
+                            unsafe {
+                                *{ &dp }.0.add(at) = dot(gi, &vals[row..][..m]);
+                                let d = std::slice::from_raw_parts_mut({ &dv }.0.add(row), m);
+                                axpy(d, pattern[at], gi);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    });
 }

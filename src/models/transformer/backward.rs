@@ -7,8 +7,8 @@
 use super::forward::BlockRows;
 use super::{buf, Transformer, Workspace};
 use crate::engine::attention;
-use crate::engine::matmul::{linear_backward, matmul, view, view_mut};
-use crate::engine::{activation, layernorm, simd};
+use crate::engine::matmul::{linear_backward, matmul, matmul_threads, view, view_mut};
+use crate::engine::{activation, fold, layernorm, simd};
 
 /// `dst[map(i)] += src[i]` over rows of width `d`, in row order (rows that share a destination are
 /// added in the same order for any thread count). Sequential: it is memory-bound and short.
@@ -44,6 +44,27 @@ fn two_mut(
         let bl = b.end - b.start;
         (&mut hi[..a.end - a.start], &mut lo[b.start..b.start + bl])
     }
+}
+
+/// Three disjoint mutable sub-slices of one buffer, in the order of the ranges given.
+fn three_mut(
+    data: &mut [f32],
+    ranges: [std::ops::Range<usize>; 3],
+) -> (&mut [f32], &mut [f32], &mut [f32]) {
+    let mut order = [0, 1, 2];
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut out: [&mut [f32]; 3] = [&mut [], &mut [], &mut []];
+    let (mut rest, mut at) = (data, 0);
+    for &i in &order {
+        let r = &ranges[i];
+        assert!(r.start >= at, "overlapping parameter ranges");
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
+        let (mine, tail) = tail.split_at_mut(r.end - r.start);
+        out[i] = mine;
+        (rest, at) = (tail, r.end);
+    }
+    let [a, b, c] = out;
+    (a, b, c)
 }
 
 impl Transformer {
@@ -140,6 +161,10 @@ impl Transformer {
         let Some(m) = ids.mlp else { return };
         let d = cfg.d_model;
         let dm = cfg.d_mlp();
+        if self.folds_w_in(l, &ws.plan) {
+            self.folded_mlp_backward(ws, rq, &dres[..rq * d], grads);
+            return;
+        }
         let lb = &ws.layers[l];
         let dh_buf = buf(&mut ws.dhidden, rq * dm);
         let (gw, gb) = two_mut(
@@ -160,12 +185,6 @@ impl Transformer {
         );
         // The fused bias+ReLU and the general activation share one backward (ReLU masks with post).
         activation::backward(cfg.act(), &lb.pre, &lb.post, dh_buf);
-        if self.folds_w_in(l, &ws.plan) {
-            // W_in's input was the fold's mix (forward.rs): d mlp_pre stays in `dhidden` for the
-            // attention's backward, which takes it back through the fold's rows. Here only b_in.
-            simd::column_sums_add(&mut grads[lay.specs[m.b_in].range()], &ws.dhidden, rq, dm);
-            return;
-        }
         let x2: &[f32] = if ids.ln2.is_some() {
             &lb.ln2.y
         } else {
@@ -214,6 +233,81 @@ impl Transformer {
         }
     }
 
+    /// Layer 0's MLP when W_in was folded (forward.rs): `dres` is d resid_post `[rq, d]` (and, no
+    /// W_in product to add, stays d resid_mid). d mlp_pre goes back through the fold's rows by
+    /// [`fold::share_backward`], into `ws.dfold` and `ws.dvow` for the attention's backward.
+    /// dW_out, the longer product of its pair, runs on one thread; d post, the activation's
+    /// backward, b_in's sum and the share, which needs only d mlp_pre, on the other, and the
+    /// first thread takes up the share's tasks once it is done. Each product on one thread, each
+    /// sum in a fixed order: the same bits for any thread count.
+    fn folded_mlp_backward(&self, ws: &mut Workspace, rq: usize, dres: &[f32], grads: &mut [f32]) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let ids = &lay.blocks[0];
+        let m = ids.mlp.expect("the W_in fold has an MLP");
+        let (d, dm, h_n) = (cfg.d_model, cfg.d_mlp(), cfg.n_heads);
+        let Workspace {
+            batch,
+            n_pos,
+            all_pos,
+            last_q,
+            map0,
+            uniq,
+            layers,
+            dhidden,
+            dvow,
+            dfold,
+            key_rows,
+            ..
+        } = ws;
+        let rows = BlockRows {
+            b: *batch,
+            p: *n_pos,
+            q_pos: if cfg.n_layers == 1 { last_q } else { all_pos },
+            map: map0,
+            n_rows: uniq.len(),
+        };
+        let g = rows.geometry(h_n, cfg.d_head);
+        let lb = &layers[0];
+        let (gw_out, gb_out, gb_in) = three_mut(
+            grads,
+            [
+                lay.specs[m.w_out].range(),
+                lay.specs[m.b_out].range(),
+                lay.specs[m.b_in].range(),
+            ],
+        );
+        let w_out = lay.get(w, m.w_out);
+        let dpre = buf(dhidden, rq * dm);
+        let dvow = buf(dvow, h_n * rows.n_rows * dm);
+        let dfold = buf(dfold, rows.b * h_n * rows.q_pos.len() * rows.p);
+        rayon::join(
+            || {
+                matmul_threads(
+                    &mut view_mut(gw_out, dm, d),
+                    &view(&lb.post, rq, dm).t(),
+                    &view(dres, rq, d),
+                    true,
+                    1,
+                );
+                simd::column_sums_add(gb_out, dres, rq, d);
+            },
+            || {
+                matmul_threads(
+                    &mut view_mut(dpre, rq, dm),
+                    &view(dres, rq, d),
+                    &view(w_out, dm, d).t(),
+                    false,
+                    1,
+                );
+                activation::backward(cfg.act(), &lb.pre, &lb.post, dpre);
+                simd::column_sums_add(gb_in, dpre, rq, dm);
+                key_rows.build(&g);
+                dvow.fill(0.0);
+                fold::share_backward(&g, key_rows, &lb.pattern, &lb.vow, dpre, dm, dvow, dfold);
+            },
+        );
+    }
+
     /// Block `l`'s attention: from `dres` (d resid_mid `[b·q, d]`) through W_O, the pattern and
     /// Q/K/V into `dpre` (d resid_pre, `[r, d]`), plus the residual path.
     fn attention_backward(
@@ -254,8 +348,9 @@ impl Transformer {
         let dv = buf(&mut ws.dv, h_n * blk);
         dq.fill(0.0);
         dk.fill(0.0);
-        // The W_in fold (forward.rs): d mlp_pre, in `dhidden`, reaches the pattern and v·W_O
-        // through the mixed rows v·W_O·W_in, and resid_pre and b_O through their own terms below.
+        // The W_in fold (forward.rs): d mlp_pre reached the pattern and the tables v·(W_O·W_in)
+        // in folded_mlp_backward (`ws.dfold`, `ws.dvow`); here they go on to v, W_O and W_in,
+        // and resid_pre and b_O take their own terms below.
         let fold_w_in = self.folds_w_in(l, &ws.plan);
         let dm = cfg.d_mlp();
         if l == 0 && ws.plan.fold_wo_layer0 {
@@ -270,18 +365,7 @@ impl Transformer {
             }
             let dvo = buf(&mut ws.dvo, h_n * n_rows * d);
             dvo.fill(0.0);
-            let fold = if fold_w_in {
-                let dvow = buf(&mut ws.dvow, h_n * n_rows * dm);
-                dvow.fill(0.0);
-                Some(attention::FoldedMix {
-                    vals: &lb.vow,
-                    width: dm,
-                    dout: &ws.dhidden[..rq * dm],
-                    dvals: dvow,
-                })
-            } else {
-                None
-            };
+            // With the W_in fold, its share of d pattern is in `ws.dfold` (folded_mlp_backward).
             attention::backward_projected(
                 &g,
                 &lb.q,
@@ -293,21 +377,8 @@ impl Transformer {
                 dq,
                 dk,
                 dvo,
-                fold,
+                fold_w_in.then_some(&ws.dfold[..]),
             );
-            if fold_w_in {
-                // vow = vo·W_in: dvo += dvow·W_inᵀ and dW_in += voᵀ·dvow, one product per thread.
-                let mlp = ids.mlp.expect("the W_in fold has an MLP");
-                let rows_v = h_n * n_rows;
-                let dvow = view(&ws.dvow, rows_v, dm);
-                let w_in = view(lay.get(w, mlp.w_in), d, dm);
-                let gw_in = &mut grads[lay.specs[mlp.w_in].range()];
-                let vo = view(&lb.vo, rows_v, d);
-                rayon::join(
-                    || matmul(&mut view_mut(dvo, rows_v, d), &dvow, &w_in.t(), true),
-                    || matmul(&mut view_mut(gw_in, d, dm), &vo.t(), &dvow, true),
-                );
-            }
             let w_o = lay.get(w, ids.w_o);
             let gw = &mut grads[lay.specs[ids.w_o].range()];
             for h in 0..h_n {
@@ -324,6 +395,64 @@ impl Transformer {
                     &view(&lb.v[h * blk..], n_rows, dh).t(),
                     &dvo_h,
                     true,
+                );
+            }
+            if fold_w_in {
+                // vow_h = v_h·(W_O·W_in)_h: dv_h += dvow_h·(W_O·W_in)_hᵀ on one thread,
+                // d (W_O·W_in)_h = v_hᵀ·dvow_h on the other; then, W_O·W_in being one product,
+                // dW_O += d (W_O·W_in)·W_inᵀ and dW_in += W_Oᵀ·d (W_O·W_in), one per thread.
+                let mlp = ids.mlp.expect("the W_in fold has an MLP");
+                let (dvow, wo_in, v) = (&ws.dvow, &lb.wo_in, &lb.v);
+                let dwo_in = buf(&mut ws.dwo_in, h_n * dh * dm);
+                rayon::join(
+                    || {
+                        for h in 0..h_n {
+                            matmul_threads(
+                                &mut view_mut(&mut dv[h * blk..], n_rows, dh),
+                                &view(&dvow[h * n_rows * dm..], n_rows, dm),
+                                &view(&wo_in[h * dh * dm..], dh, dm).t(),
+                                true,
+                                1,
+                            );
+                        }
+                    },
+                    || {
+                        for h in 0..h_n {
+                            matmul_threads(
+                                &mut view_mut(&mut dwo_in[h * dh * dm..], dh, dm),
+                                &view(&v[h * blk..], n_rows, dh).t(),
+                                &view(&dvow[h * n_rows * dm..], n_rows, dm),
+                                false,
+                                1,
+                            );
+                        }
+                    },
+                );
+                let (gw_o, gw_in) = two_mut(
+                    grads,
+                    lay.specs[ids.w_o].range(),
+                    lay.specs[mlp.w_in].range(),
+                );
+                let (w_in, dwo_in) = (lay.get(w, mlp.w_in), &ws.dwo_in);
+                rayon::join(
+                    || {
+                        matmul_threads(
+                            &mut view_mut(gw_o, h_n * dh, d),
+                            &view(dwo_in, h_n * dh, dm),
+                            &view(w_in, d, dm).t(),
+                            true,
+                            1,
+                        )
+                    },
+                    || {
+                        matmul_threads(
+                            &mut view_mut(gw_in, d, dm),
+                            &view(w_o, h_n * dh, d).t(),
+                            &view(dwo_in, h_n * dh, dm),
+                            true,
+                            1,
+                        )
+                    },
                 );
             }
         } else {
@@ -405,26 +534,37 @@ impl Transformer {
                 lay.specs[mlp.w_in].range(),
                 lay.specs[ids.b_o].range(),
             );
-            let dxin = buf(&mut ws.dxin, n_rows * dm);
+            // Only the rows that queries sit at (forward.rs): d xin there, by row.
+            let (own_rows, own_slot) = (&lb.own_rows, &lb.own_slot);
+            let n_own = own_rows.len();
+            let dxin = buf(&mut ws.dxin, n_own * dm);
             dxin.fill(0.0);
-            scatter_add_rows(dxin, &ws.dhidden[..rq * dm], dm, own_row);
+            scatter_add_rows(dxin, &ws.dhidden[..rq * dm], dm, |r| {
+                own_slot[own_row(r)] as usize
+            });
+            let dxown = buf(&mut ws.dxown, n_own * d);
             linear_backward(
                 &ws.dxin,
-                res_in,
+                &lb.xown,
                 w_in,
                 gw_in,
                 None,
-                Some((dpre, true)),
-                n_rows,
+                Some((dxown, false)),
+                n_own,
                 d,
                 dm,
             );
+            for (dx, &r) in ws.dxown.chunks_exact(d).zip(own_rows) {
+                for (o, x) in dpre[r as usize * d..][..d].iter_mut().zip(dx) {
+                    *o += x;
+                }
+            }
             if cfg.attn_bias {
                 // b_O's term (the fold's bias holds b_O·W_in): with s = Σ_rows d mlp_pre,
                 // d b_O += W_in·s and dW_in += b_O ⊗ s.
                 let sum = buf(&mut ws.dpre_sum, dm);
                 sum.fill(0.0);
-                simd::column_sums_add(sum, &ws.dxin, n_rows, dm);
+                simd::column_sums_add(sum, &ws.dxin, n_own, dm);
                 let b_o = lay.get(w, ids.b_o);
                 for k in 0..d {
                     let w_row = &w_in[k * dm..][..dm];

@@ -9,7 +9,7 @@ use super::prefix::RowDst;
 use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
-use crate::engine::matmul::{linear, matmul, view, view_mut};
+use crate::engine::matmul::{linear, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
 use ndarray::ArrayView2;
@@ -167,6 +167,22 @@ impl BlockRows<'_> {
     pub fn geometry(&self, h: usize, dh: usize) -> Geometry<'_> {
         Geometry::new(self.b, self.p, h, dh, self.q_pos, self.map, self.n_rows)
     }
+
+    /// The distinct input rows at the query positions, in order of first use, into `rows`, and
+    /// each row's index among them into `slot [n_rows]` (u32::MAX where no query sits).
+    pub fn own_rows(&self, rows: &mut Vec<u32>, slot: &mut [u32]) {
+        rows.clear();
+        slot.fill(u32::MAX);
+        for bi in 0..self.b {
+            for &qp in self.q_pos {
+                let r = self.map[bi * self.p + qp] as usize;
+                if slot[r] == u32::MAX {
+                    slot[r] = rows.len() as u32;
+                    rows.push(r as u32);
+                }
+            }
+        }
+    }
 }
 
 impl Transformer {
@@ -183,9 +199,7 @@ impl Transformer {
     ) {
         let cfg = &self.cfg;
         let (b_n, p_n) = tokens.dim();
-        let plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold);
-        ws.plan = plan;
-        ws.w_in_folded = self.folds_w_in(0, &plan);
+        ws.plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold);
         ws.batch = b_n;
         ws.n_pos = p_n;
         ws.all_pos.clear();
@@ -198,6 +212,18 @@ impl Transformer {
             *x = i as u32;
         }
         self.embed_forward(ws, tokens, &mut hk);
+        if ws.plan.differentiable && ws.w_in_fold.is_none() {
+            // Training and evaluation: the fold where its cost model says it pays for this
+            // batch's shapes (never from the machine: the same choice, and bits, everywhere).
+            let q0 = if cfg.n_layers == 1 {
+                last_q
+            } else {
+                &ws.all_pos
+            };
+            ws.plan.fold_w_in_layer0 &= self.w_in_fold_pays(b_n, q0, &ws.uniq);
+        }
+        let plan = ws.plan;
+        ws.w_in_folded = self.folds_w_in(0, &plan);
         for l in 0..cfg.n_layers {
             let last = l + 1 == cfg.n_layers;
             let rows = BlockRows {
@@ -530,22 +556,48 @@ impl Transformer {
         if folded {
             // resid_mid = resid_pre + Σ_h pattern·(v·W_O)_h + b_O, each term from the distinct rows
             // of layer 0: through W_in those rows first, then mix them (d_mlp-wide) per example.
-            let (n_rows, h_n) = (rows.n_rows, cfg.n_heads);
+            let (n_rows, h_n, dh) = (rows.n_rows, cfg.n_heads, cfg.d_head);
             let w_in = lay.get(w, m.w_in);
+            // resid_pre·W_in only where a query sits (Nanda's model: the one "=" row).
+            rows.own_rows(&mut lb.own_rows, buf(&mut lb.own_slot, n_rows));
+            let n_own = lb.own_rows.len();
+            let xown = buf(&mut lb.xown, n_own * d);
+            for (x, &r) in xown.chunks_exact_mut(d).zip(&lb.own_rows) {
+                x.copy_from_slice(&res_in[r as usize * d..][..d]);
+            }
+            let xin_own = buf(&mut lb.xin_own, n_own * dm);
+            matmul(
+                &mut view_mut(xin_own, n_own, dm),
+                &view(&lb.xown, n_own, d),
+                &view(w_in, d, dm),
+                false,
+            );
             let xin = buf(&mut lb.xin, n_rows * dm);
+            for (x, &r) in lb.xin_own.chunks_exact(dm).zip(&lb.own_rows) {
+                xin[r as usize * dm..][..dm].copy_from_slice(x);
+            }
+            // Each head's table v_h·(W_O·W_in)_h: the maths of (v_h·W_O_h)·W_in, with the
+            // distinct rows' products d_head wide instead of d_model.
+            let wo_in = buf(&mut lb.wo_in, h_n * dh * dm);
             matmul(
-                &mut view_mut(xin, n_rows, dm),
-                &view(res_in, n_rows, d),
+                &mut view_mut(wo_in, h_n * dh, dm),
+                &view(lay.get(w, ids.w_o), h_n * dh, d),
                 &view(w_in, d, dm),
                 false,
             );
+            let (v, wo_in) = (&lb.v, &lb.wo_in);
             let vow = buf(&mut lb.vow, h_n * n_rows * dm);
-            matmul(
-                &mut view_mut(vow, h_n * n_rows, dm),
-                &view(&lb.vo, h_n * n_rows, d),
-                &view(w_in, d, dm),
-                false,
-            );
+            vow.par_chunks_mut(n_rows * dm)
+                .enumerate()
+                .for_each(|(h, out)| {
+                    matmul_threads(
+                        &mut view_mut(out, n_rows, dm),
+                        &view(&v[h * n_rows * dh..], n_rows, dh),
+                        &view(&wo_in[h * dh * dm..], dh, dm),
+                        false,
+                        1,
+                    )
+                });
             let bias = buf(&mut lb.fold_bias, dm);
             bias.copy_from_slice(lay.get(w, m.b_in));
             for (k, &bo) in lay.get(w, ids.b_o).iter().enumerate() {
@@ -725,9 +777,9 @@ impl Plan {
     /// (a hook always sees, and may replace, the full tensor).
     /// A pass whose interceptor has no hooks (a cache only) keeps the layer-0 shortcuts, the
     /// cache getting full tensors gathered or computed beside them, and adds the forward-only
-    /// W_in fold. Unhooked passes fold W_in only when asked (`w_in_fold`, from
-    /// [`super::Workspace::set_w_in_fold`]): on the machines measured it was no faster than the
-    /// products it replaces (docs/PERFORMANCE.md, "The W_in fold in training, built on `main`").
+    /// W_in fold. Unhooked passes fold W_in as `w_in_fold` says (from
+    /// [`super::Workspace::set_w_in_fold`]), or, where it says nothing, where
+    /// [`Transformer::w_in_fold_pays`] (decided in the forward, once layer 0's rows are known).
     pub(super) fn choose(
         cfg: &super::TransformerConfig,
         hk: Option<&Interceptor>,
@@ -740,13 +792,39 @@ impl Plan {
             fold_wo_layer0: unhooked || cache_only,
             fused_bias_relu: unhooked && cfg.has_mlp() && cfg.act() == ActFn::Relu,
             fold_w_in_layer0: cfg.has_mlp()
-                && (cache_only || (unhooked && w_in_fold == Some(true))),
+                && (cache_only || (unhooked && w_in_fold != Some(false))),
             differentiable: unhooked,
         }
     }
 }
 
+/// What one multiply-add of the fold's mix and of its backward share costs, in multiply-adds of a
+/// matrix product: they gather d_mlp-wide table rows per example where a product streams packed
+/// panels. Measured per thread on the AMD EPYC Zen 3 (AVX2) at Nanda's shapes
+/// (`examples/w1_kernels.rs`, docs/PERFORMANCE.md): the mix 4.6–7.3, the share 5.3. A constant,
+/// not a measurement at run time, so that every machine takes the same path (and bits).
+const FOLD_GATHER_COST: usize = 6;
+
 impl Transformer {
+    /// Whether layer 0's W_in fold does less work than W_in's products on this batch, counted in
+    /// product multiply-adds per d_mlp column (forward and backward scale alike): the fold's
+    /// products (W_O·W_in, each head's table, the own rows' resid_pre·W_in) and its gathered mix
+    /// of h·keys + 1 rows per query row, against W_in on every query row. Nanda's model (d_model
+    /// 128, 4 heads, 3 keys, 227 distinct rows, 3830 queries): 0.34M against 0.49M, folded;
+    /// grokking-tiny (d_model 32) and the digit adders (8 heads over up to 18 keys) are not.
+    pub(super) fn w_in_fold_pays(&self, b_n: usize, q_pos: &[usize], rows: &[(u32, u32)]) -> bool {
+        let cfg = &self.cfg;
+        let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
+        let rq = b_n * q_pos.len();
+        let own = rows
+            .iter()
+            .filter(|&&(_, p)| q_pos.contains(&(p as usize)))
+            .count();
+        let keys: usize = q_pos.iter().map(|&q| h * (q + 1) + 1).sum::<usize>() * b_n;
+        let fold = h * dh * d + h * rows.len() * dh + own * d + FOLD_GATHER_COST * keys;
+        fold < rq * d
+    }
+
     /// Whether block `l`'s MLP takes its input through the W_in fold in a pass with `plan`: layer
     /// 0 with an MLP and no LayerNorm before it (its input is linear in layer 0's distinct rows).
     pub(super) fn folds_w_in(&self, l: usize, plan: &Plan) -> bool {

@@ -83,9 +83,16 @@ struct LayerBufs {
     z: Vec<f32>,
     /// Folded W_O: v·W_O per head, `[h, r, d]`.
     vo: Vec<f32>,
-    /// The W_in fold of layer 0 (forward-only): the distinct rows and each head's v·W_O, through
-    /// W_in, `[r, m]` and `[h, r, m]`.
+    /// The W_in fold of layer 0: the distinct rows that queries sit at (`own_rows`, and each
+    /// row's index among them in `own_slot [r]`, u32::MAX for the others), their resid_pre
+    /// `[own, d]`, and through W_in `xin [r, m]` (only those rows written); W_O·W_in per head
+    /// `[h·d_head, m]`; each head's v·(W_O·W_in) `[h, r, m]`.
+    own_rows: Vec<u32>,
+    own_slot: Vec<u32>,
+    xown: Vec<f32>,
+    xin_own: Vec<f32>,
     xin: Vec<f32>,
+    wo_in: Vec<f32>,
     vow: Vec<f32>,
     /// The fold's bias, b_in + b_O·W_in `[m]`.
     fold_bias: Vec<f32>,
@@ -115,7 +122,7 @@ pub(crate) struct Plan {
     /// Layer 0 (no LayerNorm before its MLP) computes mlp_pre from the few distinct rows its input
     /// is a linear function of (resid_pre and each head's v·W_O, through W_in) instead of from
     /// resid_mid (exact maths, other rounding): in passes whose hooks only cache, and in unhooked
-    /// passes (forward and backward) when a workspace asks for it.
+    /// passes (forward and backward) where it pays or a workspace asks for it.
     pub fold_w_in_layer0: bool,
     /// No hook ran (hooks may replace activations, so a hooked pass has no backward).
     pub differentiable: bool,
@@ -174,12 +181,18 @@ pub struct Workspace {
     dv: Vec<f32>,
     /// `[h, r, d]`.
     dvo: Vec<f32>,
-    /// The W_in fold's gradients: d (v·W_O·W_in) `[h, r, m]`, d (resid_pre·W_in) `[r, m]`, and
+    /// The W_in fold's gradients: d (v·W_O·W_in) `[h, r, m]`, d (W_O·W_in) `[h·d_head, m]`,
+    /// d (resid_pre·W_in) and d resid_pre at the own rows `[own, m]` and `[own, d]`, and
     /// d mlp_pre summed over rows `[m]` (for b_O).
     dvow: Vec<f32>,
+    /// The fold's share of d pattern `[b, h, q, p]`, and which examples use each table row.
+    dfold: Vec<f32>,
+    key_rows: crate::engine::fold::KeyRows,
+    dwo_in: Vec<f32>,
     dxin: Vec<f32>,
+    dxown: Vec<f32>,
     dpre_sum: Vec<f32>,
-    /// Whether unhooked passes take the W_in fold (None: the default, off).
+    /// Whether unhooked passes take the W_in fold (None: where it pays, the default).
     w_in_fold: Option<bool>,
     /// Whether the last forward's layer 0 took the W_in fold.
     w_in_folded: bool,
@@ -191,9 +204,9 @@ impl Workspace {
     }
 
     /// Take layer 0's W_in fold in the unhooked passes that use this workspace (training and
-    /// evaluation) or not; `None`, the default, is off. Exact maths, other rounding; for tests and
-    /// benchmarks that compare it with the general path (on the machines measured it was no
-    /// faster: docs/PERFORMANCE.md).
+    /// evaluation) or not; `None`, the default, takes it where its cost model says it pays for
+    /// the batch's shapes (Nanda's model: yes). Exact maths, other rounding; forcing it is for
+    /// tests and benchmarks that compare it with the general path.
     pub fn set_w_in_fold(&mut self, fold: Option<bool>) {
         self.w_in_fold = fold;
     }
