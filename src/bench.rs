@@ -18,13 +18,17 @@ pub struct W1 {
 }
 
 impl W1 {
-    /// Matmul FLOPs of one step: [`w1_step_flops`] with the batch's distinct (token, position) rows.
-    pub fn step_flops(&self) -> f64 {
+    /// Matmul FLOPs of one step: [`w1_step_flops`] with the batch's distinct (token, position)
+    /// rows, those at the last position (the own rows of the W_in fold), and whether it `folded`.
+    pub fn step_flops(&self, folded: bool) -> f64 {
         let mut seen = std::collections::HashSet::new();
         self.batch.tokens.indexed_iter().for_each(|((_, p), &x)| {
             seen.insert((x, p));
         });
-        w1_step_flops(&self.model, self.batch.tokens.nrows(), seen.len())
+        let last = self.batch.tokens.ncols() - 1;
+        let own = seen.iter().filter(|&&(_, p)| p == last).count();
+        let fold = folded.then_some(own);
+        w1_step_flops(&self.model, self.batch.tokens.nrows(), seen.len(), fold)
     }
 
     pub fn new(seed: u64) -> Result<Self> {
@@ -136,11 +140,17 @@ pub fn gemm_gflops(m: usize, k: usize, n: usize, reps: usize) -> f64 {
 
 /// Matmul FLOPs one W1 step executes in toylens (after the exact shortcuts), for `u` distinct
 /// (token, position) rows in layer 0: forward Q/K/V and v·W_O on those rows, MLP and unembedding at
-/// the loss position only; backward twice the forward (weight and input gradients).
-pub fn w1_step_flops(model: &Transformer, batch: usize, u: usize) -> f64 {
+/// the loss position only; backward twice the forward (weight and input gradients). With the W_in
+/// fold (`fold_own`: its own rows), W_in's product on every example gives way to W_O·W_in, each
+/// head's table v·(W_O·W_in) and the own rows through W_in (the mix itself is no product).
+pub fn w1_step_flops(model: &Transformer, batch: usize, u: usize, fold_own: Option<usize>) -> f64 {
     let c = &model.cfg;
     let (d, h, dh, m, v) = (c.d_model, c.n_heads, c.d_head, c.d_mlp(), c.d_vocab_out());
-    let fwd = 2 * (3 * u * d * h * dh + h * u * dh * d + batch * (2 * d * m + d * v));
+    let w_in = match fold_own {
+        None => batch * d * m,
+        Some(own) => h * dh * d * m + h * u * dh * m + own * d * m,
+    };
+    let fwd = 2 * (3 * u * d * h * dh + h * u * dh * d + batch * (d * m + d * v) + w_in);
     3.0 * fwd as f64
 }
 

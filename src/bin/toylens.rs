@@ -305,10 +305,10 @@ enum Cmd {
         /// Also measure the GEMM peak (a 2048³ product) and the step's share of it.
         #[arg(long)]
         peak: bool,
-        /// W1 only: take layer 0's W_in fold (off by default; exact, other rounding), to time it
-        /// against the general path on this machine.
-        #[arg(long)]
-        w_in_fold: bool,
+        /// W1 only: force layer 0's W_in fold `on` or `off` (the general path), to time one
+        /// against the other on this machine; without it, W1 takes the fold, as training does.
+        #[arg(long, value_parser = ["on", "off"])]
+        w_in_fold: Option<String>,
     },
 }
 
@@ -1333,7 +1333,7 @@ fn run(cmd: Cmd) -> Result<()> {
             peak: _,
             w_in_fold,
         } if workload == "w2" => {
-            if w_in_fold {
+            if w_in_fold.is_some() {
                 anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w2");
             }
             let mut w2 = toylens::bench::W2::new(seed)?;
@@ -1356,7 +1356,7 @@ fn run(cmd: Cmd) -> Result<()> {
             peak: _,
             w_in_fold,
         } if workload == "w3" => {
-            if w_in_fold {
+            if w_in_fold.is_some() {
                 anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w3");
             }
             let mut w3 = toylens::bench::W3::new(seed)?;
@@ -1393,9 +1393,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 )?;
             }
             let mut ws = toylens::Workspace::new();
-            if w_in_fold {
-                ws.set_w_in_fold(Some(true));
-            }
+            ws.set_w_in_fold(w_in_fold.map(|f| f == "on"));
             let r = toylens::bench::train_steps_in(
                 &mut ws,
                 &mut w1.model,
@@ -1405,7 +1403,7 @@ fn run(cmd: Cmd) -> Result<()> {
             )?;
             let folded = ws.w_in_folded();
             let ms = toylens::bench::median(&r.step_ms[1..]);
-            let flops = w1.step_flops();
+            let flops = w1.step_flops(folded);
             let step_gflops = flops / (ms / 1e3) / 1e9;
             let peak_gflops = peak.then(|| toylens::bench::gemm_gflops(2048, 2048, 2048, 5));
             if json {
@@ -1433,7 +1431,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     r.losses.last().unwrap()
                 );
                 if folded {
-                    println!("  layer 0's W_in folded (--w-in-fold): the work below is the general path's");
+                    println!(
+                        "  layer 0's W_in folded (the default here; --w-in-fold off: the general path)"
+                    );
                 }
                 println!(
                     "  matmul work {:.2} GFLOP/step -> {step_gflops:.0} GFLOP/s",
