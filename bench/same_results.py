@@ -5,7 +5,9 @@ weights (every tensor's name, shape and bytes; the metadata, which holds the con
     python3 bench/same_results.py [--toylens target/release/toylens] [--write]
 
 Compares against bench/same_results.txt (the hashes the commit before the model-interface change
-gave); --write records the current hashes instead. Exit code 1 on any difference.
+gave; grokking's re-recorded at 5d2d8c6, when its training took layer 0's W_in fold by default:
+exact maths, other rounding); --write records the current hashes instead. Exit code 1 on any
+difference.
 """
 import argparse, hashlib, json, os, struct, subprocess, sys, tempfile
 
