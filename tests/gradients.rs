@@ -569,8 +569,8 @@ fn the_w_in_fold_is_taken_where_it_pays_or_when_asked() {
     ws.set_w_in_fold(Some(false));
     w1.model.evaluate(&mut ws, &w1.batch).unwrap();
     assert!(!ws.w_in_folded(), "asked not to, it does not");
-    // grokking-tiny's width (d_model 32) on the same batch, and the digit adder of W3 (8 heads over
-    // up to 18 keys): their products are cheaper than the fold's gathers.
+    // grokking-tiny's width (d_model 32) on the same batch, and the digit adder of W3 (W_O·W_in alone
+    // costs more than W_in on its 64 × 6 answer rows): the general path is cheaper.
     let mut ws = Workspace::new();
     let tiny = Transformer::new(TransformerConfig {
         d_model: 32,

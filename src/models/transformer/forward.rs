@@ -811,7 +811,8 @@ impl Transformer {
     /// products (W_O·W_in, each head's table, the own rows' resid_pre·W_in) and its gathered mix
     /// of h·keys + 1 rows per query row, against W_in on every query row. Nanda's model (d_model
     /// 128, 4 heads, 3 keys, 227 distinct rows, 3830 queries): 0.34M against 0.49M, folded;
-    /// grokking-tiny (d_model 32) and the digit adders (8 heads over up to 18 keys) are not.
+    /// grokking-tiny (d_model 32) is not, nor digits5 (W_O·W_in alone, 4·128·512 per column, costs
+    /// more than W_in on its 64 × 6 answer rows).
     pub(super) fn w_in_fold_pays(&self, b_n: usize, q_pos: &[usize], rows: &[(u32, u32)]) -> bool {
         let cfg = &self.cfg;
         let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
