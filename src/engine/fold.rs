@@ -77,85 +77,82 @@ fn mix_block(
     post_p: &SendPtr,
 ) {
     let (h_n, p_n, nq, n_rows) = (g.n_heads, g.n_pos, g.nq(), g.n_rows);
-    {
-        vectorized(
-            #[inline(always)]
-            || {
-                // Row r's block, written to pre and post.
-                let emit = |r: usize, o: &[f32]| {
-                    // SAFETY: in bounds (asserted above); columns lo..lo + w of every row
-                    // belong to this task.
-                    let post_r =
-                        unsafe { std::slice::from_raw_parts_mut(post_p.0.add(r * m + lo), w) };
-                    if let Some(p) = &pre_p {
-                        // SAFETY: as for post.
-                        unsafe { std::slice::from_raw_parts_mut(p.0.add(r * m + lo), w) }
-                            .copy_from_slice(o);
-                    }
-                    match act {
-                        ActFn::Relu => {
-                            for (y, &x) in post_r.iter_mut().zip(o) {
-                                *y = x.max(0.0);
-                            }
+    vectorized(
+        #[inline(always)]
+        || {
+            // Row r's block, written to pre and post.
+            let emit = |r: usize, o: &[f32]| {
+                // SAFETY: in bounds (asserted in `mix`); columns lo..lo + w of every row
+                // belong to this task.
+                let post_r = unsafe { std::slice::from_raw_parts_mut(post_p.0.add(r * m + lo), w) };
+                if let Some(p) = &pre_p {
+                    // SAFETY: as for post.
+                    unsafe { std::slice::from_raw_parts_mut(p.0.add(r * m + lo), w) }
+                        .copy_from_slice(o);
+                }
+                match act {
+                    ActFn::Relu => {
+                        for (y, &x) in post_r.iter_mut().zip(o) {
+                            *y = x.max(0.0);
                         }
-                        _ => activation::apply(act, o, post_r),
                     }
-                };
-                let mut partial = [0.0f32; COLS];
-                for b in 0..g.batch {
-                    for (i, &qp) in g.q_pos.iter().enumerate() {
-                        let r = b * nq + i;
-                        let src = &own[g.row(b, qp) * m + lo..][..w];
-                        if w == COLS {
-                            // A full block: the sum stays in registers.
-                            let mut o = [0.0f32; COLS];
-                            {
-                                let (src, bias) = (block(src), block(&bias[lo..]));
-                                let mut acc = [0.0f32; COLS];
-                                for k in 0..COLS {
-                                    acc[k] = src[k] + bias[k];
-                                }
-                                for h in 0..h_n {
-                                    let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                                    for (j, &wt) in pat.iter().enumerate() {
-                                        if wt != 0.0 {
-                                            let at = (h * n_rows + g.row(b, j)) * COLS;
-                                            let v = block(&tbl[at..]);
-                                            for k in 0..COLS {
-                                                acc[k] += wt * v[k];
-                                            }
-                                        }
-                                    }
-                                }
-                                // Copied out element by element, so that `acc` itself never has
-                                // its address taken and can stay in registers.
-                                #[allow(clippy::manual_memcpy)]
-                                for k in 0..COLS {
-                                    o[k] = acc[k];
-                                }
-                            }
-                            emit(r, &o);
-                        } else {
-                            let o = &mut partial[..w];
-                            for ((o, &x), &c) in o.iter_mut().zip(src).zip(&bias[lo..lo + w]) {
-                                *o = x + c;
+                    _ => activation::apply(act, o, post_r),
+                }
+            };
+            let mut partial = [0.0f32; COLS];
+            for b in 0..g.batch {
+                for (i, &qp) in g.q_pos.iter().enumerate() {
+                    let r = b * nq + i;
+                    let src = &own[g.row(b, qp) * m + lo..][..w];
+                    if w == COLS {
+                        // A full block: the sum stays in registers.
+                        let mut o = [0.0f32; COLS];
+                        {
+                            let (src, bias) = (block(src), block(&bias[lo..]));
+                            let mut acc = [0.0f32; COLS];
+                            for k in 0..COLS {
+                                acc[k] = src[k] + bias[k];
                             }
                             for h in 0..h_n {
                                 let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
                                 for (j, &wt) in pat.iter().enumerate() {
                                     if wt != 0.0 {
                                         let at = (h * n_rows + g.row(b, j)) * COLS;
-                                        axpy(o, wt, &tbl[at..][..w]);
+                                        let v = block(&tbl[at..]);
+                                        for k in 0..COLS {
+                                            acc[k] += wt * v[k];
+                                        }
                                     }
                                 }
                             }
-                            emit(r, o);
+                            // Copied out element by element, so that `acc` itself never has
+                            // its address taken and can stay in registers.
+                            #[allow(clippy::manual_memcpy)]
+                            for k in 0..COLS {
+                                o[k] = acc[k];
+                            }
                         }
+                        emit(r, &o);
+                    } else {
+                        let o = &mut partial[..w];
+                        for ((o, &x), &c) in o.iter_mut().zip(src).zip(&bias[lo..lo + w]) {
+                            *o = x + c;
+                        }
+                        for h in 0..h_n {
+                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                            for (j, &wt) in pat.iter().enumerate() {
+                                if wt != 0.0 {
+                                    let at = (h * n_rows + g.row(b, j)) * COLS;
+                                    axpy(o, wt, &tbl[at..][..w]);
+                                }
+                            }
+                        }
+                        emit(r, o);
                     }
                 }
-            },
-        )
-    }
+            }
+        },
+    )
 }
 
 /// Which examples use each layer-0 row as a key: `starts [n_rows + 1]` into `batch` (each row's
@@ -166,6 +163,8 @@ pub struct KeyRows {
     starts: Vec<u32>,
     batch: Vec<u32>,
     pos: Vec<u32>,
+    /// Scratch for the fill: each row's next free place.
+    next: Vec<u32>,
 }
 
 impl KeyRows {
@@ -193,12 +192,13 @@ impl KeyRows {
         self.batch.clear();
         self.batch.resize(self.starts[g.n_rows] as usize, 0);
         // Filled in batch order: each row's examples ascending.
-        let mut next = self.starts[..g.n_rows].to_vec();
+        self.next.clear();
+        self.next.extend_from_slice(&self.starts[..g.n_rows]);
         for b in 0..g.batch {
             for j in 0..n_keys {
                 let r = g.row(b, j);
-                self.batch[next[r] as usize] = b as u32;
-                next[r] += 1;
+                self.batch[self.next[r] as usize] = b as u32;
+                self.next[r] += 1;
             }
         }
     }
