@@ -244,10 +244,9 @@ pub fn share_backward(
                     let b = b as usize;
                     for (i, _) in g.q_pos.iter().enumerate().filter(|&(_, &qp)| j <= qp) {
                         let gi = &dout[(b * nq + i) * m..][..m];
-                        let at = |h: usize| ((b * h_n + h) * nq + i) * p_n + j;
-                        let row = |h: usize| (h * n_rows + r) * m;
                         for h in 0..h_n {
-                            let (at, row) = (at(h), row(h));
+                            let at = ((b * h_n + h) * nq + i) * p_n + j;
+                            let row = (h * n_rows + r) * m;
                             // SAFETY: in bounds (asserted above); row r's gradient rows and the
                             // d pattern entries of its (b, i, j) belong to this task alone.
                             unsafe {
