@@ -764,7 +764,7 @@ pub fn ticket(
     let mut source = from;
     let mut summary = None;
     for r in 1..=spec.rounds {
-        let target = 1.0 - (1.0 - spec.sparsity).powf(r as f64 / spec.rounds as f64);
+        let target = 1.0 - libm::pow(1.0 - spec.sparsity, r as f64 / spec.rounds as f64);
         let l = load_any(&source)?;
         let mask =
             crate::models::mask::prune(l.model.as_ref(), target, scope, method, &[], spec.seed)?;

@@ -684,10 +684,7 @@ impl Schedule {
         }
         let n = self.log_checkpoints;
         (0..n).any(|i| {
-            (self.checkpoint_every as f64)
-                .powf(i as f64 / n as f64)
-                .round() as u64
-                == step
+            libm::pow(self.checkpoint_every as f64, i as f64 / n as f64).round() as u64 == step
         })
     }
 }

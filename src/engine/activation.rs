@@ -47,7 +47,7 @@ pub fn apply(act: ActFn, x: &[f32], y: &mut [f32]) {
             // 1 + tanh u for negative x.
             for (y, &x) in y.iter_mut().zip(x) {
                 let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-                *y = x / (1.0 + (-2.0 * u).exp());
+                *y = x / (1.0 + libm::expf(-2.0 * u));
             }
         }
     }
@@ -94,7 +94,7 @@ pub fn backward(act: ActFn, pre: &[f32], post: &[f32], grad: &mut [f32]) {
             ActFn::Gelu => {
                 for (g, &x) in g.iter_mut().zip(x) {
                     let cdf = 0.5 * libm::erfcf(-x * INV_SQRT_2);
-                    let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                    let pdf = INV_SQRT_2PI * libm::expf(-0.5 * x * x);
                     *g *= cdf + x * pdf;
                 }
             }
@@ -103,7 +103,7 @@ pub fn backward(act: ActFn, pre: &[f32], post: &[f32], grad: &mut [f32]) {
                 for (g, &x) in g.iter_mut().zip(x) {
                     let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
                     let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                    let s = 1.0 / (1.0 + (-2.0 * u).exp());
+                    let s = 1.0 / (1.0 + libm::expf(-2.0 * u));
                     *g *= s + 2.0 * x * s * (1.0 - s) * du;
                 }
             }

@@ -56,9 +56,9 @@ fn one_row(l: &[f32], c: usize, e: &mut [f32]) -> (RowLoss, f64, f64) {
     e[c] = ec;
     let lc = l[c];
     let loss = if lc == m {
-        rest.ln_1p()
+        libm::log1p(rest)
     } else {
-        (m as f64 - lc as f64) + (rest + e[c] as f64).ln()
+        (m as f64 - lc as f64) + libm::log(rest + e[c] as f64)
     };
     let total = rest + e[c] as f64;
     (

@@ -2,7 +2,8 @@
 //! bit-for-bit reproducible from a seed across platforms and dependency upgrades. Bulk normals for
 //! samplers ([`Rng::fill_normal_f32`]) use Marsaglia and Tsang's ziggurat: a table lookup and a
 //! multiply for 98.8% of draws, where Box–Muller's logarithm and sine cost as much as a small model's
-//! gradient per SGLD step.
+//! gradient per SGLD step. Logarithms, exponentials and sines come from the `libm` crate, not the
+//! system's C library, whose results differ between its versions and its per-CPU variants.
 
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -63,8 +64,8 @@ impl Rng {
         }
         let u1 = 1.0 - self.uniform(); // (0, 1]
         let u2 = self.uniform();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        let r = (-2.0 * libm::log(u1)).sqrt();
+        let (s, c) = libm::sincos(std::f64::consts::TAU * u2);
         self.spare_normal = Some(r * s);
         r * c
     }
@@ -96,7 +97,7 @@ fn ziggurat() -> &'static Ziggurat {
         let v = 9.912_563_035_262_17e-3;
         let mut dn = ZIG_R;
         let mut tn = dn;
-        let q = v / (-0.5 * dn * dn).exp();
+        let q = v / libm::exp(-0.5 * dn * dn);
         let mut z = Ziggurat {
             k: [0; 128],
             w: [0.0; 128],
@@ -107,12 +108,12 @@ fn ziggurat() -> &'static Ziggurat {
         z.w[0] = q / m1;
         z.w[127] = dn / m1;
         z.f[0] = 1.0;
-        z.f[127] = (-0.5 * dn * dn).exp();
+        z.f[127] = libm::exp(-0.5 * dn * dn);
         for i in (1..=126).rev() {
-            dn = (-2.0 * (v / dn + (-0.5 * dn * dn).exp()).ln()).sqrt();
+            dn = (-2.0 * libm::log(v / dn + libm::exp(-0.5 * dn * dn))).sqrt();
             z.k[i + 1] = ((dn / tn) * m1) as u32;
             tn = dn;
-            z.f[i] = (-0.5 * dn * dn).exp();
+            z.f[i] = libm::exp(-0.5 * dn * dn);
             z.w[i] = dn / m1;
         }
         z
@@ -136,14 +137,14 @@ impl Rng {
             if i == 0 {
                 // The tail beyond r (Marsaglia's method).
                 loop {
-                    let x = -(1.0 - self.uniform()).ln() / ZIG_R;
-                    let y = -(1.0 - self.uniform()).ln();
+                    let x = -libm::log(1.0 - self.uniform()) / ZIG_R;
+                    let y = -libm::log(1.0 - self.uniform());
                     if 2.0 * y >= x * x {
                         return if hz > 0 { ZIG_R + x } else { -ZIG_R - x };
                     }
                 }
             }
-            if z.f[i] + self.uniform() * (z.f[i - 1] - z.f[i]) < (-0.5 * x * x).exp() {
+            if z.f[i] + self.uniform() * (z.f[i - 1] - z.f[i]) < libm::exp(-0.5 * x * x) {
                 return x;
             }
         }

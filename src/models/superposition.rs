@@ -80,7 +80,7 @@ impl SuperpositionConfig {
                 if n == 1 {
                     hi
                 } else {
-                    hi * (lo / hi).powf(i as f64 / (n - 1) as f64)
+                    hi * libm::pow(lo / hi, i as f64 / (n - 1) as f64)
                 }
             })
             .collect()
