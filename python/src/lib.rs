@@ -98,6 +98,7 @@ fn _reused_blocks() -> usize {
 #[pymodule]
 fn _toylens(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    toylens::engine::simd::level_from_env().map_err(PyValueError::new_err)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(empty_cache, m)?)?;

@@ -329,6 +329,10 @@ fn main() {
         .without_time()
         .init();
     toylens::engine::threads::init(cli.threads);
+    if let Err(e) = toylens::engine::simd::level_from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = run(cli.cmd) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -382,6 +386,7 @@ fn print_bench(
         let mut v = serde_json::json!({
             "workload": name,
             "threads": rayon::current_num_threads(),
+            "simd": toylens::engine::simd::level().name(),
             "steps": r.losses.len(),
             "ms_per_step_median": ms,
             "ms_per_step_mean": mean,
@@ -1410,6 +1415,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 let v = serde_json::json!({
                     "workload": "W1",
                     "threads": rayon::current_num_threads(),
+                    "simd": toylens::engine::simd::level().name(),
                     "steps": r.losses.len(),
                     "ms_per_step_median": ms,
                     "ms_per_step_mean": toylens::bench::mean(&r.step_ms[1..]),

@@ -1,15 +1,42 @@
-//! Matrix products through the `gemm` crate (runtime SIMD dispatch, rayon threads).
+//! Matrix products through `gemm`'s kernels, at the SIMD level in force (`simd::level`).
 //!
-//! `gemm` splits work over output tiles, never over the inner dimension, so a product is bit-for-bit
-//! the same for any thread count.
+//! The same bits on every CPU, at every level, on any thread count. `gemm` computes each output
+//! as one FMA chain over the depth of a block and adds the block to the destination; it splits
+//! work over output tiles, never over the depth, so the thread count changes nothing. Three of its
+//! choices do depend on the CPU, and are taken from it here:
+//! - the kernel: chosen by us from `simd::level`, not by `gemm` from the CPU (so tests can force
+//!   each level);
+//! - the block depth: `gemm` derives it from the L1 cache's geometry and the microkernel's height,
+//!   which differ between CPUs and levels; each call here gets at most [`DEPTH_BLOCK`] of depth,
+//!   so it is one block, and the blocks are split by a rule of the shape alone;
+//! - two paths that sum across a vector's lanes (so by its width): the matrix-vector products
+//!   (one row or one column of output) are computed here by [`vector_product`], and small outputs'
+//!   "horizontal" kernels are left out (the packed kernels take them).
 
-use gemm::Parallelism;
+use crate::engine::simd::{self, vectorized, Level};
+use gemm_common::Parallelism;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// Products smaller than this many multiply-adds run on the calling thread: waking the pool costs more
 /// (measured: the per-head Q/K/V products on layer 0's few hundred distinct rows ran 2× slower on
 /// two threads than on one).
 const PARALLEL_MIN_FLOPS: usize = 1 << 22;
+
+/// The most depth one `gemm` call is given (see the module's note). 512 is what `gemm` chose
+/// itself on the CPUs this project has run on (AMD Zen 3, 4 and 5, Intel Xeon), and the split
+/// below is its own at that depth, so results there are what they were.
+const DEPTH_BLOCK: usize = 512;
+
+/// The depth of each block of a product of output `[m, n]` and depth `k` (the last may be shorter):
+/// `gemm`'s rule at a block depth of 512, fixed here. Small outputs take whole blocks of 512;
+/// larger ones split the depth into equal blocks.
+fn depth_block(m: usize, n: usize, k: usize) -> usize {
+    if m <= 64 && n <= 64 {
+        k.min(DEPTH_BLOCK)
+    } else {
+        k.div_ceil(k.div_ceil(DEPTH_BLOCK)).max(1)
+    }
+}
 
 /// `c = a · b`, or `c += a · b` when `accumulate`. Any strides (transposes are free: pass `.t()`).
 pub fn matmul(
@@ -42,37 +69,218 @@ pub fn matmul_threads(
         }
         return;
     }
+    if m == 1 {
+        return vector_product(c, a, b, accumulate);
+    }
+    if n == 1 {
+        // cᵀ = bᵀ·aᵀ: one row of output.
+        return vector_product(
+            &mut c.view_mut().reversed_axes(),
+            &b.t(),
+            &a.t(),
+            accumulate,
+        );
+    }
     let par = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    let (cs, ca, cb) = (c.strides().to_vec(), a.strides(), b.strides());
-    // SAFETY: the views are valid for their shapes and strides, `c` is borrowed mutably so it does
-    // not alias `a` or `b`, and gemm reads/writes only within those shapes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            cs[1],
-            cs[0],
-            accumulate,
-            a.as_ptr(),
-            ca[1],
-            ca[0],
-            b.as_ptr(),
-            cb[1],
-            cb[0],
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+    let strides = |s: &[isize]| {
+        assert!(s.iter().all(|&s| s >= 0), "matmul: negative strides");
+        (s[0], s[1])
+    };
+    let ((cr, cc), (ar, ac), (br, bc)) = (
+        strides(c.strides()),
+        strides(a.strides()),
+        strides(b.strides()),
+    );
+    let level = simd::level();
+    let block = depth_block(m, n, k);
+    let (c_ptr, a_ptr, b_ptr) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    for start in (0..k).step_by(block) {
+        let depth = block.min(k - start);
+        // SAFETY: the views are valid for their shapes and (non-negative) strides, `c` is
+        // borrowed mutably so it does not alias `a` or `b`, the offsets stay inside the depth
+        // range, and gemm reads/writes only within those shapes.
+        unsafe {
+            gemm_at(
+                level,
+                Product {
+                    m,
+                    n,
+                    k: depth,
+                    dst: (c_ptr, cr, cc),
+                    read_dst: accumulate || start > 0,
+                    lhs: (a_ptr.offset(start as isize * ac), ar, ac),
+                    rhs: (b_ptr.offset(start as isize * br), br, bc),
+                },
+                par,
+            );
+        }
     }
+}
+
+/// One `gemm` call's operands: pointers with (row, column) strides.
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, isize, isize),
+    read_dst: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+}
+
+/// `dst (+)= lhs · rhs` by `gemm`'s packed kernels for `level`, without its horizontal kernels
+/// (their sums cross vector lanes). As `gemm::gemm` does, a row-major destination is computed as
+/// its transpose, which the microkernels prefer.
+///
+/// # Safety
+/// The pointers and strides must describe valid, non-overlapping matrices of the given shapes
+/// (the destination writable), with non-negative strides; `p.k` ≥ 1; `p.m`, `p.n` ≥ 2.
+unsafe fn gemm_at(level: Level, p: Product, par: Parallelism) {
+    let Product {
+        m,
+        n,
+        k,
+        dst: (dst, dst_rs, dst_cs),
+        read_dst,
+        lhs: (lhs, lhs_rs, lhs_cs),
+        rhs: (rhs, rhs_rs, rhs_cs),
+    } = p;
+    let (m, n, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs) = if dst_cs < dst_rs {
+        (
+            n, m, dst_cs, dst_rs, rhs, rhs_cs, rhs_rs, lhs, lhs_cs, lhs_rs,
+        )
+    } else {
+        (
+            m, n, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
+        )
+    };
+    macro_rules! call {
+        ($simd:expr, $kernels:path, $n:expr) => {{
+            use $kernels as kernels;
+            gemm_common::gemm::gemm_basic_generic::<
+                _,
+                f32,
+                { $n },
+                { kernels::MR_DIV_N * $n },
+                { kernels::NR },
+                { kernels::MR_DIV_N },
+                0,
+                0,
+            >(
+                $simd,
+                m,
+                n,
+                k,
+                dst,
+                dst_cs,
+                dst_rs,
+                read_dst,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                |a, b, c| a * b + c,
+                &kernels::UKR,
+                &[],
+                false,
+                par,
+            )
+        }};
+    }
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => call!(
+            gemm_common::simd::V4::new_unchecked(),
+            gemm_f32::microkernel::avx512f::f32,
+            16
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => call!(
+            gemm_common::simd::V3::new_unchecked(),
+            gemm_f32::microkernel::fma::f32,
+            8
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Level::Baseline => call!(
+            gemm_common::simd::Scalar,
+            gemm_f32::microkernel::scalar::f32,
+            1
+        ),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => gemm::gemm(
+            m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0,
+            1.0, false, false, false, par,
+        ),
+    }
+}
+
+/// Columns per group in [`vector_product`]'s column form: independent sums side by side.
+const GROUP: usize = 8;
+
+/// `c (+)= a · b` for one row of output (`a [1, k]`, `b [k, n]`, `c [1, n]`): each output summed
+/// in depth order from zero, then added to `c`, as `gemm`'s kernels do (with separate multiply
+/// and add: the same bits at every level, and whichever way `b` is laid out).
+fn vector_product(
+    c: &mut ArrayViewMut2<f32>,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    accumulate: bool,
+) {
+    let (k, n) = b.dim();
+    let a = a.row(0);
+    let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
+    simd::with_scratch(n, |acc| {
+        vectorized(
+            #[inline(always)]
+            || {
+                if b_rs == 1 && b_cs != 1 {
+                    // b's columns are contiguous: each output's sum runs down its column, GROUP
+                    // columns side by side (independent sums, so they overlap in time).
+                    for (g, acc) in acc.chunks_mut(GROUP).enumerate() {
+                        let mut s = [0.0f32; GROUP];
+                        for (d, &x) in a.iter().enumerate() {
+                            for (i, s) in s.iter_mut().enumerate().take(acc.len()) {
+                                // SAFETY: d < k and g·GROUP + i < n: inside b.
+                                *s += x * unsafe { *b.uget((d, g * GROUP + i)) };
+                            }
+                        }
+                        acc.copy_from_slice(&s[..acc.len()]);
+                    }
+                } else {
+                    // Along b's rows: one multiply-add per output at each depth.
+                    for (x, row) in a.iter().zip(b.rows()) {
+                        match row.as_slice() {
+                            Some(row) => {
+                                for (s, &y) in acc.iter_mut().zip(row) {
+                                    *s += x * y;
+                                }
+                            }
+                            None => {
+                                for (s, &y) in acc.iter_mut().zip(row.iter()) {
+                                    *s += x * y;
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        debug_assert_eq!(a.len(), k);
+        for (c, &s) in c.row_mut(0).iter_mut().zip(acc.iter()) {
+            *c = if accumulate { *c + s } else { s };
+        }
+    });
 }
 
 /// Row-major `[rows, cols]` view of a flat slice.

@@ -1,9 +1,151 @@
-//! Hot loops outside the matmuls. Each is plain scalar code run through [`vectorized`], which
-//! compiles it once per SIMD level (SSE2 … AVX-512) and picks the best one the CPU has at run time,
-//! so one binary runs on every node of a cluster without `-C target-cpu=native`.
+//! Hot loops outside the matmuls, and the instruction-set level every kernel runs at. Each loop is
+//! plain scalar code run through [`vectorized`], which compiles it once per level and runs the
+//! copy for the [`level`] in force (the best the CPU has unless [`set_level`] or `TOYLENS_SIMD`
+//! chose a lower one), so one binary runs on every node of a cluster without
+//! `-C target-cpu=native`.
+//!
+//! Results do not depend on the level: these loops are written as scalar code whose order the
+//! compiler keeps (it never reassociates float sums, and fuses no multiply-add we did not ask
+//! for), and a sum that wants several lanes declares them itself, as an array of fixed width (see
+//! `attention::dot`). The matrix products follow the same rule (`matmul`). `tests/simd_levels.rs`
+//! runs the kernels and training steps at every level the machine has.
 
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The instruction sets the kernels are compiled for, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// x86-64's baseline (SSE2), or whatever the target has elsewhere. No FMA: the matrix
+    /// products round differently from the two levels above, so its results are its own.
+    Baseline,
+    /// AVX2 and FMA (x86-64-v3).
+    Avx2,
+    /// AVX-512 (x86-64-v4).
+    Avx512,
+}
+
+/// The environment variable that lowers the level for a process (and the processes it starts:
+/// sweep workers, Slurm tasks): `baseline`, `avx2` or `avx512`.
+pub const LEVEL_ENV: &str = "TOYLENS_SIMD";
+
+impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
+
+    /// Its name, as `TOYLENS_SIMD` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Baseline => "baseline",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn is_available(self) -> bool {
+        match self {
+            Level::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => pulp::x86::V3::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => pulp::x86::V4::is_available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Level::Avx2 | Level::Avx512 => false,
+        }
+    }
+
+    /// The levels this CPU can run, lowest first.
+    pub fn available() -> Vec<Level> {
+        Level::ALL
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+
+    /// The best level this CPU can run.
+    pub fn best() -> Level {
+        *Level::available()
+            .last()
+            .expect("the baseline is always available")
+    }
+
+    /// The level named `name`, if this CPU can run it; the error says what it can.
+    pub fn parse_available(name: &str) -> Result<Level, String> {
+        let names = || {
+            Level::available()
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let level = Level::ALL
+            .into_iter()
+            .find(|l| l.name() == name.trim().to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown SIMD level `{name}` (this CPU has: {})", names()))?;
+        if level.is_available() {
+            Ok(level)
+        } else {
+            Err(format!(
+                "this CPU cannot run SIMD level `{name}` (it has: {})",
+                names()
+            ))
+        }
+    }
+}
+
+/// The level in force, as `Level as u8`; `UNSET` until the first use or [`set_level`].
+static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
+
+/// The level every kernel runs at: the one [`set_level`] chose, else `TOYLENS_SIMD`'s, else the
+/// best the CPU has. (A bad `TOYLENS_SIMD` is an error where the binary or the Python module
+/// start, through [`level_from_env`]; here it is passed over.)
+#[inline(always)]
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        0 => Level::Baseline,
+        1 => Level::Avx2,
+        2 => Level::Avx512,
+        _ => init_level(),
+    }
+}
+
+#[cold]
+fn init_level() -> Level {
+    let requested = level_from_env().ok().flatten();
+    let chosen = requested.unwrap_or_else(Level::best);
+    if requested.is_none() && chosen == Level::Baseline && cfg!(target_arch = "x86_64") {
+        tracing::warn!(
+            "this CPU has no AVX2 and FMA: results will differ in the last bits from those of \
+             AVX2 and AVX-512 machines (which agree with each other)"
+        );
+    }
+    // A set_level that ran meanwhile wins.
+    let _ = LEVEL.compare_exchange(UNSET, chosen as u8, Ordering::Relaxed, Ordering::Relaxed);
+    level()
+}
+
+/// Run every kernel at `level` from now on (for tests and benchmarks; results do not depend on
+/// it). An error if this CPU cannot run it.
+pub fn set_level(level: Level) -> Result<(), String> {
+    if !level.is_available() {
+        return Err(format!("this CPU cannot run SIMD level `{}`", level.name()));
+    }
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The level `TOYLENS_SIMD` asks for (None when unset or empty); an error naming the variable
+/// when it names no level this CPU can run.
+pub fn level_from_env() -> Result<Option<Level>, String> {
+    match std::env::var(LEVEL_ENV) {
+        Ok(v) if !v.trim().is_empty() => Level::parse_available(&v)
+            .map(Some)
+            .map_err(|e| format!("{LEVEL_ENV}={v}: {e}")),
+        _ => Ok(None),
+    }
+}
 
 struct Kernel<F>(F);
 
@@ -15,17 +157,24 @@ impl<R, F: FnOnce() -> R> pulp::WithSimd for Kernel<F> {
     }
 }
 
-fn arch() -> pulp::Arch {
-    static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
-    *ARCH.get_or_init(pulp::Arch::new)
-}
-
-/// Run `f` compiled for the best instruction set available. Mark the closure `#[inline(always)]`:
-/// only code inlined into the dispatched function gets the wider instructions (a closure left out of
-/// line was seen compiled for SSE2 and ran 5× slower).
+/// Run `f` compiled for the [`level`] in force. Mark the closure `#[inline(always)]`: only code
+/// inlined into the dispatched function gets the wider instructions (a closure left out of line
+/// was seen compiled for SSE2 and ran 5× slower).
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    arch().dispatch(Kernel(f))
+    use pulp::Simd;
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level` is never above what the CPU has (checked by `set_level` and `best`).
+        Level::Avx512 => Simd::vectorize(unsafe { pulp::x86::V4::new_unchecked() }, Kernel(f)),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Level::Avx2 => Simd::vectorize(unsafe { pulp::x86::V3::new_unchecked() }, Kernel(f)),
+        #[cfg(target_arch = "x86_64")]
+        Level::Baseline => Simd::vectorize(pulp::Scalar, Kernel(f)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => pulp::Arch::new().dispatch(Kernel(f)),
+    }
 }
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: Cephes' `expf` polynomial
