@@ -4,10 +4,12 @@ weights (every tensor's name, shape and bytes; the metadata, which holds the con
 
     python3 bench/same_results.py [--toylens target/release/toylens] [--write]
 
-Compares against bench/same_results.txt (the hashes the commit before the model-interface change
-gave; grokking's re-recorded at 5d2d8c6, when its training took layer 0's W_in fold by default:
-exact maths, other rounding); --write records the current hashes instead. Exit code 1 on any
-difference.
+Compares against bench/same_results.txt, one record for every CPU and SIMD level with FMA (AVX2,
+AVX-512; `TOYLENS_SIMD=avx2` forces a level): the hashes the commit before the model-interface
+change gave, grokking's re-recorded when its training took layer 0's W_in fold by default (exact
+maths, other rounding) and again when the fold's one-row product stopped depending on the vector
+width. --write records the current hashes instead. Exit code 1 on any difference.
+`cargo test` runs it (tests/same_results.rs).
 """
 import argparse, hashlib, json, os, struct, subprocess, sys, tempfile
 
