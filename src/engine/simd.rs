@@ -94,8 +94,12 @@ impl Level {
     }
 }
 
-/// The level in force, as `Level as u8`; `UNSET` until the first use or [`set_level`].
-static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+/// The level in force, as `Level as u8`; `UNSET` until the first use or [`set_level`]. Alone on
+/// its cache line: every kernel reads it, from every thread.
+static LEVEL: CacheLine = CacheLine(AtomicU8::new(UNSET));
+
+#[repr(align(128))]
+struct CacheLine(AtomicU8);
 const UNSET: u8 = u8::MAX;
 
 /// The level every kernel runs at: the one [`set_level`] chose, else `TOYLENS_SIMD`'s, else the
@@ -103,7 +107,7 @@ const UNSET: u8 = u8::MAX;
 /// start, through [`level_from_env`]; here it is passed over.)
 #[inline(always)]
 pub fn level() -> Level {
-    match LEVEL.load(Ordering::Relaxed) {
+    match LEVEL.0.load(Ordering::Relaxed) {
         0 => Level::Baseline,
         1 => Level::Avx2,
         2 => Level::Avx512,
@@ -122,7 +126,7 @@ fn init_level() -> Level {
         );
     }
     // A set_level that ran meanwhile wins.
-    let _ = LEVEL.compare_exchange(UNSET, chosen as u8, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = LEVEL.0.compare_exchange(UNSET, chosen as u8, Ordering::Relaxed, Ordering::Relaxed);
     level()
 }
 
@@ -132,7 +136,7 @@ pub fn set_level(level: Level) -> Result<(), String> {
     if !level.is_available() {
         return Err(format!("this CPU cannot run SIMD level `{}`", level.name()));
     }
-    LEVEL.store(level as u8, Ordering::Relaxed);
+    LEVEL.0.store(level as u8, Ordering::Relaxed);
     Ok(())
 }
 
