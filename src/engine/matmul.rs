@@ -7,8 +7,9 @@
 //! - the kernel: chosen by us from `simd::level`, not by `gemm` from the CPU (so tests can force
 //!   each level);
 //! - the block depth: `gemm` derives it from the L1 cache's geometry and the microkernel's height,
-//!   which differ between CPUs and levels; each call here gets at most [`DEPTH_BLOCK`] of depth,
-//!   so it is one block, and the blocks are split by a rule of the shape alone;
+//!   which differ between CPUs and levels. Here the depth is split by a rule of the shape alone
+//!   ([`depth_block`]): a product goes to `gemm` in one call where its own split is that rule's
+//!   (on every CPU seen so far), else one call per block (one block each);
 //! - two paths that sum across a vector's lanes (so by its width): the matrix-vector products
 //!   (one row or one column of output) are computed here by [`vector_product`], and small outputs'
 //!   "horizontal" kernels are left out (the packed kernels take them).
@@ -35,6 +36,34 @@ fn depth_block(m: usize, n: usize, k: usize) -> usize {
         k.min(DEPTH_BLOCK)
     } else {
         k.div_ceil(k.div_ceil(DEPTH_BLOCK)).max(1)
+    }
+}
+
+/// Whether `gemm`, at `level` on this CPU, splits every depth as [`depth_block`] does: always for
+/// outputs of at most 64 × 64; for larger ones where its block depth from the cache comes to 512
+/// (on every CPU this project has run on).
+fn gemm_splits_depth_as_we_do(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static SAME: [OnceLock<bool>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        *SAME[level as usize].get_or_init(|| {
+            use gemm_f32::microkernel::{avx512f, fma, scalar};
+            let (mr, nr) = match level {
+                Level::Avx512 => (avx512f::f32::MR_DIV_N * 16, avx512f::f32::NR),
+                Level::Avx2 => (fma::f32::MR_DIV_N * 8, fma::f32::NR),
+                Level::Baseline => (scalar::f32::MR_DIV_N, scalar::f32::NR),
+            };
+            // Its block depth does not depend on the output's shape; on a long depth it is the
+            // cache's figure (at least 512) spread evenly.
+            let kc = gemm_common::cache::kernel_params(4096, 4096, 1 << 20, mr, nr, 4).kc;
+            kc == depth_block(4096, 4096, 1 << 20)
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = level;
+        true
     }
 }
 
@@ -86,6 +115,28 @@ pub fn matmul_threads(
     } else {
         Parallelism::None
     };
+    let level = simd::level();
+    let block = if (m <= 64 && n <= 64) || gemm_splits_depth_as_we_do(level) {
+        // One call: gemm's own blocks are ours (and a call per block would pay its packing
+        // set-up each time).
+        k
+    } else {
+        depth_block(m, n, k)
+    };
+    gemm_in_blocks(c, a, b, accumulate, par, level, block);
+}
+
+/// `c (+)= a · b` by `gemm` at `level`, one call per `block` of the depth.
+fn gemm_in_blocks(
+    c: &mut ArrayViewMut2<f32>,
+    a: &ArrayView2<f32>,
+    b: &ArrayView2<f32>,
+    accumulate: bool,
+    par: Parallelism,
+    level: Level,
+    block: usize,
+) {
+    let ((m, k), n) = (a.dim(), b.ncols());
     let strides = |s: &[isize]| {
         assert!(s.iter().all(|&s| s >= 0), "matmul: negative strides");
         (s[0], s[1])
@@ -95,8 +146,6 @@ pub fn matmul_threads(
         strides(a.strides()),
         strides(b.strides()),
     );
-    let level = simd::level();
-    let block = depth_block(m, n, k);
     let (c_ptr, a_ptr, b_ptr) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr());
     for start in (0..k).step_by(block) {
         let depth = block.min(k - start);
@@ -373,5 +422,47 @@ pub fn linear_backward(
             input_grad(dx, acc, threads);
         }
         None => weight_grad(dw, db, threads),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rng::Rng;
+
+    #[test]
+    fn one_call_and_a_call_per_block_give_the_same_bits_where_gemm_splits_as_we_do() {
+        let (m, k, n) = (130, 3001, 70);
+        let mut rng = Rng::new(5);
+        let mut draw = |len| {
+            let mut v = vec![0.0f32; len];
+            rng.fill_normal_f32(&mut v);
+            v
+        };
+        let (a, b, c0) = (draw(m * k), draw(k * n), draw(m * n));
+        let block = depth_block(m, n, k);
+        assert_eq!(block, 501);
+        for level in Level::available() {
+            if !gemm_splits_depth_as_we_do(level) {
+                continue;
+            }
+            for accumulate in [false, true] {
+                let run = |block| {
+                    let mut c = c0.clone();
+                    gemm_in_blocks(
+                        &mut view_mut(&mut c, m, n),
+                        &view(&a, m, k),
+                        &view(&b, k, n),
+                        accumulate,
+                        Parallelism::None,
+                        level,
+                        block,
+                    );
+                    c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                assert!(run(k) == run(block), "{level:?}: gemm's blocks are not ours");
+                assert!(run(k) != run(512), "{level:?}: the split should matter");
+            }
+        }
     }
 }
