@@ -460,7 +460,10 @@ mod tests {
                     );
                     c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
                 };
-                assert!(run(k) == run(block), "{level:?}: gemm's blocks are not ours");
+                assert!(
+                    run(k) == run(block),
+                    "{level:?}: gemm's blocks are not ours"
+                );
                 assert!(run(k) != run(512), "{level:?}: the split should matter");
             }
         }

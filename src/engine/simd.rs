@@ -126,7 +126,9 @@ fn init_level() -> Level {
         );
     }
     // A set_level that ran meanwhile wins.
-    let _ = LEVEL.0.compare_exchange(UNSET, chosen as u8, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = LEVEL
+        .0
+        .compare_exchange(UNSET, chosen as u8, Ordering::Relaxed, Ordering::Relaxed);
     level()
 }
 
