@@ -207,6 +207,7 @@ unsafe fn gemm_at(level: Level, p: Product, par: Parallelism) {
             m, n, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
         )
     };
+    #[cfg(target_arch = "x86_64")]
     macro_rules! call {
         ($simd:expr, $kernels:path, $n:expr) => {{
             use $kernels as kernels;

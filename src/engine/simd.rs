@@ -168,6 +168,7 @@ impl<R, F: FnOnce() -> R> pulp::WithSimd for Kernel<F> {
 /// was seen compiled for SSE2 and ran 5× slower).
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
     use pulp::Simd;
     match level() {
         #[cfg(target_arch = "x86_64")]
