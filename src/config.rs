@@ -15,9 +15,7 @@ use crate::error::{closest, Error, Result};
 use crate::models::linear::{Linear, LinearConfig};
 use crate::models::superposition::{Superposition, SuperpositionConfig};
 use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
-use crate::models::transformer::{
-    InitScheme, Layout, Normalization, Transformer, TransformerConfig,
-};
+use crate::models::transformer::{InitScheme, Normalization, Transformer, TransformerConfig};
 use crate::models::Model;
 use crate::tasks::digits::{DigitsRun, DigitsTask};
 use crate::tasks::modular::{ModularData as ModularRun, ModularTask, Op, Split};
@@ -738,15 +736,15 @@ impl Experiment {
         let (n_params, rows, per_row, keys): (f64, f64, f64, &str) = match (&self.model, &self.task)
         {
             (ModelSpec::Transformer(c), task) => {
-                let n = Layout::new(c).total as f64;
+                let n = c.parameter_count();
                 let examples = match task {
-                    TaskSpec::Modular(t) => (t.p * t.p) as f64,
+                    TaskSpec::Modular(t) => (t.p as f64).powi(2),
                     TaskSpec::Digits(d) => bs.unwrap_or(d.n_train()).max(d.n_eval) as f64,
                     _ => 1.0,
                 };
                 let (d, hd, h, ctx) = (
                     c.d_model as f64,
-                    (c.n_heads * c.d_head) as f64,
+                    c.n_heads as f64 * c.d_head as f64,
                     c.n_heads as f64,
                     c.n_ctx as f64,
                 );
@@ -767,32 +765,29 @@ impl Experiment {
                     },
                 )
             }
+            // Sizes in f64 from the start: products of absurd sizes cannot overflow.
             (ModelSpec::ToyMlp(c), TaskSpec::Modular(t)) => {
-                let n = (c.p * c.d_embed
-                    + 2 * c.d_embed * c.d_hidden
-                    + c.d_hidden
-                    + c.p * c.d_hidden
-                    + c.p) as f64;
+                let (p, e, hid) = (c.p as f64, c.d_embed as f64, c.d_hidden as f64);
                 (
-                    (n),
-                    (t.p * t.p) as f64,
-                    (4 * c.d_embed + 4 * c.d_hidden + 2 * c.p) as f64,
+                    p * e + 2.0 * e * hid + hid + p * hid + p,
+                    (t.p as f64).powi(2),
+                    4.0 * e + 4.0 * hid + 2.0 * p,
                     "model.d_hidden",
                 )
             }
             (ModelSpec::Superposition(c), TaskSpec::Superposition { n_eval }) => {
-                let w = (c.n_instances * c.n_features) as f64;
+                let w = c.n_instances as f64 * c.n_features as f64;
                 (
-                    w * (c.n_hidden + 1) as f64,
+                    w * (c.n_hidden as f64 + 1.0),
                     bs.unwrap_or(1).max(*n_eval) as f64,
                     2.0 * w,
                     "train.batch_size",
                 )
             }
             (ModelSpec::Linear(c), TaskSpec::Regression(t)) => (
-                (c.n_out * (c.n_in + 1)) as f64,
+                c.n_out as f64 * (c.n_in as f64 + 1.0),
                 t.n_train.max(t.n_test) as f64,
-                2.0 * (c.n_in + c.n_out) as f64,
+                2.0 * (c.n_in as f64 + c.n_out as f64),
                 "data.n_train",
             ),
             _ => (0.0, 0.0, 0.0, ""),
@@ -813,9 +808,15 @@ impl Experiment {
 
     /// An error if [`Experiment::memory_estimate`] exceeds the memory this machine has available.
     pub fn check_memory(&self) -> Result<()> {
-        let Some(avail) = available_memory() else {
-            return Ok(());
-        };
+        match available_memory() {
+            Some(avail) => self.check_memory_within(avail),
+            None => Ok(()),
+        }
+    }
+
+    /// An error naming the key that sets most of it if [`Experiment::memory_estimate`] exceeds
+    /// `avail` bytes.
+    pub fn check_memory_within(&self, avail: u64) -> Result<()> {
         let parts = self.memory_estimate();
         let total: f64 = parts.iter().map(|p| p.1).sum();
         if total <= avail as f64 {
@@ -827,7 +828,7 @@ impl Experiment {
             .map(|(what, b, _)| format!("{} for {what}", gb(*b)))
             .collect();
         Err(Error::config(
-            parts[0].2.clone(),
+            self.heaviest_key().unwrap_or_else(|| parts[0].2.clone()),
             format!(
                 "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller (this key sets most of it)",
                 gb(total),
@@ -835,6 +836,37 @@ impl Experiment {
                 gb(avail as f64)
             ),
         ))
+    }
+
+    /// The size key that sets most of [`Experiment::memory_estimate`]: each whole-number key of
+    /// the model and data sections, and `train.batch_size`, set in turn to the smallest value
+    /// that resolves (1, else 2); the one whose shrinking saves the most. (Halving would not do:
+    /// the estimate is a product, so halving any factor saves half, and a squared one more.)
+    /// None when shrinking none of them saves anything.
+    fn heaviest_key(&self) -> Option<String> {
+        let total = |e: &Experiment| e.memory_estimate().iter().map(|p| p.1).sum::<f64>();
+        let now = total(self);
+        let tree = serde_json::to_value(&self.config).ok()?;
+        let mut paths = Vec::new();
+        leaf_paths(&tree, "", &mut paths);
+        paths
+            .into_iter()
+            .filter(|k| {
+                k.starts_with("model.") || k.starts_with("data.") || k == "train.batch_size"
+            })
+            .filter_map(|k| {
+                let v = lookup(&tree, &k)?.as_u64()?;
+                let smallest = [1, 2].into_iter().filter(|&s| s < v).find_map(|s| {
+                    apply_overrides(&self.config, &[format!("{k}={s}")])
+                        .ok()?
+                        .resolve()
+                        .ok()
+                })?;
+                let saved = now - total(&smallest);
+                (saved > 0.0).then_some((saved, k))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| k)
     }
 }
 
@@ -1169,6 +1201,68 @@ mod tests {
         assert!(e.contains("key=value"), "{e}");
         let e = resolve("grokkin", &[]).unwrap_err().to_string();
         assert!(e.contains("did you mean `grokking`"), "{e}");
+    }
+
+    #[test]
+    fn a_size_key_of_1e8_is_refused_before_anything_is_allocated_and_named() {
+        let budget = 16_000_000_000; // bytes: a laptop's, or a CI machine's
+        for preset in ["grokking-tiny", "digits5", "toy-mlp", "superposition"] {
+            let cfg = resolve(preset, &[]).unwrap();
+            let tree = serde_json::to_value(&cfg).unwrap();
+            let mut keys = Vec::new();
+            leaf_paths(&tree, "", &mut keys);
+            keys.retain(|k| {
+                (k.starts_with("model.") || k.starts_with("data.") || k == "train.batch_size")
+                    && lookup(&tree, k).is_some_and(|v| v.is_u64())
+                    && !k.ends_with("seed")
+            });
+            // A modular task trains on at most its whole training set: any batch fits.
+            if preset == "grokking-tiny" || preset == "toy-mlp" {
+                keys.retain(|k| k != "train.batch_size");
+            }
+            assert!(keys.len() >= 3, "{preset}: {keys:?}");
+            for k in keys {
+                let start = std::time::Instant::now();
+                let refused = resolve(preset, &[format!("{k}=100000000")])
+                    .and_then(|c| c.resolve())
+                    .and_then(|e| e.check_memory_within(budget))
+                    .expect_err(&format!("{preset} {k}=1e8 was not refused"))
+                    .to_string();
+                assert!(
+                    refused.contains(&format!("`{k}`")),
+                    "{preset} {k}=1e8: the error names another key: {refused}"
+                );
+                assert!(start.elapsed().as_secs_f64() < 1.0, "{preset} {k}: slow");
+            }
+        }
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_layouts() {
+        use crate::models::transformer::Layout;
+        for (preset, overrides) in [
+            ("grokking", vec![]),
+            ("digits5", vec![]),
+            (
+                "grokking-tiny",
+                vec!["model.normalization_type=LN", "model.n_layers=3"],
+            ),
+            (
+                "grokking-tiny",
+                vec!["model.attn_only=true", "model.attn_bias=true"],
+            ),
+        ] {
+            let overrides: Vec<String> = overrides.into_iter().map(String::from).collect();
+            let exp = resolve(preset, &overrides).unwrap().resolve().unwrap();
+            let ModelSpec::Transformer(c) = &exp.model else {
+                panic!("{preset}: a transformer")
+            };
+            assert_eq!(
+                c.parameter_count(),
+                Layout::new(c).total as f64,
+                "{preset} {overrides:?}"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,25 @@ impl TransformerConfig {
         }
     }
 
+    /// How many parameters [`super::Layout::new`] lays out, counted without laying them out (a
+    /// config of absurd sizes costs nothing to size), in f64 (which cannot overflow).
+    pub fn parameter_count(&self) -> f64 {
+        let (d, h, dh) = (self.d_model as f64, self.n_heads as f64, self.d_head as f64);
+        let ln = if self.has_ln() { 2.0 * d } else { 0.0 };
+        let attn = 4.0 * h * d * dh + 3.0 * h * dh + d;
+        let mlp = if self.has_mlp() {
+            let m = self.d_mlp() as f64;
+            ln + 2.0 * d * m + m + d
+        } else {
+            0.0
+        };
+        let v_out = self.d_vocab_out() as f64;
+        (self.d_vocab as f64 + self.n_ctx as f64) * d
+            + self.n_layers as f64 * (ln + attn + mlp)
+            + ln
+            + (d + 1.0) * v_out
+    }
+
     /// Check every field; errors name the key as `{prefix}field`.
     pub fn validate(&self, prefix: &str) -> Result<()> {
         let positive = [
