@@ -23,9 +23,9 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 /// two threads than on one).
 const PARALLEL_MIN_FLOPS: usize = 1 << 22;
 
-/// The most depth one `gemm` call is given (see the module's note). 512 is what `gemm` chose
-/// itself on the CPUs this project has run on (AMD Zen 3, 4 and 5, Intel Xeon), and the split
-/// below is its own at that depth, so results there are what they were.
+/// The block depth of the fixed rule (see the module's note). 512 is what `gemm` chose itself on
+/// the CPUs this project has run on (AMD Zen 3, 4 and 5, Intel Xeon), and [`depth_block`] is its
+/// own split at that depth, so results there are what they were.
 const DEPTH_BLOCK: usize = 512;
 
 /// The depth of each block of a product of output `[m, n]` and depth `k` (the last may be shorter):
@@ -289,6 +289,7 @@ fn vector_product(
 ) {
     let (k, n) = b.dim();
     let a = a.row(0);
+    debug_assert_eq!(a.len(), k);
     let (b_rs, b_cs) = (b.strides()[0], b.strides()[1]);
     simd::with_scratch(n, |acc| {
         vectorized(
@@ -326,7 +327,6 @@ fn vector_product(
                 }
             },
         );
-        debug_assert_eq!(a.len(), k);
         for (c, &s) in c.row_mut(0).iter_mut().zip(acc.iter()) {
             *c = if accumulate { *c + s } else { s };
         }
