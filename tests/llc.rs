@@ -63,7 +63,7 @@ fn settings() -> LlcConfig {
         draws: 2000,
         burnin: 500,
         steps_between_draws: 1,
-        batch_size: 500,
+        batch_size: Some(500),
         seed: 1,
         init_loss: InitLoss::Full,
     }
@@ -234,6 +234,62 @@ fn a_singular_model_has_its_learning_coefficient_not_the_regular_one() {
 }
 
 #[test]
+fn the_default_minibatch_on_a_smaller_training_set_is_the_whole_set_and_says_so() {
+    let data = regression_data(100, 1, &[0.5], 0.1, 3);
+    let model = Quadratic { w: vec![0.1, 0.1] };
+    let short = LlcConfig {
+        draws: 50,
+        burnin: 10,
+        chains: 2,
+        ..settings()
+    };
+    let default = estimate(
+        &model,
+        &data,
+        &LlcConfig {
+            batch_size: None,
+            ..short.clone()
+        },
+    )
+    .unwrap();
+    let whole = estimate(
+        &model,
+        &data,
+        &LlcConfig {
+            batch_size: Some(100),
+            ..short.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(default.llc_mean.to_bits(), whole.llc_mean.to_bits());
+    assert!(
+        default.warnings[0].contains("default minibatch of 512")
+            && default.warnings[0].contains("the whole set is used"),
+        "{:?}",
+        default.warnings
+    );
+    assert!(!whole
+        .warnings
+        .iter()
+        .any(|w| w.contains("default minibatch")));
+    // Given, a minibatch larger than the set is still an error.
+    let e = estimate(
+        &model,
+        &data,
+        &LlcConfig {
+            batch_size: Some(512),
+            ..short
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--batch-size") && e.contains("larger than the training set"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_settings_are_errors_that_name_them() {
     let data = regression_data(100, 2, &[1.0, 0.0], 1.0, 0);
     let model = Linear::new(LinearConfig {
@@ -274,7 +330,7 @@ fn bad_settings_are_errors_that_name_them() {
         ),
         (
             LlcConfig {
-                batch_size: 101,
+                batch_size: Some(101),
                 ..settings()
             },
             "larger than the training set (100",
@@ -288,14 +344,14 @@ fn bad_settings_are_errors_that_name_them() {
         ),
     ] {
         let cfg = LlcConfig {
-            batch_size: cfg.batch_size.min(101),
+            batch_size: cfg.batch_size.map(|m| m.min(101)),
             ..cfg
         };
         let cfg = if needle.starts_with("larger") {
             cfg
         } else {
             LlcConfig {
-                batch_size: 50,
+                batch_size: Some(50),
                 ..cfg
             }
         };

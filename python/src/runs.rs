@@ -382,7 +382,7 @@ fn _llc<'py>(
     draws: usize,
     burnin: usize,
     steps_between_draws: usize,
-    batch_size: usize,
+    batch_size: Option<usize>,
     seed: u64,
     init_loss: &str,
 ) -> PyResult<Bound<'py, PyAny>> {

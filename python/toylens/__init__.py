@@ -204,7 +204,7 @@ def llc(
     draws: int = 200,
     burnin: int = 100,
     steps_between_draws: int = 1,
-    batch_size: int = 512,
+    batch_size: Optional[int] = None,
     seed: int = 0,
     init_loss: str = "full",
 ) -> Dict[str, Any]:
@@ -212,6 +212,8 @@ def llc(
     checkpoint (``kind`` ``checkpoint``: ``estimate`` with ``llc_mean``, ``llc_std``, the chains'
     loss traces...) or of every checkpoint of a run (``kind`` ``run``: ``steps`` and
     ``estimates``). nbeta: ``"batch"`` (m / ln m, devinterp's default), ``"dataset"`` or a number.
+    batch_size: None for 512, or the whole training set where that is smaller (the estimate's
+    ``warnings`` then say so).
     """
     return _arrays(
         _toylens._llc(

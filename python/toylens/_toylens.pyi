@@ -101,7 +101,7 @@ def _llc(
     draws: int,
     burnin: int,
     steps_between_draws: int,
-    batch_size: int,
+    batch_size: Optional[int],
     seed: int,
     init_loss: str,
 ) -> Dict[str, Any]: ...

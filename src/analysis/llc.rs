@@ -76,8 +76,9 @@ pub struct LlcConfig {
     pub draws: usize,
     pub burnin: usize,
     pub steps_between_draws: usize,
-    /// Minibatch size m (the whole training set if larger is asked: an error).
-    pub batch_size: usize,
+    /// Minibatch size m: None for [`DEFAULT_BATCH_SIZE`], or the whole training set where that is
+    /// smaller (the estimate's warnings then say so); a larger m given is an error.
+    pub batch_size: Option<usize>,
     pub seed: u64,
     pub init_loss: InitLoss,
 }
@@ -92,14 +93,22 @@ impl Default for LlcConfig {
             draws: 200,
             burnin: 100,
             steps_between_draws: 1,
-            batch_size: 512,
+            batch_size: None,
             seed: 0,
             init_loss: InitLoss::Full,
         }
     }
 }
 
+/// The minibatch size when none is given (devinterp's examples take 512 too).
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+
 impl LlcConfig {
+    /// The minibatch size m on a training set of `n_train` examples.
+    pub fn minibatch(&self, n_train: usize) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE.min(n_train))
+    }
+
     /// An error naming the setting, for values no estimate can use.
     pub fn validate(&self, n_train: usize) -> Result<()> {
         let bad = |k: &str, why: String| Err(Error::Input(format!("--{k}: {why}")));
@@ -124,7 +133,7 @@ impl LlcConfig {
             ("chains", self.chains),
             ("draws", self.draws),
             ("steps-between-draws", self.steps_between_draws),
-            ("batch-size", self.batch_size),
+            ("batch-size", self.minibatch(n_train)),
         ] {
             if v == 0 {
                 return bad(k, "must be at least 1 (got 0)".into());
@@ -136,16 +145,13 @@ impl LlcConfig {
                 "needs at least 2 chains for a standard deviation".into(),
             );
         }
-        if self.batch_size > n_train {
+        if let Some(m) = self.batch_size.filter(|&m| m > n_train) {
             return bad(
                 "batch-size",
-                format!(
-                    "a minibatch of {} is larger than the training set ({n_train} examples)",
-                    self.batch_size
-                ),
+                format!("a minibatch of {m} is larger than the training set ({n_train} examples)"),
             );
         }
-        if self.batch_size == 1 && self.nbeta == NBeta::Batch {
+        if self.minibatch(n_train) == 1 && self.nbeta == NBeta::Batch {
             return bad(
                 "nbeta",
                 "m / ln m is undefined for a minibatch of 1; give nβ".into(),
@@ -158,7 +164,7 @@ impl LlcConfig {
     pub fn nbeta_value(&self, n: usize) -> f64 {
         let over_log = |k: usize| k as f64 / (k as f64).ln();
         match self.nbeta {
-            NBeta::Batch => over_log(self.batch_size),
+            NBeta::Batch => over_log(self.minibatch(n)),
             NBeta::Dataset => over_log(n),
             NBeta::Value(b) => b,
         }
@@ -207,8 +213,9 @@ fn init_loss(model: &dyn Model, data: &Batch, cfg: &LlcConfig) -> Result<f64> {
         InitLoss::Full => Ok(model.evaluate(&mut s, data)?.loss),
         InitLoss::Minibatches => {
             // devinterp: the first `chains` batches of its (shuffled) loader.
-            let mut order = EpochOrder::new(data.len(), cfg.batch_size, chain_seed(cfg.seed, 0, 0));
-            let k = cfg.chains.min(data.len().div_ceil(cfg.batch_size));
+            let m = cfg.minibatch(data.len());
+            let mut order = EpochOrder::new(data.len(), m, chain_seed(cfg.seed, 0, 0));
+            let k = cfg.chains.min(data.len().div_ceil(m));
             let mut total = 0.0;
             for step in 1..=k as u64 {
                 total += model
@@ -232,7 +239,11 @@ fn run_chain(
     let w_star = model.params().to_vec();
     let trainable = model.trainable_ranges();
     let mut scratch = Scratch::new();
-    let mut order = EpochOrder::new(data.len(), cfg.batch_size, chain_seed(cfg.seed, chain, 0));
+    let mut order = EpochOrder::new(
+        data.len(),
+        cfg.minibatch(data.len()),
+        chain_seed(cfg.seed, chain, 0),
+    );
     let mut rng = Rng::new(chain_seed(cfg.seed, chain, 1));
     let n = w_star.len();
     let mut grads = vec![0.0f32; n];
@@ -423,7 +434,17 @@ pub fn estimate_many(
         .map(|m| {
             let init = init_loss(*m, data, cfg)?;
             let chains: Vec<_> = results.by_ref().take(cfg.chains).collect();
-            Ok(summarize(chains, init, nbeta, cfg.batch_size == data.len()))
+            let m = cfg.minibatch(data.len());
+            let mut estimate = summarize(chains, init, nbeta, m == data.len());
+            if cfg.batch_size.is_none() && m < DEFAULT_BATCH_SIZE {
+                estimate.warnings.insert(
+                    0,
+                    format!(
+                        "the default minibatch of {DEFAULT_BATCH_SIZE} is larger than the training set ({m} examples): the whole set is used (full-batch SGLD)"
+                    ),
+                );
+            }
+            Ok(estimate)
         })
         .collect()
 }

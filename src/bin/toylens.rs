@@ -128,10 +128,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Fourier structure and progress measures of a modular-addition model. A checkpoint (toylens
-    /// .safetensors or original .pth): key frequencies, full/restricted/excluded loss, Gini of W_E and
-    /// W_L, sum of squared weights. A run directory: the measures at every checkpoint, in
-    /// progress.csv.
+    /// What a model has learned, by its kind. A modular-arithmetic transformer (toylens
+    /// .safetensors or original .pth): key frequencies, full/restricted/excluded loss, Gini of W_E
+    /// and W_L, sum of squared weights, neuron clusters; a digit adder: each digit's loss,
+    /// accuracy and carry cases; a superposition model: each instance's feature geometry. A run
+    /// directory: the measures at every checkpoint (progress.csv for modular runs), pictures in
+    /// RUN/analysis/.
     Analyze {
         target: PathBuf,
         /// Print one JSON object.
@@ -204,9 +206,10 @@ enum Cmd {
         burnin: usize,
         #[arg(long, default_value_t = 1)]
         steps_between_draws: usize,
-        /// Minibatch size m (at most the training set's size).
-        #[arg(long, default_value_t = 512)]
-        batch_size: usize,
+        /// Minibatch size m (default 512, or the whole training set where that is smaller; a
+        /// larger m given is an error).
+        #[arg(long)]
+        batch_size: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// L(w*): `full` (the whole training set) or `minibatches` (devinterp's default: the mean
