@@ -129,6 +129,11 @@ impl LlcConfig {
                 return bad("nbeta", format!("nβ must be positive (got {b})"));
             }
         }
+        if n_train == 0 {
+            return Err(Error::Input(
+                "the training set is empty: no λ̂ to estimate".into(),
+            ));
+        }
         for (k, v) in [
             ("chains", self.chains),
             ("draws", self.draws),
