@@ -828,7 +828,8 @@ impl Experiment {
             .map(|(what, b, _)| format!("{} for {what}", gb(*b)))
             .collect();
         Err(Error::config(
-            self.heaviest_key().unwrap_or_else(|| parts[0].2.clone()),
+            self.heaviest_key(total)
+                .unwrap_or_else(|| parts[0].2.clone()),
             format!(
                 "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller (this key sets most of it)",
                 gb(total),
@@ -842,10 +843,9 @@ impl Experiment {
     /// the model and data sections, and `train.batch_size`, set in turn to the smallest value
     /// that resolves (1, else 2); the one whose shrinking saves the most. (Halving would not do:
     /// the estimate is a product, so halving any factor saves half, and a squared one more.)
-    /// None when shrinking none of them saves anything.
-    fn heaviest_key(&self) -> Option<String> {
+    /// None when shrinking none of them saves anything. `now`: this experiment's estimate.
+    fn heaviest_key(&self, now: f64) -> Option<String> {
         let total = |e: &Experiment| e.memory_estimate().iter().map(|p| p.1).sum::<f64>();
-        let now = total(self);
         let tree = serde_json::to_value(&self.config).ok()?;
         let mut paths = Vec::new();
         leaf_paths(&tree, "", &mut paths);

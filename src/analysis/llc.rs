@@ -426,6 +426,7 @@ pub fn estimate_many(
     crate::engine::threads::init(0);
     crate::engine::threads::flush_subnormals();
     let nbeta = cfg.nbeta_value(data.len());
+    let minibatch = cfg.minibatch(data.len());
     let jobs: Vec<(usize, usize)> = (0..models.len())
         .flat_map(|k| (0..cfg.chains).map(move |c| (k, c)))
         .collect();
@@ -439,13 +440,12 @@ pub fn estimate_many(
         .map(|m| {
             let init = init_loss(*m, data, cfg)?;
             let chains: Vec<_> = results.by_ref().take(cfg.chains).collect();
-            let m = cfg.minibatch(data.len());
-            let mut estimate = summarize(chains, init, nbeta, m == data.len());
-            if cfg.batch_size.is_none() && m < DEFAULT_BATCH_SIZE {
+            let mut estimate = summarize(chains, init, nbeta, minibatch == data.len());
+            if cfg.batch_size.is_none() && minibatch < DEFAULT_BATCH_SIZE {
                 estimate.warnings.insert(
                     0,
                     format!(
-                        "the default minibatch of {DEFAULT_BATCH_SIZE} is larger than the training set ({m} examples): the whole set is used (full-batch SGLD)"
+                        "the default minibatch of {DEFAULT_BATCH_SIZE} is larger than the training set ({minibatch} examples): the whole set is used (full-batch SGLD)"
                     ),
                 );
             }

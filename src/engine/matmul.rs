@@ -14,6 +14,7 @@
 //!   (one row or one column of output) are computed here by [`vector_product`], and small outputs'
 //!   "horizontal" kernels are left out (the packed kernels take them).
 
+use crate::engine::attention::axpy;
 use crate::engine::simd::{self, vectorized, Level};
 use gemm_common::Parallelism;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -35,7 +36,7 @@ fn depth_block(m: usize, n: usize, k: usize) -> usize {
     if m <= 64 && n <= 64 {
         k.min(DEPTH_BLOCK)
     } else {
-        k.div_ceil(k.div_ceil(DEPTH_BLOCK)).max(1)
+        k.div_ceil(k.div_ceil(DEPTH_BLOCK))
     }
 }
 
@@ -312,11 +313,7 @@ fn vector_product(
                     // Along b's rows: one multiply-add per output at each depth.
                     for (x, row) in a.iter().zip(b.rows()) {
                         match row.as_slice() {
-                            Some(row) => {
-                                for (s, &y) in acc.iter_mut().zip(row) {
-                                    *s += x * y;
-                                }
-                            }
+                            Some(row) => axpy(acc, *x, row),
                             None => {
                                 for (s, &y) in acc.iter_mut().zip(row.iter()) {
                                     *s += x * y;
