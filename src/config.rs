@@ -64,7 +64,39 @@ pub const PRESETS: &[Preset] = &[
         about: "Toy Models of Superposition, intro figure: 5 features in 2 dimensions, 10 instances from dense to sparse",
         yaml: include_str!("../presets/superposition.yaml"),
     },
+    Preset {
+        name: "linear",
+        about: "linear regression on Gaussian inputs (4 in, 2 out, noise 0.1): the smallest model, for trying the tools",
+        yaml: include_str!("../presets/linear.yaml"),
+    },
 ];
+
+/// Whether a preset argument names a YAML file (a config of one's own) rather than a preset.
+pub fn is_config_file(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// A preset's config, or a YAML config file's (see [`is_config_file`]); errors name the file.
+pub fn base_config(name: &str) -> Result<ExperimentConfig> {
+    if is_config_file(name) {
+        let text = std::fs::read_to_string(name).map_err(|e| Error::io(name, e))?;
+        return from_yaml(&text, name);
+    }
+    let p = preset(name)?;
+    from_yaml(p.yaml, &format!("preset {}", p.name))
+}
+
+/// The name a run directory or sweep folder takes from a preset argument: a preset's own name, or a
+/// config file's stem.
+pub fn short_name(name: &str) -> String {
+    if is_config_file(name) {
+        std::path::Path::new(name)
+            .file_stem()
+            .map_or_else(|| "config".to_string(), |s| s.to_string_lossy().into_owned())
+    } else {
+        name.to_string()
+    }
+}
 
 pub fn preset(name: &str) -> Result<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
@@ -1061,8 +1093,7 @@ pub fn apply_overrides(cfg: &ExperimentConfig, overrides: &[String]) -> Result<E
 
 /// A preset with overrides, validated.
 pub fn resolve(preset_name: &str, overrides: &[String]) -> Result<ExperimentConfig> {
-    let p = preset(preset_name)?;
-    let base = from_yaml(p.yaml, &format!("preset {}", p.name))?;
+    let base = base_config(preset_name)?;
     let cfg = apply_overrides(&base, overrides)?;
     cfg.validate()?;
     Ok(cfg)

@@ -1,5 +1,6 @@
-//! The short runs of `bench/same_results.py` (four presets, a few hundred steps each) give the
-//! weights recorded in `bench/same_results.txt`, bit for bit. The record is one for every CPU, so
+//! The short runs of `bench/same_results.py` (every preset, a few hundred steps each) give the
+//! weights and metrics recorded in `bench/same_results.txt`, bit for bit, and `analyze`, `ablate`
+//! and `llc` print the recorded numbers for their checkpoints. The record is one for every CPU, so
 //! a CI machine of another kind, or a dependency upgrade that changes a kernel, fails here.
 
 use std::process::Command;
@@ -21,5 +22,5 @@ fn the_short_runs_give_the_recorded_weights() {
         "the weights differ from bench/same_results.txt:\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("same weights, bit for bit"), "{stdout}");
+    assert!(stdout.contains("same weights, metrics and outputs, bit for bit"), "{stdout}");
 }

@@ -25,7 +25,7 @@ struct Cli {
 enum Cmd {
     /// Train an experiment: `toylens train [PRESET] [key.sub=value ...]` (default preset: grokking).
     Train {
-        /// A preset name and/or overrides such as `optim.weight_decay=0.5`.
+        /// A preset name or a YAML config file (`my_task.yaml`), and overrides such as `optim.weight_decay=0.5`.
         #[arg(value_name = "PRESET|KEY=VALUE")]
         args: Vec<String>,
         /// Run directory (default: runs/<preset>-<date>-<time>).
@@ -48,7 +48,7 @@ enum Cmd {
     /// (--slurm). The same command again resumes: finished runs are skipped, interrupted ones continue
     /// from their last checkpoint, failed ones are tried again.
     Sweep {
-        /// A preset name, axes (`key=v1,v2,...`, `key=range(start,stop[,step])`) and overrides for
+        /// A preset name or YAML config file, axes (`key=v1,v2,...`, `key=range(start,stop[,step])`) and overrides for
         /// every run (`key=value`; quote values with commas: `key='a,b'`).
         #[arg(value_name = "PRESET|KEY=V1,V2|KEY=VALUE")]
         args: Vec<String>,
@@ -631,7 +631,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 None => {
                     let name = preset.unwrap_or_else(|| "grokking".to_string());
                     let cfg = toylens::config::resolve(&name, &overrides)?;
-                    let dir = out.unwrap_or_else(|| toylens::io::run::default_dir(&name));
+                    let dir = out.unwrap_or_else(|| {
+                        toylens::io::run::default_dir(&toylens::config::short_name(&name))
+                    });
                     let mode = if force {
                         toylens::train::RunMode::Force
                     } else {

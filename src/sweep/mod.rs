@@ -89,8 +89,15 @@ impl Multirun {
 /// are errors before anything is written. Range checks that depend on the combination (n_heads that
 /// do not divide d_model, say) are the run's own failure, recorded when it runs.
 pub fn plan(preset: &str, args: &[String], yes: bool) -> Result<Multirun> {
-    let p = config::preset(preset)?;
-    let base = config::from_yaml(p.yaml, &format!("preset {}", p.name))?;
+    // A config file is recorded by its absolute path: workers and Slurm tasks start elsewhere.
+    let preset = if config::is_config_file(preset) {
+        let abs = std::fs::canonicalize(preset).map_err(|e| crate::error::Error::io(preset, e))?;
+        abs.to_string_lossy().into_owned()
+    } else {
+        preset.to_string()
+    };
+    let preset = preset.as_str();
+    let base = config::base_config(preset)?;
     let mut fixed = Vec::new();
     let mut axes: Vec<Axis> = Vec::new();
     let mut keys: Vec<String> = Vec::new();
@@ -221,7 +228,7 @@ pub fn default_dir(m: &Multirun) -> PathBuf {
     let key = serde_json::to_string(&(&m.preset, &m.fixed, &m.axes)).expect("sweep key json");
     PathBuf::from("multirun").join(format!(
         "{}-{:08x}",
-        m.preset,
+        config::short_name(&m.preset),
         crc32c::crc32c(key.as_bytes())
     ))
 }
