@@ -1,6 +1,7 @@
 //! What crosses between tasks and models: a task makes batches, a model takes them and returns its
 //! loss statistics. Neither side needs to know the other's kind.
 
+use crate::engine::rng::Rng;
 use ndarray::{Array2, ArrayView2};
 
 /// Token inputs with classification targets. `targets[b, i]` is the answer at position `loss_pos[i]`
@@ -156,4 +157,104 @@ pub struct LossStats {
     pub per_position_accuracy: Vec<f64>,
     /// Fraction of examples right at every loss position (a whole answer, as an n-digit sum).
     pub exact_match: f64,
+}
+
+/// What a task feeds a model and asks of it. A model kind sizes itself from this alone, never from
+/// the task's kind, so any model that takes a task's batches trains on it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskIo {
+    /// Token sequences of `n_ctx` positions over `d_vocab` tokens, classified into `d_vocab_out`
+    /// classes at the loss positions. `pair_vocab`: `Some(p)` where every example is two tokens
+    /// below p (then fixed tokens) with one label below p, which a model without positions (the
+    /// ToyMLP) can take.
+    Tokens {
+        d_vocab: usize,
+        d_vocab_out: usize,
+        n_ctx: usize,
+        pair_vocab: Option<usize>,
+    },
+    /// Real vectors in, real vectors out (regression: squared error).
+    Vectors { n_in: usize, n_out: usize },
+    /// Sparse features to reconstruct through a bottleneck, one model per instance (Toy Models of
+    /// Superposition): the data's own parameters, which the model's loss weights by.
+    SparseFeatures(FeatureSpec),
+}
+
+/// Toy Models of Superposition's data: `n_features` features, each present with an instance's
+/// probability (log-spaced from `max_feature_probability` down to `min_feature_probability` over
+/// `n_instances`), uniform in [0, 1) when present; feature f has importance `importance_decay^f`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureSpec {
+    pub n_features: usize,
+    pub n_instances: usize,
+    pub importance_decay: f64,
+    pub max_feature_probability: f64,
+    pub min_feature_probability: f64,
+    /// Seed of the sampled inputs.
+    pub data_seed: u64,
+}
+
+impl FeatureSpec {
+    /// Importance of each feature.
+    pub fn importance(&self) -> Vec<f32> {
+        (0..self.n_features)
+            .map(|f| self.importance_decay.powi(f as i32) as f32)
+            .collect()
+    }
+
+    /// Feature probability of each instance: log-spaced from max to min (max · (min/max)^(i/(n−1))).
+    pub fn feature_probability(&self) -> Vec<f64> {
+        let n = self.n_instances;
+        let (hi, lo) = (self.max_feature_probability, self.min_feature_probability);
+        (0..n)
+            .map(|i| {
+                if n == 1 {
+                    hi
+                } else {
+                    hi * libm::pow(lo / hi, i as f64 / (n - 1) as f64)
+                }
+            })
+            .collect()
+    }
+
+    /// A batch `[batch, n_instances, n_features]`: each feature present with its instance's
+    /// probability, then uniform in [0, 1).
+    pub fn sample(&self, rng: &mut Rng, batch: usize) -> Vec<f32> {
+        let probs = self.feature_probability();
+        let mut x = Vec::with_capacity(batch * self.n_instances * self.n_features);
+        for _ in 0..batch {
+            for &p in &probs {
+                for _ in 0..self.n_features {
+                    let value = rng.uniform() as f32;
+                    let present = rng.uniform() < p;
+                    x.push(if present { value } else { 0.0 });
+                }
+            }
+        }
+        x
+    }
+
+    /// The training batch of update `step`: a pure function of (data seed, step).
+    pub fn train_batch(&self, step: u64, batch: usize) -> Vec<f32> {
+        self.sample(
+            &mut Rng::new(self.data_seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F)),
+            batch,
+        )
+    }
+
+    /// The fixed evaluation batch.
+    pub fn eval_batch(&self, n: usize) -> Vec<f32> {
+        self.sample(&mut Rng::new(self.data_seed ^ 0xE7A1_0000_0000_0005), n)
+    }
+}
+
+impl TaskIo {
+    /// A short description for errors ("token sequences", ...).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            TaskIo::Tokens { .. } => "token sequences",
+            TaskIo::Vectors { .. } => "real vectors with real targets",
+            TaskIo::SparseFeatures(_) => "sparse features to reconstruct",
+        }
+    }
 }

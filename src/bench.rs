@@ -223,9 +223,12 @@ pub struct W3 {
 
 impl W3 {
     pub fn new(seed: u64) -> Result<Self> {
-        use crate::config::{ModelSpec, TaskSpec};
         let exp = crate::config::resolve("digits5", &[format!("seed={seed}")])?.resolve()?;
-        let (ModelSpec::Transformer(cfg), TaskSpec::Digits(task)) = (&exp.model, &exp.task) else {
+        let (Some(cfg), Some(task)) = (
+            exp.model
+                .downcast::<crate::models::transformer::TransformerConfig>(),
+            exp.task.downcast::<crate::tasks::digits::DigitsTask>(),
+        ) else {
             unreachable!("the digits5 preset is a transformer on digits");
         };
         Ok(W3 {
@@ -246,4 +249,22 @@ mod tests {
         assert_eq!(median(&steps), 1.0);
         assert_eq!(mean(&steps), 2.0);
     }
+}
+
+/// The benchmark workloads (docs/PERFORMANCE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Nanda's grokking step, full batch.
+    W1,
+    /// A ToyMLP step at batch 64.
+    W2,
+    /// A digits5 step.
+    W3,
+}
+
+/// A forced choice, on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }

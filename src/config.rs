@@ -5,26 +5,18 @@
 //! present → overrides applied by dotted path (an unknown path is an error that suggests the nearest
 //! valid one) → typed config again → range checks.
 //!
-//! `data.task` picks the task (`modular`, `digits`, `superposition`) and `model.arch` the model
-//! (`transformer`, `toy_mlp`, `superposition`); each has its own fields. The two tags are read by hand
-//! (not by serde's internally tagged enums, which lose the path of an error inside the section).
+//! `data.task` picks the task and `model.arch` the model, from the registries
+//! ([`crate::tasks::TASKS`], [`crate::models::KINDS`]); each kind owns its section's fields, range
+//! checks and sizes. The two tags are read by hand (not by serde's internally tagged enums, which
+//! lose the path of an error inside the section).
 
-use crate::engine::activation::ActFn;
 use crate::engine::adamw::AdamWConfig;
-use crate::error::{closest, Error, Result};
-use crate::models::linear::{Linear, LinearConfig};
-use crate::models::superposition::{Superposition, SuperpositionConfig};
-use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
-use crate::models::transformer::{InitScheme, Normalization, Transformer, TransformerConfig};
-use crate::models::Model;
-use crate::tasks::digits::{DigitsRun, DigitsTask};
-use crate::tasks::modular::{ModularData as ModularRun, ModularTask, Op, Split};
-use crate::tasks::regression::{RegressionData as RegressionRun, RegressionTask, TrueWeights};
-use crate::tasks::superposition::SuperpositionData as SuperpositionRun;
-use crate::tasks::{TaskData, TaskInfo};
-use serde::de::DeserializeOwned;
+use crate::error::{closest, typed_section, Error, Result};
+use crate::models::{self, Model, ModelPlan};
+use crate::tasks::{self, Task, TaskData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A named preset: its YAML and a one-line description.
 pub struct Preset {
@@ -90,9 +82,10 @@ pub fn base_config(name: &str) -> Result<ExperimentConfig> {
 /// config file's stem.
 pub fn short_name(name: &str) -> String {
     if is_config_file(name) {
-        std::path::Path::new(name)
-            .file_stem()
-            .map_or_else(|| "config".to_string(), |s| s.to_string_lossy().into_owned())
+        std::path::Path::new(name).file_stem().map_or_else(
+            || "config".to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
     } else {
         name.to_string()
     }
@@ -119,134 +112,32 @@ pub fn preset(name: &str) -> Result<&'static Preset> {
 pub struct ExperimentConfig {
     /// Seed of the weights and, unless `data.seed` is set, of the data.
     pub seed: u64,
-    pub data: DataConfig,
-    pub model: ModelConfig,
+    /// The task: `data.task` names its kind (see [`crate::tasks::TASKS`]).
+    pub data: Section,
+    /// The model: `model.arch` names its kind (see [`crate::models::KINDS`]).
+    pub model: Section,
     pub optim: OptimConfig,
     pub train: TrainConfig,
 }
 
-/// The task, tagged by `data.task`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "task", rename_all = "snake_case")]
-pub enum DataConfig {
-    Modular(ModularData),
-    Digits(DigitsData),
-    Superposition(SuperpositionData),
-    Regression(RegressionData),
+/// A task's or model's section: its kind's name (the tag, `task` or `arch`) and its fields, typed
+/// by the kind and back (every field present, in the order its struct declares them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Section {
+    pub kind: &'static str,
+    tag: &'static str,
+    pub fields: Value,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModularData {
-    pub p: usize,
-    pub op: Op,
-    /// Fraction of the p² pairs in train (Python's `int(frac_train·p²)` of them).
-    pub frac_train: f64,
-    /// `random` (toylens' seeded shuffle) or `reference` (the original code's CPython shuffle).
-    pub split: Split,
-    /// Seed of the split; null means the top-level `seed`.
-    pub seed: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DigitsData {
-    /// Digits of each operand, 1..=10.
-    pub n_digits: usize,
-    /// Predict the sum least significant digit first.
-    pub reverse_sum: bool,
-    /// Fresh samples every step (true) or a fixed train set (false).
-    pub infinite: bool,
-    /// Fraction of all 10^(2n) pairs in the fixed train set (when `infinite` is false).
-    pub frac_train: f64,
-    /// Examples in each evaluation set (test, and the train subset evaluated).
-    pub n_eval: usize,
-    /// Seed of the data; null means the top-level `seed`.
-    pub seed: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuperpositionData {
-    pub n_features: usize,
-    /// Models trained at once, each at its own feature probability.
-    pub n_instances: usize,
-    /// Feature i has importance `importance_decay^i`.
-    pub importance_decay: f64,
-    /// Instance 0's feature probability...
-    pub max_feature_probability: f64,
-    /// ...down to the last instance's, log-spaced (1 to 0.05 is the paper's 20^−linspace(0, 1, n)).
-    pub min_feature_probability: f64,
-    /// Examples in the fixed evaluation batch.
-    pub n_eval: usize,
-    /// Seed of the data; null means the top-level `seed`.
-    pub seed: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegressionData {
-    pub n_in: usize,
-    pub n_out: usize,
-    pub n_train: usize,
-    pub n_test: usize,
-    /// σ of the Gaussian noise on y.
-    pub noise_std: f64,
-    /// `zero` or `random` (N(0, 1) from the data seed).
-    pub true_weights: TrueWeights,
-    /// Seed of the data; null means the top-level `seed`.
-    pub seed: Option<u64>,
-}
-
-/// The model, tagged by `model.arch` (absent means `transformer`, as in configs before the tag).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "arch", rename_all = "snake_case")]
-pub enum ModelConfig {
-    Transformer(TransformerShape),
-    ToyMlp(ToyMlpShape),
-    Superposition(SuperpositionShape),
-    Linear(LinearShape),
-}
-
-/// The transformer's shape; the vocabulary and context come from the task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransformerShape {
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub n_heads: usize,
-    /// null: d_model / n_heads (TransformerLens's usual choice; a sweep of d_model × n_heads keeps it).
-    pub d_head: Option<usize>,
-    pub d_mlp: Option<usize>,
-    pub act_fn: Option<ActFn>,
-    pub normalization_type: Option<Normalization>,
-    pub attn_only: bool,
-    pub init: InitScheme,
-    pub initializer_range: f64,
-    pub attn_bias: bool,
-    pub unembed_bias: bool,
-}
-
-/// The ToyMLP's widths; the vocabulary is the task's p.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToyMlpShape {
-    pub d_embed: usize,
-    pub d_hidden: usize,
-}
-
-/// The superposition model's hidden width; features and instances come from the task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuperpositionShape {
-    pub n_hidden: usize,
-}
-
-/// Linear regression; the widths come from the task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinearShape {
-    pub bias: bool,
+impl Serialize for Section {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = serde_json::Map::new();
+        m.insert(self.tag.to_string(), Value::String(self.kind.to_string()));
+        if let Value::Object(f) = &self.fields {
+            m.extend(f.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Value::Object(m).serialize(s)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -290,172 +181,12 @@ pub struct TrainConfig {
 impl ExperimentConfig {
     /// The task's name (`data.task`).
     pub fn task_name(&self) -> &'static str {
-        match self.data {
-            DataConfig::Modular(_) => "modular",
-            DataConfig::Digits(_) => "digits",
-            DataConfig::Superposition(_) => "superposition",
-            DataConfig::Regression(_) => "regression",
-        }
+        self.data.kind
     }
 
     /// The model's name (`model.arch`).
     pub fn arch_name(&self) -> &'static str {
-        match self.model {
-            ModelConfig::Transformer(_) => "transformer",
-            ModelConfig::ToyMlp(_) => "toy_mlp",
-            ModelConfig::Superposition(_) => "superposition",
-            ModelConfig::Linear(_) => "linear",
-        }
-    }
-
-    fn data_seed(&self, s: Option<u64>) -> u64 {
-        s.unwrap_or(self.seed)
-    }
-
-    /// The modular task this config trains on (an error for other tasks).
-    fn modular(&self) -> Result<ModularTask> {
-        match &self.data {
-            DataConfig::Modular(d) => Ok(ModularTask {
-                p: d.p,
-                op: d.op,
-                frac_train: d.frac_train,
-                seed: self.data_seed(d.seed),
-                split: d.split,
-            }),
-            _ => Err(Error::config(
-                "data.task",
-                format!("this needs the modular task, not `{}`", self.task_name()),
-            )),
-        }
-    }
-
-    /// The digits task this config trains on (an error for other tasks).
-    fn digits(&self) -> Result<DigitsTask> {
-        match &self.data {
-            DataConfig::Digits(d) => Ok(DigitsTask {
-                n_digits: d.n_digits,
-                reverse_sum: d.reverse_sum,
-                infinite: d.infinite,
-                frac_train: d.frac_train,
-                n_eval: d.n_eval,
-                seed: self.data_seed(d.seed),
-            }),
-            _ => Err(Error::config(
-                "data.task",
-                format!("this needs the digits task, not `{}`", self.task_name()),
-            )),
-        }
-    }
-
-    /// The transformer: its vocabulary and context from the task (modular: inputs `a b =`, n_ctx 3,
-    /// p + 1 tokens and outputs as in the original; digits: see [`DigitsTask`]).
-    fn transformer(&self) -> Result<TransformerConfig> {
-        let ModelConfig::Transformer(m) = &self.model else {
-            return Err(Error::config(
-                "model.arch",
-                format!("this needs a transformer, not `{}`", self.arch_name()),
-            ));
-        };
-        let (d_vocab, d_vocab_out, n_ctx) = match &self.data {
-            DataConfig::Modular(d) => (d.p + 1, (d.p + 1) as i64, 3),
-            DataConfig::Digits(_) => {
-                let t = self.digits()?;
-                (t.d_vocab(), t.d_vocab_out() as i64, t.n_ctx())
-            }
-            DataConfig::Superposition(_) | DataConfig::Regression(_) => {
-                return Err(Error::config(
-                    "model.arch",
-                    format!(
-                        "the transformer takes tokens; the `{}` task needs model.arch={}",
-                        self.task_name(),
-                        if matches!(self.data, DataConfig::Regression(_)) {
-                            "linear"
-                        } else {
-                            "superposition"
-                        }
-                    ),
-                ))
-            }
-        };
-        let d_head = match m.d_head {
-            Some(d) => d,
-            None if m.n_heads > 0 && m.d_model % m.n_heads == 0 => m.d_model / m.n_heads,
-            None => {
-                return Err(Error::config(
-                    "model.d_head",
-                    format!(
-                        "null means d_model / n_heads, but {} heads do not divide d_model {}",
-                        m.n_heads, m.d_model
-                    ),
-                ))
-            }
-        };
-        Ok(TransformerConfig {
-            n_layers: m.n_layers,
-            d_model: m.d_model,
-            n_heads: m.n_heads,
-            d_head,
-            d_mlp: m.d_mlp,
-            d_vocab,
-            d_vocab_out,
-            n_ctx,
-            act_fn: m.act_fn,
-            normalization_type: m.normalization_type,
-            attn_only: m.attn_only,
-            seed: Some(self.seed),
-            eps: 1e-5,
-            initializer_range: m.initializer_range,
-            init: m.init,
-            attn_bias: m.attn_bias,
-            unembed_bias: m.unembed_bias,
-        })
-    }
-
-    /// The ToyMLP on the modular task.
-    fn toy_mlp(&self) -> Result<ToyMlpConfig> {
-        let ModelConfig::ToyMlp(m) = &self.model else {
-            return Err(Error::config(
-                "model.arch",
-                format!("this needs the toy_mlp, not `{}`", self.arch_name()),
-            ));
-        };
-        let DataConfig::Modular(d) = &self.data else {
-            return Err(Error::config(
-                "model.arch",
-                format!(
-                    "toy_mlp trains on the modular task, not `{}`",
-                    self.task_name()
-                ),
-            ));
-        };
-        Ok(ToyMlpConfig {
-            p: d.p,
-            d_embed: m.d_embed,
-            d_hidden: m.d_hidden,
-            seed: self.seed,
-        })
-    }
-
-    /// The superposition model with its task's features, instances and probabilities.
-    fn superposition(&self) -> Result<SuperpositionConfig> {
-        let (ModelConfig::Superposition(m), DataConfig::Superposition(d)) =
-            (&self.model, &self.data)
-        else {
-            return Err(Error::config(
-                "model.arch",
-                "the superposition model goes with the superposition task (data.task=superposition, model.arch=superposition)",
-            ));
-        };
-        Ok(SuperpositionConfig {
-            n_instances: d.n_instances,
-            n_features: d.n_features,
-            n_hidden: m.n_hidden,
-            importance_decay: d.importance_decay,
-            max_feature_probability: d.max_feature_probability,
-            min_feature_probability: d.min_feature_probability,
-            seed: self.seed,
-            data_seed: self.data_seed(d.seed),
-        })
+        self.model.kind
     }
 
     fn adamw(&self) -> AdamWConfig {
@@ -469,61 +200,18 @@ impl ExperimentConfig {
         }
     }
 
-    /// The linear model on the regression task.
-    fn linear(&self) -> Result<LinearConfig> {
-        let (ModelConfig::Linear(m), DataConfig::Regression(d)) = (&self.model, &self.data) else {
-            return Err(Error::config(
-                "model.arch",
-                "the linear model goes with the regression task (data.task=regression, model.arch=linear)",
-            ));
-        };
-        Ok(LinearConfig {
-            n_in: d.n_in,
-            n_out: d.n_out,
-            bias: m.bias,
-            seed: self.seed,
-        })
-    }
-
-    fn regression(&self) -> Result<RegressionTask> {
-        match &self.data {
-            DataConfig::Regression(d) => Ok(RegressionTask {
-                n_in: d.n_in,
-                n_out: d.n_out,
-                n_train: d.n_train,
-                n_test: d.n_test,
-                noise_std: d.noise_std,
-                true_weights: d.true_weights,
-                seed: self.data_seed(d.seed),
-            }),
-            _ => Err(Error::config(
-                "data.task",
-                format!("this needs the regression task, not `{}`", self.task_name()),
-            )),
-        }
-    }
-
     /// Range checks (errors name the key); see [`ExperimentConfig::resolve`].
     pub fn validate(&self) -> Result<()> {
         self.resolve().map(|_| ())
     }
 
-    /// The config validated once into the typed parts that training uses: task, model, optimizer
-    /// and schedule. Every range check is here, and errors name the key.
+    /// The config validated once into the typed parts that training uses: the task and the model
+    /// (each resolved by its kind), optimizer and schedule. Errors name the key.
     pub fn resolve(&self) -> Result<Experiment> {
-        self.check_ranges()?;
-        let task = match &self.data {
-            DataConfig::Modular(_) => TaskSpec::Modular(self.modular()?),
-            DataConfig::Digits(_) => TaskSpec::Digits(self.digits()?),
-            DataConfig::Superposition(d) => TaskSpec::Superposition { n_eval: d.n_eval },
-            DataConfig::Regression(_) => TaskSpec::Regression(self.regression()?),
-        };
-        let model = match &self.model {
-            ModelConfig::Transformer(_) => ModelSpec::Transformer(self.transformer()?),
-            ModelConfig::ToyMlp(_) => ModelSpec::ToyMlp(self.toy_mlp()?),
-            ModelConfig::Superposition(_) => ModelSpec::Superposition(self.superposition()?),
-            ModelConfig::Linear(_) => ModelSpec::Linear(self.linear()?),
-        };
+        let task = (tasks::task_kind(self.data.kind)?.configure)(&self.data.fields, self.seed)?;
+        let model =
+            (models::kind(self.model.kind)?.configure)(&self.model.fields, &task.io(), self.seed)?;
+        self.check_optim_and_train(task.fresh_samples())?;
         let t = &self.train;
         Ok(Experiment {
             config: self.clone(),
@@ -546,19 +234,7 @@ impl ExperimentConfig {
         })
     }
 
-    fn check_ranges(&self) -> Result<()> {
-        match &self.data {
-            DataConfig::Modular(_) => self.modular()?.validate("data.")?,
-            DataConfig::Digits(_) => self.digits()?.validate("data.")?,
-            DataConfig::Superposition(_) => {}
-            DataConfig::Regression(_) => self.regression()?.validate("data.")?,
-        }
-        match &self.model {
-            ModelConfig::Transformer(_) => self.transformer()?.validate("model.")?,
-            ModelConfig::ToyMlp(_) => self.toy_mlp()?.validate()?,
-            ModelConfig::Superposition(_) => self.superposition()?.validate()?,
-            ModelConfig::Linear(_) => self.linear()?.validate()?,
-        }
+    fn check_optim_and_train(&self, fresh_data: bool) -> Result<()> {
         let o = &self.optim;
         let checks: [(&str, bool, &str); 5] = [
             (
@@ -606,11 +282,6 @@ impl ExperimentConfig {
                 return Err(Error::config(k, "must be at least 1"));
             }
         }
-        let fresh_data = match &self.data {
-            DataConfig::Digits(d) => d.infinite,
-            DataConfig::Superposition(_) => true,
-            DataConfig::Modular(_) | DataConfig::Regression(_) => false,
-        };
         match t.batch_size {
             Some(0) => {
                 return Err(Error::config(
@@ -641,36 +312,24 @@ impl ExperimentConfig {
 }
 
 /// An experiment, resolved: what training needs, each part typed and validated.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Experiment {
     /// The config it was resolved from (what `config.yaml` and checkpoints record).
     pub config: ExperimentConfig,
     pub seed: u64,
-    pub task: TaskSpec,
-    pub model: ModelSpec,
+    /// The task, as its kind resolved it (`exp.task.downcast::<ModularTask>()` for its own type).
+    pub task: Arc<dyn Task>,
+    /// The model's full config, every size known (`downcast` for its own type).
+    pub model: Arc<dyn ModelPlan>,
     pub optim: AdamWConfig,
     pub schedule: Schedule,
 }
 
-/// The task of an experiment.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TaskSpec {
-    Modular(ModularTask),
-    Digits(DigitsTask),
-    /// The samples are the model config's; `n_eval` examples are evaluated.
-    Superposition {
-        n_eval: usize,
-    },
-    Regression(RegressionTask),
-}
-
-/// The model of an experiment, with every size known.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ModelSpec {
-    Transformer(TransformerConfig),
-    ToyMlp(ToyMlpConfig),
-    Superposition(SuperpositionConfig),
-    Linear(LinearConfig),
+/// Two experiments are the same when their configs are: everything else is resolved from it.
+impl PartialEq for Experiment {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
 }
 
 /// Steps, batches, evaluation, checkpoints and the learning-rate schedule.
@@ -719,122 +378,37 @@ impl Schedule {
     }
 }
 
-impl TaskSpec {
-    /// What checkpoints record about the task.
-    pub fn info(&self) -> TaskInfo {
-        match self {
-            TaskSpec::Modular(t) => TaskInfo::from_modular(t),
-            TaskSpec::Digits(d) => TaskInfo::Digits {
-                n_digits: d.n_digits,
-                reverse_sum: d.reverse_sum,
-            },
-            TaskSpec::Superposition { .. } => TaskInfo::Superposition {},
-            TaskSpec::Regression(r) => TaskInfo::Regression(r.clone()),
-        }
-    }
-}
-
 impl Experiment {
     /// The freshly initialised model.
     pub fn build_model(&self) -> Result<Box<dyn Model>> {
-        Ok(match &self.model {
-            ModelSpec::Transformer(c) => Box::new(Transformer::new(c.clone())?),
-            ModelSpec::ToyMlp(c) => Box::new(ToyMlp::new(c.clone())?),
-            ModelSpec::Superposition(c) => Box::new(Superposition::new(c.clone())?),
-            ModelSpec::Linear(c) => Box::new(Linear::new(c.clone())?),
-        })
+        self.model.build()
     }
 
     /// The run's data.
-    pub fn data(&self) -> Box<dyn TaskData> {
-        let bs = self.schedule.batch_size;
-        match (&self.task, &self.model) {
-            (TaskSpec::Modular(t), _) => Box::new(ModularRun::new(t.clone(), bs)),
-            (TaskSpec::Digits(t), _) => Box::new(DigitsRun::new(t.clone(), bs)),
-            (TaskSpec::Superposition { n_eval }, ModelSpec::Superposition(c)) => Box::new(
-                SuperpositionRun::new(c.clone(), bs.expect("validated: fresh samples"), *n_eval),
-            ),
-            (TaskSpec::Superposition { .. }, _) => unreachable!("validated: superposition model"),
-            (TaskSpec::Regression(t), _) => Box::new(RegressionRun::new(t, bs)),
-        }
+    pub fn data(&self) -> Result<Box<dyn TaskData>> {
+        self.task.make_data(self.schedule.batch_size)
     }
 
-    /// What a run of this experiment will allocate, roughly and from above: parameters, gradients
-    /// and AdamW's two moments, and the activations of the largest batch it evaluates or trains on.
-    /// (part, bytes, the key that sets most of it).
-    pub fn memory_estimate(&self) -> Vec<(String, f64, String)> {
+    /// What a run of this experiment will allocate, roughly and from above, as each kind states
+    /// it: the model's parameters with gradients and AdamW's two moments, the activations of the
+    /// most examples the task feeds at once, and the task's own data. (part, bytes.)
+    pub fn memory_estimate(&self) -> Vec<(String, f64)> {
         let f = 4.0; // bytes per f32
-        let bs = self.schedule.batch_size;
-        let (n_params, rows, per_row, keys): (f64, f64, f64, &str) = match (&self.model, &self.task)
-        {
-            (ModelSpec::Transformer(c), task) => {
-                let n = c.parameter_count();
-                let examples = match task {
-                    TaskSpec::Modular(t) => (t.p as f64).powi(2),
-                    TaskSpec::Digits(d) => bs.unwrap_or(d.n_train()).max(d.n_eval) as f64,
-                    _ => 1.0,
-                };
-                let (d, hd, h, ctx) = (
-                    c.d_model as f64,
-                    c.n_heads as f64 * c.d_head as f64,
-                    c.n_heads as f64,
-                    c.n_ctx as f64,
-                );
-                let dm = if c.has_mlp() { c.d_mlp() as f64 } else { 0.0 };
-                // Attention works at every position; the last block's MLP and the unembedding on the
-                // fast path only where loss is taken, but hooked runs and evaluation may ask for all.
-                let per_row = (8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm) * c.n_layers as f64
-                    + 2.0 * c.d_vocab_out() as f64;
-                let mlp_heavy = 2.0 * d * dm > n / 2.0;
-                (
-                    n,
-                    examples * ctx,
-                    per_row,
-                    if mlp_heavy {
-                        "model.d_mlp"
-                    } else {
-                        "model.d_model"
-                    },
-                )
-            }
-            // Sizes in f64 from the start: products of absurd sizes cannot overflow.
-            (ModelSpec::ToyMlp(c), TaskSpec::Modular(t)) => {
-                let (p, e, hid) = (c.p as f64, c.d_embed as f64, c.d_hidden as f64);
-                (
-                    p * e + 2.0 * e * hid + hid + p * hid + p,
-                    (t.p as f64).powi(2),
-                    4.0 * e + 4.0 * hid + 2.0 * p,
-                    "model.d_hidden",
-                )
-            }
-            (ModelSpec::Superposition(c), TaskSpec::Superposition { n_eval }) => {
-                let w = c.n_instances as f64 * c.n_features as f64;
-                (
-                    w * (c.n_hidden as f64 + 1.0),
-                    bs.unwrap_or(1).max(*n_eval) as f64,
-                    2.0 * w,
-                    "train.batch_size",
-                )
-            }
-            (ModelSpec::Linear(c), TaskSpec::Regression(t)) => (
-                c.n_out as f64 * (c.n_in as f64 + 1.0),
-                t.n_train.max(t.n_test) as f64,
-                2.0 * (c.n_in as f64 + c.n_out as f64),
-                "data.n_train",
-            ),
-            _ => (0.0, 0.0, 0.0, ""),
-        };
+        let m = self.model.memory();
+        let t = self.task.footprint(self.schedule.batch_size);
         vec![
             (
-                format!("{n_params:.0} parameters, with gradients and AdamW's two moments"),
-                4.0 * f * n_params,
-                keys.to_string(),
+                format!(
+                    "{:.0} parameters, with gradients and AdamW's two moments",
+                    m.parameters
+                ),
+                4.0 * f * m.parameters,
             ),
             (
-                format!("activations of {rows:.0} rows"),
-                2.0 * f * rows * per_row,
-                keys.to_string(),
+                format!("activations of {:.0} examples", t.examples_at_once),
+                2.0 * f * t.examples_at_once * m.activations_per_example,
             ),
+            ("the task's data".to_string(), t.data_bytes),
         ]
     }
 
@@ -857,11 +431,12 @@ impl Experiment {
         let gb = |b: f64| format!("{:.1} GB", b / 1e9);
         let detail: Vec<String> = parts
             .iter()
-            .map(|(what, b, _)| format!("{} for {what}", gb(*b)))
+            .filter(|p| p.1 > 0.0)
+            .map(|(what, b)| format!("{} for {what}", gb(*b)))
             .collect();
         Err(Error::config(
             self.heaviest_key(total)
-                .unwrap_or_else(|| parts[0].2.clone()),
+                .unwrap_or_else(|| "model".to_string()),
             format!(
                 "this run needs about {} ({}), more than the {} of memory available; make the model or the batch smaller (this key sets most of it)",
                 gb(total),
@@ -873,7 +448,8 @@ impl Experiment {
 
     /// The size key that sets most of [`Experiment::memory_estimate`]: each whole-number key of
     /// the model and data sections, and `train.batch_size`, set in turn to the smallest value
-    /// that resolves (1, else 2); the one whose shrinking saves the most. (Halving would not do:
+    /// that resolves (1, else 2, else null where null means "inferred from the data"); the one
+    /// whose shrinking saves the most. (Halving would not do:
     /// the estimate is a product, so halving any factor saves half, and a squared one more.)
     /// None when shrinking none of them saves anything. `now`: this experiment's estimate.
     fn heaviest_key(&self, now: f64) -> Option<String> {
@@ -888,12 +464,15 @@ impl Experiment {
             })
             .filter_map(|k| {
                 let v = lookup(&tree, &k)?.as_u64()?;
-                let smallest = [1, 2].into_iter().filter(|&s| s < v).find_map(|s| {
-                    apply_overrides(&self.config, &[format!("{k}={s}")])
-                        .ok()?
-                        .resolve()
-                        .ok()
-                })?;
+                let smallest = ["1", "2", ""]
+                    .into_iter()
+                    .filter(|s| s.parse::<u64>().map_or(true, |s| s < v))
+                    .find_map(|s| {
+                        apply_overrides(&self.config, &[format!("{k}={s}")])
+                            .ok()?
+                            .resolve()
+                            .ok()
+                    })?;
                 let saved = now - total(&smallest);
                 (saved > 0.0).then_some((saved, k))
             })
@@ -931,21 +510,6 @@ fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Deserialize `tree` as `T`; an error names the key as `prefix` + its path inside `tree`.
-fn section<T: DeserializeOwned>(tree: Value, prefix: &str, source: &str) -> Result<T> {
-    serde_path_to_error::deserialize::<_, T>(tree).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let key = match (prefix.is_empty(), path == ".") {
-            (true, true) => source.to_string(),
-            (true, false) => path,
-            (false, true) => prefix.to_string(),
-            (false, false) => format!("{prefix}.{path}"),
-        };
-        Error::config(key, inner)
-    })
-}
-
 /// Split the tag `tag` off a section: (its value, the rest). `default` stands in when it is absent.
 fn untag(
     v: Value,
@@ -958,7 +522,7 @@ fn untag(
     let Value::Object(mut m) = v else {
         return Err(Error::config(section_name, "must be a mapping"));
     };
-    let name = match m.remove(tag) {
+    let name = match m.shift_remove(tag) {
         Some(Value::String(s)) => s,
         None if default.is_some() => default.unwrap_or_default().to_string(),
         None => {
@@ -1000,37 +564,26 @@ fn typed(tree: Value, source: &str) -> Result<ExperimentConfig> {
         optim: OptimConfig,
         train: TrainConfig,
     }
-    let raw: Raw = section(tree, "", source)?;
-    let (task, data) = untag(
-        raw.data,
-        "data",
-        "task",
-        None,
-        &["modular", "digits", "superposition", "regression"],
-    )?;
-    let data = match task.as_str() {
-        "modular" => DataConfig::Modular(section(data, "data", source)?),
-        "digits" => DataConfig::Digits(section(data, "data", source)?),
-        "regression" => DataConfig::Regression(section(data, "data", source)?),
-        _ => DataConfig::Superposition(section(data, "data", source)?),
-    };
-    let (arch, model) = untag(
-        raw.model,
-        "model",
-        "arch",
-        Some("transformer"),
-        &["transformer", "toy_mlp", "superposition", "linear"],
-    )?;
-    let model = match arch.as_str() {
-        "transformer" => ModelConfig::Transformer(section(model, "model", source)?),
-        "toy_mlp" => ModelConfig::ToyMlp(section(model, "model", source)?),
-        "linear" => ModelConfig::Linear(section(model, "model", source)?),
-        _ => ModelConfig::Superposition(section(model, "model", source)?),
-    };
+    let raw: Raw = typed_section(tree, "", source)?;
+    let task_names: Vec<&str> = tasks::TASKS.iter().map(|k| k.name).collect();
+    let (task, data) = untag(raw.data, "data", "task", None, &task_names)?;
+    let task = tasks::task_kind(&task)?;
+    let arch_names: Vec<&str> = models::KINDS.iter().map(|k| k.arch).collect();
+    // Configs from before the tag were transformers.
+    let (arch, model) = untag(raw.model, "model", "arch", Some("transformer"), &arch_names)?;
+    let arch = models::kind(&arch)?;
     Ok(ExperimentConfig {
         seed: raw.seed,
-        data,
-        model,
+        data: Section {
+            kind: task.name,
+            tag: "task",
+            fields: (task.normalize)(data, source)?,
+        },
+        model: Section {
+            kind: arch.arch,
+            tag: "arch",
+            fields: (arch.normalize)(model, source)?,
+        },
         optim: raw.optim,
         train: raw.train,
     })
@@ -1107,6 +660,42 @@ pub fn to_yaml(cfg: &ExperimentConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::activation::ActFn;
+    use crate::models::superposition::SuperpositionConfig;
+    use crate::models::transformer::{InitScheme, TransformerConfig};
+    use crate::tasks::digits::DigitsTask;
+    use crate::tasks::modular::{ModularTask, Op};
+
+    /// A config's resolved parts as their own types.
+    trait Parts {
+        fn part<T: Clone + 'static>(&self, task: bool) -> Result<T>;
+        fn modular(&self) -> Result<ModularTask> {
+            self.part(true)
+        }
+        fn digits(&self) -> Result<DigitsTask> {
+            self.part(true)
+        }
+        fn transformer(&self) -> Result<TransformerConfig> {
+            self.part(false)
+        }
+        fn superposition(&self) -> Result<SuperpositionConfig> {
+            self.part(false)
+        }
+    }
+
+    impl Parts for ExperimentConfig {
+        fn part<T: Clone + 'static>(&self, task: bool) -> Result<T> {
+            let e = self.resolve()?;
+            let any = if task {
+                e.task.as_any()
+            } else {
+                e.model.as_any()
+            };
+            any.downcast_ref::<T>()
+                .cloned()
+                .ok_or_else(|| Error::config("data.task", "another kind"))
+        }
+    }
 
     #[test]
     fn checkpoints_fall_at_zero_the_log_spaced_steps_every_interval_and_the_end() {
@@ -1236,8 +825,8 @@ mod tests {
 
     #[test]
     fn a_size_key_of_1e8_is_refused_before_anything_is_allocated_and_named() {
-        let budget = 16_000_000_000; // bytes: a laptop's, or a CI machine's
-        for preset in ["grokking-tiny", "digits5", "toy-mlp", "superposition"] {
+        let budget = 8_000_000_000; // bytes: a laptop's, or a CI machine's
+        for preset in PRESETS.iter().map(|p| p.name) {
             let cfg = resolve(preset, &[]).unwrap();
             let tree = serde_json::to_value(&cfg).unwrap();
             let mut keys = Vec::new();
@@ -1247,8 +836,8 @@ mod tests {
                     && lookup(&tree, k).is_some_and(|v| v.is_u64())
                     && !k.ends_with("seed")
             });
-            // A modular task trains on at most its whole training set: any batch fits.
-            if preset == "grokking-tiny" || preset == "toy-mlp" {
+            // A fixed training set is the most a step takes: any batch fits.
+            if !cfg.resolve().unwrap().task.fresh_samples() {
                 keys.retain(|k| k != "train.batch_size");
             }
             assert!(keys.len() >= 3, "{preset}: {keys:?}");
@@ -1285,9 +874,10 @@ mod tests {
         ] {
             let overrides: Vec<String> = overrides.into_iter().map(String::from).collect();
             let exp = resolve(preset, &overrides).unwrap().resolve().unwrap();
-            let ModelSpec::Transformer(c) = &exp.model else {
-                panic!("{preset}: a transformer")
-            };
+            let c = exp
+                .model
+                .downcast::<TransformerConfig>()
+                .expect("a transformer");
             assert_eq!(
                 c.parameter_count(),
                 Layout::new(c).total as f64,

@@ -95,3 +95,54 @@ pub fn closest<'a>(
         .map(|(_, c)| c.to_string())
         .collect()
 }
+
+/// `tree` deserialized as `T`; an error names the key as `prefix` + its path inside `tree`
+/// (`source`, the file or preset, when the whole tree is wrong). Config sections of every task and
+/// model kind are read through it.
+pub fn typed_section<T: serde::de::DeserializeOwned>(
+    tree: serde_json::Value,
+    prefix: &str,
+    source: &str,
+) -> Result<T> {
+    serde_path_to_error::deserialize::<_, T>(tree).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let key = match (prefix.is_empty(), path == ".") {
+            (true, true) => source.to_string(),
+            (true, false) => path,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{path}"),
+        };
+        Error::config(key, inner)
+    })
+}
+
+/// `section` typed as `T` and back, so that every field is present (defaults filled in); errors
+/// name the key under `prefix`.
+pub fn normalized<T: serde::de::DeserializeOwned + serde::Serialize>(
+    section: serde_json::Value,
+    prefix: &str,
+    source: &str,
+) -> Result<serde_json::Value> {
+    let typed: T = typed_section(section, prefix, source)?;
+    Ok(serde_json::to_value(typed).expect("a config section serialises"))
+}
+
+/// `value` as one of `T`'s choices (the names the command line takes); the error names `name` and
+/// lists them. The binary (through clap) and the Python bindings read every enum this way.
+pub fn choice<T: clap::ValueEnum>(name: &str, value: &str) -> Result<T> {
+    T::from_str(value, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        Error::Input(format!("{name}: `{value}` is one of {}", names.join(", ")))
+    })
+}
+
+/// The name the command line gives `v` (`wl`, `layer`, ...).
+pub fn choice_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}

@@ -701,7 +701,7 @@ fn superposition_backward_matches_finite_differences() {
     for b in &mut m.params[nw..] {
         *b = 1.0;
     }
-    let x = cfg.train_batch(1, 16);
+    let x = cfg.features().train_batch(1, 16);
     let mut grads = vec![0.0; m.params.len()];
     m.loss_and_grad(&x, &mut grads);
     let mut params = m.params.clone();

@@ -22,5 +22,8 @@ fn the_short_runs_give_the_recorded_weights() {
         "the weights differ from bench/same_results.txt:\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("same weights, metrics and outputs, bit for bit"), "{stdout}");
+    assert!(
+        stdout.contains("same weights, metrics and outputs, bit for bit"),
+        "{stdout}"
+    );
 }

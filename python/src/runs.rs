@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use toylens::commands::{self, AnalyzeReport, LlcReport};
 use toylens::io::run;
-use toylens::train::{Control, Progress, RunMode};
+use toylens::train::{Control, Progress};
 
 /// Set by Ctrl-C while a run trains.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -90,23 +90,12 @@ fn _train(
     force: bool,
     progress: bool,
 ) -> PyResult<PathBuf> {
-    let (cfg, dir, mode) = match resume {
-        Some(dir) => {
-            if let Some(p) = preset {
-                return Err(PyValueError::new_err(format!(
-                    "resume continues the run's own config; drop the preset `{p}`"
-                )));
-            }
-            let cfg = toylens::train::resume_config(&dir, &overrides).map_err(py_err)?;
-            (cfg, dir, RunMode::Resume)
-        }
-        None => {
-            let name = preset.unwrap_or_else(|| "grokking".to_string());
-            let cfg = toylens::config::resolve(&name, &overrides).map_err(py_err)?;
-            let dir = out.unwrap_or_else(|| run::default_dir(&name));
-            let mode = if force { RunMode::Force } else { RunMode::New };
-            (cfg, dir, mode)
-        }
+    let request = commands::train::TrainRequest {
+        preset,
+        overrides,
+        out,
+        resume,
+        force,
     };
     let _ctrl_c = CtrlC::catch();
     let log: &(dyn Fn(&str) + Sync) = &write_stderr;
@@ -119,11 +108,7 @@ fn _train(
     } else {
         Progress::Quiet
     };
-    compute(py, || {
-        toylens::train::train_with(&cfg, &dir, mode, shown, control)?;
-        toylens::report::pictures::run_pictures(&dir, false)?;
-        Ok(())
-    })?;
+    let (dir, _) = compute(py, || request.run(shown, control))?;
     Ok(dir)
 }
 
@@ -299,15 +284,7 @@ fn _analyze<'py>(
     keys: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let path = path_of(target)?;
-    let rule = match keys {
-        "wl" => commands::KeyRule::WL,
-        "neurons" => commands::KeyRule::Neurons,
-        k => {
-            return Err(PyValueError::new_err(format!(
-                "keys: `{k}` is `wl` (the paper's rule) or `neurons`"
-            )))
-        }
-    };
+    let rule: commands::KeyRule = toylens::error::choice("keys", keys).map_err(py_err)?;
     let v = compute(py, || {
         Ok(match commands::analyze_data(&path, rule)? {
             AnalyzeReport::Run { rows, phases, .. } => {
@@ -329,6 +306,7 @@ fn _analyze<'py>(
                 json!({"kind": "digits_run", "rows": rows, "last": last})
             }
             AnalyzeReport::Digits { report, .. } => json!({"kind": "digits", "report": report}),
+            AnalyzeReport::Generic { report, .. } => json!({"kind": "generic", "report": report}),
             AnalyzeReport::Superposition {
                 instances,
                 n_features,
@@ -393,15 +371,7 @@ fn _llc<'py>(
         Err(_) => NBeta::parse(&nbeta.extract::<String>()?)
             .map_err(|e| PyValueError::new_err(format!("nbeta: {e}")))?,
     };
-    let init_loss = match init_loss {
-        "full" => InitLoss::Full,
-        "minibatches" => InitLoss::Minibatches,
-        s => {
-            return Err(PyValueError::new_err(format!(
-                "init_loss: `{s}` is \"full\" or \"minibatches\""
-            )))
-        }
-    };
+    let init_loss: InitLoss = toylens::error::choice("init_loss", init_loss).map_err(py_err)?;
     let cfg = LlcConfig {
         lr,
         localization,
@@ -448,10 +418,8 @@ fn _prune<'py>(
 ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyAny>)> {
     use toylens::models::mask::{self, PruneMethod, PruneScope};
     let path = path_of(target)?;
-    let scope =
-        PruneScope::parse(scope).map_err(|e| PyValueError::new_err(format!("scope: {e}")))?;
-    let method =
-        PruneMethod::parse(method).map_err(|e| PyValueError::new_err(format!("method: {e}")))?;
+    let scope: PruneScope = toylens::error::choice("scope", scope).map_err(py_err)?;
+    let method: PruneMethod = toylens::error::choice("method", method).map_err(py_err)?;
     let (arrays, counts) = compute(py, || {
         let l = toylens::io::load_any(&path)?;
         let m = mask::prune(l.model.as_ref(), sparsity, scope, method, &tensors, seed)?;
@@ -498,8 +466,8 @@ fn _ticket<'py>(
         sparsity,
         rewind,
         rounds,
-        scope,
-        method,
+        scope: toylens::error::choice("scope", &scope).map_err(py_err)?,
+        method: toylens::error::choice("method", &method).map_err(py_err)?,
         seed,
         overrides,
         control,

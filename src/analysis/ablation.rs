@@ -5,6 +5,7 @@
 //! shifts the logits by −(post_n − replacement)·(W_out[n]·W_U). All neurons then come from one cached
 //! run (exact, and 500× fewer forward passes); otherwise each ablation is a hooked run.
 
+use crate::batch::TokenBatch;
 use crate::engine::loss::{cross_entropy, mean, RowLoss};
 use crate::error::Result;
 use crate::hooks::{CacheFilter, Hooks};
@@ -188,4 +189,59 @@ pub fn ablate_all(model: &Transformer, p: usize, op: Op) -> Result<Vec<AblationR
     }
     rows.sort_by(|a, b| b.zero_loss.total_cmp(&a.zero_loss));
     Ok(rows)
+}
+
+/// Examples a generic ablation runs on (the first of the training set).
+pub const GENERIC_EXAMPLES: usize = 512;
+
+/// Mean loss and accuracy over the loss positions of `batch`, from logits `[n, pos, v]`.
+fn score_positions(logits: &Array3<f32>, batch: &TokenBatch) -> (f64, f64) {
+    let v = logits.shape()[2];
+    let mut flat = Vec::with_capacity(batch.tokens.nrows() * batch.loss_pos.len() * v);
+    let mut targets = Vec::with_capacity(batch.targets.len());
+    for (b, row) in batch.targets.rows().into_iter().enumerate() {
+        for (i, &p) in batch.loss_pos.iter().enumerate() {
+            flat.extend(logits.slice(ndarray::s![b, p, ..]).iter().copied());
+            targets.push(row[i]);
+        }
+    }
+    score(&flat, v, &targets)
+}
+
+/// Every attention head and MLP neuron of any transformer, zero- and mean-ablated on the examples
+/// of `batch` (loss and accuracy over its loss positions), ranked by zero-ablated loss. Each unit
+/// is a hooked run; [`ablate_all`] is the fast form on modular arithmetic.
+pub fn ablate_on(model: &Transformer, batch: &TokenBatch) -> Result<Vec<AblationRow>> {
+    let cfg = &model.cfg;
+    let mut units: Vec<(Unit, usize, usize, String)> = Vec::new();
+    for l in 0..cfg.n_layers {
+        units.extend(
+            (0..cfg.n_heads).map(|h| (Unit::Head, l, h, format!("blocks.{l}.attn.hook_z"))),
+        );
+        if cfg.has_mlp() {
+            units.extend(
+                (0..cfg.d_mlp()).map(|n| (Unit::Neuron, l, n, format!("blocks.{l}.mlp.hook_post"))),
+            );
+        }
+    }
+    let mut rows = units
+        .into_par_iter()
+        .map(|(unit, layer, idx, name)| {
+            let mut r = [(0.0, 0.0); 2];
+            for (i, mean_ablate) in [false, true].into_iter().enumerate() {
+                let hooks = Hooks::new().add(&name, unit_ablation(idx, mean_ablate));
+                let out = model.run_with_hooks(batch.tokens.view(), hooks)?;
+                r[i] = score_positions(&out, batch);
+            }
+            Ok(row(unit, layer, idx, r))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rows.sort_by(|a, b| b.zero_loss.total_cmp(&a.zero_loss));
+    Ok(rows)
+}
+
+/// Loss and accuracy of `batch` with nothing ablated.
+pub fn baseline_on(model: &Transformer, batch: &TokenBatch) -> Result<(f64, f64)> {
+    let out = model.forward(batch.tokens.view())?;
+    Ok(score_positions(&out, batch))
 }

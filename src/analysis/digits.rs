@@ -483,7 +483,7 @@ pub fn checkpoint_report(model: &Transformer, task: &DigitsTask) -> Result<Check
 pub fn over_training(run_dir: &std::path::Path) -> Result<(DigitsTask, OverTraining)> {
     use crate::io::run;
     let exp = run::run_config(run_dir)?.resolve()?;
-    let crate::config::TaskSpec::Digits(task) = &exp.task else {
+    let Some(task) = exp.task.downcast::<DigitsTask>() else {
         return Err(Error::Input(format!(
             "{}: a digits run is needed, not `{}`",
             run_dir.display(),

@@ -57,7 +57,7 @@ impl NBeta {
 }
 
 /// Where L(w*) is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum InitLoss {
     /// The whole training set.
     Full,

@@ -18,6 +18,7 @@
 pub mod ablation;
 pub mod digits;
 pub mod fourier;
+pub mod generic;
 pub mod llc;
 pub mod neurons;
 pub mod patching;
@@ -322,7 +323,7 @@ pub fn phases(rows: &[ProgressRow]) -> Option<Phases> {
 /// the curves follow one fixed set of directions through training, as in the paper.
 pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
     let exp = run::run_config(run_dir)?.resolve()?;
-    let crate::config::TaskSpec::Modular(task) = &exp.task else {
+    let Some(task) = exp.task.downcast::<crate::tasks::modular::ModularTask>() else {
         return Err(Error::Input(format!(
             "{}: progress measures need a modular-arithmetic run, not `{}`",
             run_dir.display(),

@@ -4,8 +4,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use toylens::analysis::llc::InitLoss;
+use toylens::bench::{Switch, Workload};
 use toylens::commands::{self, AnalyzeReport, KeyRule};
 use toylens::io::checkpoint;
+use toylens::models::mask::{PruneMethod, PruneScope};
 
 #[derive(Parser)]
 #[command(
@@ -144,8 +147,8 @@ enum Cmd {
         out: Option<PathBuf>,
         /// How to choose the key frequencies: `wl` (the paper's rule, from W_L's Fourier norms) or
         /// `neurons` (frequencies whose neuron clusters hold ≥ 5% of the clustered neurons).
-        #[arg(long, default_value = "wl", value_parser = ["wl", "neurons"])]
-        key_rule: String,
+        #[arg(long, value_enum, default_value_t = KeyRule::WL)]
+        key_rule: KeyRule,
     },
     /// Zero- and mean-ablate every MLP neuron and attention head of a modular-arithmetic model (or
     /// every hidden neuron of a ToyMLP); prints the units ranked by the loss on all pairs when zeroed.
@@ -214,8 +217,8 @@ enum Cmd {
         seed: u64,
         /// L(w*): `full` (the whole training set) or `minibatches` (devinterp's default: the mean
         /// over `chains` minibatches).
-        #[arg(long, default_value = "full", value_parser = ["full", "minibatches"])]
-        init_loss: String,
+        #[arg(long, value_enum, default_value_t = InitLoss::Full)]
+        init_loss: InitLoss,
         /// A grid of ε × nβ × γ instead of one estimate (values from --lrs, --nbetas, --localizations).
         #[arg(long)]
         calibrate: bool,
@@ -240,13 +243,13 @@ enum Cmd {
         #[arg(long)]
         sparsity: f64,
         /// `global` (one threshold over all chosen tensors) or `layer` (S of each).
-        #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
-        scope: String,
+        #[arg(long, value_enum, default_value_t = PruneScope::Global)]
+        scope: PruneScope,
         /// Comma-separated parameter names (default: the matrices above).
         #[arg(long, value_delimiter = ',')]
         tensors: Vec<String>,
-        #[arg(long, default_value = "magnitude", value_parser = ["magnitude", "random"])]
-        method: String,
+        #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
+        method: PruneMethod,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// The mask file to write (safetensors of 0/1 by parameter name).
@@ -267,10 +270,10 @@ enum Cmd {
         rewind: u64,
         #[arg(long, default_value_t = 1)]
         rounds: usize,
-        #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
-        scope: String,
-        #[arg(long, default_value = "magnitude", value_parser = ["magnitude", "random"])]
-        method: String,
+        #[arg(long, value_enum, default_value_t = PruneScope::Global)]
+        scope: PruneScope,
+        #[arg(long, value_enum, default_value_t = PruneMethod::Magnitude)]
+        method: PruneMethod,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// The ticket's run directory (default: RUN_DIR-ticket-<from>-s<S>).
@@ -291,8 +294,8 @@ enum Cmd {
     /// ToyMLP step at batch 64; W3: a digits5 step).
     Bench {
         /// `w1`, `w2` or `w3` (one step of the digits5 preset: batch 64, 18 tokens, d_model 512).
-        #[arg(long, default_value = "w1", value_parser = ["w1", "w2", "w3"])]
-        workload: String,
+        #[arg(long, value_enum, default_value_t = Workload::W1)]
+        workload: Workload,
         /// Steps to run (the first one, warm-up, is not timed).
         #[arg(long, default_value_t = 50)]
         steps: usize,
@@ -310,8 +313,8 @@ enum Cmd {
         peak: bool,
         /// W1 only: force layer 0's W_in fold `on` or `off` (the general path), to time one
         /// against the other on this machine; without it, W1 takes the fold, as training does.
-        #[arg(long, value_parser = ["on", "off"])]
-        w_in_fold: Option<String>,
+        #[arg(long, value_enum)]
+        w_in_fold: Option<Switch>,
     },
 }
 
@@ -339,6 +342,39 @@ fn main() {
     if let Err(e) = run(cli.cmd) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// What `analyze` found on a task without analyses of its own.
+fn print_generic_report(target: &std::path::Path, r: &toylens::analysis::generic::GenericReport) {
+    println!("{}: a {} on {}", target.display(), r.arch, r.task);
+    for (name, s) in [("train", &r.train), ("test", &r.test)] {
+        let Some(s) = s else { continue };
+        println!(
+            "  {name:5}  {} examples  loss {:.4e}  accuracy {:.4}  all positions right {:.4}",
+            s.examples, s.loss, s.accuracy, s.exact_match
+        );
+        if s.per_position_loss.len() > 1 {
+            let losses: Vec<String> = s
+                .per_position_loss
+                .iter()
+                .map(|l| format!("{l:.2e}"))
+                .collect();
+            println!("         loss per loss position: {}", losses.join(" "));
+        }
+    }
+    if !r.attention.is_empty() {
+        println!("  heads (mean attention to the previous token / to position 0):");
+        for h in &r.attention {
+            println!(
+                "    {}.{}  {:.3} / {:.3}",
+                h.layer, h.head, h.previous_token, h.first_token
+            );
+        }
+    }
+    println!("  tensor norms:");
+    for t in &r.tensor_norms {
+        println!("    {:28} {:?}  {:.4}", t.name, t.shape, t.norm);
     }
 }
 
@@ -618,33 +654,14 @@ fn run(cmd: Cmd) -> Result<()> {
             } else {
                 toylens::train::Progress::Auto
             };
-            let (cfg, dir, mode) = match resume {
-                Some(dir) => {
-                    if let Some(p) = preset {
-                        anyhow::bail!(
-                            "--resume continues the run's own config; drop the preset `{p}`"
-                        );
-                    }
-                    let cfg = toylens::train::resume_config(&dir, &overrides)?;
-                    (cfg, dir, toylens::train::RunMode::Resume)
-                }
-                None => {
-                    let name = preset.unwrap_or_else(|| "grokking".to_string());
-                    let cfg = toylens::config::resolve(&name, &overrides)?;
-                    let dir = out.unwrap_or_else(|| {
-                        toylens::io::run::default_dir(&toylens::config::short_name(&name))
-                    });
-                    let mode = if force {
-                        toylens::train::RunMode::Force
-                    } else {
-                        toylens::train::RunMode::New
-                    };
-                    (cfg, dir, mode)
-                }
+            let request = commands::train::TrainRequest {
+                preset,
+                overrides,
+                out,
+                resume,
+                force,
             };
-            tracing::info!("run directory {}", dir.display());
-            let s = toylens::train::train(&cfg, &dir, mode, progress)?;
-            toylens::report::pictures::run_pictures(&dir, false)?;
+            let (dir, s) = request.run(progress, toylens::train::Control::default())?;
             let mut line = format!(
                 "{}: {} steps in {:.1} s ({:.0} steps/s); train loss {:.3e}, test loss {:.3e}",
                 dir.display(),
@@ -859,191 +876,195 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
             out,
             key_rule,
-        } => {
-            let rule = if key_rule == "neurons" {
-                KeyRule::Neurons
-            } else {
-                KeyRule::WL
-            };
-            match commands::analyze(&target, out.as_deref(), rule)? {
-                AnalyzeReport::Run {
-                    rows,
-                    phases,
-                    files,
-                } => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"progress": rows, "phases": phases})
-                        );
-                        return Ok(());
-                    }
+        } => match commands::analyze(&target, out.as_deref(), key_rule)? {
+            AnalyzeReport::Run {
+                rows,
+                phases,
+                files,
+            } => {
+                if json {
                     println!(
-                        "{}: {} checkpoints -> {}",
-                        target.display(),
-                        rows.len(),
-                        files
-                            .iter()
-                            .map(|f| f.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "{}",
+                        serde_json::json!({"progress": rows, "phases": phases})
                     );
-                    if let Some(ph) = phases {
-                        let show = |s: Option<u64>| {
-                            s.map(|s| s.to_string())
-                                .unwrap_or_else(|| "not reached".into())
-                        };
-                        println!("  memorisation       steps 0-{}", ph.memorisation_end);
-                        println!(
-                            "  circuit formation  steps {}-{}",
-                            ph.memorisation_end,
-                            show(ph.cleanup_start)
-                        );
-                        println!(
-                            "  cleanup            steps {}-{}",
-                            show(ph.cleanup_start),
-                            show(ph.cleanup_end)
-                        );
-                    }
+                    return Ok(());
                 }
-                AnalyzeReport::Digits { report, files } => {
-                    for f in &files {
-                        eprintln!("wrote {}", f.display());
-                    }
-                    if json {
-                        println!("{}", serde_json::to_string(&report)?);
-                        return Ok(());
-                    }
-                    println!("{}:", target.display());
-                    print_digits_report(&report);
-                }
-                AnalyzeReport::DigitsRun { rows, last, files } => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"over_training": rows, "last_checkpoint": last})
-                        );
-                        return Ok(());
-                    }
+                println!(
+                    "{}: {} checkpoints -> {}",
+                    target.display(),
+                    rows.len(),
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Some(ph) = phases {
+                    let show = |s: Option<u64>| {
+                        s.map(|s| s.to_string())
+                            .unwrap_or_else(|| "not reached".into())
+                    };
+                    println!("  memorisation       steps 0-{}", ph.memorisation_end);
                     println!(
-                        "{}: {} checkpoints -> {} files in {}",
-                        target.display(),
-                        rows.len(),
-                        files.len(),
-                        files
-                            .first()
-                            .and_then(|f| f.parent())
-                            .map(|d| d.display().to_string())
-                            .unwrap_or_default()
+                        "  circuit formation  steps {}-{}",
+                        ph.memorisation_end,
+                        show(ph.cleanup_start)
                     );
                     println!(
+                        "  cleanup            steps {}-{}",
+                        show(ph.cleanup_start),
+                        show(ph.cleanup_end)
+                    );
+                }
+            }
+            AnalyzeReport::Generic { report, files } => {
+                for f in &files {
+                    eprintln!("wrote {}", f.display());
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                    return Ok(());
+                }
+                print_generic_report(&target, &report);
+            }
+            AnalyzeReport::Digits { report, files } => {
+                for f in &files {
+                    eprintln!("wrote {}", f.display());
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                    return Ok(());
+                }
+                println!("{}:", target.display());
+                print_digits_report(&report);
+            }
+            AnalyzeReport::DigitsRun { rows, last, files } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"over_training": rows, "last_checkpoint": last})
+                    );
+                    return Ok(());
+                }
+                println!(
+                    "{}: {} checkpoints -> {} files in {}",
+                    target.display(),
+                    rows.len(),
+                    files.len(),
+                    files
+                        .first()
+                        .and_then(|f| f.parent())
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
+                );
+                println!(
                         "first checkpoint with loss < {:.2} per case (no carry / carry / cascading carry):",
                         toylens::io::run::DIGIT_TRANSITION_LOSS
                     );
-                    let show = |s: Option<u64>| s.map_or("-".to_string(), |s| s.to_string());
-                    for (place, t) in toylens::analysis::digits::case_transitions(&rows) {
-                        println!(
-                            "  10^{place}: {:>6} {:>6} {:>6}",
-                            show(t[0]),
-                            show(t[1]),
-                            show(t[2])
-                        );
-                    }
-                    println!("last checkpoint (step {}):", rows.last().map_or(0, |r| r.0));
-                    print_digits_report(&last);
+                let show = |s: Option<u64>| s.map_or("-".to_string(), |s| s.to_string());
+                for (place, t) in toylens::analysis::digits::case_transitions(&rows) {
+                    println!(
+                        "  10^{place}: {:>6} {:>6} {:>6}",
+                        show(t[0]),
+                        show(t[1]),
+                        show(t[2])
+                    );
                 }
-                AnalyzeReport::Superposition {
-                    instances,
-                    n_features,
-                    n_hidden,
-                    files,
-                } => {
-                    for f in &files {
-                        eprintln!("wrote {}", f.display());
-                    }
-                    if json {
-                        println!("{}", serde_json::json!({ "instances": instances }));
-                        return Ok(());
-                    }
-                    println!(
-                        "{}: {} instances, {n_features} features in {n_hidden} dimensions",
-                        target.display(),
-                        instances.len(),
-                    );
-                    println!(
-                        "{:>9} {:>12} {:>12}  feature norms",
-                        "p", "represented", "dims/feature"
-                    );
-                    for g in &instances {
-                        let norms: Vec<String> =
-                            g.norms.iter().map(|n| format!("{n:.2}")).collect();
-                        println!(
-                            "{:>9.4} {:>12} {:>12.3}  {}",
-                            g.feature_probability,
-                            g.represented.len(),
-                            g.dims_per_feature,
-                            norms.join(" ")
-                        );
-                    }
+                println!("last checkpoint (step {}):", rows.last().map_or(0, |r| r.0));
+                print_digits_report(&last);
+            }
+            AnalyzeReport::Superposition {
+                instances,
+                n_features,
+                n_hidden,
+                files,
+            } => {
+                for f in &files {
+                    eprintln!("wrote {}", f.display());
                 }
-                AnalyzeReport::Modular {
-                    op,
-                    analysis: a,
-                    neurons: nf,
-                    on_train_set,
-                    files,
-                } => {
-                    if json {
-                        let mut v = serde_json::to_value(&a)?;
-                        v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
-                        v["key_frequency_rule"] = serde_json::Value::String(key_rule.clone());
-                        println!("{v}");
-                        return Ok(());
-                    }
-                    if let Some(dir) = &out {
-                        println!("wrote {} pictures to {}", files.len(), dir.display());
-                    }
-                    let p = a.p;
-                    let sym = op.symbol();
-                    println!("{}: (a {sym} b) mod {p}", target.display());
+                if json {
+                    println!("{}", serde_json::json!({ "instances": instances }));
+                    return Ok(());
+                }
+                println!(
+                    "{}: {} instances, {n_features} features in {n_hidden} dimensions",
+                    target.display(),
+                    instances.len(),
+                );
+                println!(
+                    "{:>9} {:>12} {:>12}  feature norms",
+                    "p", "represented", "dims/feature"
+                );
+                for g in &instances {
+                    let norms: Vec<String> = g.norms.iter().map(|n| format!("{n:.2}")).collect();
                     println!(
-                        "  key frequencies        {:?}   (rule: {key_rule})",
-                        a.key_frequencies
+                        "{:>9.4} {:>12} {:>12.3}  {}",
+                        g.feature_probability,
+                        g.represented.len(),
+                        g.dims_per_feature,
+                        norms.join(" ")
                     );
-                    println!("  loss (all pairs)       {:.4e}", a.loss_all);
-                    println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x {sym} y)", a.restricted_loss);
-                    println!(
-                        "  excluded loss          {:.4e}   (key frequencies removed; on {})",
-                        a.excluded_loss,
-                        if on_train_set {
-                            "the train set"
-                        } else {
-                            "all pairs"
-                        }
-                    );
-                    for (k, l) in a.key_frequencies.iter().zip(&a.excluded_loss_per_frequency) {
-                        println!("    without frequency {k:3}  {l:.4e}");
+                }
+            }
+            AnalyzeReport::Modular {
+                op,
+                analysis: a,
+                neurons: nf,
+                on_train_set,
+                files,
+            } => {
+                if json {
+                    let mut v = serde_json::to_value(&a)?;
+                    v["neuron_clusters"] = serde_json::to_value(&nf.clusters)?;
+                    v["key_frequency_rule"] =
+                        serde_json::Value::String(toylens::error::choice_name(&key_rule));
+                    println!("{v}");
+                    return Ok(());
+                }
+                if let Some(dir) = &out {
+                    println!("wrote {} pictures to {}", files.len(), dir.display());
+                }
+                let p = a.p;
+                let sym = op.symbol();
+                println!("{}: (a {sym} b) mod {p}", target.display());
+                println!(
+                    "  key frequencies        {:?}   (rule: {})",
+                    a.key_frequencies,
+                    toylens::error::choice_name(&key_rule)
+                );
+                println!("  loss (all pairs)       {:.4e}", a.loss_all);
+                println!("  restricted loss        {:.4e}   (logits kept to the key frequencies of x {sym} y)", a.restricted_loss);
+                println!(
+                    "  excluded loss          {:.4e}   (key frequencies removed; on {})",
+                    a.excluded_loss,
+                    if on_train_set {
+                        "the train set"
+                    } else {
+                        "all pairs"
                     }
-                    println!(
-                        "  Gini of W_E, W_L       {:.3}, {:.3}",
-                        a.gini_w_e, a.gini_w_l
-                    );
-                    println!("  sum of squared weights {:.1}", a.sum_sq_weights);
-                    let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
-                    println!(
+                );
+                for (k, l) in a.key_frequencies.iter().zip(&a.excluded_loss_per_frequency) {
+                    println!("    without frequency {k:3}  {l:.4e}");
+                }
+                println!(
+                    "  Gini of W_E, W_L       {:.3}, {:.3}",
+                    a.gini_w_e, a.gini_w_l
+                );
+                println!("  sum of squared weights {:.1}", a.sum_sq_weights);
+                let clustered: usize = nf.clusters.iter().map(|c| c.size).sum();
+                println!(
                         "  neuron clusters        {clustered} of {} neurons by best frequency (share of variance ≥ {}):",
                         nf.share.len(),
                         toylens::analysis::neurons::CLUSTER_MIN_SHARE
                     );
-                    for c in &nf.clusters {
-                        println!(
-                            "    frequency {:3}: {:4} neurons, mean share {:.3}",
-                            c.frequency, c.size, c.mean_share
-                        );
-                    }
+                for c in &nf.clusters {
+                    println!(
+                        "    frequency {:3}: {:4} neurons, mean share {:.3}",
+                        c.frequency, c.size, c.mean_share
+                    );
                 }
             }
-        }
+        },
         Cmd::Ablate {
             checkpoint,
             out,
@@ -1131,7 +1152,7 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
             out,
         } => {
-            use toylens::analysis::llc::{InitLoss, LlcConfig};
+            use toylens::analysis::llc::LlcConfig;
             let cfg = LlcConfig {
                 lr,
                 localization,
@@ -1142,11 +1163,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 steps_between_draws,
                 batch_size,
                 seed,
-                init_loss: if init_loss == "full" {
-                    InitLoss::Full
-                } else {
-                    InitLoss::Minibatches
-                },
+                init_loss,
             };
             let t0 = std::time::Instant::now();
             let report = if calibrate {
@@ -1252,17 +1269,6 @@ fn run(cmd: Cmd) -> Result<()> {
             seed,
             out,
         } => {
-            use toylens::models::mask::{PruneMethod, PruneScope};
-            let scope = if scope == "layer" {
-                PruneScope::Layer
-            } else {
-                PruneScope::Global
-            };
-            let method = if method == "random" {
-                PruneMethod::Random
-            } else {
-                PruneMethod::Magnitude
-            };
             let counts =
                 commands::prune(&checkpoint, sparsity, scope, method, &tensors, seed, &out)?;
             println!("wrote {}", out.display());
@@ -1290,20 +1296,9 @@ fn run(cmd: Cmd) -> Result<()> {
             quiet,
             overrides,
         } => {
-            let from_step = if from == "final" {
-                None
-            } else {
-                Some(from.parse::<u64>().map_err(|_| {
-                    anyhow::anyhow!("--from: `{from}` is a checkpoint step or `final`")
-                })?)
-            };
-            let out = out.unwrap_or_else(|| {
-                let name = run_dir.file_name().unwrap_or_default().to_string_lossy();
-                run_dir.with_file_name(format!("{name}-ticket-{from}-s{sparsity}"))
-            });
             let spec = commands::TicketSpec {
                 run: run_dir,
-                from: from_step,
+                from: commands::checkpoint_step("--from", &from)?,
                 sparsity,
                 rewind,
                 rounds,
@@ -1318,6 +1313,7 @@ fn run(cmd: Cmd) -> Result<()> {
             } else {
                 toylens::train::Progress::Auto
             };
+            let out = out.unwrap_or_else(|| spec.default_out());
             let s = commands::ticket(&spec, &out, progress)?;
             println!(
                 "{}: {} steps, test loss {:.3e}, test acc {}; grok step {}",
@@ -1335,14 +1331,14 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Bench {
-            workload,
+            workload: Workload::W2,
             steps,
             seed,
             out,
             json,
             peak: _,
             w_in_fold,
-        } if workload == "w2" => {
+        } => {
             if w_in_fold.is_some() {
                 anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w2");
             }
@@ -1358,14 +1354,14 @@ fn run(cmd: Cmd) -> Result<()> {
             );
         }
         Cmd::Bench {
-            workload,
+            workload: Workload::W3,
             steps,
             seed,
             out,
             json,
             peak: _,
             w_in_fold,
-        } if workload == "w3" => {
+        } => {
             if w_in_fold.is_some() {
                 anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w3");
             }
@@ -1403,7 +1399,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 )?;
             }
             let mut ws = toylens::Workspace::new();
-            ws.set_w_in_fold(w_in_fold.map(|f| f == "on"));
+            ws.set_w_in_fold(w_in_fold.map(|f| f == Switch::On));
             let r = toylens::bench::train_steps_in(
                 &mut ws,
                 &mut w1.model,

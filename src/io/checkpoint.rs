@@ -17,6 +17,8 @@ pub const META_MODEL: &str = "toylens.model";
 pub const META_TASK: &str = "toylens.task";
 /// Metadata key of the model kind (`toy_mlp`, `superposition`, `linear`); absent for the transformer.
 pub const META_ARCH: &str = "toylens.arch";
+/// The experiment a run's checkpoint was trained in (its config as JSON), recorded once.
+pub const META_EXPERIMENT: &str = "toylens.experiment";
 
 /// A loaded checkpoint.
 pub struct Checkpoint {

@@ -109,7 +109,7 @@ impl Loaded {
     /// training run do: metadata `toylens.experiment`).
     pub fn experiment(&self) -> Result<Option<crate::config::Experiment>> {
         self.metadata
-            .get("toylens.experiment")
+            .get(crate::io::checkpoint::META_EXPERIMENT)
             .map(|j| {
                 crate::config::from_json(
                     j,

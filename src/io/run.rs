@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A run's own data (arrays handed to `toylens.train` from Python), inside its directory.
+pub const DATA: &str = "data";
 pub const CONFIG: &str = "config.yaml";
 pub const METRICS_CSV: &str = "metrics.csv";
 pub const METRICS_JSONL: &str = "metrics.jsonl";
@@ -290,4 +292,22 @@ pub fn digit_transitions(rows: &[MetricRow], threshold: f64) -> Vec<(usize, Opti
             (place, step)
         })
         .collect()
+}
+
+/// The newest checkpoint of a run (its final weights when the run finished).
+pub fn last_checkpoint(run_dir: &Path) -> Result<PathBuf> {
+    let fin = run_dir.join(FINAL);
+    if fin.exists() {
+        return Ok(fin);
+    }
+    checkpoint_steps(run_dir)
+        .last()
+        .map(|&s| checkpoint_path(run_dir, s))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{}: no checkpoints in {}",
+                run_dir.display(),
+                run_dir.join("checkpoints").display()
+            ))
+        })
 }

@@ -139,10 +139,51 @@ fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
     Ok(Box::new(Linear::from_params(cfg, vec![0.0; n])?))
 }
 
-pub const KIND: Kind = Kind {
-    arch: "linear",
-    zeros: load_kind,
-};
+pub const KIND: Kind = Kind::of::<LinearSection>(load_kind);
+
+/// `model:` of `arch: linear`; the widths come from the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSection {
+    pub bias: bool,
+}
+
+impl crate::models::ModelSection for LinearSection {
+    const NAME: &'static str = "linear";
+    fn configure(
+        self,
+        io: &crate::batch::TaskIo,
+        seed: u64,
+    ) -> Result<std::sync::Arc<dyn crate::models::ModelPlan>> {
+        let crate::batch::TaskIo::Vectors { n_in, n_out } = *io else {
+            return Err(crate::models::wrong_io("linear", "real vectors", io));
+        };
+        let cfg = LinearConfig {
+            n_in,
+            n_out,
+            bias: self.bias,
+            seed,
+        };
+        cfg.validate()?;
+        Ok(std::sync::Arc::new(cfg))
+    }
+}
+
+impl crate::models::ModelPlan for LinearConfig {
+    fn build(&self) -> Result<Box<dyn Model>> {
+        Ok(Box::new(Linear::new(self.clone())?))
+    }
+    fn memory(&self) -> crate::models::ModelMemory {
+        let (i, o) = (self.n_in as f64, self.n_out as f64);
+        crate::models::ModelMemory {
+            parameters: o * (i + 1.0),
+            activations_per_example: 2.0 * (i + o),
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 fn stats(loss: f64) -> LossStats {
     LossStats {

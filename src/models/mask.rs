@@ -108,7 +108,8 @@ impl Mask {
 }
 
 /// How [`prune`] chooses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PruneMethod {
     /// The smallest |w|.
     Magnitude,
@@ -117,34 +118,13 @@ pub enum PruneMethod {
 }
 
 /// Over which weights the threshold is taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PruneScope {
     /// One threshold over all chosen tensors (as the Grokking Tickets code does).
     Global,
     /// The same fraction from each tensor.
     Layer,
-}
-
-impl PruneMethod {
-    /// `magnitude` or `random`; the error says which are known.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "magnitude" => Ok(PruneMethod::Magnitude),
-            "random" => Ok(PruneMethod::Random),
-            m => Err(format!("`{m}` is magnitude or random")),
-        }
-    }
-}
-
-impl PruneScope {
-    /// `global` or `layer`; the error says which are known.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "global" => Ok(PruneScope::Global),
-            "layer" => Ok(PruneScope::Layer),
-            m => Err(format!("`{m}` is global or layer")),
-        }
-    }
 }
 
 /// The tensors pruned by default: every matrix (two or more axes) but the positional embedding, so

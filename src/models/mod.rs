@@ -13,12 +13,13 @@ pub mod superposition;
 pub mod toy_mlp;
 pub mod transformer;
 
-use crate::batch::{Batch, Input, LossStats};
+use crate::batch::{Batch, Input, LossStats, TaskIo};
 use crate::error::{closest, Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, Hooks};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::any::Any;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// One parameter tensor: its name, shape, place in the flat buffer, and whether training updates it.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,12 +208,91 @@ impl<'a> dyn Model + 'a {
     }
 }
 
-/// A model kind, as registered: its name and how to rebuild it from a checkpoint.
+/// A model kind, as registered: its name, its config section, and how to rebuild it from a
+/// checkpoint. Made by [`Kind::of`] from the kind's [`ModelSection`].
 pub struct Kind {
     pub arch: &'static str,
     /// The model of a recorded config (JSON), every parameter zero: a checkpoint's tensors are then
     /// read into it by name.
     pub zeros: fn(&serde_json::Value) -> Result<Box<dyn Model>>,
+    /// Its section (`model:` without `arch`) typed and back, every field present (errors name
+    /// the key).
+    pub normalize: fn(serde_json::Value, &str) -> Result<serde_json::Value>,
+    /// A normalized section sized from the task's inputs and outputs, with the experiment's seed.
+    pub configure: fn(&serde_json::Value, &TaskIo, u64) -> Result<Arc<dyn ModelPlan>>,
+}
+
+impl Kind {
+    pub const fn of<S: ModelSection>(
+        zeros: fn(&serde_json::Value) -> Result<Box<dyn Model>>,
+    ) -> Kind {
+        Kind {
+            arch: S::NAME,
+            zeros,
+            normalize: normalize_as::<S>,
+            configure: configure_as::<S>,
+        }
+    }
+}
+
+fn normalize_as<S: ModelSection>(
+    section: serde_json::Value,
+    source: &str,
+) -> Result<serde_json::Value> {
+    crate::error::normalized::<S>(section, "model", source)
+}
+
+fn configure_as<S: ModelSection>(
+    section: &serde_json::Value,
+    io: &TaskIo,
+    seed: u64,
+) -> Result<Arc<dyn ModelPlan>> {
+    crate::error::typed_section::<S>(section.clone(), "model", "model")?.configure(io, seed)
+}
+
+/// A model's config section (`model:` without its `arch` tag), as YAML holds it: a serde struct
+/// with `deny_unknown_fields`; the task's sizes are not in it but come from [`TaskIo`].
+pub trait ModelSection: serde::Serialize + serde::de::DeserializeOwned {
+    /// Its name in `model.arch`.
+    const NAME: &'static str;
+    /// The full model config, range-checked (errors name `model.<key>`, or `model.arch` where
+    /// the task's inputs are not what this model takes).
+    fn configure(self, io: &TaskIo, seed: u64) -> Result<Arc<dyn ModelPlan>>;
+}
+
+/// A model's full config before it exists: what it will allocate, and the model itself.
+pub trait ModelPlan: std::fmt::Debug + Send + Sync + Any {
+    /// The freshly initialised model.
+    fn build(&self) -> Result<Box<dyn Model>>;
+    /// What it will hold and use per example (f64: absurd sizes cannot overflow).
+    fn memory(&self) -> ModelMemory;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl dyn ModelPlan {
+    /// The plan as its concrete config type, if it is one.
+    pub fn downcast<T: ModelPlan>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
+    }
+}
+
+/// A model's memory, roughly and from above: parameters (each with a gradient and AdamW's two
+/// moments), and the activations of one example (with their gradients).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelMemory {
+    pub parameters: f64,
+    pub activations_per_example: f64,
+}
+
+/// The error of a model given a task whose inputs it does not take.
+pub fn wrong_io(arch: &str, takes: &str, io: &TaskIo) -> Error {
+    Error::config(
+        "model.arch",
+        format!(
+            "the `{arch}` model takes {takes}; this task gives {}",
+            io.describe()
+        ),
+    )
 }
 
 /// Every model kind: the one registration point.

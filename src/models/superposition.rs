@@ -8,7 +8,7 @@
 //! [0, 1) when present, and is trained on the importance-weighted squared error
 //! `mean_{batch, features}(I_f · (x_f − x'_f)²)`; the objective is the sum over instances.
 
-use crate::batch::{Batch, DenseBatch, Input, LossStats};
+use crate::batch::{Batch, DenseBatch, FeatureSpec, Input, LossStats};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
@@ -66,54 +66,24 @@ impl SuperpositionConfig {
 
     /// Importance of each feature.
     pub fn importance(&self) -> Vec<f32> {
-        (0..self.n_features)
-            .map(|f| self.importance_decay.powi(f as i32) as f32)
-            .collect()
+        self.features().importance()
     }
 
-    /// Feature probability of each instance: log-spaced from max to min (max · (min/max)^(i/(n−1))).
+    /// Feature probability of each instance.
     pub fn feature_probability(&self) -> Vec<f64> {
-        let n = self.n_instances;
-        let (hi, lo) = (self.max_feature_probability, self.min_feature_probability);
-        (0..n)
-            .map(|i| {
-                if n == 1 {
-                    hi
-                } else {
-                    hi * libm::pow(lo / hi, i as f64 / (n - 1) as f64)
-                }
-            })
-            .collect()
+        self.features().feature_probability()
     }
 
-    /// A batch `[batch, n_instances, n_features]`: each feature present with its instance's
-    /// probability, then uniform in [0, 1).
-    pub fn sample(&self, rng: &mut Rng, batch: usize) -> Vec<f32> {
-        let probs = self.feature_probability();
-        let mut x = Vec::with_capacity(batch * self.n_instances * self.n_features);
-        for _ in 0..batch {
-            for &p in &probs {
-                for _ in 0..self.n_features {
-                    let value = rng.uniform() as f32;
-                    let present = rng.uniform() < p;
-                    x.push(if present { value } else { 0.0 });
-                }
-            }
+    /// The data this model is trained on.
+    pub fn features(&self) -> FeatureSpec {
+        FeatureSpec {
+            n_features: self.n_features,
+            n_instances: self.n_instances,
+            importance_decay: self.importance_decay,
+            max_feature_probability: self.max_feature_probability,
+            min_feature_probability: self.min_feature_probability,
+            data_seed: self.data_seed,
         }
-        x
-    }
-
-    /// The training batch of update `step`: a pure function of (data seed, step).
-    pub fn train_batch(&self, step: u64, batch: usize) -> Vec<f32> {
-        self.sample(
-            &mut Rng::new(self.data_seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F)),
-            batch,
-        )
-    }
-
-    /// The fixed evaluation batch.
-    pub fn eval_batch(&self, n: usize) -> Vec<f32> {
-        self.sample(&mut Rng::new(self.data_seed ^ 0xE7A1_0000_0000_0005), n)
     }
 }
 
@@ -304,10 +274,59 @@ fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
     Ok(Box::new(Superposition::from_params(cfg, vec![0.0; n])?))
 }
 
-pub const KIND: Kind = Kind {
-    arch: "superposition",
-    zeros: load_kind,
-};
+pub const KIND: Kind = Kind::of::<SuperpositionSection>(load_kind);
+
+/// `model:` of `arch: superposition`: the hidden width; features and instances come from the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperpositionSection {
+    pub n_hidden: usize,
+}
+
+impl crate::models::ModelSection for SuperpositionSection {
+    const NAME: &'static str = "superposition";
+    fn configure(
+        self,
+        io: &crate::batch::TaskIo,
+        seed: u64,
+    ) -> Result<std::sync::Arc<dyn crate::models::ModelPlan>> {
+        let crate::batch::TaskIo::SparseFeatures(f) = io else {
+            return Err(crate::models::wrong_io(
+                "superposition",
+                "sparse features to reconstruct (the superposition task)",
+                io,
+            ));
+        };
+        let cfg = SuperpositionConfig {
+            n_instances: f.n_instances,
+            n_features: f.n_features,
+            n_hidden: self.n_hidden,
+            importance_decay: f.importance_decay,
+            max_feature_probability: f.max_feature_probability,
+            min_feature_probability: f.min_feature_probability,
+            seed,
+            data_seed: f.data_seed,
+        };
+        cfg.validate()?;
+        Ok(std::sync::Arc::new(cfg))
+    }
+}
+
+impl crate::models::ModelPlan for SuperpositionConfig {
+    fn build(&self) -> Result<Box<dyn Model>> {
+        Ok(Box::new(Superposition::new(self.clone())?))
+    }
+    fn memory(&self) -> crate::models::ModelMemory {
+        let w = self.n_instances as f64 * self.n_features as f64;
+        crate::models::ModelMemory {
+            parameters: w * (self.n_hidden as f64 + 1.0),
+            activations_per_example: 2.0 * w,
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 impl Superposition {
     fn dense<'a>(&self, batch: &'a Batch) -> Result<&'a [f32]> {

@@ -605,10 +605,60 @@ fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
     Ok(Box::new(ToyMlp::from_params(cfg, vec![0.0; n])?))
 }
 
-pub const KIND: Kind = Kind {
-    arch: "toy_mlp",
-    zeros: load_kind,
-};
+pub const KIND: Kind = Kind::of::<ToyMlpSection>(load_kind);
+
+/// `model:` of `arch: toy_mlp`: its widths; the vocabulary is the task's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToyMlpSection {
+    pub d_embed: usize,
+    pub d_hidden: usize,
+}
+
+impl crate::models::ModelSection for ToyMlpSection {
+    const NAME: &'static str = "toy_mlp";
+    fn configure(
+        self,
+        io: &crate::batch::TaskIo,
+        seed: u64,
+    ) -> Result<std::sync::Arc<dyn crate::models::ModelPlan>> {
+        let crate::batch::TaskIo::Tokens {
+            pair_vocab: Some(p),
+            ..
+        } = *io
+        else {
+            return Err(crate::models::wrong_io(
+                "toy_mlp",
+                "pairs of tokens with one label (the modular task)",
+                io,
+            ));
+        };
+        let cfg = ToyMlpConfig {
+            p,
+            d_embed: self.d_embed,
+            d_hidden: self.d_hidden,
+            seed,
+        };
+        cfg.validate()?;
+        Ok(std::sync::Arc::new(cfg))
+    }
+}
+
+impl crate::models::ModelPlan for ToyMlpConfig {
+    fn build(&self) -> Result<Box<dyn Model>> {
+        Ok(Box::new(ToyMlp::new(self.clone())?))
+    }
+    fn memory(&self) -> crate::models::ModelMemory {
+        let (p, e, hid) = (self.p as f64, self.d_embed as f64, self.d_hidden as f64);
+        crate::models::ModelMemory {
+            parameters: p * e + 2.0 * e * hid + hid + p * hid + p,
+            activations_per_example: 4.0 * e + 4.0 * hid + 2.0 * p,
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 impl Model for ToyMlp {
     crate::model_basics!("toy_mlp");

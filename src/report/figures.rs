@@ -261,12 +261,44 @@ pub fn ablation(rows: &[AblationRow], n: usize, dir: &Path) -> Result<Vec<PathBu
     both(dir, "ablation_ranking", |f| {
         plot::bars(
             f,
-            "Loss on all pairs with one unit zeroed (N = neuron, H = head)",
+            "Loss with one unit zeroed (N = neuron, H = head)",
             "unit",
             "loss",
             &bars,
         )
     })
+}
+
+/// Each layer's heads' mean attention patterns (`attention_L<l>.png` and `.svg`), with their
+/// previous-token scores in the panel titles.
+pub fn attention(
+    heads: &[crate::analysis::generic::HeadAttention],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let layers = heads.iter().map(|h| h.layer + 1).max().unwrap_or(0);
+    for l in 0..layers {
+        let panels: Vec<(String, Vec<Vec<f64>>)> = heads
+            .iter()
+            .filter(|h| h.layer == l)
+            .map(|h| {
+                (
+                    format!("head {}.{} (prev {:.2})", l, h.head, h.previous_token),
+                    h.mean_pattern.clone(),
+                )
+            })
+            .collect();
+        files.extend(both(dir, &format!("attention_L{l}"), |f| {
+            plot::heatmaps(
+                f,
+                &format!("Layer {l}: mean attention pattern on the test set"),
+                &panels,
+                "key position",
+                "query position",
+            )
+        })?);
+    }
+    Ok(files)
 }
 
 /// Progress measures over training with the phases shaded.

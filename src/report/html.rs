@@ -8,14 +8,15 @@
 //! (`<pre id="status">`) that tests read back from a headless browser.
 
 use crate::analysis::{self, ablation, neurons};
-use crate::config::{Experiment, ModelSpec, TaskSpec};
+use crate::config::Experiment;
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::io::checkpoint;
 use crate::io::run::{self, MetricRow};
-use crate::models::superposition::Superposition;
-use crate::models::toy_mlp::ToyMlp;
-use crate::models::transformer::Transformer;
+use crate::models::superposition::{Superposition, SuperpositionConfig};
+use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
+use crate::models::transformer::{Transformer, TransformerConfig};
+use crate::tasks::digits::DigitsTask;
 use crate::tasks::modular::{ModularTask, Op};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -92,49 +93,83 @@ fn loss_figure(metrics: &[MetricRow], caption: &str) -> Figure {
     }
 }
 
-/// The newest checkpoint of a run (its final weights when the run finished).
-fn last_checkpoint(run_dir: &Path) -> Result<PathBuf> {
-    let fin = run_dir.join(run::FINAL);
-    if fin.exists() {
-        return Ok(fin);
-    }
-    run::checkpoint_steps(run_dir)
-        .last()
-        .map(|&s| run::checkpoint_path(run_dir, s))
-        .ok_or_else(|| {
-            Error::Input(format!(
-                "{}: no checkpoints in {}",
-                run_dir.display(),
-                run_dir.join("checkpoints").display()
-            ))
-        })
-}
-
 /// Build `report.html` for a run directory, whatever its task.
 pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
     let cfg = run::run_config(run_dir)?.resolve()?;
     let metrics = run::read_metrics(run_dir)?;
-    let page = match (&cfg.model, &cfg.task) {
-        (ModelSpec::Transformer(_), TaskSpec::Modular(_)) => {
-            modular_figures(run_dir, &cfg, &metrics)?
-        }
-        (ModelSpec::Transformer(_), TaskSpec::Digits(_)) => {
-            digits_figures(run_dir, &cfg, &metrics)?
-        }
-        (ModelSpec::ToyMlp(_), _) => toy_mlp_figures(run_dir, &cfg, &metrics)?,
-        (ModelSpec::Superposition(_), _) => superposition_figures(run_dir, &cfg, &metrics)?,
-        (ModelSpec::Linear(_), _) | (ModelSpec::Transformer(_), _) => {
-            return Err(Error::Input(format!(
-                "{}: no report page for a `{}` model on the `{}` task yet",
-                run_dir.display(),
-                cfg.config.arch_name(),
-                cfg.config.task_name()
-            )))
-        }
+    // The pages of the kinds that have one of their own; every other run gets the generic page.
+    let transformer = cfg.model.downcast::<TransformerConfig>();
+    let modular = cfg.task.downcast::<ModularTask>();
+    let page = if let (Some(shape), Some(task)) = (transformer, modular) {
+        modular_figures(run_dir, &cfg, task, shape, &metrics)?
+    } else if let (Some(shape), Some(task)) = (transformer, cfg.task.downcast::<DigitsTask>()) {
+        digits_figures(run_dir, &cfg, task, shape, &metrics)?
+    } else if let (Some(_), Some(task)) = (cfg.model.downcast::<ToyMlpConfig>(), modular) {
+        toy_mlp_figures(run_dir, &cfg, task, &metrics)?
+    } else if cfg.model.downcast::<SuperpositionConfig>().is_some() {
+        superposition_figures(run_dir, &cfg, &metrics)?
+    } else {
+        generic_figures(run_dir, &cfg, &metrics)?
     };
     let mut page = page;
     page.figs.extend(llc_figure(run_dir)?);
     write_page(run_dir, page)
+}
+
+/// Any other run: its losses, its accuracies where the task has them, and (for a transformer)
+/// which heads and neurons its training set needs, by ablation.
+fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
+    let steps = steps_of(metrics);
+    let mut figs = vec![loss_figure(
+        metrics,
+        "The loss on the whole training and test sets at every evaluation.",
+    )];
+    if metrics.iter().any(|r| r.get("train_acc").is_some()) {
+        figs.push(Figure {
+            id: "accuracy",
+            title: "Train and test accuracy",
+            caption: "The share of loss positions predicted right (the largest logit).".into(),
+            spec: json!({"data": [
+                line("train", &steps, &series(metrics, "train_acc")),
+                line("test", &steps, &series(metrics, "test_acc"))
+            ], "layout": layout("step", "accuracy", false)}),
+        });
+    }
+    let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
+    if let Some(t) = ck.model.as_any().downcast_ref::<Transformer>() {
+        let train = cfg.task.make_data(None)?.train_set();
+        if let Some(crate::batch::Batch::Tokens(b)) = train {
+            let b = crate::batch::Batch::Tokens(b).head(ablation::GENERIC_EXAMPLES);
+            let crate::batch::Batch::Tokens(b) = b else {
+                unreachable!("the head of token batch")
+            };
+            let rows = ablation::ablate_on(t, &b)?;
+            let top: Vec<&ablation::AblationRow> = rows.iter().take(20).collect();
+            figs.push(Figure {
+                id: "ablation",
+                title: "Which heads and neurons matter: ablation",
+                caption: format!("The loss on the first {} training examples with one attention head or MLP neuron zeroed, the 20 that raise it most. The hover shows the loss with the unit set to its mean instead.", b.tokens.nrows()),
+                spec: json!({"data": [{"type": "bar",
+                    "x": top.iter().map(|r| format!("{}{}.{}", if r.unit == ablation::Unit::Head { "H" } else { "N" }, r.layer, r.index)).collect::<Vec<_>>(),
+                    "y": top.iter().map(|r| r.zero_loss).collect::<Vec<_>>(),
+                    "customdata": top.iter().map(|r| r.mean_loss).collect::<Vec<_>>(),
+                    "hovertemplate": "%{x}: zero-ablated loss %{y:.3e}, mean-ablated %{customdata:.3e}<extra></extra>"}],
+                    "layout": layout("unit", "loss", false)}),
+            });
+        }
+    }
+    Ok(Page {
+        extra_html: String::new(),
+        heading: format!("{} on {}", cfg.config.arch_name(), cfg.task.describe()),
+        cfg_line: format!(
+            "model {}, lr {}, weight decay {}, seed {}",
+            serde_json::to_string(&cfg.config.model).unwrap_or_default(),
+            cfg.schedule.lr,
+            cfg.optim.weight_decay,
+            cfg.seed
+        ),
+        figs,
+    })
 }
 
 /// λ̂ over training, when `toylens llc RUN` has written `RUN/analysis/llc.csv`.
@@ -168,10 +203,13 @@ fn llc_figure(run_dir: &Path) -> Result<Option<Figure>> {
 
 /// The figures of a modular-addition transformer run: losses, progress measures with the phases,
 /// Fourier structure, neurons, attention, ablation.
-fn modular_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
-    let (TaskSpec::Modular(task), ModelSpec::Transformer(shape)) = (&cfg.task, &cfg.model) else {
-        unreachable!("dispatched on a transformer on modular arithmetic");
-    };
+fn modular_figures(
+    run_dir: &Path,
+    cfg: &Experiment,
+    task: &ModularTask,
+    shape: &TransformerConfig,
+    metrics: &[MetricRow],
+) -> Result<Page> {
     let p = task.p;
     let rows = analysis::progress(run_dir)?;
     let phases = analysis::phases(&rows);
@@ -338,10 +376,13 @@ fn modular_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
 }
 
 /// Digits: each digit's test loss with its transition step, per-digit accuracy, whole sums right.
-fn digits_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
-    let (TaskSpec::Digits(task), ModelSpec::Transformer(shape)) = (&cfg.task, &cfg.model) else {
-        unreachable!("dispatched on a transformer on digits");
-    };
+fn digits_figures(
+    run_dir: &Path,
+    cfg: &Experiment,
+    task: &DigitsTask,
+    shape: &TransformerConfig,
+    metrics: &[MetricRow],
+) -> Result<Page> {
     let steps = steps_of(metrics);
     let transitions = run::digit_transitions(metrics, run::DIGIT_TRANSITION_LOSS);
     let mut figs = vec![loss_figure(metrics, "Mean over the answer digits. With fresh samples every step, train is that step's batch and test a fixed held-out sample.")];
@@ -494,7 +535,7 @@ fn digit_adder_figures(run_dir: &Path) -> Result<Vec<Figure>> {
     let mut lay_c = layout("step (checkpoints)", "test loss", true);
     lay_c["updatemenus"] = groups_menu(&labels, 3);
     let last = digits::checkpoint_report(
-        &crate::io::checkpoint::load_transformer(&last_checkpoint(run_dir)?)?,
+        &crate::io::checkpoint::load_transformer(&run::last_checkpoint(run_dir)?)?,
         &task,
     )?;
     let answer_labels: Vec<String> = last
@@ -564,11 +605,13 @@ fn digit_adder_figures(run_dir: &Path) -> Result<Vec<Figure>> {
 }
 
 /// The ToyMLP: accuracy, neuron ablation, the top neurons over the input grid.
-fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
-    let TaskSpec::Modular(task) = &cfg.task else {
-        unreachable!("validated: the ToyMLP trains on modular arithmetic");
-    };
-    let ck = checkpoint::load(&last_checkpoint(run_dir)?)?;
+fn toy_mlp_figures(
+    run_dir: &Path,
+    cfg: &Experiment,
+    task: &ModularTask,
+    metrics: &[MetricRow],
+) -> Result<Page> {
+    let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
     let model: &ToyMlp = ck.model.downcast("a ToyMLP")?;
     let p = model.cfg.p;
     let steps = steps_of(metrics);
@@ -638,7 +681,7 @@ fn toy_mlp_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
 
 /// Superposition: each instance's loss and feature geometry.
 fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> Result<Page> {
-    let ck = checkpoint::load(&last_checkpoint(run_dir)?)?;
+    let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
     let model: &Superposition = ck.model.downcast("a superposition model")?;
     let geo = analysis::superposition::geometry(model);
     let steps = steps_of(metrics);

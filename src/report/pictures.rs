@@ -2,11 +2,13 @@
 //! (digits: each digit's test loss) and `superposition` (from `final.safetensors`).
 
 use super::plot::{self, Series};
-use crate::config::{Experiment, TaskSpec};
+use crate::config::Experiment;
 use crate::error::Result;
 use crate::io::checkpoint;
 use crate::io::run::{self, MetricRow};
 use crate::models::superposition::Superposition;
+use crate::tasks::digits::DigitsTask;
+use crate::tasks::superposition::SuperpositionTask;
 use std::path::{Path, PathBuf};
 
 /// The run's pictures from its metrics: `loss` (train and test), `digit_loss` (digits: each digit's
@@ -20,26 +22,7 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
             .collect()
     };
     let (train_pts, test_pts) = (pts("train_loss"), pts("test_loss"));
-    let title = match &exp.task {
-        TaskSpec::Modular(d) => format!(
-            "(a {} b) mod {}, {:.0}% of pairs in train: loss",
-            d.op.symbol(),
-            d.p,
-            100.0 * d.frac_train
-        ),
-        TaskSpec::Digits(d) => format!(
-            "{}-digit addition{}: loss",
-            d.n_digits,
-            if d.reverse_sum { ", sum reversed" } else { "" }
-        ),
-        TaskSpec::Superposition { .. } => {
-            "superposition: importance-weighted squared error, summed over instances".into()
-        }
-        TaskSpec::Regression(d) => format!(
-            "linear regression, {} inputs, {} outputs: ½‖y − ŷ‖²",
-            d.n_in, d.n_out
-        ),
-    };
+    let title = format!("{}: loss", exp.task.describe());
     let path = dir.join(format!("loss.{ext}"));
     plot::log_y_lines(
         &path,
@@ -60,7 +43,7 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
         ],
     )?;
     out.push(path);
-    if let TaskSpec::Digits(d) = &exp.task {
+    if let Some(d) = exp.task.downcast::<DigitsTask>() {
         let digits = run::digit_transitions(rows, run::DIGIT_TRANSITION_LOSS);
         let names: Vec<String> = digits.iter().map(|(k, _)| format!("10^{k}")).collect();
         let lines: Vec<Vec<(f64, f64)>> = digits
@@ -91,7 +74,7 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
         )?;
         out.push(path);
     }
-    if let TaskSpec::Superposition { .. } = &exp.task {
+    if exp.task.downcast::<SuperpositionTask>().is_some() {
         let final_path = dir.join(run::FINAL);
         if final_path.exists() {
             let ck = checkpoint::load(&final_path)?;

@@ -12,6 +12,7 @@ use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
 use crate::models::{Model, Scratch};
 use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashSet;
 
@@ -238,6 +239,94 @@ fn digit_values(task: &DigitsTask, s: &LossStats) -> Vec<f64> {
     v
 }
 
+/// `data:` of `task: digits`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigitsSection {
+    /// Digits of each operand, 1..=10.
+    pub n_digits: usize,
+    /// Predict the sum least significant digit first.
+    pub reverse_sum: bool,
+    /// Fresh samples every step (true) or a fixed train set (false).
+    pub infinite: bool,
+    /// Fraction of all 10^(2n) pairs in the fixed train set (when `infinite` is false).
+    pub frac_train: f64,
+    /// Examples in each evaluation set (test, and the train subset evaluated).
+    pub n_eval: usize,
+    /// Seed of the data; null means the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
+impl super::TaskSection for DigitsSection {
+    const NAME: &'static str = "digits";
+    fn configure(self, seed: u64) -> Result<std::sync::Arc<dyn super::Task>> {
+        let task = DigitsTask {
+            n_digits: self.n_digits,
+            reverse_sum: self.reverse_sum,
+            infinite: self.infinite,
+            frac_train: self.frac_train,
+            n_eval: self.n_eval,
+            seed: self.seed.unwrap_or(seed),
+        };
+        task.validate("data.")?;
+        Ok(std::sync::Arc::new(task))
+    }
+}
+
+impl super::Task for DigitsTask {
+    fn kind(&self) -> &'static str {
+        "digits"
+    }
+    fn io(&self) -> crate::batch::TaskIo {
+        crate::batch::TaskIo::Tokens {
+            d_vocab: self.d_vocab(),
+            d_vocab_out: self.d_vocab_out(),
+            n_ctx: self.n_ctx(),
+            pair_vocab: None,
+        }
+    }
+    fn fresh_samples(&self) -> bool {
+        self.infinite
+    }
+    fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
+        Ok(Box::new(DigitsRun::new(self.clone(), batch_size)))
+    }
+    fn info(&self) -> Option<super::TaskInfo> {
+        Some(super::TaskInfo::Digits {
+            n_digits: self.n_digits,
+            reverse_sum: self.reverse_sum,
+        })
+    }
+    fn footprint(&self, batch_size: Option<usize>) -> super::Footprint {
+        let train = if self.infinite {
+            0.0
+        } else {
+            self.n_train() as f64
+        };
+        let at_once = batch_size
+            .map_or(train, |b| b as f64)
+            .max(self.n_eval as f64);
+        super::Footprint {
+            examples_at_once: at_once,
+            data_bytes: (train + 2.0 * self.n_eval as f64) * self.n_ctx() as f64 * 8.0,
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{}-digit addition{}",
+            self.n_digits,
+            if self.reverse_sum {
+                ", sum reversed"
+            } else {
+                ""
+            }
+        )
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// A run's digits data: fresh samples every step, or a fixed train set (whole or in minibatches).
 pub struct DigitsRun {
     task: DigitsTask,
@@ -319,6 +408,9 @@ impl TaskData for DigitsRun {
     }
     fn train_set(&self) -> Option<Batch> {
         (!self.task.infinite).then(|| self.task.batch(&self.data.train).into())
+    }
+    fn test_set(&self) -> Option<Batch> {
+        Some(Batch::Tokens(self.data.test.clone()))
     }
 }
 

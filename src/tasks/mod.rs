@@ -9,13 +9,116 @@ pub mod modular;
 pub mod regression;
 pub mod superposition;
 
-use crate::batch::{Batch, LossStats};
+use crate::batch::{Batch, LossStats, TaskIo};
 use crate::engine::rng::Rng;
-use crate::error::Result;
+use crate::error::{closest, typed_section, Error, Result};
 use crate::models::{Model, Scratch};
 use modular::{ModularTask, Op, Split};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::any::Any;
 use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Every task kind, as `data.task` names them: the one registration point. A task is its own file
+/// with a [`TaskSection`] and a [`Task`], plus its line here.
+pub const TASKS: &[TaskKind] = &[
+    TaskKind::of::<modular::ModularSection>(),
+    TaskKind::of::<digits::DigitsSection>(),
+    TaskKind::of::<superposition::SuperpositionSection>(),
+    TaskKind::of::<regression::RegressionSection>(),
+];
+
+/// A task's config section (`data:` without its `task` tag), as YAML holds it: a serde struct
+/// with `deny_unknown_fields`, whose field names are the keys that errors name (`data.<field>`).
+pub trait TaskSection: Serialize + DeserializeOwned {
+    /// Its name in `data.task`.
+    const NAME: &'static str;
+    /// The task, range-checked (errors name `data.<key>`); `seed` is the experiment's.
+    fn configure(self, seed: u64) -> Result<Arc<dyn Task>>;
+}
+
+/// A registered task kind: its name and its section's two steps, typed by [`TaskKind::of`].
+pub struct TaskKind {
+    pub name: &'static str,
+    /// The section typed and back, every field present (errors name the key).
+    pub normalize: fn(Value, &str) -> Result<Value>,
+    /// A normalized section checked and resolved, with the experiment's seed.
+    pub configure: fn(&Value, u64) -> Result<Arc<dyn Task>>,
+}
+
+impl TaskKind {
+    pub const fn of<S: TaskSection>() -> TaskKind {
+        TaskKind {
+            name: S::NAME,
+            normalize: normalize_as::<S>,
+            configure: configure_as::<S>,
+        }
+    }
+}
+
+fn normalize_as<S: TaskSection>(section: Value, source: &str) -> Result<Value> {
+    crate::error::normalized::<S>(section, "data", source)
+}
+
+fn configure_as<S: TaskSection>(section: &Value, seed: u64) -> Result<Arc<dyn Task>> {
+    typed_section::<S>(section.clone(), "data", "data")?.configure(seed)
+}
+
+/// The task kind called `name`; the error names `data.task` and suggests the nearest.
+pub fn task_kind(name: &str) -> Result<&'static TaskKind> {
+    TASKS.iter().find(|k| k.name == name).ok_or_else(|| {
+        let names: Vec<&str> = TASKS.iter().map(|k| k.name).collect();
+        let near = closest(name, names.iter().copied(), 1);
+        Error::config(
+            "data.task",
+            format!(
+                "unknown `{name}`{}; one of {}",
+                near.first()
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default(),
+                names.join(", ")
+            ),
+        )
+    })
+}
+
+/// A task resolved from its section: what it feeds a model, its data, and what runs record of it.
+pub trait Task: std::fmt::Debug + Send + Sync + Any {
+    /// Its name in `data.task`.
+    fn kind(&self) -> &'static str;
+    /// Inputs and outputs, which a model sizes itself from.
+    fn io(&self) -> TaskIo;
+    /// Whether every step draws fresh samples (then there is no full batch).
+    fn fresh_samples(&self) -> bool;
+    /// A run's data, `batch_size` examples a step (None: the whole training set every step).
+    fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>>;
+    /// What a checkpoint records about the task for analyses that need it (None: nothing beyond
+    /// the experiment, which every checkpoint records).
+    fn info(&self) -> Option<TaskInfo>;
+    /// For the memory estimate: the most examples a run evaluates or trains on at once, and the
+    /// bytes the task's own data holds.
+    fn footprint(&self, batch_size: Option<usize>) -> Footprint;
+    /// One line for titles, such as "(a + b) mod 113, 30% of pairs in train".
+    fn describe(&self) -> String;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl dyn Task {
+    /// The task as its concrete type, if it is one.
+    pub fn downcast<T: Task>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
+    }
+}
+
+/// What a task holds and feeds at once, for the memory estimate (f64: absurd sizes cannot
+/// overflow).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Footprint {
+    pub examples_at_once: f64,
+    pub data_bytes: f64,
+}
 
 /// A task's data for one run: training batches by step, and the metrics evaluated on its sets.
 pub trait TaskData: Send {
@@ -33,6 +136,8 @@ pub trait TaskData: Send {
     ) -> Result<Vec<f64>>;
     /// The whole fixed training set as one batch (None where every step draws fresh samples).
     fn train_set(&self) -> Option<Batch>;
+    /// The held-out set the metrics' "test" columns are evaluated on.
+    fn test_set(&self) -> Option<Batch>;
 }
 
 /// Minibatch order over a fixed train set: each epoch is a shuffle of `0..n` seeded by (seed, epoch),

@@ -238,6 +238,81 @@ impl TaskData for ModularData {
     fn train_set(&self) -> Option<Batch> {
         Some(self.train.clone())
     }
+    fn test_set(&self) -> Option<Batch> {
+        Some(self.test.clone())
+    }
+}
+
+/// `data:` of `task: modular`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModularSection {
+    pub p: usize,
+    pub op: Op,
+    /// Fraction of the p² pairs in train (Python's `int(frac_train·p²)` of them).
+    pub frac_train: f64,
+    /// `random` (toylens' seeded shuffle) or `reference` (the original code's CPython shuffle).
+    pub split: Split,
+    /// Seed of the split; null means the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
+impl super::TaskSection for ModularSection {
+    const NAME: &'static str = "modular";
+    fn configure(self, seed: u64) -> Result<std::sync::Arc<dyn super::Task>> {
+        let task = ModularTask {
+            p: self.p,
+            op: self.op,
+            frac_train: self.frac_train,
+            seed: self.seed.unwrap_or(seed),
+            split: self.split,
+        };
+        task.validate("data.")?;
+        Ok(std::sync::Arc::new(task))
+    }
+}
+
+/// Inputs `a b =` (n_ctx 3), p + 1 tokens in and out as in the original code.
+impl super::Task for ModularTask {
+    fn kind(&self) -> &'static str {
+        "modular"
+    }
+    fn io(&self) -> crate::batch::TaskIo {
+        crate::batch::TaskIo::Tokens {
+            d_vocab: self.p + 1,
+            d_vocab_out: self.p + 1,
+            n_ctx: 3,
+            pair_vocab: Some(self.p),
+        }
+    }
+    fn fresh_samples(&self) -> bool {
+        false
+    }
+    fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
+        Ok(Box::new(ModularData::new(self.clone(), batch_size)))
+    }
+    fn info(&self) -> Option<super::TaskInfo> {
+        Some(super::TaskInfo::from_modular(self))
+    }
+    fn footprint(&self, _: Option<usize>) -> super::Footprint {
+        // Evaluation runs all p² pairs at once.
+        let pairs = (self.p as f64).powi(2);
+        super::Footprint {
+            examples_at_once: pairs,
+            data_bytes: pairs * 4.0 * 4.0,
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "(a {} b) mod {}, {:.0}% of pairs in train",
+            self.op.symbol(),
+            self.p,
+            100.0 * self.frac_train
+        )
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

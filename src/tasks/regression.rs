@@ -88,6 +88,76 @@ impl RegressionTask {
     }
 }
 
+/// `data:` of `task: regression`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressionSection {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    /// σ of the Gaussian noise on y.
+    pub noise_std: f64,
+    /// `zero` or `random` (N(0, 1) from the data seed).
+    pub true_weights: TrueWeights,
+    /// Seed of the data; null means the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
+impl super::TaskSection for RegressionSection {
+    const NAME: &'static str = "regression";
+    fn configure(self, seed: u64) -> Result<std::sync::Arc<dyn super::Task>> {
+        let task = RegressionTask {
+            n_in: self.n_in,
+            n_out: self.n_out,
+            n_train: self.n_train,
+            n_test: self.n_test,
+            noise_std: self.noise_std,
+            true_weights: self.true_weights,
+            seed: self.seed.unwrap_or(seed),
+        };
+        task.validate("data.")?;
+        Ok(std::sync::Arc::new(task))
+    }
+}
+
+impl super::Task for RegressionTask {
+    fn kind(&self) -> &'static str {
+        "regression"
+    }
+    fn io(&self) -> crate::batch::TaskIo {
+        crate::batch::TaskIo::Vectors {
+            n_in: self.n_in,
+            n_out: self.n_out,
+        }
+    }
+    fn fresh_samples(&self) -> bool {
+        false
+    }
+    fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn super::TaskData>> {
+        Ok(Box::new(RegressionData::new(self, batch_size)))
+    }
+    fn info(&self) -> Option<super::TaskInfo> {
+        Some(super::TaskInfo::Regression(self.clone()))
+    }
+    fn footprint(&self, _: Option<usize>) -> super::Footprint {
+        let rows = self.n_train as f64 + self.n_test as f64;
+        super::Footprint {
+            examples_at_once: (self.n_train.max(self.n_test)) as f64,
+            data_bytes: rows * (self.n_in as f64 + self.n_out as f64) * 4.0,
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "linear regression, {} inputs, {} outputs",
+            self.n_in, self.n_out
+        )
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 pub struct RegressionData {
     train: Batch,
     test: Batch,
@@ -127,5 +197,8 @@ impl TaskData for RegressionData {
     }
     fn train_set(&self) -> Option<Batch> {
         Some(self.train.clone())
+    }
+    fn test_set(&self) -> Option<Batch> {
+        Some(self.test.clone())
     }
 }

@@ -1,21 +1,133 @@
 //! Toy Models of Superposition's data: sparse features, fresh every step, and a fixed evaluation
-//! batch. The features' number, importances and probabilities are the model config's (each instance
-//! sees its own probability), so the samples come from [`SuperpositionConfig`].
+//! batch. Each instance sees its own feature probability; the model weighs its loss by the
+//! features' importances (both in [`FeatureSpec`], which the task hands the model).
 
-use super::TaskData;
-use crate::batch::{Batch, DenseBatch, LossStats};
-use crate::error::Result;
-use crate::models::superposition::SuperpositionConfig;
+use super::{Footprint, Task, TaskData, TaskSection};
+use crate::batch::{Batch, DenseBatch, FeatureSpec, LossStats, TaskIo};
+use crate::error::{Error, Result};
 use crate::models::{Model, Scratch};
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
+
+/// `data:` of `task: superposition`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperpositionSection {
+    pub n_features: usize,
+    /// Models trained at once, each at its own feature probability.
+    pub n_instances: usize,
+    /// Feature i has importance `importance_decay^i`.
+    pub importance_decay: f64,
+    /// Instance 0's feature probability...
+    pub max_feature_probability: f64,
+    /// ...down to the last instance's, log-spaced (1 to 0.05 is the paper's 20^−linspace(0, 1, n)).
+    pub min_feature_probability: f64,
+    /// Examples in the fixed evaluation batch.
+    pub n_eval: usize,
+    /// Seed of the data; null means the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
+/// The features and the size of the evaluation batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuperpositionTask {
+    pub features: FeatureSpec,
+    pub n_eval: usize,
+}
+
+impl TaskSection for SuperpositionSection {
+    const NAME: &'static str = "superposition";
+    fn configure(self, seed: u64) -> Result<Arc<dyn Task>> {
+        for (k, v) in [
+            ("data.n_features", self.n_features),
+            ("data.n_instances", self.n_instances),
+        ] {
+            if v == 0 {
+                return Err(Error::config(k, "must be at least 1 (got 0)"));
+            }
+        }
+        for (k, v) in [
+            ("data.max_feature_probability", self.max_feature_probability),
+            ("data.min_feature_probability", self.min_feature_probability),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::config(
+                    k,
+                    format!("a probability must be in (0, 1] (got {v})"),
+                ));
+            }
+        }
+        let d = self.importance_decay;
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Error::config(
+                "data.importance_decay",
+                format!("must be a positive number (got {d})"),
+            ));
+        }
+        Ok(Arc::new(SuperpositionTask {
+            features: FeatureSpec {
+                n_features: self.n_features,
+                n_instances: self.n_instances,
+                importance_decay: self.importance_decay,
+                max_feature_probability: self.max_feature_probability,
+                min_feature_probability: self.min_feature_probability,
+                data_seed: self.seed.unwrap_or(seed),
+            },
+            n_eval: self.n_eval,
+        }))
+    }
+}
+
+impl Task for SuperpositionTask {
+    fn kind(&self) -> &'static str {
+        "superposition"
+    }
+    fn io(&self) -> TaskIo {
+        TaskIo::SparseFeatures(self.features.clone())
+    }
+    fn fresh_samples(&self) -> bool {
+        true
+    }
+    fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
+        let bs = batch_size.ok_or_else(|| {
+            Error::config("train.batch_size", "must be set: fresh samples every step")
+        })?;
+        Ok(Box::new(SuperpositionData::new(
+            self.features.clone(),
+            bs,
+            self.n_eval,
+        )))
+    }
+    fn info(&self) -> Option<super::TaskInfo> {
+        Some(super::TaskInfo::Superposition {})
+    }
+    fn footprint(&self, batch_size: Option<usize>) -> Footprint {
+        let f = &self.features;
+        let at_once = batch_size.unwrap_or(1).max(self.n_eval) as f64;
+        Footprint {
+            examples_at_once: at_once,
+            data_bytes: self.n_eval as f64 * f.n_instances as f64 * f.n_features as f64 * 4.0,
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "superposition, {} features, {} instances",
+            self.features.n_features, self.features.n_instances
+        )
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
 
 pub struct SuperpositionData {
-    cfg: SuperpositionConfig,
+    cfg: FeatureSpec,
     batch_size: usize,
     eval: Batch,
 }
 
-fn dense(cfg: &SuperpositionConfig, x: Vec<f32>) -> Batch {
+fn dense(cfg: &FeatureSpec, x: Vec<f32>) -> Batch {
     let w = cfg.n_instances * cfg.n_features;
     Batch::Dense(DenseBatch {
         x: ndarray::Array2::from_shape_vec((x.len() / w, w), x).expect("whole examples"),
@@ -24,7 +136,7 @@ fn dense(cfg: &SuperpositionConfig, x: Vec<f32>) -> Batch {
 }
 
 impl SuperpositionData {
-    pub fn new(cfg: SuperpositionConfig, batch_size: usize, n_eval: usize) -> Self {
+    pub fn new(cfg: FeatureSpec, batch_size: usize, n_eval: usize) -> Self {
         SuperpositionData {
             eval: dense(&cfg, cfg.eval_batch(n_eval)),
             cfg,
@@ -61,5 +173,8 @@ impl TaskData for SuperpositionData {
     }
     fn train_set(&self) -> Option<Batch> {
         None
+    }
+    fn test_set(&self) -> Option<Batch> {
+        Some(self.eval.clone())
     }
 }

@@ -23,7 +23,7 @@ pub struct Job {
     scratch_eval: Scratch,
     /// Statistics of the last update's batch.
     last: Option<LossStats>,
-    info: TaskInfo,
+    info: Option<TaskInfo>,
     /// The pruning mask and its file's CRC-32C, when training a sparse model.
     pub mask: Option<(Mask, String)>,
 }
@@ -53,7 +53,7 @@ impl Job {
         };
         Ok(Job {
             model,
-            data: exp.data(),
+            data: exp.data()?,
             scratch: Scratch::new(),
             scratch_eval: Scratch::new(),
             last: None,
@@ -110,7 +110,7 @@ impl Job {
 
     /// The checkpoint file of the model now (written by the caller).
     pub fn encode(&self, meta: &HashMap<String, String>) -> Vec<u8> {
-        checkpoint::encode(self.model.as_ref(), Some(&self.info), meta)
+        checkpoint::encode(self.model.as_ref(), self.info.as_ref(), meta)
     }
 
     /// Replace the parameters by a checkpoint's, which must hold a model of this run's config.

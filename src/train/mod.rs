@@ -22,8 +22,8 @@ use std::time::Instant;
 /// How to treat the run directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunMode {
-    /// Fail if the directory holds anything (but a ticket's `mask.safetensors`, `rounds/` and a norm
-    /// control's `init.safetensors`).
+    /// Fail if the directory holds anything (but a ticket's `mask.safetensors`, `rounds/`, a norm
+    /// control's `init.safetensors` and a run's own `data/`).
     New,
     /// Delete what the directory holds first.
     Force,
@@ -211,13 +211,15 @@ impl Sinks {
 /// Prepare the run directory according to `mode`; returns the step to resume from, if any.
 fn prepare_dir(dir: &Path, mode: RunMode) -> Result<()> {
     // A ticket's run directory holds its mask and its pruning rounds (a norm control its rescaled
-    // initialisation) before it starts, a sweep's run its executor's lock and logs.
+    // initialisation) before it starts, a sweep's run its executor's lock and logs, a run on arrays
+    // from Python its data.
     let non_empty = dir.is_dir()
         && std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten().any(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    !["mask.safetensors", "rounds", "init.safetensors"].contains(&name.as_str())
+                    !["mask.safetensors", "rounds", "init.safetensors", run::DATA]
+                        .contains(&name.as_str())
                         && !run::executor_file(&name)
                 })
             })
@@ -360,7 +362,7 @@ fn train_on_pool(
     let n_params = job.model.n_params();
     let mut meta = HashMap::new();
     meta.insert(
-        "toylens.experiment".to_string(),
+        checkpoint::META_EXPERIMENT.to_string(),
         serde_json::to_string(&exp.config).expect("config json"),
     );
     meta.extend(job.mask_metadata(exp.schedule.mask.as_deref()));
@@ -542,7 +544,10 @@ fn train_on_pool(
     writes.write(dir.join(run::FINAL), job.encode(&meta))?;
     writes.finish()?;
     let wall_seconds = wall(&t0);
-    let digits = matches!(exp.task, config::TaskSpec::Digits(_));
+    let digits = exp
+        .task
+        .downcast::<crate::tasks::digits::DigitsTask>()
+        .is_some();
     let summary = Summary {
         final_train_loss: last.get("train_loss").unwrap_or(f64::NAN),
         final_test_loss: last.get("test_loss").unwrap_or(f64::NAN),

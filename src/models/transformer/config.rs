@@ -214,3 +214,111 @@ impl TransformerConfig {
         Ok(())
     }
 }
+
+/// `model:` of `arch: transformer`: its shape; the vocabulary and context come from the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerSection {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    /// null: d_model / n_heads (TransformerLens's usual choice; a sweep of d_model × n_heads keeps it).
+    pub d_head: Option<usize>,
+    pub d_mlp: Option<usize>,
+    pub act_fn: Option<ActFn>,
+    pub normalization_type: Option<Normalization>,
+    pub attn_only: bool,
+    pub init: InitScheme,
+    pub initializer_range: f64,
+    pub attn_bias: bool,
+    pub unembed_bias: bool,
+}
+
+impl crate::models::ModelSection for TransformerSection {
+    const NAME: &'static str = "transformer";
+    fn configure(
+        self,
+        io: &crate::batch::TaskIo,
+        seed: u64,
+    ) -> Result<std::sync::Arc<dyn crate::models::ModelPlan>> {
+        let crate::batch::TaskIo::Tokens {
+            d_vocab,
+            d_vocab_out,
+            n_ctx,
+            ..
+        } = *io
+        else {
+            return Err(crate::models::wrong_io(
+                "transformer",
+                "token sequences",
+                io,
+            ));
+        };
+        let d_head = match self.d_head {
+            Some(d) => d,
+            None if self.n_heads > 0 && self.d_model % self.n_heads == 0 => {
+                self.d_model / self.n_heads
+            }
+            None => {
+                return Err(Error::config(
+                    "model.d_head",
+                    format!(
+                        "null means d_model / n_heads, but {} heads do not divide d_model {}",
+                        self.n_heads, self.d_model
+                    ),
+                ))
+            }
+        };
+        let cfg = TransformerConfig {
+            n_layers: self.n_layers,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            d_head,
+            d_mlp: self.d_mlp,
+            d_vocab,
+            d_vocab_out: d_vocab_out as i64,
+            n_ctx,
+            act_fn: self.act_fn,
+            normalization_type: self.normalization_type,
+            attn_only: self.attn_only,
+            seed: Some(seed),
+            eps: 1e-5,
+            initializer_range: self.initializer_range,
+            init: self.init,
+            attn_bias: self.attn_bias,
+            unembed_bias: self.unembed_bias,
+        };
+        cfg.validate("model.")?;
+        Ok(std::sync::Arc::new(cfg))
+    }
+}
+
+impl crate::models::ModelPlan for TransformerConfig {
+    fn build(&self) -> Result<Box<dyn crate::models::Model>> {
+        Ok(Box::new(super::Transformer::new(self.clone())?))
+    }
+    fn memory(&self) -> crate::models::ModelMemory {
+        let (d, hd, h, ctx) = (
+            self.d_model as f64,
+            self.n_heads as f64 * self.d_head as f64,
+            self.n_heads as f64,
+            self.n_ctx as f64,
+        );
+        let dm = if self.has_mlp() {
+            self.d_mlp() as f64
+        } else {
+            0.0
+        };
+        // Attention works at every position; the last block's MLP and the unembedding on the fast
+        // path only where loss is taken, but hooked runs and evaluation may ask for all.
+        let per_position = (8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm) * self.n_layers as f64
+            + 2.0 * self.d_vocab_out() as f64;
+        crate::models::ModelMemory {
+            parameters: self.parameter_count(),
+            activations_per_example: per_position * ctx,
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -21,7 +21,7 @@ mod params;
 mod prefix;
 mod sites;
 
-pub use config::{InitScheme, Normalization, TransformerConfig};
+pub use config::{InitScheme, Normalization, TransformerConfig, TransformerSection};
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 pub use sites::{patch_axes, Site};
 
@@ -484,10 +484,7 @@ fn load_kind(cfg: &serde_json::Value) -> Result<Box<dyn Model>> {
     Ok(Box::new(Transformer::from_params(cfg, vec![0.0; n])?))
 }
 
-pub const KIND: Kind = Kind {
-    arch: "transformer",
-    zeros: load_kind,
-};
+pub const KIND: Kind = Kind::of::<TransformerSection>(load_kind);
 
 impl Model for Transformer {
     crate::model_basics!("transformer");

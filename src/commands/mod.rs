@@ -2,6 +2,8 @@
 //! parses arguments and prints these (ripgrep's split). Files are written here, never into a run's
 //! training outputs: `analyze` on a run writes into `RUN/analysis/`.
 
+pub mod train;
+
 use crate::analysis::{
     self, ablation, digits, neurons, superposition as sp, toy_mlp, Analysis, Phases,
 };
@@ -48,7 +50,7 @@ pub fn eval(path: &Path) -> Result<EvalReport> {
 }
 
 /// How `analyze` picks the key frequencies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyRule {
     /// The paper's: from W_L's Fourier norms.
     WL,
@@ -82,6 +84,12 @@ pub enum AnalyzeReport {
     /// One digits checkpoint.
     Digits {
         report: digits::CheckpointReport,
+        files: Vec<PathBuf>,
+    },
+    /// A model on a task without analyses of its own (your own data, say): loss per position on
+    /// each set, tensor norms, attention (for a run directory: of its last checkpoint).
+    Generic {
+        report: analysis::generic::GenericReport,
         files: Vec<PathBuf>,
     },
     /// A superposition checkpoint: each instance's geometry.
@@ -118,10 +126,8 @@ fn analyze_into(
         Ok(Some(dir))
     };
     if target.is_dir()
-        && matches!(
-            run::run_config(target)?.data,
-            crate::config::DataConfig::Digits(_)
-        )
+        && run::run_config(target)?.task_name()
+            == <crate::tasks::digits::DigitsSection as crate::tasks::TaskSection>::NAME
     {
         let (task, rows) = digits::over_training(target)?;
         let steps = run::checkpoint_steps(target);
@@ -148,6 +154,35 @@ fn analyze_into(
         files.extend(figures::digits_run(&rows, &dir)?);
         files.extend(figures::digits_checkpoint(&last, &dir)?);
         return Ok(AnalyzeReport::DigitsRun { rows, last, files });
+    }
+    let generic = |l: &Loaded, exp: &crate::config::Experiment, dir: Option<&Path>| {
+        let report = analysis::generic::report(l.model.as_ref(), exp)?;
+        let mut files = Vec::new();
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let json = dir.join("analysis.json");
+            write_atomic(
+                &json,
+                serde_json::to_string(&report)
+                    .expect("report json")
+                    .as_bytes(),
+            )?;
+            files.push(json);
+            files.extend(figures::attention(&report.attention, dir)?);
+        }
+        Ok::<_, Error>(AnalyzeReport::Generic { report, files })
+    };
+    let own_analysis = |task: &dyn crate::tasks::Task| {
+        task.downcast::<crate::tasks::modular::ModularTask>()
+            .is_some()
+    };
+    if target.is_dir() {
+        let exp = run::run_config(target)?.resolve()?;
+        if !own_analysis(exp.task.as_ref()) {
+            let l = load_any(&run::last_checkpoint(target)?)?;
+            let dir = run_dir(target)?;
+            return generic(&l, &exp, dir.as_deref());
+        }
     }
     if target.is_dir() {
         let rows = analysis::progress(target)?;
@@ -213,6 +248,9 @@ fn analyze_into(
         };
         return Ok(AnalyzeReport::Digits { report, files });
     }
+    if let Some(exp) = l.experiment()?.filter(|e| !own_analysis(e.task.as_ref())) {
+        return generic(&l, &exp, out);
+    }
     let t = l.transformer().map_err(|_| {
         Error::format(
             target,
@@ -253,8 +291,9 @@ pub struct AblateReport {
     pub files: Vec<PathBuf>,
 }
 
-/// `toylens ablate`: every neuron and head of a modular transformer, or every hidden neuron of a
-/// ToyMLP (with heat maps of the top ones), zero- and mean-ablated.
+/// `toylens ablate`: every neuron and head of a modular transformer (on all p² pairs), of a
+/// transformer trained on any other token task (on the first examples of its training set), or
+/// every hidden neuron of a ToyMLP (with heat maps of the top ones), zero- and mean-ablated.
 pub fn ablate(path: &Path, out: Option<&Path>) -> Result<AblateReport> {
     let l = load_any(path)?;
     if let Some(TaskInfo::Digits { .. }) = &l.task {
@@ -263,10 +302,35 @@ pub fn ablate(path: &Path, out: Option<&Path>) -> Result<AblateReport> {
             "a digits model: `toylens analyze` gives its ablation per answer digit (every head and the top neurons, zeroed and mean-ablated)",
         ));
     }
-    let m = l.modular()?;
     if let Some(out) = out {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
+    // A toylens run on another task: its transformer's heads and neurons on its training set.
+    let other_task = l.experiment()?.is_some_and(|e| {
+        e.task
+            .downcast::<crate::tasks::modular::ModularTask>()
+            .is_none()
+    });
+    if other_task {
+        let t = l.transformer()?;
+        let crate::batch::Batch::Tokens(b) = training_set(&l)?.head(ablation::GENERIC_EXAMPLES)
+        else {
+            return Err(Error::format(path, "ablation needs a task of tokens"));
+        };
+        let (loss, accuracy) = ablation::baseline_on(t, &b)?;
+        let rows = ablation::ablate_on(t, &b)?;
+        let files = match out {
+            Some(dir) => figures::ablation(&rows, 20, dir)?,
+            None => Vec::new(),
+        };
+        return Ok(AblateReport {
+            loss,
+            accuracy,
+            rows,
+            files,
+        });
+    }
+    let m = l.modular()?;
     let ((loss, accuracy), rows, files) =
         if let Some(toy) = l.model.as_any().downcast_ref::<ToyMlp>() {
             let (base, rows) = toy_mlp::ablate_neurons(toy, m.op)?;
@@ -318,7 +382,7 @@ pub const FRESH_EXAMPLES: usize = 8192;
 /// records (toylens checkpoints), or from the original split (an imported `.pth` that has one).
 pub fn training_set(l: &Loaded) -> Result<crate::batch::Batch> {
     if let Some(exp) = l.experiment()? {
-        let mut data = exp.data();
+        let mut data = exp.data()?;
         if let Some(b) = data.train_set() {
             return Ok(b);
         }
@@ -602,8 +666,8 @@ pub struct TicketSpec {
     pub sparsity: f64,
     pub rewind: u64,
     pub rounds: usize,
-    pub scope: String,
-    pub method: String,
+    pub scope: crate::models::mask::PruneScope,
+    pub method: crate::models::mask::PruneMethod,
     pub seed: u64,
     pub overrides: Vec<String>,
     /// `norm`: instead of the ticket, the dense model with its rewound weights rescaled so that
@@ -708,6 +772,28 @@ fn norm_control(
     Ok(s)
 }
 
+/// A checkpoint named on the command line: a step, or `final` (None).
+pub fn checkpoint_step(name: &str, s: &str) -> Result<Option<u64>> {
+    if s == "final" {
+        return Ok(None);
+    }
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| Error::Input(format!("{name}: `{s}` is a checkpoint step or `final`")))
+}
+
+impl TicketSpec {
+    /// Where a ticket goes unless told: beside its run, `RUN-ticket-<from>-s<S>`.
+    pub fn default_out(&self) -> PathBuf {
+        let name = self.run.file_name().unwrap_or_default().to_string_lossy();
+        let from = self
+            .from
+            .map_or_else(|| "final".to_string(), |s| s.to_string());
+        self.run
+            .with_file_name(format!("{name}-ticket-{from}-s{}", self.sparsity))
+    }
+}
+
 /// `toylens ticket`: the mask from the run's checkpoint at `from`, the weights rewound to its step
 /// `rewind`, trained with the run's config and `overrides`. With `rounds` R > 1, iterative
 /// magnitude pruning: R times prune 1 − (1 − S)^(1/R) of what survives, rewind and train; the last
@@ -718,11 +804,8 @@ pub fn ticket(
     out: &Path,
     progress: crate::train::Progress,
 ) -> Result<crate::train::Summary> {
-    use crate::models::mask::{PruneMethod, PruneScope};
-    let scope =
-        PruneScope::parse(&spec.scope).map_err(|e| Error::Input(format!("--scope: {e}")))?;
-    let method =
-        PruneMethod::parse(&spec.method).map_err(|e| Error::Input(format!("--method: {e}")))?;
+    use crate::models::mask::PruneMethod;
+    let (scope, method) = (spec.scope, spec.method);
     if spec.rounds == 0 {
         return Err(Error::Input("--rounds must be at least 1".into()));
     }
