@@ -5,6 +5,7 @@
 //! exactly the batches an uninterrupted one does and no RNG state needs saving.
 
 pub mod digits;
+pub mod files;
 pub mod modular;
 pub mod regression;
 pub mod superposition;
@@ -28,6 +29,7 @@ pub const TASKS: &[TaskKind] = &[
     TaskKind::of::<digits::DigitsSection>(),
     TaskKind::of::<superposition::SuperpositionSection>(),
     TaskKind::of::<regression::RegressionSection>(),
+    TaskKind::of::<files::FilesSection>(),
 ];
 
 /// A task's config section (`data:` without its `task` tag), as YAML holds it: a serde struct
