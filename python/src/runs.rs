@@ -324,10 +324,7 @@ fn _analyze<'py>(
 fn _ablate<'py>(py: Python<'py>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let path = path_of(target)?;
     let r = compute(py, || commands::ablate(&path, None))?;
-    to_py(
-        py,
-        &json!({"loss": r.loss, "accuracy": r.accuracy, "rows": r.rows}),
-    )
+    to_py(py, &r)
 }
 
 /// `toylens eval`: loss and accuracy on every set the checkpoint's task has.

@@ -49,7 +49,7 @@ def loss(logits, tokens, p):
 def test_ablate_ranks_every_unit(grokked):
     r = toylens.ablate(grokked)
     assert r["loss"] < 1e-6 and r["accuracy"] == 1.0
-    rows = r["rows"]
+    rows = r["ablations"]
     assert len(rows) == 512 + 4
     losses = [x["zero_loss"] for x in rows]
     assert losses == sorted(losses, reverse=True)

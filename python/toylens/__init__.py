@@ -130,6 +130,19 @@ class Run:
         return f"toylens.Run({str(self.dir)!r}, {done}, {len(self.steps)} checkpoints)"
 
 
+Arrays = Union[Sequence[Any], Mapping[str, Any]]
+
+
+def _data_arrays(name: str, value: Arrays) -> Dict[str, np.ndarray]:
+    if isinstance(value, Mapping):
+        pair = {k: value[k] for k in ("inputs", "targets") if k in value}
+    else:
+        pair = dict(zip(("inputs", "targets"), value))
+    if len(pair) != 2:
+        raise ValueError(f"{name}: give (inputs, targets) or {{'inputs': ..., 'targets': ...}}")
+    return {k: np.ascontiguousarray(v) for k, v in pair.items()}
+
+
 def train(
     preset: Optional[str] = "grokking",
     overrides: Overrides = None,
@@ -137,8 +150,19 @@ def train(
     progress: bool = True,
     resume: Optional[PathLike] = None,
     force: bool = False,
+    data: Optional[Arrays] = None,
+    test: Optional[Arrays] = None,
 ) -> Run:
     """Train as ``toylens train PRESET OVERRIDES --out OUT`` does: the same config, files and bits.
+
+    preset: a preset's name or a YAML config file (``"reversal.yaml"``).
+    data, test: your own data as numpy arrays, ``(inputs, targets)`` (see the `files` task:
+    integer tokens ``[n, pos]`` with one label per example ``[n]`` or per-position targets
+    ``[n, pos]``, -1 where no loss is taken; or real inputs and targets). The config must have
+    ``data.task: files``; the arrays are written into ``OUT/data/`` (so the run can be resumed,
+    analysed and reproduced from the command line) and replace its ``data.train``/``data.test``.
+    Without ``test``, ``data.test_fraction`` of ``data`` is held out. Bad arrays raise ValueError
+    naming the array and the first bad index, and nothing is written.
 
     overrides: ``["optim.weight_decay=0.5"]`` or ``{"optim.weight_decay": 0.5}``.
     out: the run directory (default ``runs/<preset>-<date>-<time>``); it must be empty unless
@@ -152,15 +176,54 @@ def train(
     """
     if resume is not None and preset == "grokking":
         preset = None
+    overrides = _overrides(overrides)
+    if data is not None:
+        if resume is not None:
+            raise ValueError("resume continues a run on the data it holds: drop `data`")
+        overrides = _place_arrays(preset or "grokking", overrides, out, force, data, test)
+        force = False
     d = _toylens._train(
         preset,
-        _overrides(overrides),
+        overrides,
         None if out is None else os.fspath(out),
         None if resume is None else os.fspath(resume),
         force,
         progress,
     )
     return Run(d)
+
+
+def _place_arrays(preset, overrides, out, force, data, test) -> List[str]:
+    """Write the arrays into OUT/data/ once the config with them resolves; the overrides naming
+    them."""
+    import shutil
+    import tempfile
+
+    if out is None:
+        raise ValueError("train(data=...) needs `out`: the arrays are kept in the run directory")
+    out = pathlib.Path(out).absolute()
+    sets = {"train": _data_arrays("data", data)}
+    if test is not None:
+        sets["test"] = _data_arrays("test", test)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-data-", dir=out.parent))
+    try:
+        for name, arrays in sets.items():
+            np.savez(staged / f"{name}.npz", **arrays)
+        at = lambda d: [f"data.{n}={d / (n + '.npz')}" for n in sets]  # noqa: E731
+        _toylens._config(preset, overrides + at(staged))  # every check, before anything is kept
+        if out.exists() and any(out.iterdir()):
+            if not force:
+                raise ValueError(
+                    f"{out}: the run directory exists and is not empty; use resume= to continue "
+                    "it or force=True to overwrite it"
+                )
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.move(os.fspath(staged), os.fspath(out / "data"))
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return overrides + at(out / "data")
 
 
 def config(preset: str = "grokking", overrides: Overrides = None) -> Dict[str, Any]:
@@ -184,8 +247,9 @@ def analyze(target: Any, keys: str = "wl") -> Dict[str, Any]:
 
 
 def ablate(target: Any) -> Dict[str, Any]:
-    """``toylens ablate`` as data: loss and accuracy intact, and a row per neuron and head (zero-
-    and mean-ablated), most damaging first."""
+    """``toylens ablate`` as data, the report ``toylens ablate --json`` prints: ``loss`` and
+    ``accuracy`` intact, and ``ablations``, a row per neuron and head (zero- and mean-ablated),
+    most damaging first."""
     return _arrays(_toylens._ablate(_path(target)))
 
 

@@ -1076,10 +1076,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 eprintln!("wrote {}", f.display());
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"loss": r.loss, "accuracy": r.accuracy, "ablations": r.rows})
-                );
+                println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
                     "{}: loss {:.4e}, accuracy {:.4} with nothing ablated",

@@ -284,10 +284,14 @@ fn analyze_into(
 
 /// What `toylens ablate` found: the loss and accuracy with nothing ablated, and every unit's row,
 /// most damaging first.
+#[derive(serde::Serialize)]
 pub struct AblateReport {
     pub loss: f64,
     pub accuracy: f64,
+    #[serde(rename = "ablations")]
     pub rows: Vec<ablation::AblationRow>,
+    /// The pictures written (not part of the report's JSON).
+    #[serde(skip)]
     pub files: Vec<PathBuf>,
 }
 
