@@ -481,32 +481,19 @@ pub fn checkpoint_report(model: &Transformer, task: &DigitsTask) -> Result<Check
 
 /// Every checkpoint of a digits run, in step order: (the task, [(step, per-digit statistics)]).
 pub fn over_training(run_dir: &std::path::Path) -> Result<(DigitsTask, OverTraining)> {
-    use crate::io::run;
-    let exp = run::run_config(run_dir)?.resolve()?;
-    let Some(task) = exp.task.downcast::<DigitsTask>() else {
+    let r = crate::io::run::Run::open(run_dir)?;
+    let Some(task) = r.experiment.task.downcast::<DigitsTask>() else {
         return Err(Error::Input(format!(
             "{}: a digits run is needed, not `{}`",
             run_dir.display(),
-            exp.config.task_name()
+            r.experiment.config.task_name()
         )));
     };
-    let steps = run::checkpoint_steps(run_dir);
-    if steps.is_empty() {
-        return Err(Error::Input(format!(
-            "{}: no checkpoints in {}",
-            run_dir.display(),
-            run_dir.join("checkpoints").display()
-        )));
-    }
     let set = eval_set(task);
-    // Checkpoints are independent: two at once use two cores better than one on both.
-    let rows = steps
-        .par_iter()
-        .map(|&s| {
-            let m = crate::io::checkpoint::load_transformer(&run::checkpoint_path(run_dir, s))?;
-            Ok((s, measure(&m, &set)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let rows = r.map_checkpoints(|s, path| {
+        let m = crate::io::checkpoint::load_transformer(path)?;
+        Ok((s, measure(&m, &set)?))
+    })?;
     Ok((task.clone(), rows))
 }
 

@@ -322,42 +322,34 @@ pub fn phases(rows: &[ProgressRow]) -> Option<Phases> {
 /// [`progress_csv`]). The key frequencies are the final model's (the circuit the run ends with), so
 /// the curves follow one fixed set of directions through training, as in the paper.
 pub fn progress(run_dir: &std::path::Path) -> Result<Vec<ProgressRow>> {
-    let exp = run::run_config(run_dir)?.resolve()?;
-    let Some(task) = exp.task.downcast::<crate::tasks::modular::ModularTask>() else {
+    let r = run::Run::open(run_dir)?;
+    let Some(task) = r
+        .experiment
+        .task
+        .downcast::<crate::tasks::modular::ModularTask>()
+    else {
         return Err(Error::Input(format!(
             "{}: progress measures need a modular-arithmetic run, not `{}`",
             run_dir.display(),
-            exp.config.task_name()
+            r.experiment.config.task_name()
         )));
     };
-    let steps = run::checkpoint_steps(run_dir);
-    let Some(&last_step) = steps.last() else {
-        return Err(Error::Input(format!(
-            "{}: no checkpoints in {}",
-            run_dir.display(),
-            run_dir.join("checkpoints").display()
-        )));
-    };
-    let load = |s: u64| crate::io::checkpoint::load_transformer(&run::checkpoint_path(run_dir, s));
-    let keys = analyze(&load(last_step)?, task.p, task.op, Some(task))?.key_frequencies;
-    // Checkpoints are independent: analyse them in parallel, in step order.
-    use rayon::prelude::*;
-    steps
-        .par_iter()
-        .map(|&s| -> Result<ProgressRow> {
-            let a = analyze_with_keys(&load(s)?, task.p, task.op, Some(task), Some(&keys))?;
-            Ok(ProgressRow {
-                step: s,
-                loss_all: a.loss_all,
-                restricted_loss: a.restricted_loss,
-                excluded_loss: a.excluded_loss,
-                gini_w_e: a.gini_w_e,
-                gini_w_l: a.gini_w_l,
-                sum_sq_weights: a.sum_sq_weights,
-                n_key_frequencies: keys.len(),
-            })
+    let load = crate::io::checkpoint::load_transformer;
+    let last = load(&r.checkpoint(r.last_step()))?;
+    let keys = analyze(&last, task.p, task.op, Some(task))?.key_frequencies;
+    r.map_checkpoints(|step, path| {
+        let a = analyze_with_keys(&load(path)?, task.p, task.op, Some(task), Some(&keys))?;
+        Ok(ProgressRow {
+            step,
+            loss_all: a.loss_all,
+            restricted_loss: a.restricted_loss,
+            excluded_loss: a.excluded_loss,
+            gini_w_e: a.gini_w_e,
+            gini_w_l: a.gini_w_l,
+            sum_sq_weights: a.sum_sq_weights,
+            n_key_frequencies: keys.len(),
         })
-        .collect()
+    })
 }
 
 /// `progress.csv`'s text.

@@ -479,18 +479,9 @@ fn llc_into(
     use crate::analysis::llc;
     let out = files.flatten();
     if target.is_dir() {
-        let steps = run::checkpoint_steps(target);
-        if steps.is_empty() {
-            return Err(Error::Input(format!(
-                "{}: no checkpoints in {}",
-                target.display(),
-                target.join("checkpoints").display()
-            )));
-        }
-        let loaded: Vec<Loaded> = steps
-            .iter()
-            .map(|&s| load_any(&run::checkpoint_path(target, s)))
-            .collect::<Result<_>>()?;
+        let r = run::Run::open(target)?;
+        let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
+        let steps = r.steps.clone();
         let data = training_set(&loaded[0])?;
         let models: Vec<&dyn crate::models::Model> =
             loaded.iter().map(|l| l.model.as_ref()).collect();
@@ -703,12 +694,7 @@ fn train_or_continue(
     dir: &Path,
     progress: crate::train::Progress,
 ) -> Result<crate::train::Summary> {
-    let mode = if dir.join(run::CONFIG).exists() {
-        crate::train::RunMode::Resume
-    } else {
-        crate::train::RunMode::New
-    };
-    let s = crate::train::train(cfg, dir, mode, progress)?;
+    let s = crate::train::train_or_continue(cfg, dir, progress)?;
     crate::report::pictures::run_pictures(dir, false)?;
     Ok(s)
 }

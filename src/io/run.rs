@@ -37,6 +37,13 @@ pub fn executor_file(name: &str) -> bool {
         || (name.starts_with("slurm-") && name.ends_with(".out"))
 }
 
+/// What may be in a run directory before training starts, and stays when a run starts again: a
+/// ticket's mask, pruning rounds and norm-control initialisation, a run's own data, and the
+/// executor's files.
+pub fn placed_before_training(name: &str) -> bool {
+    ["mask.safetensors", "rounds", "init.safetensors", DATA].contains(&name) || executor_file(name)
+}
+
 /// The folder `toylens analyze` writes into.
 pub const ANALYSIS: &str = "analysis";
 
@@ -310,4 +317,56 @@ pub fn last_checkpoint(run_dir: &Path) -> Result<PathBuf> {
                 run_dir.join("checkpoints").display()
             ))
         })
+}
+
+/// A run directory opened once: its experiment, resolved, and its checkpoints. Every analysis over
+/// a run's checkpoints goes through [`Run::map_checkpoints`].
+pub struct Run {
+    pub dir: PathBuf,
+    pub experiment: config::Experiment,
+    /// Steps with a checkpoint, in order (at least one).
+    pub steps: Vec<u64>,
+}
+
+impl Run {
+    /// The run in `dir`: an error when it has no config that resolves or no checkpoint.
+    pub fn open(dir: &Path) -> Result<Run> {
+        let experiment = run_config(dir)?.resolve()?;
+        let steps = checkpoint_steps(dir);
+        if steps.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: no checkpoints in {}",
+                dir.display(),
+                dir.join("checkpoints").display()
+            )));
+        }
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            experiment,
+            steps,
+        })
+    }
+
+    /// The checkpoint of `step`.
+    pub fn checkpoint(&self, step: u64) -> PathBuf {
+        checkpoint_path(&self.dir, step)
+    }
+
+    /// The newest checkpoint's step.
+    pub fn last_step(&self) -> u64 {
+        *self.steps.last().expect("open checked: at least one")
+    }
+
+    /// `f(step, checkpoint)` for every checkpoint, in parallel (checkpoints are independent), the
+    /// results in step order.
+    pub fn map_checkpoints<T: Send>(
+        &self,
+        f: impl Fn(u64, &Path) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        use rayon::prelude::*;
+        self.steps
+            .par_iter()
+            .map(|&s| f(s, &self.checkpoint(s)))
+            .collect()
+    }
 }

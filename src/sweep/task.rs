@@ -4,7 +4,7 @@ use super::{load, run_dir, Multirun, ERROR, LOCK};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::write_atomic;
 use crate::io::run::{self, Summary};
-use crate::train::{self, Progress, RunMode};
+use crate::train::{self, Progress};
 use std::fs::File;
 use std::path::Path;
 
@@ -99,40 +99,11 @@ fn train_run(
     rdir: &Path,
     progress: Progress,
 ) -> Result<Summary> {
-    let cfg = m.config(spec)?;
-    if !run::checkpoint_steps(rdir).is_empty() {
-        match train::train(&cfg, rdir, RunMode::Resume, progress) {
-            Ok(s) => return finish(rdir, s),
-            // A run killed before any checkpoint was complete: start it again.
-            Err(e) => tracing::warn!("{}: cannot resume ({e}); starting again", rdir.display()),
-        }
-    }
-    clear(rdir)?;
-    let s = train::train(&cfg, rdir, RunMode::New, progress)?;
+    let s = train::train_or_continue(&m.config(spec)?, rdir, progress)?;
     finish(rdir, s)
 }
 
 fn finish(rdir: &Path, s: Summary) -> Result<Summary> {
     crate::report::pictures::run_pictures(rdir, false)?;
     Ok(s)
-}
-
-/// Remove what a run left behind, but the executor's files.
-fn clear(rdir: &Path) -> Result<()> {
-    for e in std::fs::read_dir(rdir)
-        .map_err(|e| Error::io(rdir, e))?
-        .flatten()
-    {
-        if run::executor_file(&e.file_name().to_string_lossy()) {
-            continue;
-        }
-        let p = e.path();
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        r.map_err(|e| Error::io(&p, e))?;
-    }
-    Ok(())
 }

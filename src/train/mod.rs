@@ -216,12 +216,8 @@ fn prepare_dir(dir: &Path, mode: RunMode) -> Result<()> {
     let non_empty = dir.is_dir()
         && std::fs::read_dir(dir)
             .map(|d| {
-                d.flatten().any(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    !["mask.safetensors", "rounds", "init.safetensors", run::DATA]
-                        .contains(&name.as_str())
-                        && !run::executor_file(&name)
-                })
+                d.flatten()
+                    .any(|e| !run::placed_before_training(&e.file_name().to_string_lossy()))
             })
             .unwrap_or(false);
     match mode {
@@ -280,6 +276,36 @@ fn tb_tag(col: &str) -> String {
 
 /// Train `cfg` into `dir`; returns the summary (also in `summary.json`). The run's pictures are
 /// drawn by `report::pictures::run`.
+/// The one policy for a run that may have started before (a sweep's run, a ticket): continue it
+/// from its newest checkpoint that loads; with none (killed before the first was complete), start
+/// it again, keeping what was placed in it before training ([`run::placed_before_training`]).
+pub fn train_or_continue(
+    cfg: &ExperimentConfig,
+    dir: &Path,
+    progress: Progress,
+) -> Result<Summary> {
+    if !run::checkpoint_steps(dir).is_empty() {
+        match train(cfg, dir, RunMode::Resume, progress) {
+            Ok(s) => return Ok(s),
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
+            Err(e) => tracing::warn!("{}: cannot resume ({e}); starting again", dir.display()),
+        }
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if run::placed_before_training(&e.file_name().to_string_lossy()) {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| Error::io(&p, e))?;
+    }
+    train(cfg, dir, RunMode::New, progress)
+}
+
 pub fn train(
     cfg: &ExperimentConfig,
     dir: &Path,
