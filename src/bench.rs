@@ -233,7 +233,7 @@ impl W3 {
         };
         Ok(W3 {
             model: Transformer::new(cfg.clone())?,
-            batch: task.fresh_batch(1, exp.schedule.batch_size.unwrap_or(64)),
+            batch: task.fresh_batch(1, exp.config.train.batch_size.unwrap_or(64)),
             optim: exp.optim,
         })
     }

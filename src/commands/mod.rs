@@ -390,7 +390,7 @@ pub fn training_set(l: &Loaded) -> Result<crate::batch::Batch> {
         if let Some(b) = data.train_set() {
             return Ok(b);
         }
-        let bs = exp.schedule.batch_size.unwrap_or(FRESH_EXAMPLES).max(1);
+        let bs = exp.config.train.batch_size.unwrap_or(FRESH_EXAMPLES).max(1);
         let parts: Vec<_> = (1..=FRESH_EXAMPLES.div_ceil(bs) as u64)
             .map(|s| data.train_batch(s).into_owned())
             .collect();

@@ -164,7 +164,7 @@ fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
         cfg_line: format!(
             "model {}, lr {}, weight decay {}, seed {}",
             serde_json::to_string(&cfg.config.model).unwrap_or_default(),
-            cfg.schedule.lr,
+            cfg.config.optim.lr,
             cfg.optim.weight_decay,
             cfg.seed
         ),
@@ -367,7 +367,7 @@ fn modular_figures(
             shape.d_model,
             shape.n_heads,
             shape.d_mlp.unwrap_or(0),
-            cfg.schedule.lr,
+            cfg.config.optim.lr,
             cfg.optim.weight_decay,
             cfg.seed
         ),
@@ -449,9 +449,10 @@ fn digits_figures(
             shape.d_model,
             shape.n_heads,
             shape.d_mlp.unwrap_or(0),
-            cfg.schedule.lr,
+            cfg.config.optim.lr,
             cfg.optim.weight_decay,
-            cfg.schedule
+            cfg.config
+                .train
                 .batch_size
                 .map_or("full".into(), |b| b.to_string()),
             cfg.seed
@@ -668,10 +669,11 @@ fn toy_mlp_figures(
             task.n_train(),
             model.cfg.d_embed,
             model.cfg.d_hidden,
-            cfg.schedule
+            cfg.config
+                .train
                 .batch_size
                 .map_or("full".into(), |b| b.to_string()),
-            cfg.schedule.lr,
+            cfg.config.optim.lr,
             cfg.optim.weight_decay,
             cfg.seed
         ),
@@ -755,8 +757,8 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
             c.max_feature_probability,
             c.min_feature_probability,
             c.importance_decay,
-            cfg.schedule.batch_size.unwrap_or(0),
-            cfg.schedule.lr,
+            cfg.config.train.batch_size.unwrap_or(0),
+            cfg.config.optim.lr,
             cfg.seed
         ),
         figs,

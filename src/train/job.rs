@@ -31,7 +31,13 @@ pub struct Job {
 impl Job {
     pub fn new(exp: &Experiment) -> Result<Self> {
         let mut model = exp.build_model()?;
-        if let Some(p) = &exp.schedule.init_from {
+        if let Some(p) = exp
+            .config
+            .train
+            .init_from
+            .as_deref()
+            .map(std::path::Path::new)
+        {
             let ck =
                 checkpoint::load(p).map_err(|e| Error::config("train.init_from", e.to_string()))?;
             if ck.model.arch() != model.arch() || ck.model.config_json() != model.config_json() {
@@ -42,7 +48,7 @@ impl Job {
             }
             model = ck.model;
         }
-        let mask = match &exp.schedule.mask {
+        let mask = match exp.config.train.mask.as_deref().map(std::path::Path::new) {
             Some(p) => {
                 let (m, hash) = checkpoint::load_mask(p, model.as_ref())
                     .map_err(|e| Error::config("train.mask", e.to_string()))?;

@@ -6,6 +6,7 @@
 //! does, with the same metric files (wall times aside).
 
 pub mod job;
+pub mod schedule;
 pub mod tensorboard;
 
 use crate::config::{self, Experiment, ExperimentConfig};
@@ -383,7 +384,7 @@ fn train_on_pool(
     control: Control,
 ) -> Result<Summary> {
     prepare_dir(dir, mode)?;
-    let sched = &exp.schedule;
+    let sched = &schedule::Schedule::of(&exp.config);
     let mut job = job::Job::new(exp)?;
     let n_params = job.model.n_params();
     let mut meta = HashMap::new();
@@ -391,7 +392,7 @@ fn train_on_pool(
         checkpoint::META_EXPERIMENT.to_string(),
         serde_json::to_string(&exp.config).expect("config json"),
     );
-    meta.extend(job.mask_metadata(exp.schedule.mask.as_deref()));
+    meta.extend(job.mask_metadata(sched.mask.as_deref()));
 
     // Start fresh or from the newest checkpoint that loads.
     let point = match mode {
