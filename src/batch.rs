@@ -195,6 +195,38 @@ pub struct FeatureSpec {
 }
 
 impl FeatureSpec {
+    /// Range checks, naming the `data.` keys.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        use crate::error::Error;
+        for (k, v) in [
+            ("data.n_features", self.n_features),
+            ("data.n_instances", self.n_instances),
+        ] {
+            if v == 0 {
+                return Err(Error::config(k, "must be at least 1 (got 0)"));
+            }
+        }
+        for (k, v) in [
+            ("data.max_feature_probability", self.max_feature_probability),
+            ("data.min_feature_probability", self.min_feature_probability),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::config(
+                    k,
+                    format!("a probability must be in (0, 1] (got {v})"),
+                ));
+            }
+        }
+        let d = self.importance_decay;
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Error::config(
+                "data.importance_decay",
+                format!("must be a positive number (got {d})"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Importance of each feature.
     pub fn importance(&self) -> Vec<f32> {
         (0..self.n_features)

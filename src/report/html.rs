@@ -149,12 +149,7 @@ fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
                 id: "ablation",
                 title: "Which heads and neurons matter: ablation",
                 caption: format!("The loss on the first {} training examples with one attention head or MLP neuron zeroed, the 20 that raise it most. The hover shows the loss with the unit set to its mean instead.", b.tokens.nrows()),
-                spec: json!({"data": [{"type": "bar",
-                    "x": top.iter().map(|r| format!("{}{}.{}", if r.unit == ablation::Unit::Head { "H" } else { "N" }, r.layer, r.index)).collect::<Vec<_>>(),
-                    "y": top.iter().map(|r| r.zero_loss).collect::<Vec<_>>(),
-                    "customdata": top.iter().map(|r| r.mean_loss).collect::<Vec<_>>(),
-                    "hovertemplate": "%{x}: zero-ablated loss %{y:.3e}, mean-ablated %{customdata:.3e}<extra></extra>"}],
-                    "layout": layout("unit", "loss", false)}),
+                spec: ablation_bars(&top),
             });
         }
     }
@@ -170,6 +165,17 @@ fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
         ),
         figs,
     })
+}
+
+/// Bars of each unit's zero-ablated loss (`H0.1` a head, `N0.7` a neuron), the mean-ablated one
+/// on hover.
+fn ablation_bars(top: &[&ablation::AblationRow]) -> Value {
+    json!({"data": [{"type": "bar",
+        "x": top.iter().map(|r| format!("{}{}.{}", if r.unit == ablation::Unit::Head { "H" } else { "N" }, r.layer, r.index)).collect::<Vec<_>>(),
+        "y": top.iter().map(|r| r.zero_loss).collect::<Vec<_>>(),
+        "customdata": top.iter().map(|r| r.mean_loss).collect::<Vec<_>>(),
+        "hovertemplate": "%{x}: zero-ablated loss %{y:.3e}, mean-ablated %{customdata:.3e}<extra></extra>"}],
+        "layout": layout("unit", "loss", false)})
 }
 
 /// λ̂ over training, when `toylens llc RUN` has written `RUN/analysis/llc.csv`.
@@ -351,12 +357,7 @@ fn modular_figures(
         id: "ablation",
         title: "Which units matter: ablation",
         caption: "Loss on all pairs with one unit zeroed (N = MLP neuron, H = attention head), the 20 most important. The hover shows the loss with the unit set to its mean instead.".into(),
-        spec: json!({"data": [{"type": "bar",
-            "x": top.iter().map(|r| format!("{}{}.{}", if r.unit == ablation::Unit::Head { "H" } else { "N" }, r.layer, r.index)).collect::<Vec<_>>(),
-            "y": top.iter().map(|r| r.zero_loss).collect::<Vec<_>>(),
-            "customdata": top.iter().map(|r| r.mean_loss).collect::<Vec<_>>(),
-            "hovertemplate": "%{x}: zero-ablated loss %{y:.3e}, mean-ablated %{customdata:.3e}<extra></extra>"}],
-            "layout": layout("unit", "loss", false)}),
+        spec: ablation_bars(&top),
     });
     Ok(Page {
         extra_html: String::new(),

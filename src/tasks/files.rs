@@ -11,14 +11,12 @@
 //! the seed. Vocabularies are inferred (the largest token + 1) unless given, and checked. Bad data
 //! is an error naming the file, the array and the first bad index; nothing is trained or written.
 
-use super::{EpochOrder, Footprint, Task, TaskData, TaskSection, LOSS_ACC_COLUMNS};
-use crate::batch::{Batch, DenseBatch, LossStats, TaskIo, TokenBatch};
+use super::{Footprint, Task, TaskData, TaskSection};
+use crate::batch::{Batch, DenseBatch, TaskIo, TokenBatch};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
-use crate::models::{Model, Scratch};
 use ndarray::{Array2, Axis};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -313,11 +311,12 @@ impl Task for FilesTask {
         false
     }
     fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
-        Ok(Box::new(FilesData {
-            order: batch_size.map(|bs| EpochOrder::new(self.train.len(), bs, self.seed)),
-            train: self.train.clone(),
-            test: self.test.clone(),
-        }))
+        Ok(Box::new(super::FixedSets::new(
+            self.train.clone(),
+            self.test.clone(),
+            batch_size,
+            self.seed,
+        )))
     }
     fn info(&self) -> Option<super::TaskInfo> {
         None
@@ -352,47 +351,6 @@ impl FilesTask {
     /// The test set.
     pub fn test_set(&self) -> &Batch {
         &self.test
-    }
-}
-
-/// A run's data: the whole training set every step, or minibatches in epoch order.
-struct FilesData {
-    train: Batch,
-    test: Batch,
-    order: Option<EpochOrder>,
-}
-
-impl TaskData for FilesData {
-    fn columns(&self) -> Vec<String> {
-        match self.train {
-            Batch::Tokens(_) => LOSS_ACC_COLUMNS.map(String::from).to_vec(),
-            Batch::Dense(_) => vec!["train_loss".into(), "test_loss".into()],
-        }
-    }
-    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
-        match &mut self.order {
-            None => Cow::Borrowed(&self.train),
-            Some(o) => Cow::Owned(self.train.select(o.batch(step))),
-        }
-    }
-    fn metrics(
-        &mut self,
-        model: &dyn Model,
-        scratch: &mut Scratch,
-        _: Option<&LossStats>,
-    ) -> Result<Vec<f64>> {
-        let tr = model.evaluate(scratch, &self.train)?;
-        let te = model.evaluate(scratch, &self.test)?;
-        Ok(match self.train {
-            Batch::Tokens(_) => super::loss_acc(&tr, &te),
-            Batch::Dense(_) => vec![tr.loss, te.loss],
-        })
-    }
-    fn train_set(&self) -> Option<Batch> {
-        Some(self.train.clone())
-    }
-    fn test_set(&self) -> Option<Batch> {
-        Some(self.test.clone())
     }
 }
 

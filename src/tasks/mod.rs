@@ -177,6 +177,60 @@ impl EpochOrder {
     }
 }
 
+/// A task's data when it has a fixed training set and a fixed test set: the whole training set every
+/// step, or minibatches in epoch order; the metrics are the loss (and, for tokens, the accuracy) on
+/// both sets.
+pub struct FixedSets {
+    train: Batch,
+    test: Batch,
+    order: Option<EpochOrder>,
+}
+
+impl FixedSets {
+    /// `batch_size` None: the whole training set every step; minibatch order from `seed`.
+    pub fn new(train: Batch, test: Batch, batch_size: Option<usize>, seed: u64) -> Self {
+        FixedSets {
+            order: batch_size.map(|bs| EpochOrder::new(train.len(), bs, seed)),
+            train,
+            test,
+        }
+    }
+}
+
+impl TaskData for FixedSets {
+    fn columns(&self) -> Vec<String> {
+        match self.train {
+            Batch::Tokens(_) => LOSS_ACC_COLUMNS.map(String::from).to_vec(),
+            Batch::Dense(_) => vec!["train_loss".into(), "test_loss".into()],
+        }
+    }
+    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
+        match &mut self.order {
+            None => Cow::Borrowed(&self.train),
+            Some(o) => Cow::Owned(self.train.select(o.batch(step))),
+        }
+    }
+    fn metrics(
+        &mut self,
+        model: &dyn Model,
+        scratch: &mut Scratch,
+        _: Option<&LossStats>,
+    ) -> Result<Vec<f64>> {
+        let tr = model.evaluate(scratch, &self.train)?;
+        let te = model.evaluate(scratch, &self.test)?;
+        Ok(match self.train {
+            Batch::Tokens(_) => loss_acc(&tr, &te),
+            Batch::Dense(_) => vec![tr.loss, te.loss],
+        })
+    }
+    fn train_set(&self) -> Option<Batch> {
+        Some(self.train.clone())
+    }
+    fn test_set(&self) -> Option<Batch> {
+        Some(self.test.clone())
+    }
+}
+
 /// `train_loss, train_acc, test_loss, test_acc` of two stats.
 pub(crate) fn loss_acc(train: &LossStats, test: &LossStats) -> Vec<f64> {
     vec![train.loss, train.accuracy, test.loss, test.accuracy]

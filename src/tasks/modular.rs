@@ -1,14 +1,13 @@
 //! Modular arithmetic, Nanda et al.'s grokking task: inputs `[a, b, =]` with `=` the token `p`, the
 //! answer `(a op b) mod p` predicted at the last position.
 
-use super::{loss_acc, EpochOrder, TaskData, LOSS_ACC_COLUMNS};
-use crate::batch::{Batch, LossStats, TokenBatch};
+use super::TaskData;
+use crate::batch::TokenBatch;
 use crate::error::{Error, Result};
 use crate::models::{Model, Scratch};
 use crate::pyrandom::PyRandom;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,64 +184,6 @@ pub fn evaluate(
     Ok(out)
 }
 
-/// A run's modular data: the split, the train and test sets as batches, and the minibatch order
-/// (None: the full train set every step).
-pub struct ModularData {
-    train_pairs: Vec<Pair>,
-    task: ModularTask,
-    train: Batch,
-    test: Batch,
-    order: Option<EpochOrder>,
-}
-
-impl ModularData {
-    pub fn new(task: ModularTask, batch_size: Option<usize>) -> Self {
-        let (train_pairs, test_pairs) = task.split_pairs();
-        ModularData {
-            train: task.batch(&train_pairs).into(),
-            test: task.batch(&test_pairs).into(),
-            order: batch_size.map(|bs| EpochOrder::new(train_pairs.len(), bs, task.seed)),
-            train_pairs,
-            task,
-        }
-    }
-}
-
-impl TaskData for ModularData {
-    fn columns(&self) -> Vec<String> {
-        LOSS_ACC_COLUMNS.map(String::from).to_vec()
-    }
-    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
-        match &mut self.order {
-            None => Cow::Borrowed(&self.train),
-            Some(order) => {
-                let pairs: Vec<Pair> = order
-                    .batch(step)
-                    .iter()
-                    .map(|&i| self.train_pairs[i])
-                    .collect();
-                Cow::Owned(self.task.batch(&pairs).into())
-            }
-        }
-    }
-    fn metrics(
-        &mut self,
-        model: &dyn Model,
-        scratch: &mut Scratch,
-        _: Option<&LossStats>,
-    ) -> Result<Vec<f64>> {
-        let tr = model.evaluate(scratch, &self.train)?;
-        let te = model.evaluate(scratch, &self.test)?;
-        Ok(loss_acc(&tr, &te))
-    }
-    fn train_set(&self) -> Option<Batch> {
-        Some(self.train.clone())
-    }
-    fn test_set(&self) -> Option<Batch> {
-        Some(self.test.clone())
-    }
-}
-
 /// `data:` of `task: modular`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -289,7 +230,13 @@ impl super::Task for ModularTask {
         false
     }
     fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
-        Ok(Box::new(ModularData::new(self.clone(), batch_size)))
+        let (train, test) = self.split_pairs();
+        Ok(Box::new(super::FixedSets::new(
+            self.batch(&train).into(),
+            self.batch(&test).into(),
+            batch_size,
+            self.seed,
+        )))
     }
     fn info(&self) -> Option<super::TaskInfo> {
         Some(super::TaskInfo::from_modular(self))

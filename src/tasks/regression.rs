@@ -2,13 +2,10 @@
 //! zero (`true_weights: zero`) or drawn N(0, 1) from the seed (`random`). A fixed train set and a
 //! test set, both pure functions of the seed.
 
-use super::{EpochOrder, TaskData};
-use crate::batch::{Batch, DenseBatch, LossStats};
+use crate::batch::{Batch, DenseBatch};
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
-use crate::models::{Model, Scratch};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,7 +132,12 @@ impl super::Task for RegressionTask {
         false
     }
     fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn super::TaskData>> {
-        Ok(Box::new(RegressionData::new(self, batch_size)))
+        Ok(Box::new(super::FixedSets::new(
+            self.sample(self.n_train, 0),
+            self.sample(self.n_test, 1),
+            batch_size,
+            self.seed,
+        )))
     }
     fn info(&self) -> Option<super::TaskInfo> {
         Some(super::TaskInfo::Regression(self.clone()))
@@ -155,50 +157,5 @@ impl super::Task for RegressionTask {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
-    }
-}
-
-pub struct RegressionData {
-    train: Batch,
-    test: Batch,
-    order: Option<EpochOrder>,
-}
-
-impl RegressionData {
-    pub fn new(task: &RegressionTask, batch_size: Option<usize>) -> Self {
-        RegressionData {
-            train: task.sample(task.n_train, 0),
-            test: task.sample(task.n_test, 1),
-            order: batch_size.map(|bs| EpochOrder::new(task.n_train, bs, task.seed)),
-        }
-    }
-}
-
-impl TaskData for RegressionData {
-    fn columns(&self) -> Vec<String> {
-        vec!["train_loss".into(), "test_loss".into()]
-    }
-    fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
-        match &mut self.order {
-            None => Cow::Borrowed(&self.train),
-            Some(o) => Cow::Owned(self.train.select(o.batch(step))),
-        }
-    }
-    fn metrics(
-        &mut self,
-        model: &dyn Model,
-        s: &mut Scratch,
-        _: Option<&LossStats>,
-    ) -> Result<Vec<f64>> {
-        Ok(vec![
-            model.evaluate(s, &self.train)?.loss,
-            model.evaluate(s, &self.test)?.loss,
-        ])
-    }
-    fn train_set(&self) -> Option<Batch> {
-        Some(self.train.clone())
-    }
-    fn test_set(&self) -> Option<Batch> {
-        Some(self.test.clone())
     }
 }

@@ -39,41 +39,17 @@ pub struct SuperpositionTask {
 impl TaskSection for SuperpositionSection {
     const NAME: &'static str = "superposition";
     fn configure(self, seed: u64) -> Result<Arc<dyn Task>> {
-        for (k, v) in [
-            ("data.n_features", self.n_features),
-            ("data.n_instances", self.n_instances),
-        ] {
-            if v == 0 {
-                return Err(Error::config(k, "must be at least 1 (got 0)"));
-            }
-        }
-        for (k, v) in [
-            ("data.max_feature_probability", self.max_feature_probability),
-            ("data.min_feature_probability", self.min_feature_probability),
-        ] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(Error::config(
-                    k,
-                    format!("a probability must be in (0, 1] (got {v})"),
-                ));
-            }
-        }
-        let d = self.importance_decay;
-        if !(d > 0.0 && d.is_finite()) {
-            return Err(Error::config(
-                "data.importance_decay",
-                format!("must be a positive number (got {d})"),
-            ));
-        }
+        let features = FeatureSpec {
+            n_features: self.n_features,
+            n_instances: self.n_instances,
+            importance_decay: self.importance_decay,
+            max_feature_probability: self.max_feature_probability,
+            min_feature_probability: self.min_feature_probability,
+            data_seed: self.seed.unwrap_or(seed),
+        };
+        features.validate()?;
         Ok(Arc::new(SuperpositionTask {
-            features: FeatureSpec {
-                n_features: self.n_features,
-                n_instances: self.n_instances,
-                importance_decay: self.importance_decay,
-                max_feature_probability: self.max_feature_probability,
-                min_feature_probability: self.min_feature_probability,
-                data_seed: self.seed.unwrap_or(seed),
-            },
+            features,
             n_eval: self.n_eval,
         }))
     }
