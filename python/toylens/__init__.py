@@ -239,7 +239,10 @@ def analyze(target: Any, keys: str = "wl") -> Dict[str, Any]:
       frequencies, restricted and excluded losses...) and its neurons' frequencies;
     - ``modular_run``: the progress measures at every checkpoint, and the grokking phases;
     - ``digits`` / ``digits_run``: per-digit statistics, attention and ablation of a digit adder;
-    - ``superposition``: each instance's geometry.
+    - ``superposition``: each instance's geometry;
+    - ``generic``: any other task (your own data, regression): ``report`` is what
+      ``toylens analyze --json`` prints (loss per loss position on both sets, each head's mean
+      attention, tensor norms); for a run, of its last checkpoint.
 
     keys: how key frequencies are chosen: ``wl`` (the paper's, from W_L) or ``neurons``.
     """

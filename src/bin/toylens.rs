@@ -134,8 +134,10 @@ enum Cmd {
     /// What a model has learned, by its kind. A modular-arithmetic transformer (toylens
     /// .safetensors or original .pth): key frequencies, full/restricted/excluded loss, Gini of W_E
     /// and W_L, sum of squared weights, neuron clusters; a digit adder: each digit's loss,
-    /// accuracy and carry cases; a superposition model: each instance's feature geometry. A run
-    /// directory: the measures at every checkpoint (progress.csv for modular runs), pictures in
+    /// accuracy and carry cases; a superposition model: each instance's feature geometry; any other
+    /// task (your own data, regression): loss per loss position on the train and test sets, each
+    /// head's mean attention, tensor norms. A run directory: the measures at every checkpoint
+    /// (progress.csv for modular runs; the last checkpoint's for other tasks), pictures in
     /// RUN/analysis/.
     Analyze {
         target: PathBuf,
@@ -150,9 +152,10 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = KeyRule::WL)]
         key_rule: KeyRule,
     },
-    /// Zero- and mean-ablate every MLP neuron and attention head of a modular-arithmetic model (or
-    /// every hidden neuron of a ToyMLP); prints the units ranked by the loss on all pairs when zeroed.
-    /// With --out, also draws the ranking (and for a ToyMLP, activation heat maps of the top neurons).
+    /// Zero- and mean-ablate every MLP neuron and attention head of a transformer (on all pairs of
+    /// a modular task, on the first 512 training examples of any other token task), or every
+    /// hidden neuron of a ToyMLP; prints the units ranked by the loss when zeroed. With --out, also
+    /// draws the ranking (and for a ToyMLP, activation heat maps of the top neurons).
     Ablate {
         checkpoint: PathBuf,
         /// Also draw the ranking (PNG and SVG) into this directory.
