@@ -343,7 +343,12 @@ fn main() {
         std::process::exit(1);
     }
     if let Err(e) = run(cli.cmd) {
-        eprintln!("error: {e:#}");
+        // A toylens error's message already holds its cause (an I/O error's, say); others print
+        // their chain of contexts.
+        match e.downcast_ref::<toylens::Error>() {
+            Some(t) => eprintln!("error: {t}"),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
 }
