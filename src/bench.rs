@@ -268,3 +268,156 @@ pub enum Switch {
     On,
     Off,
 }
+
+/// Writes a workload's initial weights (file name, model, its task) where asked.
+type SaveInit<'a> =
+    &'a dyn Fn(&str, &dyn crate::models::Model, Option<&crate::tasks::TaskInfo>) -> Result<()>;
+
+/// `toylens bench` as a request: time `steps` training steps of a workload.
+#[derive(Clone, Debug)]
+pub struct BenchRequest {
+    pub workload: Workload,
+    pub steps: usize,
+    /// Seed of the initial weights.
+    pub seed: u64,
+    /// Write the initial weights here (for the PyTorch side of bench/).
+    pub out: Option<std::path::PathBuf>,
+    /// Also measure the GEMM peak (W1).
+    pub peak: bool,
+    /// W1 only: force layer 0's W_in fold on or off.
+    pub w_in_fold: Option<Switch>,
+}
+
+/// What a benchmark measured: `json`, one object (what `--json` prints and bench/ scripts read),
+/// and `text`, the lines printed otherwise.
+pub struct BenchReport {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl BenchRequest {
+    pub fn run(&self) -> Result<BenchReport> {
+        use crate::error::Error;
+        let save = |file: &str,
+                    model: &dyn crate::models::Model,
+                    task: Option<&crate::tasks::TaskInfo>|
+         -> Result<()> {
+            if let Some(dir) = &self.out {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                crate::io::checkpoint::save(&dir.join(file), model, task, &Default::default())?;
+            }
+            Ok(())
+        };
+        let steps = self.steps.max(2);
+        if self.w_in_fold.is_some() && self.workload != Workload::W1 {
+            return Err(Error::Input(format!(
+                "--w-in-fold: only W1 has a W_in fold to take, not {}",
+                crate::error::choice_name(&self.workload)
+            )));
+        }
+        let (name, about, r, extra) = match self.workload {
+            Workload::W2 => {
+                let mut w2 = W2::new(self.seed)?;
+                save("init_w2.safetensors", &w2.model, None)?;
+                let r = w2.train_steps(steps)?;
+                (
+                    "W2",
+                    "ToyMLP step, batch 64".to_string(),
+                    r,
+                    serde_json::json!({}),
+                )
+            }
+            Workload::W3 => {
+                let mut w3 = W3::new(self.seed)?;
+                save("init_w3.safetensors", &w3.model, None)?;
+                let r = train_steps(&mut w3.model, &w3.batch, w3.optim, steps)?;
+                let rows = |a: &ndarray::Array2<u32>| {
+                    a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>()
+                };
+                let batch = serde_json::json!({
+                    "tokens": rows(&w3.batch.tokens),
+                    "targets": rows(&w3.batch.targets),
+                    "loss_pos": w3.batch.loss_pos,
+                });
+                ("W3", "digits5 step, batch 64".to_string(), r, batch)
+            }
+            Workload::W1 => return self.w1(steps, &save),
+        };
+        let ms = median(&r.step_ms[1..]);
+        let mean_ms = mean(&r.step_ms[1..]);
+        let mut json = serde_json::json!({
+            "workload": name,
+            "threads": rayon::current_num_threads(),
+            "simd": crate::engine::simd::level().name(),
+            "steps": r.losses.len(),
+            "ms_per_step_median": ms,
+            "ms_per_step_mean": mean_ms,
+            "losses": r.losses,
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (json.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        let text = format!(
+            "{name} ({about}): {ms:.4} ms/step median ({mean_ms:.4} mean) over {} steps, {} threads; loss {:.6} -> {:.6}\n",
+            r.step_ms.len() - 1,
+            rayon::current_num_threads(),
+            r.losses[0],
+            r.losses.last().copied().unwrap_or(f64::NAN)
+        );
+        Ok(BenchReport { json, text })
+    }
+
+    fn w1(&self, steps: usize, save: SaveInit<'_>) -> Result<BenchReport> {
+        let mut w1 = W1::new(self.seed)?;
+        save(
+            "init.safetensors",
+            &w1.model,
+            Some(&crate::tasks::TaskInfo::from_modular(&w1.task)),
+        )?;
+        let mut ws = Workspace::new();
+        ws.set_w_in_fold(self.w_in_fold.map(|f| f == Switch::On));
+        let r = train_steps_in(&mut ws, &mut w1.model, &w1.batch, w1.optim, steps)?;
+        let folded = ws.w_in_folded();
+        let ms = median(&r.step_ms[1..]);
+        let flops = w1.step_flops(folded);
+        let step_gflops = flops / (ms / 1e3) / 1e9;
+        let peak_gflops = self.peak.then(|| gemm_gflops(2048, 2048, 2048, 5));
+        let json = serde_json::json!({
+            "workload": "W1",
+            "threads": rayon::current_num_threads(),
+            "simd": crate::engine::simd::level().name(),
+            "steps": r.losses.len(),
+            "ms_per_step_median": ms,
+            "ms_per_step_mean": mean(&r.step_ms[1..]),
+            "losses": r.losses,
+            "step_matmul_gflop": flops / 1e9,
+            "step_gflops": step_gflops,
+            "gemm_peak_gflops": peak_gflops,
+            "w_in_folded": folded,
+        });
+        let mut text = format!(
+            "W1 (Nanda grokking step, batch {}): {:.2} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}\n",
+            w1.batch.tokens.nrows(),
+            ms,
+            r.step_ms.len() - 1,
+            rayon::current_num_threads(),
+            r.losses[0],
+            r.losses.last().copied().unwrap_or(f64::NAN)
+        );
+        if folded {
+            text +=
+                "  layer 0's W_in folded (the default here; --w-in-fold off: the general path)\n";
+        }
+        text += &format!(
+            "  matmul work {:.2} GFLOP/step -> {step_gflops:.0} GFLOP/s\n",
+            flops / 1e9
+        );
+        if let Some(p) = peak_gflops {
+            text += &format!(
+                "  GEMM peak (2048^3): {p:.0} GFLOP/s; the step runs at {:.0}% of it\n",
+                100.0 * step_gflops / p
+            );
+        }
+        Ok(BenchReport { json, text })
+    }
+}

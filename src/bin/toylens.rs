@@ -2,12 +2,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use toylens::analysis::llc::InitLoss;
 use toylens::bench::{Switch, Workload};
 use toylens::commands::{self, AnalyzeReport, KeyRule};
-use toylens::io::checkpoint;
 use toylens::models::mask::{PruneMethod, PruneScope};
 
 #[derive(Parser)]
@@ -407,53 +405,6 @@ fn preset_and_overrides(args: &[String]) -> Result<(Option<String>, Vec<String>)
 }
 
 /// A benchmark's initial weights into DIR (for the PyTorch side of bench/).
-fn save_bench_init(
-    dir: Option<&std::path::Path>,
-    file: &str,
-    model: &dyn toylens::models::Model,
-) -> Result<()> {
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        checkpoint::save(&dir.join(file), model, None, &HashMap::new())?;
-    }
-    Ok(())
-}
-
-/// A benchmark's step times: one JSON object (with `extra`'s fields) or one line.
-fn print_bench(
-    name: &str,
-    about: &str,
-    r: &toylens::bench::StepTimes,
-    json: bool,
-    extra: serde_json::Value,
-) {
-    let ms = toylens::bench::median(&r.step_ms[1..]);
-    let mean = toylens::bench::mean(&r.step_ms[1..]);
-    if json {
-        let mut v = serde_json::json!({
-            "workload": name,
-            "threads": rayon::current_num_threads(),
-            "simd": toylens::engine::simd::level().name(),
-            "steps": r.losses.len(),
-            "ms_per_step_median": ms,
-            "ms_per_step_mean": mean,
-            "losses": r.losses,
-        });
-        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
-            o.extend(e);
-        }
-        println!("{v}");
-    } else {
-        println!(
-            "{name} ({about}): {ms:.4} ms/step median ({mean:.4} mean) over {} steps, {} threads; loss {:.6} -> {:.6}",
-            r.step_ms.len() - 1,
-            rayon::current_num_threads(),
-            r.losses[0],
-            r.losses.last().copied().unwrap_or(f64::NAN)
-        );
-    }
-}
-
 fn run_sweep_locally(
     dir: &std::path::Path,
     exe: &std::path::Path,
@@ -1336,127 +1287,27 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Bench {
-            workload: Workload::W2,
-            steps,
-            seed,
-            out,
-            json,
-            peak: _,
-            w_in_fold,
-        } => {
-            if w_in_fold.is_some() {
-                anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w2");
-            }
-            let mut w2 = toylens::bench::W2::new(seed)?;
-            save_bench_init(out.as_deref(), "init_w2.safetensors", &w2.model)?;
-            let r = w2.train_steps(steps.max(2))?;
-            print_bench(
-                "W2",
-                "ToyMLP step, batch 64",
-                &r,
-                json,
-                serde_json::json!({}),
-            );
-        }
-        Cmd::Bench {
-            workload: Workload::W3,
-            steps,
-            seed,
-            out,
-            json,
-            peak: _,
-            w_in_fold,
-        } => {
-            if w_in_fold.is_some() {
-                anyhow::bail!("--w-in-fold: only W1 has a W_in fold to take, not w3");
-            }
-            let mut w3 = toylens::bench::W3::new(seed)?;
-            save_bench_init(out.as_deref(), "init_w3.safetensors", &w3.model)?;
-            let r = toylens::bench::train_steps(&mut w3.model, &w3.batch, w3.optim, steps.max(2))?;
-            let rows =
-                |a: &ndarray::Array2<u32>| a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
-            let batch = serde_json::json!({
-                "tokens": rows(&w3.batch.tokens),
-                "targets": rows(&w3.batch.targets),
-                "loss_pos": w3.batch.loss_pos,
-            });
-            print_bench("W3", "digits5 step, batch 64", &r, json, batch);
-        }
-        Cmd::Bench {
+            workload,
             steps,
             seed,
             out,
             json,
             peak,
             w_in_fold,
-            ..
         } => {
-            let mut w1 = toylens::bench::W1::new(seed)?;
-            if let Some(dir) = &out {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let task = toylens::tasks::TaskInfo::from_modular(&w1.task);
-                checkpoint::save(
-                    &dir.join("init.safetensors"),
-                    &w1.model,
-                    Some(&task),
-                    &HashMap::new(),
-                )?;
+            let r = toylens::bench::BenchRequest {
+                workload,
+                steps,
+                seed,
+                out,
+                peak,
+                w_in_fold,
             }
-            let mut ws = toylens::Workspace::new();
-            ws.set_w_in_fold(w_in_fold.map(|f| f == Switch::On));
-            let r = toylens::bench::train_steps_in(
-                &mut ws,
-                &mut w1.model,
-                &w1.batch,
-                w1.optim,
-                steps.max(2),
-            )?;
-            let folded = ws.w_in_folded();
-            let ms = toylens::bench::median(&r.step_ms[1..]);
-            let flops = w1.step_flops(folded);
-            let step_gflops = flops / (ms / 1e3) / 1e9;
-            let peak_gflops = peak.then(|| toylens::bench::gemm_gflops(2048, 2048, 2048, 5));
+            .run()?;
             if json {
-                let v = serde_json::json!({
-                    "workload": "W1",
-                    "threads": rayon::current_num_threads(),
-                    "simd": toylens::engine::simd::level().name(),
-                    "steps": r.losses.len(),
-                    "ms_per_step_median": ms,
-                    "ms_per_step_mean": toylens::bench::mean(&r.step_ms[1..]),
-                    "losses": r.losses,
-                    "step_matmul_gflop": flops / 1e9,
-                    "step_gflops": step_gflops,
-                    "gemm_peak_gflops": peak_gflops,
-                    "w_in_folded": folded,
-                });
-                println!("{v}");
+                println!("{}", r.json);
             } else {
-                println!(
-                    "W1 (Nanda grokking step, batch {}): {:.2} ms/step median over {} steps, {} threads; loss {:.6} -> {:.6}",
-                    w1.batch.tokens.nrows(),
-                    ms,
-                    r.step_ms.len() - 1,
-                    rayon::current_num_threads(),
-                    r.losses[0],
-                    r.losses.last().unwrap()
-                );
-                if folded {
-                    println!(
-                        "  layer 0's W_in folded (the default here; --w-in-fold off: the general path)"
-                    );
-                }
-                println!(
-                    "  matmul work {:.2} GFLOP/step -> {step_gflops:.0} GFLOP/s",
-                    flops / 1e9
-                );
-                if let Some(p) = peak_gflops {
-                    println!(
-                        "  GEMM peak (2048^3): {p:.0} GFLOP/s; the step runs at {:.0}% of it",
-                        100.0 * step_gflops / p
-                    );
-                }
+                print!("{}", r.text);
             }
         }
     }
