@@ -5,7 +5,8 @@
 //! samplers and gradient checks act on any model the same way.
 //!
 //! Adding a model: its own file (config, parameters, forward and backward, hook points, and
-//! `impl Model`), its section in `config.rs`, and one line in [`KINDS`] (see docs/ARCHITECTURE.md).
+//! `impl Model`, its config section as a [`ModelSection`] and its [`ModelPlan`]), and one line in
+//! [`KINDS`] (see docs/ARCHITECTURE.md).
 
 pub mod linear;
 pub mod mask;
