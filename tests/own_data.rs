@@ -220,6 +220,25 @@ fn a_run_on_files_resumes_to_the_same_bits_and_every_command_works_on_it() {
     assert!(whole.join("report.html").exists());
     run(&["analyze", whole.to_str().unwrap()]);
     assert!(whole.join("analysis").join("attention_L0.png").exists());
+    // The data changed since the run started: its checkpoints do not resume on it.
+    let targets = set.join("targets.npy");
+    let mut bytes = std::fs::read(&targets).unwrap();
+    let last = bytes.len() - 8;
+    bytes[last] = (bytes[last] + 1) % 10;
+    std::fs::write(&targets, bytes).unwrap();
+    let o = toylens()
+        .args([
+            "train",
+            "--resume",
+            whole.to_str().unwrap(),
+            "train.steps=300",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("changed since the run started"), "{err}");
 }
 
 /// Train `config` (files task) into a fresh directory through the CLI: the error, which must be

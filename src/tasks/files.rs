@@ -103,12 +103,18 @@ pub struct FilesTask {
     test: Batch,
     io: TaskIo,
     bytes: f64,
+    /// CRC-32C of the files read (train, then test).
+    checksum: String,
 }
 
 impl TaskSection for FilesSection {
     const NAME: &'static str = "files";
     fn configure(self, seed: u64) -> Result<Arc<dyn Task>> {
         let seed = self.seed.unwrap_or(seed);
+        let mut checksum = file_crc(Path::new(&self.train))?;
+        if let Some(t) = &self.test {
+            checksum = format!("{checksum}/{}", file_crc(Path::new(t))?);
+        }
         let whole = read_set(Path::new(&self.train))?;
         // Checked whole first, so that an error's index is the file's.
         let (train, test) = match &self.test {
@@ -134,6 +140,7 @@ impl TaskSection for FilesSection {
             test: test.batch(),
             io,
             bytes,
+            checksum,
         }))
     }
 }
@@ -338,9 +345,27 @@ impl Task for FilesTask {
             self.test.len()
         )
     }
+    fn data_checksum(&self) -> Option<String> {
+        Some(self.checksum.clone())
+    }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// CRC-32C of a set's bytes (a directory's `inputs.npy` then `targets.npy`), in hex.
+fn file_crc(path: &Path) -> Result<String> {
+    let files = if path.is_dir() {
+        vec![path.join("inputs.npy"), path.join("targets.npy")]
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut crc = 0u32;
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
+        crc = crc32c::crc32c_append(crc, &bytes);
+    }
+    Ok(format!("{crc:08x}"))
 }
 
 impl FilesTask {

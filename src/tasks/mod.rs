@@ -104,6 +104,11 @@ pub trait Task: std::fmt::Debug + Send + Sync + Any {
     fn footprint(&self, batch_size: Option<usize>) -> Footprint;
     /// One line for titles, such as "(a + b) mod 113, 30% of pairs in train".
     fn describe(&self) -> String;
+    /// A checksum of data read from outside the config (files), which checkpoints record so that a
+    /// resume on changed data is refused; None where the config and seed make the data.
+    fn data_checksum(&self) -> Option<String> {
+        None
+    }
     fn as_any(&self) -> &dyn Any;
 }
 

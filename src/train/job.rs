@@ -14,6 +14,8 @@ use std::path::Path;
 /// Checkpoint metadata: the mask's file and its CRC-32C.
 pub const META_MASK: &str = "toylens.mask";
 pub const META_MASK_CRC: &str = "toylens.mask_crc32c";
+/// The task's data checksum where its data comes from files ([`crate::tasks::Task::data_checksum`]).
+pub const META_DATA_CRC: &str = "toylens.data_crc32c";
 
 pub struct Job {
     pub model: Box<dyn Model>,
@@ -24,6 +26,8 @@ pub struct Job {
     /// Statistics of the last update's batch.
     last: Option<LossStats>,
     info: Option<TaskInfo>,
+    /// The task's data checksum, where its data comes from files.
+    data_checksum: Option<String>,
     /// The pruning mask and its file's CRC-32C, when training a sparse model.
     pub mask: Option<(Mask, String)>,
 }
@@ -64,6 +68,7 @@ impl Job {
             scratch_eval: Scratch::new(),
             last: None,
             info: exp.task.info(),
+            data_checksum: exp.task.data_checksum(),
             mask,
         })
     }
@@ -85,6 +90,14 @@ impl Job {
             ],
             _ => Vec::new(),
         }
+    }
+
+    /// What checkpoints record about the data, where it comes from files.
+    pub fn data_metadata(&self) -> Vec<(String, String)> {
+        self.data_checksum
+            .iter()
+            .map(|c| (META_DATA_CRC.to_string(), c.clone()))
+            .collect()
     }
 
     /// Names of the values [`Job::metrics`] returns.
@@ -139,6 +152,17 @@ impl Job {
                     "it was trained with mask {} but the run now has mask {} (train.mask)",
                     recorded.map_or("none", |h| h.as_str()),
                     ours.map_or("none", |h| h.as_str())
+                ),
+            ));
+        }
+        let recorded = ck.metadata.get(META_DATA_CRC);
+        if recorded != self.data_checksum.as_ref() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "it was trained on data with checksum {} but the data files now give {}: they changed since the run started",
+                    recorded.map_or("none", |h| h.as_str()),
+                    self.data_checksum.as_deref().unwrap_or("none")
                 ),
             ));
         }

@@ -393,6 +393,7 @@ fn train_on_pool(
         serde_json::to_string(&exp.config).expect("config json"),
     );
     meta.extend(job.mask_metadata(sched.mask.as_deref()));
+    meta.extend(job.data_metadata());
 
     // Start fresh or from the newest checkpoint that loads.
     let point = match mode {
