@@ -70,7 +70,7 @@ fn stats(n: usize, s: LossStats) -> SetStats {
 
 /// The report of `model`, trained in `exp`.
 pub fn report(model: &dyn Model, exp: &Experiment) -> Result<GenericReport> {
-    let data = exp.task.make_data(None)?;
+    let data = exp.data()?;
     let mut scratch = Scratch::new();
     let mut eval = |b: Option<Batch>| -> Result<Option<SetStats>> {
         b.map(|b| {

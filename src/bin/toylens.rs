@@ -356,9 +356,17 @@ fn print_generic_report(target: &std::path::Path, r: &toylens::analysis::generic
     println!("{}: a {} on {}", target.display(), r.arch, r.task);
     for (name, s) in [("train", &r.train), ("test", &r.test)] {
         let Some(s) = s else { continue };
+        let accuracy = if s.accuracy.is_finite() {
+            format!(
+                "  accuracy {:.4}  all positions right {:.4}",
+                s.accuracy, s.exact_match
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  {name:5}  {} examples  loss {:.4e}  accuracy {:.4}  all positions right {:.4}",
-            s.examples, s.loss, s.accuracy, s.exact_match
+            "  {name:5}  {} examples  loss {:.4e}{accuracy}",
+            s.examples, s.loss
         );
         if s.per_position_loss.len() > 1 {
             let losses: Vec<String> = s

@@ -179,9 +179,10 @@ fn analyze_into(
     if target.is_dir() {
         let exp = run::run_config(target)?.resolve()?;
         if !own_analysis(exp.task.as_ref()) {
-            let l = load_any(&run::last_checkpoint(target)?)?;
+            // No analysis over training of its own: its last checkpoint's, into RUN/analysis/.
             let dir = run_dir(target)?;
-            return generic(&l, &exp, dir.as_deref());
+            let last = run::last_checkpoint(target)?;
+            return analyze_into(&last, files.map(|_| dir.as_deref()), rule);
         }
     }
     if target.is_dir() {
