@@ -111,14 +111,14 @@ impl TaskSection for FilesSection {
     const NAME: &'static str = "files";
     fn configure(self, seed: u64) -> Result<Arc<dyn Task>> {
         let seed = self.seed.unwrap_or(seed);
-        let mut checksum = file_crc(Path::new(&self.train))?;
-        if let Some(t) = &self.test {
-            checksum = format!("{checksum}/{}", file_crc(Path::new(t))?);
-        }
-        let whole = read_set(Path::new(&self.train))?;
+        let (whole, mut checksum) = read_set(Path::new(&self.train))?;
         // Checked whole first, so that an error's index is the file's.
         let (train, test) = match &self.test {
-            Some(t) => (whole, read_set(Path::new(t))?),
+            Some(t) => {
+                let (test, crc) = read_set(Path::new(t))?;
+                checksum = format!("{checksum}/{crc}");
+                (whole, test)
+            }
             None => {
                 check_together(&self, &whole, &whole)?;
                 let f = self.test_fraction;
@@ -353,21 +353,6 @@ impl Task for FilesTask {
     }
 }
 
-/// CRC-32C of a set's bytes (a directory's `inputs.npy` then `targets.npy`), in hex.
-fn file_crc(path: &Path) -> Result<String> {
-    let files = if path.is_dir() {
-        vec![path.join("inputs.npy"), path.join("targets.npy")]
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut crc = 0u32;
-    for f in files {
-        let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
-        crc = crc32c::crc32c_append(crc, &bytes);
-    }
-    Ok(format!("{crc:08x}"))
-}
-
 impl FilesTask {
     /// The training set, whole.
     pub fn train_set(&self) -> &Batch {
@@ -393,14 +378,32 @@ enum Values {
     Real(Vec<f64>),
 }
 
-/// Sets read recently, by (path, length, modification time): a config is resolved several times
-/// per command, and the files are read once.
-type CacheEntry = ((PathBuf, u64, Option<std::time::SystemTime>), Arc<Examples>);
+/// The files a set is read from: the file, or a directory's `inputs.npy` and `targets.npy`.
+fn set_files(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        vec![path.join("inputs.npy"), path.join("targets.npy")]
+    } else {
+        vec![path.to_path_buf()]
+    }
+}
+
+/// A file as last seen: its path, length and modification time.
+type FileKey = (PathBuf, u64, Option<std::time::SystemTime>);
+/// Sets read recently, with their CRC-32C, by their files as last seen: a config is resolved
+/// several times per command, and the files are read once.
+type CacheEntry = (Vec<FileKey>, Arc<(Examples, String)>);
 static READ: Mutex<Vec<CacheEntry>> = Mutex::new(Vec::new());
 
-fn read_set(path: &Path) -> Result<Examples> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+/// A set, checked, and the CRC-32C of its files' bytes (hex).
+fn read_set(path: &Path) -> Result<(Examples, String)> {
+    let files = set_files(path);
+    let key = files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+            Ok((f.clone(), m.len(), m.modified().ok()))
+        })
+        .collect::<Result<Vec<FileKey>>>()?;
     if let Some(hit) = READ
         .lock()
         .ok()
@@ -408,8 +411,16 @@ fn read_set(path: &Path) -> Result<Examples> {
     {
         return Ok((*hit).clone());
     }
-    let (inputs, targets, names) = read_arrays(path, meta.is_dir())?;
-    let set = examples(path, inputs, targets, names)?;
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| Error::io(f, e)))
+        .collect::<Result<Vec<_>>>()?;
+    let crc = bytes.iter().fold(0u32, |c, b| crc32c::crc32c_append(c, b));
+    let (inputs, targets, names) = read_arrays(path, &files, bytes)?;
+    let set = (
+        examples(path, inputs, targets, names)?,
+        format!("{crc:08x}"),
+    );
     if let Ok(mut c) = READ.lock() {
         if c.len() >= 4 {
             c.remove(0);
@@ -419,21 +430,21 @@ fn read_set(path: &Path) -> Result<Examples> {
     Ok(set)
 }
 
-/// (inputs, targets, how the two are named in errors).
-fn read_arrays(path: &Path, dir: bool) -> Result<(NumArray, NumArray, [String; 2])> {
-    if dir {
-        let (a, b) = (path.join("inputs.npy"), path.join("targets.npy"));
-        let read = |p: &Path| -> Result<NumArray> {
-            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-            npy(&bytes).map_err(|m| Error::format(p, m))
-        };
+/// (inputs, targets, how the two are named in errors), from the bytes of `files`.
+fn read_arrays(
+    path: &Path,
+    files: &[PathBuf],
+    mut bytes: Vec<Vec<u8>>,
+) -> Result<(NumArray, NumArray, [String; 2])> {
+    if let [a, b] = files {
+        let parse = |p: &Path, b: &[u8]| npy(b).map_err(|m| Error::format(p, m));
         return Ok((
-            read(&a)?,
-            read(&b)?,
+            parse(a, &bytes[0])?,
+            parse(b, &bytes[1])?,
             [a.display().to_string(), b.display().to_string()],
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = bytes.swap_remove(0);
     let name = |a: &str| format!("{}: `{a}`", path.display());
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let (x, y) = match ext {
