@@ -258,7 +258,8 @@ def ablate(target: Any) -> Dict[str, Any]:
 
 def evaluate(target: Any) -> Dict[str, Any]:
     """``toylens eval``: loss and accuracy of a modular-arithmetic checkpoint on all pairs, and on
-    its train and test sets when the split is known."""
+    its train and test sets when the split is known; of a run's checkpoint on any other task, on
+    its train and test sets."""
     return _toylens._eval(_path(target))
 
 

@@ -122,7 +122,8 @@ enum Cmd {
     /// safetensors file.
     Convert { input: PathBuf, output: PathBuf },
     /// Loss and accuracy of a modular-arithmetic model on all p² pairs (and train/test when the split
-    /// is known). CHECKPOINT: a toylens .safetensors file or an original .pth.
+    /// is known), or of a run's model on any other task on its train and test sets. CHECKPOINT: a
+    /// toylens .safetensors file or an original .pth.
     Eval {
         checkpoint: PathBuf,
         /// Print one JSON object.

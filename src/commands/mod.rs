@@ -29,9 +29,28 @@ pub struct EvalReport {
 }
 
 /// `toylens eval`: a modular-arithmetic model (transformer or ToyMLP) on all p² pairs, and on train
-/// and test when the split is known.
+/// and test when the split is known; a model of a run on any other task on its train and test sets.
 pub fn eval(path: &Path) -> Result<EvalReport> {
     let l = load_any(path)?;
+    if let Some(exp) = l
+        .experiment()?
+        .filter(|e| e.task.downcast::<modular::ModularTask>().is_none())
+    {
+        let data = exp.data()?;
+        let mut scratch = crate::models::Scratch::new();
+        let mut sets = Vec::new();
+        for (name, set) in [("train", data.train_set()), ("test", data.test_set())] {
+            if let Some(b) = set {
+                let s = l.model.evaluate(&mut scratch, &b)?;
+                sets.push((name, s.loss, s.accuracy));
+            }
+        }
+        return Ok(EvalReport {
+            what: format!("{}, {}", l.model.arch(), exp.task.describe()),
+            sets,
+            recorded: None,
+        });
+    }
     let m = l.modular()?;
     let ev = modular::evaluate(l.model.as_ref(), m.p, m.op, m.split.as_ref())
         .map_err(|e| Error::format(path, e.to_string()))?;
@@ -125,14 +144,25 @@ fn analyze_into(
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Some(dir))
     };
-    if target.is_dir()
-        && run::run_config(target)?.task_name()
-            == <crate::tasks::digits::DigitsSection as crate::tasks::TaskSection>::NAME
+    // A run directory's task decides: digits and modular arithmetic have measures over training.
+    let run_task = match target.is_dir() {
+        true => Some(run::run_config(target)?.resolve()?.task),
+        false => None,
+    };
+    let own_analysis = |task: &dyn crate::tasks::Task| {
+        task.downcast::<crate::tasks::modular::ModularTask>()
+            .is_some()
+    };
+    if run_task
+        .as_ref()
+        .is_some_and(|t| t.downcast::<crate::tasks::digits::DigitsTask>().is_some())
     {
         let (task, rows) = digits::over_training(target)?;
-        let steps = run::checkpoint_steps(target);
-        let last_path = steps.last().map(|&s| run::checkpoint_path(target, s));
-        let last_model = checkpoint::load_transformer(&last_path.expect("over_training checked"))?;
+        let last_step = rows
+            .last()
+            .expect("over_training: at least one checkpoint")
+            .0;
+        let last_model = checkpoint::load_transformer(&run::checkpoint_path(target, last_step))?;
         let last = digits::checkpoint_report(&last_model, &task)?;
         let Some(dir) = run_dir(target)? else {
             return Ok(AnalyzeReport::DigitsRun {
@@ -155,37 +185,14 @@ fn analyze_into(
         files.extend(figures::digits_checkpoint(&last, &dir)?);
         return Ok(AnalyzeReport::DigitsRun { rows, last, files });
     }
-    let generic = |l: &Loaded, exp: &crate::config::Experiment, dir: Option<&Path>| {
-        let report = analysis::generic::report(l.model.as_ref(), exp)?;
-        let mut files = Vec::new();
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let json = dir.join("analysis.json");
-            write_atomic(
-                &json,
-                serde_json::to_string(&report)
-                    .expect("report json")
-                    .as_bytes(),
-            )?;
-            files.push(json);
-            files.extend(figures::attention(&report.attention, dir)?);
-        }
-        Ok::<_, Error>(AnalyzeReport::Generic { report, files })
-    };
-    let own_analysis = |task: &dyn crate::tasks::Task| {
-        task.downcast::<crate::tasks::modular::ModularTask>()
-            .is_some()
-    };
-    if target.is_dir() {
-        let exp = run::run_config(target)?.resolve()?;
-        if !own_analysis(exp.task.as_ref()) {
-            // No analysis over training of its own: its last checkpoint's, into RUN/analysis/.
+    if let Some(task) = &run_task {
+        if !own_analysis(task.as_ref()) {
+            // No measures over training of its own: its last checkpoint's analysis, into
+            // RUN/analysis/.
             let dir = run_dir(target)?;
             let last = run::last_checkpoint(target)?;
             return analyze_into(&last, files.map(|_| dir.as_deref()), rule);
         }
-    }
-    if target.is_dir() {
         let rows = analysis::progress(target)?;
         let phases = analysis::phases(&rows);
         let Some(dir) = run_dir(target)? else {
@@ -250,7 +257,21 @@ fn analyze_into(
         return Ok(AnalyzeReport::Digits { report, files });
     }
     if let Some(exp) = l.experiment()?.filter(|e| !own_analysis(e.task.as_ref())) {
-        return generic(&l, &exp, out);
+        let report = analysis::generic::report(l.model.as_ref(), &exp)?;
+        let mut files = Vec::new();
+        if let Some(dir) = out {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let json = dir.join("analysis.json");
+            write_atomic(
+                &json,
+                serde_json::to_string(&report)
+                    .expect("report json")
+                    .as_bytes(),
+            )?;
+            files.push(json);
+            files.extend(figures::attention(&report.attention, dir)?);
+        }
+        return Ok(AnalyzeReport::Generic { report, files });
     }
     let t = l.transformer().map_err(|_| {
         Error::format(

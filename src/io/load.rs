@@ -36,8 +36,8 @@ impl Loaded {
             .map_err(|e| Error::format(&self.path, e.to_string()))
     }
 
-    /// The modular task of this model. Without a recorded task (an imported or older file): (a + b)
-    /// mod p with p = d_vocab − 1, '=' being the last token.
+    /// The modular task of this model. Without a recorded task or experiment (an imported or older
+    /// file): (a + b) mod p with p = d_vocab − 1, '=' being the last token.
     pub fn modular(&self) -> Result<ModularOf> {
         match &self.task {
             Some(t @ TaskInfo::Modular { p, op, .. }) => Ok(ModularOf {
@@ -53,6 +53,18 @@ impl Loaded {
                 ),
             )),
             None => {
+                // A toylens run records its experiment: its task is another one, not a guess.
+                if let Some(json) = self.metadata.get(crate::io::checkpoint::META_EXPERIMENT) {
+                    let task = crate::config::from_json(json, "toylens.experiment")
+                        .map(|c| c.task_name())
+                        .unwrap_or("unknown");
+                    return Err(Error::format(
+                        &self.path,
+                        format!(
+                            "this needs a model trained on modular arithmetic; this one was trained on the `{task}` task"
+                        ),
+                    ));
+                }
                 let t = self.transformer()?;
                 let p = t
                     .cfg

@@ -274,9 +274,6 @@ impl super::TaskSection for DigitsSection {
 }
 
 impl super::Task for DigitsTask {
-    fn kind(&self) -> &'static str {
-        "digits"
-    }
     fn io(&self) -> crate::batch::TaskIo {
         crate::batch::TaskIo::Tokens {
             d_vocab: self.d_vocab(),

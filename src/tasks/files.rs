@@ -308,9 +308,6 @@ fn vocabulary(
 }
 
 impl Task for FilesTask {
-    fn kind(&self) -> &'static str {
-        "files"
-    }
     fn io(&self) -> TaskIo {
         self.io.clone()
     }
@@ -350,17 +347,6 @@ impl Task for FilesTask {
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
-    }
-}
-
-impl FilesTask {
-    /// The training set, whole.
-    pub fn train_set(&self) -> &Batch {
-        &self.train
-    }
-    /// The test set.
-    pub fn test_set(&self) -> &Batch {
-        &self.test
     }
 }
 

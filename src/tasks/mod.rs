@@ -88,8 +88,6 @@ pub fn task_kind(name: &str) -> Result<&'static TaskKind> {
 
 /// A task resolved from its section: what it feeds a model, its data, and what runs record of it.
 pub trait Task: std::fmt::Debug + Send + Sync + Any {
-    /// Its name in `data.task`.
-    fn kind(&self) -> &'static str;
     /// Inputs and outputs, which a model sizes itself from.
     fn io(&self) -> TaskIo;
     /// Whether every step draws fresh samples (then there is no full batch).

@@ -215,9 +215,6 @@ impl super::TaskSection for ModularSection {
 
 /// Inputs `a b =` (n_ctx 3), p + 1 tokens in and out as in the original code.
 impl super::Task for ModularTask {
-    fn kind(&self) -> &'static str {
-        "modular"
-    }
     fn io(&self) -> crate::batch::TaskIo {
         crate::batch::TaskIo::Tokens {
             d_vocab: self.p + 1,

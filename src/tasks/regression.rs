@@ -119,9 +119,6 @@ impl super::TaskSection for RegressionSection {
 }
 
 impl super::Task for RegressionTask {
-    fn kind(&self) -> &'static str {
-        "regression"
-    }
     fn io(&self) -> crate::batch::TaskIo {
         crate::batch::TaskIo::Vectors {
             n_in: self.n_in,

@@ -56,9 +56,6 @@ impl TaskSection for SuperpositionSection {
 }
 
 impl Task for SuperpositionTask {
-    fn kind(&self) -> &'static str {
-        "superposition"
-    }
     fn io(&self) -> TaskIo {
         TaskIo::SparseFeatures(self.features.clone())
     }
