@@ -216,6 +216,23 @@ fn a_run_on_files_resumes_to_the_same_bits_and_every_command_works_on_it() {
     .unwrap();
     assert_eq!(llc["n_train"], 300);
     assert!(llc["llc_mean"].as_f64().unwrap().is_finite());
+    let eval = run(&["eval", c]);
+    assert!(eval.contains("train") && eval.contains("test"), "{eval}");
+    let o = toylens()
+        .args([
+            "patch",
+            c,
+            "--hook",
+            "blocks.0.attn.hook_z",
+            "--source",
+            "1,2",
+            "--target",
+            "3,4",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the `files` task"));
     run(&["report", whole.to_str().unwrap()]);
     assert!(whole.join("report.html").exists());
     run(&["analyze", whole.to_str().unwrap()]);
