@@ -16,6 +16,7 @@
 //! - Gini coefficient of the Fourier component norms (all p basis elements) of W_E and of W_L.
 
 pub mod ablation;
+pub mod circuits;
 pub mod digits;
 pub mod fourier;
 pub mod generic;

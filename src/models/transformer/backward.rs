@@ -5,7 +5,7 @@
 //! `[b·q, d]` of the block being differentiated.
 
 use super::forward::BlockRows;
-use super::{buf, Transformer, Workspace};
+use super::{buf, Site, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
@@ -70,6 +70,24 @@ fn three_mut(
 impl Transformer {
     /// Backward of the last forward; `ws.dlogits` holds d loss / d logits. Adds into `grads`.
     pub(super) fn backward_impl(&self, ws: &mut Workspace, grads: &mut [f32]) {
+        self.backward_recording(ws, grads, None);
+    }
+
+    /// [`Self::backward_impl`], copying d loss / d each activation into `record` as it passes
+    /// (a pass without shortcuts: [`Workspace::plain`]): the residual points `[b·p, d]`, z `[b·p,
+    /// h·d_head]` and q, k, v head-major `[h, b·p, d_head]`.
+    pub(super) fn backward_recording(
+        &self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        mut record: Option<&mut Vec<(Site, Vec<f32>)>>,
+    ) {
+        let recording = record.is_some();
+        let mut keep = |site: Site, data: &[f32]| {
+            if let Some(r) = record.as_deref_mut() {
+                r.push((site, data.to_vec()));
+            }
+        };
         assert!(
             ws.plan.differentiable,
             "backward needs a forward without hooks"
@@ -78,6 +96,7 @@ impl Transformer {
         let mut dres_next = std::mem::take(&mut ws.dres_b);
         self.unembed_backward(ws, &mut dres, grads);
         let (b_n, p_n) = (ws.batch, ws.n_pos);
+        let bp = b_n * p_n;
         for l in (0..self.cfg.n_layers).rev() {
             let last = l + 1 == self.cfg.n_layers;
             let rows = BlockRows {
@@ -88,9 +107,21 @@ impl Transformer {
                 n_rows: if l == 0 { ws.uniq.len() } else { b_n * p_n },
             };
             // `dres`: d resid_post, then d resid_mid; `dres_next`: d resid_pre (physical rows).
+            keep(Site::ResidPost(l), &dres[..bp * self.cfg.d_model]);
             self.mlp_backward(l, ws, rows.b * rows.q_pos.len(), &mut dres, grads);
+            if self.cfg.has_mlp() {
+                keep(Site::ResidMid(l), &dres[..bp * self.cfg.d_model]);
+            }
             self.attention_backward(l, ws, &dres, &mut dres_next, grads);
+            if recording {
+                let hd = self.cfg.n_heads * self.cfg.d_head;
+                keep(Site::Z(l), &ws.dz[..bp * hd]);
+                keep(Site::Q(l), &ws.dq[..bp * hd]);
+                keep(Site::K(l), &ws.dk[..bp * hd]);
+                keep(Site::V(l), &ws.dv[..bp * hd]);
+            }
             std::mem::swap(&mut dres, &mut dres_next);
+            keep(Site::ResidPre(l), &dres[..bp * self.cfg.d_model]);
         }
         self.embed_backward(ws, &dres, grads);
         ws.dres_a = dres;

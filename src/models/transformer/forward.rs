@@ -199,7 +199,7 @@ impl Transformer {
     ) {
         let cfg = &self.cfg;
         let (b_n, p_n) = tokens.dim();
-        ws.plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold);
+        ws.plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold, ws.plain);
         ws.batch = b_n;
         ws.n_pos = p_n;
         ws.all_pos.clear();
@@ -784,9 +784,16 @@ impl Plan {
         cfg: &super::TransformerConfig,
         hk: Option<&Interceptor>,
         w_in_fold: Option<bool>,
+        plain: bool,
     ) -> Plan {
         let unhooked = hk.is_none();
         let cache_only = hk.is_some_and(|h| !h.has_hooks());
+        if plain {
+            return Plan {
+                differentiable: unhooked || cache_only,
+                ..Plan::default()
+            };
+        }
         Plan {
             dedup_layer0: unhooked || cache_only,
             fold_wo_layer0: unhooked || cache_only,

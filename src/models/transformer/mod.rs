@@ -196,6 +196,9 @@ pub struct Workspace {
     w_in_fold: Option<bool>,
     /// Whether the last forward's layer 0 took the W_in fold.
     w_in_folded: bool,
+    /// Take no shortcut (every activation at every position, one row per example and position),
+    /// so that a backward can record each activation's gradient.
+    plain: bool,
 }
 
 impl Workspace {
@@ -383,6 +386,113 @@ impl Transformer {
 
     /// Logits `[batch, positions, d_vocab_out]` at the given increasing positions only (forward with
     /// the shortcuts: the last block runs at those positions alone).
+    /// One forward with a cache and one backward of a scalar function of the logits: `metric`
+    /// gives its value and d metric / d logits `[b, p, v]`. Returns the logits, the cache, the
+    /// value and the gradient of the metric with respect to every activation TransformerLens's
+    /// backward hooks see (`hook_embed`, `hook_pos_embed`, each block's residual points,
+    /// `hook_attn_out`, `hook_mlp_out`, q, k, v, z and the pattern), under the same names and in
+    /// the same shapes. No shortcut is taken in this pass.
+    #[allow(clippy::type_complexity)]
+    pub fn run_with_grads(
+        &self,
+        tokens: ArrayView2<u32>,
+        filter: CacheFilter,
+        metric: impl FnOnce(ndarray::ArrayView3<f32>) -> Result<(f64, Array3<f32>)>,
+    ) -> Result<(Array3<f32>, ActivationCache, f64, ActivationCache)> {
+        self.check_tokens(tokens)?;
+        let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
+        let (b, p) = tokens.dim();
+        let (d, h, dh, v) = (
+            self.cfg.d_model,
+            self.cfg.n_heads,
+            self.cfg.d_head,
+            self.cfg.d_vocab_out(),
+        );
+        // The pattern's gradient is computed below from z's and v's: keep v and the pattern.
+        let mut cache = ActivationCache::default();
+        let mut ws = Workspace {
+            plain: true,
+            ..Workspace::default()
+        };
+        let all_pos: Vec<usize> = (0..p).collect();
+        let want = |n: &str| filter.keeps(n) || n.ends_with("attn.hook_v");
+        let full = CacheFilter::Predicate(Box::new(want));
+        {
+            let mut icpt = HookRunner::new(&names, Hooks::new(), Some((&mut cache, &full)))?;
+            self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
+            icpt.finish()?;
+        }
+        let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
+            .expect("logits shape");
+        let (value, dlogits) = metric(logits.view())?;
+        if dlogits.dim() != (b, p, v) {
+            return Err(Error::Input(format!(
+                "the metric's gradient has shape {:?}, the logits {:?}",
+                dlogits.shape(),
+                logits.shape()
+            )));
+        }
+        ws.dlogits.clear();
+        ws.dlogits.extend(dlogits.iter());
+        let mut record = Vec::new();
+        let mut sink = vec![0.0f32; self.layout.total];
+        self.backward_recording(&mut ws, &mut sink, Some(&mut record));
+        let mut grads = ActivationCache::default();
+        let put = |g: &mut ActivationCache, site: Site, shape: &[usize], data: Vec<f32>| {
+            g.map.insert(
+                site.name(),
+                ndarray::ArrayD::from_shape_vec(shape, data).expect("gradient shape"),
+            );
+        };
+        for (site, data) in record {
+            match site {
+                Site::Q(_) | Site::K(_) | Site::V(_) => {
+                    // head-major [h, b·p, dh] → [b, p, h, dh]
+                    let a = ndarray::Array3::from_shape_vec((h, b * p, dh), data).expect("heads");
+                    let t = a.permuted_axes([1, 0, 2]).as_standard_layout().to_owned();
+                    put(&mut grads, site, &[b, p, h, dh], t.into_raw_vec_and_offset().0);
+                }
+                Site::Z(l) => {
+                    let dz = ndarray::Array4::from_shape_vec((b, p, h, dh), data).expect("z");
+                    let vv = cache.get(&Site::V(l).name())?;
+                    let vv = vv.view().into_dimensionality::<ndarray::Ix4>().expect("v");
+                    // d pattern[b, h, q, k] = dz[b, q, h, :] · v[b, k, h, :]
+                    // (at masked keys too, as for TransformerLens's z = Σ_k pattern·v over all k).
+                    let dpat = ndarray::Array4::from_shape_fn((b, h, p, p), |(bi, hh, q, k)| {
+                        (0..dh).map(|i| dz[[bi, q, hh, i]] * vv[[bi, k, hh, i]]).sum()
+                    });
+                    put(&mut grads, Site::Pattern(l), &[b, h, p, p], dpat.into_raw_vec_and_offset().0);
+                    put(&mut grads, site, &[b, p, h, dh], dz.into_raw_vec_and_offset().0);
+                }
+                Site::ResidPre(l) => {
+                    if l == 0 {
+                        put(&mut grads, Site::Embed, &[b, p, d], data.clone());
+                        put(&mut grads, Site::PosEmbed, &[b, p, d], data.clone());
+                    }
+                    put(&mut grads, site, &[b, p, d], data);
+                }
+                Site::ResidMid(l) => {
+                    put(&mut grads, Site::AttnOut(l), &[b, p, d], data.clone());
+                    put(&mut grads, site, &[b, p, d], data);
+                }
+                Site::ResidPost(l) => {
+                    let also = if self.cfg.has_mlp() {
+                        Site::MlpOut(l)
+                    } else {
+                        Site::AttnOut(l)
+                    };
+                    put(&mut grads, also, &[b, p, d], data.clone());
+                    put(&mut grads, site, &[b, p, d], data);
+                }
+                _ => {}
+            }
+        }
+        if !(0..self.cfg.n_layers).any(|l| filter.keeps(&Site::V(l).name())) {
+            cache.map.retain(|k, _| !k.ends_with("attn.hook_v"));
+        }
+        Ok((logits, cache, value, grads))
+    }
+
     pub fn logits_at(
         &self,
         ws: &mut Workspace,
