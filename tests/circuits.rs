@@ -87,7 +87,10 @@ fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, tol: f32, what: &str) {
         .zip(b.iter())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst <= tol * scale, "{what}: off by {worst} (scale {scale})");
+    assert!(
+        worst <= tol * scale,
+        "{what}: off by {worst} (scale {scale})"
+    );
 }
 
 #[test]
@@ -102,29 +105,47 @@ fn decompositions_sum_to_the_residual_they_decompose() {
         let d = resid::decompose_resid(&m, &cache, None, false, Mode::All, false, true).unwrap();
         close(&d.stack_sum(), &final_resid, 1e-5, "decompose_resid");
         let f = resid::full_resid_decomposition(&m, &cache, None, false, true, false).unwrap();
-        close(&f.stack_sum(), &final_resid, 1e-5, "full decomposition (neurons)");
+        close(
+            &f.stack_sum(),
+            &final_resid,
+            1e-5,
+            "full decomposition (neurons)",
+        );
         let f2 = resid::full_resid_decomposition(&m, &cache, None, false, false, false).unwrap();
-        close(&f2.stack_sum(), &final_resid, 1e-5, "full decomposition (MLPs)");
+        close(
+            &f2.stack_sum(),
+            &final_resid,
+            1e-5,
+            "full decomposition (MLPs)",
+        );
         let h = resid::stack_head_results(&m, &cache, None, true, false).unwrap();
         close(&h.stack_sum(), &final_resid, 1e-5, "heads + remainder");
         let a = resid::accumulated_resid(&m, &cache, None, true, false, false).unwrap();
         assert_eq!(a.labels.last().unwrap(), "final_post");
         close(
-            &a.components.index_axis(Axis(0), a.labels.len() - 1).to_owned().into_dyn(),
+            &a.components
+                .index_axis(Axis(0), a.labels.len() - 1)
+                .to_owned()
+                .into_dyn(),
             &final_resid,
             0.0,
             "accumulated_resid's last",
         );
         for l in 0..n {
             let pre = get(format!("blocks.{l}.hook_resid_pre"));
-            let d = resid::decompose_resid(&m, &cache, Some(l), false, Mode::All, false, true)
-                .unwrap();
+            let d =
+                resid::decompose_resid(&m, &cache, Some(l), false, Mode::All, false, true).unwrap();
             close(&d.stack_sum(), &pre, 1e-5, &format!("decompose_resid({l})"));
             if cfg.has_mlp() {
                 let mid = get(format!("blocks.{l}.hook_resid_mid"));
                 let f = resid::full_resid_decomposition(&m, &cache, Some(l), true, true, false)
                     .unwrap();
-                close(&f.stack_sum(), &mid, 1e-5, &format!("full decomposition, mlp_input {l}"));
+                close(
+                    &f.stack_sum(),
+                    &mid,
+                    1e-5,
+                    &format!("full decomposition, mlp_input {l}"),
+                );
                 let n_mlp = f.labels.iter().filter(|x| x.contains('N')).count();
                 assert_eq!(n_mlp, l * cfg.d_mlp(), "neurons before layer {l}");
             }
@@ -133,7 +154,12 @@ fn decompositions_sum_to_the_residual_they_decompose() {
         if cfg.has_ln() {
             let f = resid::full_resid_decomposition(&m, &cache, None, false, true, true).unwrap();
             let normalized = get("ln_final.hook_normalized".into());
-            close(&f.stack_sum(), &normalized, 1e-4, "frozen LayerNorm of the stack");
+            close(
+                &f.stack_sum(),
+                &normalized,
+                1e-4,
+                "frozen LayerNorm of the stack",
+            );
         }
     }
 }
@@ -158,9 +184,8 @@ fn direct_logit_attributions_sum_to_the_logit_differences() {
         let answers: Vec<u32> = (0..5).map(|i| i % v).collect();
         let wrong: Vec<u32> = (0..5).map(|i| (i + 2) % v).collect();
         let pos = t.ncols() - 1;
-        let dla =
-            resid::direct_logit_attribution(&m, &cache, &stack, pos, &answers, Some(&wrong))
-                .unwrap();
+        let dla = resid::direct_logit_attribution(&m, &cache, &stack, pos, &answers, Some(&wrong))
+            .unwrap();
         for b in 0..5 {
             let want = f64::from(logits[[b, pos, answers[b] as usize]])
                 - f64::from(logits[[b, pos, wrong[b] as usize]]);
@@ -181,8 +206,16 @@ fn logit_lens_ends_at_the_logits() {
     let (logits, cache) = m.run_with_cache(t.view(), CacheFilter::All).unwrap();
     let (labels, lens) = resid::logit_lens(&m, &cache, 5).unwrap();
     assert_eq!(labels, ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]);
-    let last = lens.index_axis(Axis(0), labels.len() - 1).to_owned().into_dyn();
-    close(&last, &logits.slice(s![.., 5, ..]).to_owned().into_dyn(), 1e-5, "lens");
+    let last = lens
+        .index_axis(Axis(0), labels.len() - 1)
+        .to_owned()
+        .into_dyn();
+    close(
+        &last,
+        &logits.slice(s![.., 5, ..]).to_owned().into_dyn(),
+        1e-5,
+        "lens",
+    );
 }
 
 #[test]
@@ -194,7 +227,9 @@ fn factored_matrices_agree_with_their_full_products() {
         let full = f.product();
         let svd = f.svd();
         let rebuilt = (&svd.u * &svd.s.view().insert_axis(Axis(0))).dot(&svd.v.t());
-        let err = (&rebuilt - &full).iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        let err = (&rebuilt - &full)
+            .iter()
+            .fold(0.0f64, |a, x| a.max(x.abs()));
         assert!(err < 1e-10, "U S Vᵀ differs from AB by {err}");
         let direct = factored::svd(full.view());
         let k = svd.s.len();
@@ -202,7 +237,12 @@ fn factored_matrices_agree_with_their_full_products() {
             assert!((svd.s[i] - direct.s[i]).abs() < 1e-10, "singular value {i}");
         }
         let utu = svd.u.t().dot(&svd.u);
-        assert!((&utu - &Array2::<f64>::eye(k)).iter().all(|x| x.abs() < 1e-10), "U orthonormal");
+        assert!(
+            (&utu - &Array2::<f64>::eye(k))
+                .iter()
+                .all(|x| x.abs() < 1e-10),
+            "U orthonormal"
+        );
         let fro = full.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((f.norm() - fro).abs() < 1e-10 * fro, "norm");
         assert_eq!(f.corner(3), full.slice(s![..3, ..3]));
@@ -212,13 +252,19 @@ fn factored_matrices_agree_with_their_full_products() {
             // AB has the same nonzero eigenvalues as BA, and l − m zeros more.
             for (i, z) in ev.iter().enumerate() {
                 let w = full_ev[i];
-                assert!((z - w).norm() < 1e-8 * z.norm().max(1.0), "eigenvalue {i}: {z} vs {w}");
+                assert!(
+                    (z - w).norm() < 1e-8 * z.norm().max(1.0),
+                    "eigenvalue {i}: {z} vs {w}"
+                );
             }
             assert!(full_ev[ev.len()..].iter().all(|z| z.norm() < 1e-8));
         }
     }
     assert!(FactoredMatrix::new(rand(3, 2), rand(3, 2)).is_err());
-    assert!(FactoredMatrix::new(rand(3, 2), rand(2, 4)).unwrap().eigenvalues().is_err());
+    assert!(FactoredMatrix::new(rand(3, 2), rand(2, 4))
+        .unwrap()
+        .eigenvalues()
+        .is_err());
 }
 
 #[test]
@@ -238,22 +284,30 @@ fn composition_scores_are_those_of_the_full_circuits() {
                 };
                 let want = full_norm(&a.dot(&b)) / (full_norm(&a) * full_norm(&b));
                 let got = scores[[0, ha, 1, hb]];
-                assert!((got - want).abs() < 1e-9, "{mode:?} L0H{ha}→L1H{hb}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{mode:?} L0H{ha}→L1H{hb}: {got} vs {want}"
+                );
                 assert_eq!(scores[[1, hb, 0, ha]], 0.0, "only earlier → later");
             }
         }
     }
     let one = model(nanda_small());
-    let err = weights::composition_scores(&one, Composition::Q).unwrap_err().to_string();
+    let err = weights::composition_scores(&one, Composition::Q)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("1 layer"), "{err}");
 }
+
+/// The part of an activation one patch covers.
+type Select = dyn Fn(ArrayViewMutD<f32>) -> ArrayViewMutD<f32>;
 
 /// The corrupted run with `clean` at the sweep's `index` blended in by `alpha`.
 fn blended_metric(
     m: &Transformer,
     corrupted: &Array2<u32>,
     clean: &toylens::hooks::ActivationCache,
-    (name, select): (&str, &dyn Fn(ArrayViewMutD<f32>) -> ArrayViewMutD<f32>),
+    (name, select): (&str, &Select),
     alpha: f32,
     metric: &Metric,
 ) -> f64 {
@@ -302,7 +356,7 @@ fn attribution_patching_is_the_limit_of_small_interpolations() {
         let attr = patching::attribution_patch(&m, clean.view(), corrupted.view(), &sweeps, metric)
             .unwrap();
         // One index of each: (sweep, hook name, selection).
-        type Sel = Box<dyn Fn(ArrayViewMutD<f32>) -> ArrayViewMutD<f32>>;
+        type Sel = Box<Select>;
         let at = |axes: Vec<(usize, usize)>| -> Sel {
             Box::new(move |mut a: ArrayViewMutD<f32>| {
                 for &(ax, i) in &axes {
@@ -315,11 +369,36 @@ fn attribution_patching_is_the_limit_of_small_interpolations() {
             (0, "blocks.1.hook_resid_pre", vec![1, 4], at(vec![(1, 4)])),
             (1, "blocks.0.hook_attn_out", vec![0, 5], at(vec![(1, 5)])),
             (2, "blocks.0.hook_mlp_out", vec![0, 5], at(vec![(1, 5)])),
-            (3, "blocks.0.attn.hook_z", vec![0, 5, 1], at(vec![(1, 5), (2, 1)])),
-            (4, "blocks.1.attn.hook_q", vec![1, 5, 2], at(vec![(1, 5), (2, 2)])),
-            (5, "blocks.1.attn.hook_k", vec![1, 3, 0], at(vec![(1, 3), (2, 0)])),
-            (6, "blocks.0.attn.hook_v", vec![0, 2, 1], at(vec![(1, 2), (2, 1)])),
-            (7, "blocks.1.attn.hook_pattern", vec![1, 2, 5], at(vec![(1, 2), (2, 5)])),
+            (
+                3,
+                "blocks.0.attn.hook_z",
+                vec![0, 5, 1],
+                at(vec![(1, 5), (2, 1)]),
+            ),
+            (
+                4,
+                "blocks.1.attn.hook_q",
+                vec![1, 5, 2],
+                at(vec![(1, 5), (2, 2)]),
+            ),
+            (
+                5,
+                "blocks.1.attn.hook_k",
+                vec![1, 3, 0],
+                at(vec![(1, 3), (2, 0)]),
+            ),
+            (
+                6,
+                "blocks.0.attn.hook_v",
+                vec![0, 2, 1],
+                at(vec![(1, 2), (2, 1)]),
+            ),
+            (
+                7,
+                "blocks.1.attn.hook_pattern",
+                vec![1, 2, 5],
+                at(vec![(1, 2), (2, 5)]),
+            ),
         ];
         for (k, name, idx, sel) in &cases {
             let eps = 1e-2;
@@ -362,9 +441,18 @@ fn patching_the_clean_run_into_itself_recovers_it_and_sweeps_have_tl_shapes() {
     let r = patching::patch_sweep(&m, corrupted.view(), &clean_cache, Sweep::ResidPre, &metric)
         .unwrap();
     let _ = r;
-    let r = patching::patch_sweep(&m, clean.view(), &clean_cache, Sweep::AttnHeadOutAllPos, &metric)
-        .unwrap();
-    assert!(r.iter().all(|x| (x - clean_metric).abs() < 1e-4), "self-patch changes nothing");
+    let r = patching::patch_sweep(
+        &m,
+        clean.view(),
+        &clean_cache,
+        Sweep::AttnHeadOutAllPos,
+        &metric,
+    )
+    .unwrap();
+    assert!(
+        r.iter().all(|x| (x - clean_metric).abs() < 1e-4),
+        "self-patch changes nothing"
+    );
 }
 
 #[test]
@@ -379,8 +467,9 @@ fn path_patching_from_every_head_and_to_itself() {
     };
     let base = patching::metric_of(&m, corrupted.view(), &metric).unwrap();
     for input in ReceiverInput::ALL {
-        let all = patching::path_patch_sweep(&m, clean.view(), corrupted.view(), input, &metric, false)
-            .unwrap();
+        let all =
+            patching::path_patch_sweep(&m, clean.view(), corrupted.view(), input, &metric, false)
+                .unwrap();
         assert_eq!(all.shape(), &[2, 3, 2, 3]);
         assert!(all[[1, 0, 0, 0]].is_nan() && all[[0, 0, 0, 1]].is_nan());
         let one = patching::path_patch(
@@ -396,9 +485,17 @@ fn path_patching_from_every_head_and_to_itself() {
         .unwrap();
         assert_eq!(one, all[[0, 2, 1, 1]]);
         // A clean input equal to the corrupted one carries nothing down any path.
-        let same =
-            patching::path_patch(&m, corrupted.view(), corrupted.view(), (0, 1), (1, 2), input, &metric, true)
-                .unwrap();
+        let same = patching::path_patch(
+            &m,
+            corrupted.view(),
+            corrupted.view(),
+            (0, 1),
+            (1, 2),
+            input,
+            &metric,
+            true,
+        )
+        .unwrap();
         assert!((same - base).abs() < 1e-4, "{same} vs {base}");
     }
 }
@@ -422,7 +519,10 @@ fn weight_processing_keeps_the_function() {
             assert!(w.iter().all(|&x| x == 1.0), "LayerNorm gain folded");
             let w_q = p.param("blocks.0.attn.W_Q").unwrap();
             let col_mean = w_q.index_axis(Axis(0), 0).mean_axis(Axis(0)).unwrap();
-            assert!(col_mean.iter().all(|x| x.abs() < 1e-6), "reading weights centred");
+            assert!(
+                col_mean.iter().all(|x| x.abs() < 1e-6),
+                "reading weights centred"
+            );
         }
         let b_v = p.param("blocks.0.attn.b_V").unwrap();
         assert!(b_v.iter().all(|&x| x == 0.0), "value biases folded");
@@ -446,7 +546,12 @@ fn head_detectors_score_the_patterns_they_look_for() {
     a[[0, 0]] = 1.0;
     let mul = detect::similarity(a.view(), prev.view(), Exclude::default(), ErrorMeasure::Mul);
     assert!((mul - 5.0 / 6.0).abs() < 1e-12, "{mul}");
-    let abs = detect::similarity(prev.view(), prev.view(), Exclude::default(), ErrorMeasure::Abs);
+    let abs = detect::similarity(
+        prev.view(),
+        prev.view(),
+        Exclude::default(),
+        ErrorMeasure::Abs,
+    );
     assert_eq!(abs, 1.0);
     // A real model: scores in [0, 1], one per head.
     let cfg = attn_only_3l();
@@ -454,7 +559,8 @@ fn head_detectors_score_the_patterns_they_look_for() {
     let rep = detect::repeated_random_tokens(1, 4, 4, cfg.d_vocab);
     assert_eq!(rep.slice(s![.., ..4]), rep.slice(s![.., 4..]));
     for kind in HeadKind::ALL {
-        let s = detect::detect(&m, rep.view(), kind, Exclude::default(), ErrorMeasure::Mul).unwrap();
+        let s =
+            detect::detect(&m, rep.view(), kind, Exclude::default(), ErrorMeasure::Mul).unwrap();
         assert_eq!(s.shape(), &[3, 3]);
         assert!(s.iter().all(|x| (0.0..=1.0).contains(x)), "{kind:?}: {s}");
     }
@@ -476,32 +582,84 @@ fn bad_input_is_an_error_naming_it() {
     assert!(e.contains("head 3 is out of range"), "{e}");
     let clean = tokens(&cfg, 2, 5, 1);
     let corrupted = tokens(&cfg, 2, 4, 2);
-    let metric = Metric::Logit { answers: vec![1, 2] };
+    let metric = Metric::Logit {
+        answers: vec![1, 2],
+    };
     let (_, cache) = m.run_with_cache(clean.view(), CacheFilter::All).unwrap();
-    let e = err(patching::patch_sweep(&m, corrupted.view(), &cache, Sweep::ResidPre, &metric).map(|_| ()));
-    assert!(e.contains("clean and corrupted inputs differ in shape"), "{e}");
     let e = err(
-        patching::attribution_patch(&m, clean.view(), corrupted.view(), &[Sweep::ResidPre], &metric)
-            .map(|_| ()),
+        patching::patch_sweep(&m, corrupted.view(), &cache, Sweep::ResidPre, &metric).map(|_| ()),
     );
+    assert!(
+        e.contains("clean and corrupted inputs differ in shape"),
+        "{e}"
+    );
+    let e = err(patching::attribution_patch(
+        &m,
+        clean.view(),
+        corrupted.view(),
+        &[Sweep::ResidPre],
+        &metric,
+    )
+    .map(|_| ()));
     assert!(e.contains("differ in shape"), "{e}");
     let outside = Metric::LogitDiff {
         answers: vec![1, 2],
         wrong: vec![3, 11],
     };
-    let e = err(patching::patch_sweep(&m, clean.view(), &cache, Sweep::ResidPre, &outside).map(|_| ()));
-    assert!(e.contains("wrong answer 11") && e.contains("outside the output vocabulary"), "{e}");
-    let e = err(patching::path_patch(&m, clean.view(), clean.view(), (1, 0), (0, 1), ReceiverInput::Q, &metric, false).map(|_| ()));
+    let e =
+        err(patching::patch_sweep(&m, clean.view(), &cache, Sweep::ResidPre, &outside).map(|_| ()));
+    assert!(
+        e.contains("wrong answer 11") && e.contains("outside the output vocabulary"),
+        "{e}"
+    );
+    let e = err(patching::path_patch(
+        &m,
+        clean.view(),
+        clean.view(),
+        (1, 0),
+        (0, 1),
+        ReceiverInput::Q,
+        &metric,
+        false,
+    )
+    .map(|_| ()));
     assert!(e.contains("after the sender's"), "{e}");
-    let e = err(patching::path_patch(&m, clean.view(), clean.view(), (0, 5), (1, 1), ReceiverInput::Q, &metric, false).map(|_| ()));
+    let e = err(patching::path_patch(
+        &m,
+        clean.view(),
+        clean.view(),
+        (0, 5),
+        (1, 1),
+        ReceiverInput::Q,
+        &metric,
+        false,
+    )
+    .map(|_| ()));
     assert!(e.contains("head 5 is out of range"), "{e}");
-    let e = err(resid::decompose_resid(&m, &cache, Some(3), false, Mode::All, false, true).map(|_| ()));
+    let e =
+        err(resid::decompose_resid(&m, &cache, Some(3), false, Mode::All, false, true).map(|_| ()));
     assert!(e.contains("layer 3 is out of range"), "{e}");
     let attn_only = model(attn_only_3l());
     let t = tokens(&attn_only_3l(), 1, 4, 1);
-    let (_, c) = attn_only.run_with_cache(t.view(), CacheFilter::All).unwrap();
-    let e = err(patching::patch_sweep(&attn_only, t.view(), &c, Sweep::MlpOut, &Metric::Logit { answers: vec![0] }).map(|_| ()));
+    let (_, c) = attn_only
+        .run_with_cache(t.view(), CacheFilter::All)
+        .unwrap();
+    let e = err(patching::patch_sweep(
+        &attn_only,
+        t.view(),
+        &c,
+        Sweep::MlpOut,
+        &Metric::Logit { answers: vec![0] },
+    )
+    .map(|_| ()));
     assert!(e.contains("attention-only"), "{e}");
-    let e = err(detect::detect(&m, tokens(&cfg, 1, 1, 1).view(), HeadKind::Induction, Exclude::default(), ErrorMeasure::Mul).map(|_| ()));
+    let e = err(detect::detect(
+        &m,
+        tokens(&cfg, 1, 1, 1).view(),
+        HeadKind::Induction,
+        Exclude::default(),
+        ErrorMeasure::Mul,
+    )
+    .map(|_| ()));
     assert!(e.contains("2 to n_ctx"), "{e}");
 }

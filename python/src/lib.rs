@@ -5,6 +5,7 @@
 //! run meanwhile; a Rust panic becomes a Python `RuntimeError`, never an abort.
 
 mod alloc;
+mod circuits;
 mod model;
 mod runs;
 
@@ -104,6 +105,7 @@ fn _toylens(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
     m.add_function(wrap_pyfunction!(_reused_blocks, m)?)?;
     model::register(m)?;
+    circuits::register(m)?;
     runs::register(m)?;
     Ok(())
 }

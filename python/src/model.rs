@@ -221,6 +221,15 @@ enum HookOf {
 }
 
 impl PyModel {
+    /// Another model in this one's place (its path and task): a processed copy.
+    pub(crate) fn with_model(&self, model: Box<dyn Model>) -> Self {
+        PyModel {
+            model,
+            path: self.path.clone(),
+            task: self.task.clone(),
+        }
+    }
+
     pub(crate) fn new(loaded: toylens::io::Loaded) -> Self {
         PyModel {
             model: loaded.model,
@@ -374,6 +383,33 @@ impl PyModel {
             d.set_item(&b.name, arr)?;
         }
         Ok(d)
+    }
+
+    /// A weight under its TransformerLens name: a tensor of the state dict, or (`attn.W_Q`, say)
+    /// one of every block stacked on a new first axis, as `model.W_Q` is `[n_layers, ...]`.
+    fn weight<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let params = self.model.params();
+        let tensors = self.model.tensors();
+        let view = |n: &str| {
+            tensors.iter().find(|t| t.name == n).map(|t| {
+                ndarray::ArrayView::from_shape(IxDyn(&t.shape), &params[t.range.clone()])
+                    .expect("spec shape matches its range")
+            })
+        };
+        if let Some(a) = view(name) {
+            return Ok(a.to_pyarray(py).into_any());
+        }
+        let per_layer: Vec<_> = (0..)
+            .map_while(|l| view(&format!("blocks.{l}.{name}")))
+            .collect();
+        if per_layer.is_empty() {
+            return Err(pyo3::exceptions::PyKeyError::new_err(format!(
+                "the model has no weight `{name}` (nor `blocks.L.{name}`)"
+            )));
+        }
+        let views: Vec<_> = per_layer.iter().map(|a| a.view()).collect();
+        let stacked = ndarray::stack(ndarray::Axis(0), &views).expect("same shape per layer");
+        Ok(stacked.into_pyarray(py).into_any())
     }
 
     /// The output (logits `[batch, pos, d_vocab_out]` for the transformer) of `input`: tokens as

@@ -21,12 +21,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from . import _toylens, hooks
+from . import _toylens, head_detector, hooks, patching
 from ._toylens import Model, empty_cache, get_num_threads, load, presets, set_num_threads
+from .circuits import ActivationCache, get_act_name
+from .factored import FactoredMatrix
 
 __version__ = _toylens.__version__
 
 __all__ = [
+    "ActivationCache",
+    "FactoredMatrix",
     "Model",
     "Run",
     "Sweep",
@@ -35,10 +39,13 @@ __all__ = [
     "config",
     "empty_cache",
     "evaluate",
+    "get_act_name",
     "get_num_threads",
+    "head_detector",
     "hooks",
     "llc",
     "load",
+    "patching",
     "presets",
     "prune",
     "set_num_threads",

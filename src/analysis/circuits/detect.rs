@@ -111,6 +111,17 @@ pub fn detect(
     exclude: Exclude,
     measure: ErrorMeasure,
 ) -> Result<Array2<f64>> {
+    detect_with(model, tokens, &|seq| kind.pattern(seq), exclude, measure)
+}
+
+/// [`detect`] with a detection pattern of the caller's: `pattern(sequence)` `[pos, pos]`.
+pub fn detect_with(
+    model: &Transformer,
+    tokens: ArrayView2<u32>,
+    pattern: &dyn Fn(&[u32]) -> Array2<f32>,
+    exclude: Exclude,
+    measure: ErrorMeasure,
+) -> Result<Array2<f64>> {
     let (b, p) = tokens.dim();
     if p < 2 || p > model.cfg.n_ctx {
         return Err(Error::Input(format!(
@@ -125,10 +136,14 @@ pub fn detect(
     let (_, cache) = model.run_with_cache(tokens, CacheFilter::Names(names.clone()))?;
     let mut out = Array2::zeros((n_l, model.cfg.n_heads));
     for (l, name) in names.iter().enumerate() {
-        let pat = cache.get(name)?.view().into_dimensionality::<Ix4>().expect("[b, h, q, k]");
+        let pat = cache
+            .get(name)?
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("[b, h, q, k]");
         for bi in 0..b {
             let seq: Vec<u32> = tokens.row(bi).to_vec();
-            let det = kind.pattern(&seq);
+            let det = pattern(&seq);
             for (h, a) in pat.index_axis(Axis(0), bi).axis_iter(Axis(0)).enumerate() {
                 out[[l, h]] += similarity(a, det.view(), exclude, measure) / b as f64;
             }

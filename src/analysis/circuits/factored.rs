@@ -47,7 +47,11 @@ pub fn svd(m: ArrayView2<f64>) -> Svd {
     let (u, vt) = (d.u.expect("asked for U"), d.v_t.expect("asked for Vᵀ"));
     // nalgebra leaves the order to its iterations: sort descending, ties by index.
     let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&i, &j| d.singular_values[j].total_cmp(&d.singular_values[i]).then(i.cmp(&j)));
+    order.sort_by(|&i, &j| {
+        d.singular_values[j]
+            .total_cmp(&d.singular_values[i])
+            .then(i.cmp(&j))
+    });
     Svd {
         u: Array2::from_shape_fn((rows, k), |(i, c)| u[(i, order[c])]),
         s: Array1::from_iter(order.iter().map(|&c| d.singular_values[c])),

@@ -8,7 +8,9 @@ use super::{check_answers, check_head, check_layer, Acts};
 use crate::error::{Error, Result};
 use crate::hooks::{CacheFilter, Hooks};
 use crate::models::transformer::{Site, Transformer};
-use ndarray::{Array3, Array4, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis, IxDyn};
+use ndarray::{
+    Array3, Array4, ArrayD, ArrayView2, ArrayView3, ArrayViewD, ArrayViewMutD, Axis, IxDyn,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -154,6 +156,7 @@ impl IndexAxis {
 /// TransformerLens's `get_act_patch_*` functions, by their names without the prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Sweep {
     ResidPre,
     ResidMid,
@@ -451,9 +454,12 @@ pub fn attribution_patch(
                         select(g, act, axes, idx),
                     );
                     let mut s = 0.0f64;
-                    ndarray::Zip::from(&c).and(&k).and(&g).for_each(|&c, &k, &g| {
-                        s += f64::from(c - k) * f64::from(g);
-                    });
+                    ndarray::Zip::from(&c)
+                        .and(&k)
+                        .and(&g)
+                        .for_each(|&c, &k, &g| {
+                            s += f64::from(c - k) * f64::from(g);
+                        });
                     Ok(s)
                 })
                 .collect::<Result<Vec<f64>>>()?;
@@ -604,13 +610,21 @@ impl<'a> PathRuns<'a> {
             corrupted,
             clean_z: take(&clean_cache, &z_names)?,
             corr_z: take(&corr, &z_names)?,
-            corr_mlp: if freeze { Some(take(&corr, &mlp_names)?) } else { None },
+            corr_mlp: if freeze {
+                Some(take(&corr, &mlp_names)?)
+            } else {
+                None
+            },
         })
     }
 
     /// Layer `lr`'s q, k and v when only the sender's output is clean and every other head (and,
     /// frozen, every MLP) between is held at its corrupted value.
-    fn receiver_inputs(&self, (ls, hs): (usize, usize), lr: usize) -> Result<crate::hooks::ActivationCache> {
+    fn receiver_inputs(
+        &self,
+        (ls, hs): (usize, usize),
+        lr: usize,
+    ) -> Result<crate::hooks::ActivationCache> {
         let mut hooks = Hooks::new();
         for l in ls..lr {
             let corr = self.corr_z[l].view();
@@ -618,7 +632,8 @@ impl<'a> PathRuns<'a> {
             hooks = hooks.add(Site::Z(l).name(), move |a: &mut ArrayViewMutD<f32>| {
                 a.assign(&corr);
                 if let Some(c) = &clean {
-                    a.index_axis_mut(Axis(2), hs).assign(&c.index_axis(Axis(2), hs));
+                    a.index_axis_mut(Axis(2), hs)
+                        .assign(&c.index_axis(Axis(2), hs));
                 }
             });
             if let Some(mlp) = &self.corr_mlp {
@@ -628,7 +643,10 @@ impl<'a> PathRuns<'a> {
                 });
             }
         }
-        let names = ReceiverInput::ALL.iter().map(|i| i.site(lr).name()).collect();
+        let names = ReceiverInput::ALL
+            .iter()
+            .map(|i| i.site(lr).name())
+            .collect();
         let (_, cache) = self
             .model
             .run(self.corrupted, hooks, Some(CacheFilter::Names(names)))?;

@@ -43,11 +43,19 @@ struct Params<'a>(&'a mut Transformer);
 impl Params<'_> {
     fn get(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
         let spec = self.0.layout.find(name).expect("a transformer parameter");
-        let v = self.0.params[spec.range()].iter().map(|&x| f64::from(x)).collect();
+        let v = self.0.params[spec.range()]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
         (spec.shape.clone(), v)
     }
     fn set(&mut self, name: &str, v: &[f64]) {
-        let spec = self.0.layout.find(name).expect("a transformer parameter").range();
+        let spec = self
+            .0
+            .layout
+            .find(name)
+            .expect("a transformer parameter")
+            .range();
         for (o, &x) in self.0.params[spec].iter_mut().zip(v) {
             *o = x as f32;
         }
@@ -109,12 +117,21 @@ pub fn process(model: &Transformer, steps: Processing) -> Transformer {
         for l in 0..n_l {
             let (w, b) = take_ln(&mut p, &format!("blocks.{l}.ln1"));
             for x in ["Q", "K", "V"] {
-                let (wn, bn) = (format!("blocks.{l}.attn.W_{x}"), format!("blocks.{l}.attn.b_{x}"));
+                let (wn, bn) = (
+                    format!("blocks.{l}.attn.W_{x}"),
+                    format!("blocks.{l}.attn.b_{x}"),
+                );
                 fold_into(&mut p, &wn, &bn, &w, &b);
             }
             if has_mlp {
                 let (w, b) = take_ln(&mut p, &format!("blocks.{l}.ln2"));
-                fold_into(&mut p, &format!("blocks.{l}.mlp.W_in"), &format!("blocks.{l}.mlp.b_in"), &w, &b);
+                fold_into(
+                    &mut p,
+                    &format!("blocks.{l}.mlp.W_in"),
+                    &format!("blocks.{l}.mlp.b_in"),
+                    &w,
+                    &b,
+                );
             }
         }
         let (w, b) = take_ln(&mut p, "ln_final");

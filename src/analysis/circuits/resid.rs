@@ -195,11 +195,20 @@ pub fn stack_head_results(
             .into_dimensionality::<Ix4>()
             .map_err(|_| Error::Input(format!("`blocks.{l}.attn.hook_z` is not 4-D")))?;
         let w_o = model.param(&format!("blocks.{l}.attn.W_O")).expect("W_O");
-        let w_o = w_o.into_dimensionality::<ndarray::Ix3>().expect("W_O [h, dh, d]");
+        let w_o = w_o
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("W_O [h, dh, d]");
         for h in 0..n_h {
-            let zh = z.slice(s![.., .., h, ..]).to_shape((b * p, dh)).expect("z rows").to_owned();
+            let zh = z
+                .slice(s![.., .., h, ..])
+                .to_shape((b * p, dh))
+                .expect("z rows")
+                .to_owned();
             let mut out = components.index_axis_mut(Axis(0), l * n_h + h);
-            let mut out = out.view_mut().into_shape_with_order((b * p, d)).expect("rows");
+            let mut out = out
+                .view_mut()
+                .into_shape_with_order((b * p, d))
+                .expect("rows");
             matmul(&mut out, &zh.view(), &w_o.index_axis(Axis(0), h), false);
             labels.push(format!("L{l}H{h}"));
         }
@@ -213,7 +222,9 @@ pub fn stack_head_results(
         for i in 0..layer * n_h {
             rest -= &components.index_axis(Axis(0), i);
         }
-        components.index_axis_mut(Axis(0), layer * n_h).assign(&rest);
+        components
+            .index_axis_mut(Axis(0), layer * n_h)
+            .assign(&rest);
         labels.push("remainder".into());
     }
     if apply_ln {
@@ -243,8 +254,12 @@ pub fn stack_neuron_results(
     let mut labels = Vec::new();
     for l in 0..layer {
         let post = act3(acts, &format!("blocks.{l}.mlp.hook_post"))?;
-        let w_out = model.param(&format!("blocks.{l}.mlp.W_out")).expect("W_out");
-        let w_out = w_out.into_dimensionality::<ndarray::Ix2>().expect("W_out [m, d]");
+        let w_out = model
+            .param(&format!("blocks.{l}.mlp.W_out"))
+            .expect("W_out");
+        let w_out = w_out
+            .into_dimensionality::<ndarray::Ix2>()
+            .expect("W_out [m, d]");
         for n in 0..m {
             let mut out = components.index_axis_mut(Axis(0), l * m + n);
             let row = w_out.row(n);
@@ -312,7 +327,13 @@ pub fn full_resid_decomposition(
 ) -> Result<Stack> {
     let layer = layer_or_end(model, layer)?;
     check_mlp_input(model, layer, mlp_input)?;
-    let heads = stack_head_results(model, acts, Some(layer + usize::from(mlp_input)), false, false)?;
+    let heads = stack_head_results(
+        model,
+        acts,
+        Some(layer + usize::from(mlp_input)),
+        false,
+        false,
+    )?;
     let mut stacks = vec![heads];
     if model.cfg.has_mlp() && layer > 0 {
         stacks.push(if expand_neurons {
@@ -321,7 +342,15 @@ pub fn full_resid_decomposition(
             decompose_resid(model, acts, Some(layer), mlp_input, Mode::Mlp, false, false)?
         });
     }
-    stacks.push(decompose_resid(model, acts, Some(0), false, Mode::All, false, true)?);
+    stacks.push(decompose_resid(
+        model,
+        acts,
+        Some(0),
+        false,
+        Mode::All,
+        false,
+        true,
+    )?);
     let (b, p, d) = resid_shape(acts)?;
     let bias = accumulated_bias(model, layer, mlp_input, expand_neurons);
     let bias = ndarray::Array1::from(bias);
@@ -336,7 +365,9 @@ pub fn full_resid_decomposition(
     let mut at = 0;
     for s in stacks {
         let k = s.labels.len();
-        components.slice_mut(s![at..at + k, .., .., ..]).assign(&s.components);
+        components
+            .slice_mut(s![at..at + k, .., .., ..])
+            .assign(&s.components);
         labels.extend(s.labels);
         at += k;
     }
@@ -386,7 +417,10 @@ fn ln_scale_name(model: &Transformer, layer: usize, mlp_input: bool) -> String {
     if layer == model.cfg.n_layers {
         "ln_final.hook_scale".into()
     } else {
-        format!("blocks.{layer}.ln{}.hook_scale", if mlp_input { 2 } else { 1 })
+        format!(
+            "blocks.{layer}.ln{}.hook_scale",
+            if mlp_input { 2 } else { 1 }
+        )
     }
 }
 
@@ -397,8 +431,10 @@ fn recompute_final_ln(model: &Transformer, stack: &mut Array4<f32>) {
         return;
     };
     let (w, b) = (
-        w.into_dimensionality::<ndarray::Ix1>().expect("ln_final.w [d]"),
-        b.into_dimensionality::<ndarray::Ix1>().expect("ln_final.b [d]"),
+        w.into_dimensionality::<ndarray::Ix1>()
+            .expect("ln_final.w [d]"),
+        b.into_dimensionality::<ndarray::Ix1>()
+            .expect("ln_final.b [d]"),
     );
     let eps = model.cfg.eps as f32;
     for mut c in stack.axis_iter_mut(Axis(0)) {
@@ -442,9 +478,7 @@ pub fn direct_logit_attribution(
     }
     let w_u = model.param("unembed.W_U").expect("W_U");
     let b_u = model.param("unembed.b_U").expect("b_U");
-    let ln = model
-        .param("ln_final.w")
-        .zip(model.param("ln_final.b"));
+    let ln = model.param("ln_final.w").zip(model.param("ln_final.b"));
     let scale = if model.cfg.has_ln() {
         Some(act3(acts, "ln_final.hook_scale")?)
     } else {
@@ -501,7 +535,9 @@ pub fn logit_lens(
     }
     let v = model.cfg.d_vocab_out();
     let w_u = model.param("unembed.W_U").expect("W_U");
-    let w_u = w_u.into_dimensionality::<ndarray::Ix2>().expect("W_U [d, v]");
+    let w_u = w_u
+        .into_dimensionality::<ndarray::Ix2>()
+        .expect("W_U [d, v]");
     let b_u = model.param("unembed.b_U").expect("b_U");
     let mut logits = ndarray::Array3::zeros((n, b, v));
     for c in 0..n {

@@ -55,10 +55,13 @@ pub fn ov(model: &Transformer, l: usize, h: usize) -> Result<FactoredMatrix> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Composition {
     /// Into the query: `OV_A · QK_B`.
+    #[value(name = "Q")]
     Q,
     /// Into the key: `OV_A · QK_Bᵀ`.
+    #[value(name = "K")]
     K,
     /// Into the value: `OV_A · OV_B`.
+    #[value(name = "V")]
     V,
 }
 

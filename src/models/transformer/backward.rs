@@ -83,9 +83,11 @@ impl Transformer {
         mut record: Option<&mut Vec<(Site, Vec<f32>)>>,
     ) {
         let recording = record.is_some();
-        let mut keep = |site: Site, data: &[f32]| {
+        let d = self.cfg.d_model;
+        // (Slices taken only when recording: a training pass's last block has fewer rows.)
+        let mut keep = |site: Site, data: &[f32], n: usize| {
             if let Some(r) = record.as_deref_mut() {
-                r.push((site, data.to_vec()));
+                r.push((site, data[..n].to_vec()));
             }
         };
         assert!(
@@ -107,21 +109,21 @@ impl Transformer {
                 n_rows: if l == 0 { ws.uniq.len() } else { b_n * p_n },
             };
             // `dres`: d resid_post, then d resid_mid; `dres_next`: d resid_pre (physical rows).
-            keep(Site::ResidPost(l), &dres[..bp * self.cfg.d_model]);
+            keep(Site::ResidPost(l), &dres, bp * d);
             self.mlp_backward(l, ws, rows.b * rows.q_pos.len(), &mut dres, grads);
             if self.cfg.has_mlp() {
-                keep(Site::ResidMid(l), &dres[..bp * self.cfg.d_model]);
+                keep(Site::ResidMid(l), &dres, bp * d);
             }
             self.attention_backward(l, ws, &dres, &mut dres_next, grads);
             if recording {
                 let hd = self.cfg.n_heads * self.cfg.d_head;
-                keep(Site::Z(l), &ws.dz[..bp * hd]);
-                keep(Site::Q(l), &ws.dq[..bp * hd]);
-                keep(Site::K(l), &ws.dk[..bp * hd]);
-                keep(Site::V(l), &ws.dv[..bp * hd]);
+                keep(Site::Z(l), &ws.dz, bp * hd);
+                keep(Site::Q(l), &ws.dq, bp * hd);
+                keep(Site::K(l), &ws.dk, bp * hd);
+                keep(Site::V(l), &ws.dv, bp * hd);
             }
             std::mem::swap(&mut dres, &mut dres_next);
-            keep(Site::ResidPre(l), &dres[..bp * self.cfg.d_model]);
+            keep(Site::ResidPre(l), &dres, bp * d);
         }
         self.embed_backward(ws, &dres, grads);
         ws.dres_a = dres;

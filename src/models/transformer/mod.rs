@@ -450,7 +450,12 @@ impl Transformer {
                     // head-major [h, b·p, dh] → [b, p, h, dh]
                     let a = ndarray::Array3::from_shape_vec((h, b * p, dh), data).expect("heads");
                     let t = a.permuted_axes([1, 0, 2]).as_standard_layout().to_owned();
-                    put(&mut grads, site, &[b, p, h, dh], t.into_raw_vec_and_offset().0);
+                    put(
+                        &mut grads,
+                        site,
+                        &[b, p, h, dh],
+                        t.into_raw_vec_and_offset().0,
+                    );
                 }
                 Site::Z(l) => {
                     let dz = ndarray::Array4::from_shape_vec((b, p, h, dh), data).expect("z");
@@ -459,10 +464,22 @@ impl Transformer {
                     // d pattern[b, h, q, k] = dz[b, q, h, :] · v[b, k, h, :]
                     // (at masked keys too, as for TransformerLens's z = Σ_k pattern·v over all k).
                     let dpat = ndarray::Array4::from_shape_fn((b, h, p, p), |(bi, hh, q, k)| {
-                        (0..dh).map(|i| dz[[bi, q, hh, i]] * vv[[bi, k, hh, i]]).sum()
+                        (0..dh)
+                            .map(|i| dz[[bi, q, hh, i]] * vv[[bi, k, hh, i]])
+                            .sum()
                     });
-                    put(&mut grads, Site::Pattern(l), &[b, h, p, p], dpat.into_raw_vec_and_offset().0);
-                    put(&mut grads, site, &[b, p, h, dh], dz.into_raw_vec_and_offset().0);
+                    put(
+                        &mut grads,
+                        Site::Pattern(l),
+                        &[b, h, p, p],
+                        dpat.into_raw_vec_and_offset().0,
+                    );
+                    put(
+                        &mut grads,
+                        site,
+                        &[b, p, h, dh],
+                        dz.into_raw_vec_and_offset().0,
+                    );
                 }
                 Site::ResidPre(l) => {
                     if l == 0 {
