@@ -663,3 +663,88 @@ fn bad_input_is_an_error_naming_it() {
     .map(|_| ()));
     assert!(e.contains("2 to n_ctx"), "{e}");
 }
+
+fn toylens_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_circuits_command_draws_and_records_a_two_layer_run() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let out = toylens_cli(&[
+        "train",
+        "grokking-tiny",
+        "model.n_layers=2",
+        "model.normalization_type=LN",
+        "model.attn_bias=true",
+        "train.steps=60",
+        "--quiet",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = toylens_cli(&["circuits", run.to_str().unwrap(), "--examples", "16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("direct logit attribution"), "{text}");
+    let dir = run.join("analysis").join("circuits");
+    for f in [
+        "dla.png",
+        "dla.svg",
+        "patch_blocks_exact.png",
+        "patch_blocks_attribution.png",
+        "patch_heads_exact.svg",
+        "path_patching.png",
+        "composition_raw.png",
+        "composition_processed.png",
+        "copying.png",
+        "circuit_attention_fourier.png",
+        "circuit_w_l_fourier.png",
+    ] {
+        assert!(dir.join(f).exists(), "no {f}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("circuits.json")).unwrap()).unwrap();
+    let dla: f64 = json["dla"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    let clean = json["clean_logit_diff"].as_f64().unwrap();
+    assert!(
+        (dla - clean).abs() < 1e-3 * clean.abs().max(1.0),
+        "DLA sums to {dla}, not {clean}"
+    );
+    assert_eq!(json["composition"]["raw"].as_array().unwrap().len(), 3);
+    assert_eq!(json["examples"], 16);
+    // Not a transformer: a clear error.
+    let lin = d.path().join("lin");
+    let out = toylens_cli(&[
+        "train",
+        "linear",
+        "train.steps=5",
+        "--quiet",
+        "--out",
+        lin.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let out = toylens_cli(&["circuits", lin.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("transformer"),
+        "{err}"
+    );
+}

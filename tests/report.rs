@@ -69,7 +69,12 @@ fn report_is_self_contained_and_every_figure_draws_in_a_browser() {
         );
     }
     let n_figures = html.matches("class=\"plot\"").count();
-    assert_eq!(n_figures, 8);
+    // 8 of the modular page, 6 of the circuits section (1 layer, 3 positions: no path patching,
+    // composition or detectors).
+    assert_eq!(n_figures, 14);
+    for id in ["circuits-dla", "circuits-patch-blocks", "circuits-fourier"] {
+        assert!(html.contains(&format!("fig-{id}")), "no {id}");
+    }
     draws_in_browser(&path, n_figures, d.path());
 }
 
@@ -152,7 +157,8 @@ fn every_task_has_a_report_that_draws() {
                 "train.steps=40",
                 "data.n_eval=100",
             ][..],
-            7,
+            // 7 of its own, 6 of the circuits section (detectors, no composition: 1 layer).
+            13,
             "Each digit through the naive sum",
         ),
         (

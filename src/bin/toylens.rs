@@ -166,6 +166,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Circuit analysis of a transformer (a checkpoint, or a run's last one): direct logit
+    /// attribution and the logit lens, activation patching of every block and head from clean into
+    /// corrupted inputs beside attribution patching, path patching, composition and copying scores
+    /// (raw and processed weights), head detectors, and layer 0's full circuits. Inputs come from
+    /// the task (modular: random pairs with the first number changed; others: training examples,
+    /// each corrupted into the next). Pictures and circuits.json go into RUN/analysis/circuits/.
+    Circuits {
+        target: PathBuf,
+        /// Write the pictures and circuits.json here (a run's default: RUN/analysis/circuits/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Clean examples patched.
+        #[arg(long, default_value_t = toylens::commands::circuits::DEFAULT_EXAMPLES)]
+        examples: usize,
+        /// Seed of the inputs and their corruption.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Activation patching on a modular-arithmetic model: run `a b =` (target) with the activation at
     /// HOOK taken from another input (source); prints the effect on the target's answer.
     Patch {
@@ -1066,6 +1086,29 @@ fn run(cmd: Cmd) -> Result<()> {
                         r.layer, r.index, r.zero_loss, r.zero_acc, r.mean_loss, r.mean_acc
                     );
                 }
+            }
+        }
+        Cmd::Circuits {
+            target,
+            out,
+            examples,
+            seed,
+            json,
+        } => {
+            let r = commands::circuits::CircuitsRequest {
+                target,
+                out,
+                examples: Some(examples),
+                seed,
+            }
+            .run()?;
+            for f in &r.files {
+                eprintln!("wrote {}", f.display());
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r.summary)?);
+            } else {
+                println!("{}", commands::circuits::describe(&r));
             }
         }
         Cmd::Patch {

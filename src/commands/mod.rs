@@ -2,6 +2,7 @@
 //! parses arguments and prints these (ripgrep's split). Files are written here, never into a run's
 //! training outputs: `analyze` on a run writes into `RUN/analysis/`.
 
+pub mod circuits;
 pub mod train;
 
 use crate::analysis::{

@@ -654,3 +654,272 @@ pub fn digits_checkpoint(
     })?);
     Ok(files)
 }
+
+/// `toylens circuits`'s pictures: direct logit attribution, the logit lens, activation patching
+/// beside attribution patching, path patching, composition, copying and detector scores, and
+/// layer 0's full circuits (PNG only: they are large), in the Fourier basis too for a modular
+/// model (`fourier_p`).
+pub fn circuits(
+    s: &crate::analysis::circuits::summary::CircuitSummary,
+    fourier_p: Option<usize>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    use crate::analysis::circuits::summary::PatchPair;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let mut files = Vec::new();
+    let bars_of = |labels: &[String], v: &[f64]| -> Vec<(String, f64)> {
+        labels.iter().cloned().zip(v.iter().copied()).collect()
+    };
+    files.extend(both(dir, "dla", |f| {
+        plot::bars(
+            f,
+            &format!(
+                "Direct logit attribution to the logit difference ({:.2} in all), mean of {} examples",
+                s.clean_logit_diff, s.examples
+            ),
+            "component",
+            "logit difference",
+            &bars_of(&s.dla_labels, &s.dla),
+        )
+    })?);
+    files.extend(both(dir, "logit_lens", |f| {
+        plot::bars(
+            f,
+            "Logit lens: the logit difference read off the residual stream",
+            "residual point",
+            "logit difference",
+            &bars_of(&s.logit_lens_labels, &s.logit_lens),
+        )
+    })?);
+    let grid = |v: &serde_json::Value| -> Vec<Vec<f64>> {
+        v.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        r.as_array()
+                            .map(|c| c.iter().map(|x| x.as_f64().unwrap_or(0.0)).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let find = |name: &str| s.patching.iter().find(|p| p.sweep == name);
+    type Pick = fn(&PatchPair) -> &serde_json::Value;
+    let kinds: [(&str, &str, Pick); 2] = [
+        ("exact", "activation patching", |p| &p.exact),
+        ("attribution", "attribution patching", |p| &p.attribution),
+    ];
+    for (tag, what, pick) in kinds {
+        let blocks: Vec<(String, Vec<Vec<f64>>)> = ["resid_pre", "attn_out", "mlp_out"]
+            .iter()
+            .filter_map(|n| find(n).map(|p| (n.to_string(), grid(pick(p)))))
+            .collect();
+        files.extend(both(dir, &format!("patch_blocks_{tag}"), |f| {
+            plot::heatmaps(
+                f,
+                &format!("{what}: change of the logit difference, clean into corrupted"),
+                &blocks,
+                "position",
+                "layer",
+            )
+        })?);
+        let heads: Vec<(String, Vec<Vec<f64>>)> = ["out", "q", "k", "v", "pattern"]
+            .iter()
+            .filter_map(|n| {
+                find(&format!("attn_head_{n}_all_pos")).map(|p| (n.to_string(), grid(pick(p))))
+            })
+            .collect();
+        files.extend(both(dir, &format!("patch_heads_{tag}"), |f| {
+            plot::heatmaps(
+                f,
+                &format!("{what}: each head's output, q, k, v and pattern at every position"),
+                &heads,
+                "head",
+                "layer",
+            )
+        })?);
+        if let Some(p) = find("attn_head_out_by_pos") {
+            let by_layer: Vec<(String, Vec<Vec<f64>>)> = pick(p)
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .enumerate()
+                        .map(|(l, v)| (format!("layer {l}"), grid(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.extend(both(dir, &format!("patch_heads_by_pos_{tag}"), |f| {
+                plot::heatmaps(
+                    f,
+                    &format!("{what}: each head's output at each position"),
+                    &by_layer,
+                    "head",
+                    "position",
+                )
+            })?);
+        }
+    }
+    if let Some(path) = &s.path_patching {
+        let panels: Vec<(String, Vec<Vec<f64>>)> = path
+            .iter()
+            .map(|(n, g)| {
+                (
+                    format!("into {n}"),
+                    g.iter()
+                        .map(|r| r.iter().map(|x| x.unwrap_or(0.0)).collect())
+                        .collect(),
+                )
+            })
+            .collect();
+        files.extend(both(dir, "path_patching", |f| {
+            plot::heatmaps(
+                f,
+                "Path patching: sender head (row) → receiver head's input (column), change of the logit difference",
+                &panels,
+                "receiver (layer·heads + head)",
+                "sender (layer·heads + head)",
+            )
+        })?);
+    }
+    if let Some(c) = &s.composition {
+        for (tag, scores) in [("raw", &c.raw), ("processed", &c.processed)] {
+            files.extend(both(dir, &format!("composition_{tag}"), |f| {
+                plot::heatmaps(
+                    f,
+                    &format!("Q-, K- and V-composition scores ({tag} weights): earlier head (row) → later head (column)"),
+                    scores,
+                    "later head (layer·heads + head)",
+                    "earlier head (layer·heads + head)",
+                )
+            })?);
+        }
+    }
+    let copy: Vec<(String, f64)> = s
+        .copying
+        .raw
+        .iter()
+        .map(|c| (format!("L{}H{}", c.layer, c.head), c.score))
+        .collect();
+    files.extend(both(dir, "copying", |f| {
+        plot::bars(
+            f,
+            "Copying score of each head's full OV circuit: Re(Σλ)/Σ|λ| (1: copies its input token)",
+            "head",
+            "score",
+            &copy,
+        )
+    })?);
+    if let Some(d) = &s.detectors {
+        files.extend(both(dir, "detectors", |f| {
+            plot::heatmaps(
+                f,
+                "Head detectors on repeated random tokens (share of attention on the pattern)",
+                d,
+                "head",
+                "layer",
+            )
+        })?);
+    }
+    files.extend(full_circuits(&s.full, fourier_p, dir)?);
+    Ok(files)
+}
+
+/// Layer 0's full circuits per head (PNG), and for a modular model on p numbers the same in the
+/// Fourier basis of those numbers.
+fn full_circuits(
+    full: &crate::analysis::circuits::weights::FullCircuits,
+    fourier_p: Option<usize>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let to_rows = |a: &ndarray::Array2<f64>| -> Vec<Vec<f64>> {
+        a.outer_iter().map(|r| r.to_vec()).collect()
+    };
+    let mut files = Vec::new();
+    let mut draw = |stem: &str,
+                    title: &str,
+                    panels: Vec<(String, Vec<Vec<f64>>)>,
+                    x: &str,
+                    y: &str|
+     -> Result<()> {
+        let p = dir.join(format!("{stem}.png"));
+        plot::heatmaps(&p, title, &panels, x, y)?;
+        files.push(p);
+        Ok(())
+    };
+    let per_head = |ms: &[ndarray::Array2<f64>],
+                    f: &dyn Fn(&ndarray::Array2<f64>) -> ndarray::Array2<f64>| {
+        ms.iter()
+            .enumerate()
+            .map(|(h, m)| (format!("head 0.{h}"), to_rows(&f(m))))
+            .collect::<Vec<_>>()
+    };
+    let id = |m: &ndarray::Array2<f64>| m.clone();
+    draw(
+        "circuit_attention",
+        "Attention circuit W_E·W_QK·W_Eᵀ: query token (row) × key token (column)",
+        per_head(&full.attention, &id),
+        "key token",
+        "query token",
+    )?;
+    draw(
+        "circuit_ov",
+        "Full OV circuit W_E·W_OV·W_U: input token (row) × output logit (column)",
+        per_head(&full.ov, &id),
+        "output token",
+        "input token",
+    )?;
+    if !full.neuron_input.is_empty() {
+        draw(
+            "circuit_neuron_input",
+            "Neuron-input circuit W_E·W_OV·W_in: input token (row) × neuron (column)",
+            per_head(&full.neuron_input, &id),
+            "neuron",
+            "input token",
+        )?;
+    }
+    if let Some(w_l) = &full.w_l {
+        draw(
+            "circuit_w_l",
+            "W_L = W_out·W_U: neuron (row) × output logit (column)",
+            vec![("W_L".into(), to_rows(w_l))],
+            "output token",
+            "neuron",
+        )?;
+    }
+    if let Some(p) = fourier_p {
+        let basis = crate::analysis::fourier::FourierBasis::new(p);
+        let f = ndarray::Array2::from_shape_fn((p, p), |(i, j)| basis.rows[i][j]);
+        // Tokens 0..p are the numbers (a grokking model's '=' and extra outputs left out).
+        let left = |m: &ndarray::Array2<f64>| f.dot(&m.slice(ndarray::s![..p, ..]));
+        let both_sides =
+            |m: &ndarray::Array2<f64>| f.dot(&m.slice(ndarray::s![..p, ..p])).dot(&f.t());
+        draw(
+            "circuit_attention_fourier",
+            "Attention circuit in the Fourier basis (query frequency × key frequency; 0 = constant, then cos/sin 1, 2, ...)",
+            per_head(&full.attention, &both_sides),
+            "key Fourier component",
+            "query Fourier component",
+        )?;
+        if !full.neuron_input.is_empty() {
+            draw(
+                "circuit_neuron_input_fourier",
+                "Neuron-input circuit in the Fourier basis of the input token (component × neuron)",
+                per_head(&full.neuron_input, &left),
+                "neuron",
+                "input Fourier component",
+            )?;
+        }
+        if let Some(w_l) = &full.w_l {
+            let right = w_l.slice(ndarray::s![.., ..p]).dot(&f.t());
+            draw(
+                "circuit_w_l_fourier",
+                "W_L in the Fourier basis of the output (neuron × component)",
+                vec![("W_L".into(), to_rows(&right))],
+                "output Fourier component",
+                "neuron",
+            )?;
+        }
+    }
+    Ok(files)
+}

@@ -112,6 +112,12 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
         generic_figures(run_dir, &cfg, &metrics)?
     };
     let mut page = page;
+    if transformer.is_some() {
+        let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
+        if let Some(t) = ck.model.as_any().downcast_ref::<Transformer>() {
+            page.figs.extend(super::circuits::figures(t, &cfg)?);
+        }
+    }
     page.figs.extend(llc_figure(run_dir)?);
     write_page(run_dir, page)
 }

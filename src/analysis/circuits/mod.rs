@@ -9,6 +9,7 @@ pub mod factored;
 pub mod patching;
 pub mod process;
 pub mod resid;
+pub mod summary;
 pub mod weights;
 
 use crate::error::{closest, Error, Result};
