@@ -330,33 +330,91 @@ fn clean_acts<'a>(
         .collect()
 }
 
-/// The corrupted run's logits with the clean activation patched in at `index`.
+/// Examples·positions a batched patching pass holds (a few hundred kilobytes of activations per
+/// layer at the widths of toy models): larger batches run the products faster per example.
+const PASS_ROWS: usize = 4096;
+
+/// The corrupted run's logits with the clean activation patched in at each of `indices` (all in
+/// one layer; an empty index patches nothing: the corrupted run itself), in one forward pass: the
+/// corrupted input repeated once per index, each copy patched at its own index (examples do not
+/// interact, so each copy is the run it stands for).
 fn patched_logits(
     model: &Transformer,
     corrupted: ArrayView2<u32>,
     clean: &[ArrayViewD<f32>],
     (act, axes): (Act, &[IndexAxis]),
-    index: &[usize],
-) -> Result<Array3<f32>> {
-    let l = index[0];
+    indices: &[Vec<usize>],
+    restrict: bool,
+) -> Result<Vec<Array3<f32>>> {
+    let l = indices.iter().find_map(|i| i.first().copied()).unwrap_or(0);
+    debug_assert!(
+        indices.iter().all(|i| i.is_empty() || i[0] == l),
+        "one layer per pass"
+    );
+    let (b, p) = corrupted.dim();
+    let k = indices.len();
+    let tokens = ndarray::Array2::from_shape_fn((k * b, p), |(r, j)| corrupted[[r % b, j]]);
     let src = clean[l].view();
     let hooks = Hooks::new().try_add(act.site(l).name(), move |a: &mut ArrayViewMutD<f32>| {
-        if a.shape() != src.shape() {
+        if a.shape()[1..] != src.shape()[1..] || a.shape()[0] != k * src.shape()[0] {
             return Err(format!(
                 "the clean activation has shape {:?}, the corrupted run's {:?}",
                 src.shape(),
                 a.shape()
             ));
         }
-        select_mut(a.view_mut(), act, axes, index).assign(&select(src.view(), act, axes, index));
+        for (c, idx) in indices.iter().enumerate().filter(|(_, i)| !i.is_empty()) {
+            let mut block = a.slice_axis_mut(Axis(0), ndarray::Slice::from(c * b..(c + 1) * b));
+            select_mut(block.view_mut(), act, axes, idx).assign(&select(
+                src.view(),
+                act,
+                axes,
+                idx,
+            ));
+        }
         Ok(())
     });
-    model.run_with_hooks(corrupted, hooks)
+    // The metric reads the last position only: where the patch site allows, the last block
+    // computes no other.
+    let logits = if restrict && model.full_under_restricted_queries(&act.site(l).name()) {
+        model.run_with_hooks_at(tokens.view(), hooks, &[p - 1])?
+    } else {
+        model.run_with_hooks(tokens.view(), hooks)?
+    };
+    Ok((0..k)
+        .map(|c| {
+            logits
+                .slice_axis(Axis(0), ndarray::Slice::from(c * b..(c + 1) * b))
+                .to_owned()
+        })
+        .collect())
+}
+
+/// Passes a sweep is split into at least: two forwards side by side beat one of twice the batch
+/// on small models (2 cores). A constant, not the thread count: the passes, and so the bits, are
+/// the same on any pool.
+const MIN_PASSES: usize = 2;
+
+/// Indices in passes: consecutive indices of one layer, at most [`PASS_ROWS`] rows and at least
+/// [`MIN_PASSES`] passes.
+fn passes(indices: Vec<Vec<usize>>, rows_per_copy: usize) -> Vec<Vec<Vec<usize>>> {
+    let per = (PASS_ROWS / rows_per_copy.max(1))
+        .min(indices.len().div_ceil(MIN_PASSES))
+        .max(1);
+    let mut out: Vec<Vec<Vec<usize>>> = Vec::new();
+    for idx in indices {
+        match out.last_mut() {
+            Some(last) if last.len() < per && last[0][0] == idx[0] => last.push(idx),
+            _ => out.push(vec![idx]),
+        }
+    }
+    out
 }
 
 /// One of TransformerLens's `get_act_patch_*` sweeps: the metric of the corrupted run with each
-/// index's clean activation patched in, in the sweep's shape (`Sweep::shape`). Indices run in
-/// parallel; each patched run is the same computation on any thread count.
+/// index's clean activation patched in, in the sweep's shape (`Sweep::shape`). Patches run
+/// batched ([`PASS_ROWS`]) and their passes in parallel; each patched run is the same
+/// computation on any thread count.
 pub fn patch_sweep(
     model: &Transformer,
     corrupted: ArrayView2<u32>,
@@ -368,18 +426,61 @@ pub fn patch_sweep(
     let (act, axes) = sweep.family();
     let clean = clean_acts(model, corrupted, clean, act)?;
     let shape = sweep.shape(model, corrupted.ncols());
-    let values: Vec<f64> = indices(&shape)
+    // Patches that cannot reach the last position's logits (after attention in the last layer, at
+    // another position) leave the metric at the corrupted run's: not run.
+    let last = (model.cfg.n_layers - 1, corrupted.ncols() - 1);
+    let (live, dead): (Vec<Vec<usize>>, Vec<Vec<usize>>) = indices(&shape)
+        .into_iter()
+        .partition(|idx| reaches_last(act, axes, idx, last));
+    let mut groups = passes(live, corrupted.len());
+    if !dead.is_empty() {
+        // The corrupted run itself rides along in the first pass.
+        groups[0].push(Vec::new());
+    }
+    let values: Vec<Vec<f64>> = groups
         .par_iter()
         .with_max_len(1)
-        .map(|idx| {
-            let logits = patched_logits(model, corrupted, &clean, (act, axes), idx)?;
-            Ok(metric.eval(logits.view(), false).0)
+        .map(|group| {
+            let logits = patched_logits(model, corrupted, &clean, (act, axes), group, true)?;
+            Ok(logits
+                .iter()
+                .map(|l| metric.eval(l.view(), false).0)
+                .collect())
         })
         .collect::<Result<_>>()?;
-    Ok(ArrayD::from_shape_vec(IxDyn(&shape), values).expect("sweep shape"))
+    let mut out = ArrayD::zeros(IxDyn(&shape));
+    let mut base = f64::NAN;
+    for (idx, v) in groups.iter().flatten().zip(values.into_iter().flatten()) {
+        if idx.is_empty() {
+            base = v;
+        } else {
+            out[idx.as_slice()] = v;
+        }
+    }
+    for idx in dead {
+        out[idx.as_slice()] = base;
+    }
+    Ok(out)
 }
 
-/// [`patch_sweep`] with a metric of the caller's (a Python function), one patched run at a time.
+/// Whether a patch at `index` can change the last position's logits (`last`: the last layer and
+/// position). What attention has already mixed in the last layer stays at its own position, so
+/// a patch there at another position (of a residual point after attention, an attention or MLP
+/// output, a head's z or query, or a pattern row) reaches only that position's logits.
+fn reaches_last(act: Act, axes: &[IndexAxis], index: &[usize], last: (usize, usize)) -> bool {
+    if index[0] != last.0 || matches!(act, Act::ResidPre | Act::K | Act::V) {
+        return true;
+    }
+    let at = axes
+        .iter()
+        .zip(index)
+        .find(|(a, _)| matches!(a, IndexAxis::Pos | IndexAxis::DestPos))
+        .map(|(_, &i)| i);
+    at.is_none_or(|pos| pos == last.1)
+}
+
+/// [`patch_sweep`] with a metric of the caller's (a Python function), called on each patched
+/// run's logits in order.
 pub fn patch_sweep_with(
     model: &Transformer,
     corrupted: ArrayView2<u32>,
@@ -391,14 +492,10 @@ pub fn patch_sweep_with(
     let clean = clean_acts(model, corrupted, clean, act)?;
     let shape = sweep.shape(model, corrupted.ncols());
     let mut values = Vec::new();
-    for idx in indices(&shape) {
-        values.push(metric(patched_logits(
-            model,
-            corrupted,
-            &clean,
-            (act, axes),
-            &idx,
-        )?)?);
+    for group in passes(indices(&shape), corrupted.len()) {
+        for logits in patched_logits(model, corrupted, &clean, (act, axes), &group, false)? {
+            values.push(metric(logits)?);
+        }
     }
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), values).expect("sweep shape"))
 }

@@ -9,7 +9,8 @@ use super::{check_layer_or_end, Acts};
 use crate::engine::matmul::matmul;
 use crate::error::{Error, Result};
 use crate::models::transformer::Transformer;
-use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis, Ix3, Ix4, Zip};
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Ix4, Zip};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Components stacked on axis 0 `[n, batch, pos, d_model]`, with a label each.
@@ -175,6 +176,152 @@ pub fn decompose_resid(
     Ok(stack)
 }
 
+/// One component of a stack, computed straight into its slot of the stack `[b·p, d]`.
+enum Part<'a> {
+    /// An activation `[b, p, d]` as it is.
+    Copy(ArrayView3<'a, f32>),
+    /// Head `h`'s output `z[.., h, ..] · W_O[h]` (z `[b, p, h, d_head]`, W_O `[d_head, d]`).
+    Head(ArrayView4<'a, f32>, usize, ArrayView2<'a, f32>),
+    /// Neuron `n`'s output `post[.., n] · W_out[n]` (post `[b, p, m]`, the row `[d]`).
+    Neuron(ArrayView3<'a, f32>, usize, ndarray::ArrayView1<'a, f32>),
+    /// The same `[d]` at every position.
+    Bias(Vec<f32>),
+}
+
+impl Part<'_> {
+    fn fill(&self, out: &mut [f32], d: usize) {
+        match self {
+            Part::Copy(a) => {
+                for (o, x) in out.iter_mut().zip(a.iter()) {
+                    *o = *x;
+                }
+            }
+            Part::Head(z, h, w_o) => {
+                let p = z.dim().1;
+                for (r, row) in out.chunks_exact_mut(d).enumerate() {
+                    let zr = z.slice(s![r / p, r % p, *h, ..]);
+                    row.fill(0.0);
+                    for (&zi, w) in zr.iter().zip(w_o.outer_iter()) {
+                        for (o, &wv) in row.iter_mut().zip(w.iter()) {
+                            *o += zi * wv;
+                        }
+                    }
+                }
+            }
+            Part::Neuron(post, n, w) => {
+                let p = post.dim().1;
+                for (r, row) in out.chunks_exact_mut(d).enumerate() {
+                    let a = post[[r / p, r % p, *n]];
+                    for (o, &wv) in row.iter_mut().zip(w.iter()) {
+                        *o = a * wv;
+                    }
+                }
+            }
+            Part::Bias(v) => {
+                for row in out.chunks_exact_mut(d) {
+                    row.copy_from_slice(v);
+                }
+            }
+        }
+    }
+}
+
+/// The stack of `parts` (labelled), each computed into its own slot, in parallel, into memory
+/// that is written once (no zero fill first: a neuron stack is large).
+fn build(parts: Vec<(String, Part)>, (b, p, d): (usize, usize, usize)) -> Stack {
+    let chunk = b * p * d;
+    let n = parts.len();
+    let mut data = crate::hooks::fresh_vec(n * chunk);
+    data.spare_capacity_mut()[..n * chunk]
+        .par_chunks_mut(chunk.max(1))
+        .zip(parts.par_iter())
+        .for_each(|(slot, (_, part))| {
+            // SAFETY: f32 has no invalid bit patterns and no drop; the slot is zeroed before it
+            // is viewed as floats, then every part writes its whole slot.
+            let out = unsafe {
+                std::ptr::write_bytes(slot.as_mut_ptr(), 0, slot.len());
+                std::slice::from_raw_parts_mut(slot.as_mut_ptr().cast::<f32>(), slot.len())
+            };
+            part.fill(out, d);
+        });
+    // SAFETY: every one of the n·chunk floats was written above.
+    unsafe { data.set_len(n * chunk) };
+    Stack {
+        components: Array4::from_shape_vec((n, b, p, d), data).expect("stack shape"),
+        labels: parts.into_iter().map(|(l, _)| l).collect(),
+    }
+}
+
+fn z_of<'a>(acts: &'a dyn Acts, l: usize) -> Result<ArrayView4<'a, f32>> {
+    let name = format!("blocks.{l}.attn.hook_z");
+    acts.act(&name)?
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| Error::Input(format!("`{name}` is not 4-D")))
+}
+
+/// Every head's part in the layers before `layer`.
+fn head_parts<'a>(
+    model: &'a Transformer,
+    acts: &'a dyn Acts,
+    layer: usize,
+) -> Result<Vec<(String, Part<'a>)>> {
+    let mut parts = Vec::new();
+    for l in 0..layer {
+        let z = z_of(acts, l)?;
+        let w_o = model.param(&format!("blocks.{l}.attn.W_O")).expect("W_O");
+        let w_o = w_o
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("W_O [h, dh, d]");
+        for h in 0..model.cfg.n_heads {
+            parts.push((
+                format!("L{l}H{h}"),
+                Part::Head(z, h, w_o.index_axis_move(Axis(0), h)),
+            ));
+        }
+    }
+    Ok(parts)
+}
+
+/// Every neuron's part in the MLPs before `layer`.
+fn neuron_parts<'a>(
+    model: &'a Transformer,
+    acts: &'a dyn Acts,
+    layer: usize,
+) -> Result<Vec<(String, Part<'a>)>> {
+    let mut parts = Vec::new();
+    for l in 0..layer {
+        let post = act3(acts, &format!("blocks.{l}.mlp.hook_post"))?;
+        let w_out = model
+            .param(&format!("blocks.{l}.mlp.W_out"))
+            .expect("W_out");
+        let w_out = w_out
+            .into_dimensionality::<ndarray::Ix2>()
+            .expect("W_out [m, d]");
+        for n in 0..model.cfg.d_mlp() {
+            parts.push((
+                format!("L{l}N{n}"),
+                Part::Neuron(post, n, w_out.clone().index_axis_move(Axis(0), n)),
+            ));
+        }
+    }
+    Ok(parts)
+}
+
+/// The last component becomes the residual at `layer` minus all the others.
+fn set_remainder(acts: &dyn Acts, stack: &mut Stack, layer: usize) -> Result<()> {
+    let mut rest = if layer == 0 {
+        act3(acts, "hook_embed")?.to_owned() + act3(acts, "hook_pos_embed")?
+    } else {
+        act3(acts, &format!("blocks.{}.hook_resid_post", layer - 1))?.to_owned()
+    };
+    let n = stack.labels.len() - 1;
+    for i in 0..n {
+        rest -= &stack.components.index_axis(Axis(0), i);
+    }
+    stack.components.index_axis_mut(Axis(0), n).assign(&rest);
+    Ok(())
+}
+
 /// Each head's output `z_h · W_O[h]` (no bias) in the layers before `layer`, labelled `L{l}H{h}`;
 /// with `incl_remainder`, the rest of the residual (`resid_post` of layer − 1 minus the heads).
 pub fn stack_head_results(
@@ -185,52 +332,18 @@ pub fn stack_head_results(
     apply_ln: bool,
 ) -> Result<Stack> {
     let layer = layer_or_end(model, layer)?;
-    let (b, p, d) = resid_shape(acts)?;
-    let (n_h, dh) = (model.cfg.n_heads, model.cfg.d_head);
-    let mut components = Array4::zeros((layer * n_h + usize::from(incl_remainder), b, p, d));
-    let mut labels = Vec::new();
-    for l in 0..layer {
-        let z = acts.act(&format!("blocks.{l}.attn.hook_z"))?;
-        let z = z
-            .into_dimensionality::<Ix4>()
-            .map_err(|_| Error::Input(format!("`blocks.{l}.attn.hook_z` is not 4-D")))?;
-        let w_o = model.param(&format!("blocks.{l}.attn.W_O")).expect("W_O");
-        let w_o = w_o
-            .into_dimensionality::<ndarray::Ix3>()
-            .expect("W_O [h, dh, d]");
-        for h in 0..n_h {
-            let zh = z
-                .slice(s![.., .., h, ..])
-                .to_shape((b * p, dh))
-                .expect("z rows")
-                .to_owned();
-            let mut out = components.index_axis_mut(Axis(0), l * n_h + h);
-            let mut out = out
-                .view_mut()
-                .into_shape_with_order((b * p, d))
-                .expect("rows");
-            matmul(&mut out, &zh.view(), &w_o.index_axis(Axis(0), h), false);
-            labels.push(format!("L{l}H{h}"));
-        }
-    }
+    let mut parts = head_parts(model, acts, layer)?;
     if incl_remainder {
-        let mut rest = if layer == 0 {
-            act3(acts, "hook_embed")?.to_owned() + act3(acts, "hook_pos_embed")?
-        } else {
-            act3(acts, &format!("blocks.{}.hook_resid_post", layer - 1))?.to_owned()
-        };
-        for i in 0..layer * n_h {
-            rest -= &components.index_axis(Axis(0), i);
-        }
-        components
-            .index_axis_mut(Axis(0), layer * n_h)
-            .assign(&rest);
-        labels.push("remainder".into());
+        parts.push(("remainder".into(), Part::Bias(vec![0.0; model.cfg.d_model])));
+    }
+    let mut stack = build(parts, resid_shape(acts)?);
+    if incl_remainder {
+        set_remainder(acts, &mut stack, layer)?;
     }
     if apply_ln {
-        apply_ln_to_stack(model, acts, &mut components, Some(layer), false)?;
+        apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), false)?;
     }
-    Ok(Stack { components, labels })
+    Ok(stack)
 }
 
 /// Each neuron's output `post_n · W_out[n]` in the MLPs before `layer`, labelled `L{l}N{n}`; with
@@ -248,43 +361,18 @@ pub fn stack_neuron_results(
             "stack_neuron_results: this model is attention-only (no neurons)".into(),
         ));
     }
-    let (b, p, d) = resid_shape(acts)?;
-    let m = model.cfg.d_mlp();
-    let mut components = Array4::zeros((layer * m + usize::from(incl_remainder), b, p, d));
-    let mut labels = Vec::new();
-    for l in 0..layer {
-        let post = act3(acts, &format!("blocks.{l}.mlp.hook_post"))?;
-        let w_out = model
-            .param(&format!("blocks.{l}.mlp.W_out"))
-            .expect("W_out");
-        let w_out = w_out
-            .into_dimensionality::<ndarray::Ix2>()
-            .expect("W_out [m, d]");
-        for n in 0..m {
-            let mut out = components.index_axis_mut(Axis(0), l * m + n);
-            let row = w_out.row(n);
-            Zip::from(out.lanes_mut(Axis(2)))
-                .and(post.slice(s![.., .., n]))
-                .for_each(|mut o, &a| o.zip_mut_with(&row, |o, &w| *o = a * w));
-            labels.push(format!("L{l}N{n}"));
-        }
-    }
+    let mut parts = neuron_parts(model, acts, layer)?;
     if incl_remainder {
-        let mut rest = if layer == 0 {
-            act3(acts, "hook_embed")?.to_owned() + act3(acts, "hook_pos_embed")?
-        } else {
-            act3(acts, &format!("blocks.{}.hook_resid_post", layer - 1))?.to_owned()
-        };
-        for i in 0..layer * m {
-            rest -= &components.index_axis(Axis(0), i);
-        }
-        components.index_axis_mut(Axis(0), layer * m).assign(&rest);
-        labels.push("remainder".into());
+        parts.push(("remainder".into(), Part::Bias(vec![0.0; model.cfg.d_model])));
+    }
+    let mut stack = build(parts, resid_shape(acts)?);
+    if incl_remainder {
+        set_remainder(acts, &mut stack, layer)?;
     }
     if apply_ln {
-        apply_ln_to_stack(model, acts, &mut components, Some(layer), false)?;
+        apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), false)?;
     }
-    Ok(Stack { components, labels })
+    Ok(stack)
 }
 
 /// The biases that reach the residual before `layer`: every `b_O`, and every `b_out` if
@@ -327,54 +415,29 @@ pub fn full_resid_decomposition(
 ) -> Result<Stack> {
     let layer = layer_or_end(model, layer)?;
     check_mlp_input(model, layer, mlp_input)?;
-    let heads = stack_head_results(
-        model,
-        acts,
-        Some(layer + usize::from(mlp_input)),
-        false,
-        false,
-    )?;
-    let mut stacks = vec![heads];
+    let mut parts = head_parts(model, acts, layer + usize::from(mlp_input))?;
     if model.cfg.has_mlp() && layer > 0 {
-        stacks.push(if expand_neurons {
-            stack_neuron_results(model, acts, Some(layer), false, false)?
+        if expand_neurons {
+            parts.extend(neuron_parts(model, acts, layer)?);
         } else {
-            decompose_resid(model, acts, Some(layer), mlp_input, Mode::Mlp, false, false)?
-        });
+            for l in 0..layer {
+                let a = act3(acts, &format!("blocks.{l}.hook_mlp_out"))?;
+                parts.push((format!("{l}_mlp_out"), Part::Copy(a)));
+            }
+        }
     }
-    stacks.push(decompose_resid(
-        model,
-        acts,
-        Some(0),
-        false,
-        Mode::All,
-        false,
-        true,
-    )?);
-    let (b, p, d) = resid_shape(acts)?;
+    parts.push(("embed".into(), Part::Copy(act3(acts, "hook_embed")?)));
+    parts.push((
+        "pos_embed".into(),
+        Part::Copy(act3(acts, "hook_pos_embed")?),
+    ));
     let bias = accumulated_bias(model, layer, mlp_input, expand_neurons);
-    let bias = ndarray::Array1::from(bias);
-    let bias = bias.broadcast((1, b, p, d)).expect("bias row").to_owned();
-    stacks.push(Stack {
-        components: bias,
-        labels: vec!["bias".into()],
-    });
-    let n: usize = stacks.iter().map(|s| s.labels.len()).sum();
-    let mut components = Array4::zeros((n, b, p, d));
-    let mut labels = Vec::with_capacity(n);
-    let mut at = 0;
-    for s in stacks {
-        let k = s.labels.len();
-        components
-            .slice_mut(s![at..at + k, .., .., ..])
-            .assign(&s.components);
-        labels.extend(s.labels);
-        at += k;
-    }
+    parts.push(("bias".into(), Part::Bias(bias)));
+    let mut stack = build(parts, resid_shape(acts)?);
     if apply_ln {
-        apply_ln_to_stack(model, acts, &mut components, Some(layer), mlp_input)?;
+        apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), mlp_input)?;
     }
-    Ok(Stack { components, labels })
+    Ok(stack)
 }
 
 /// The LayerNorm reading the residual at `layer` (the final one at n_layers; layer `layer`'s
@@ -401,14 +464,15 @@ pub fn apply_ln_to_stack(
             scale.shape()
         )));
     }
-    for mut c in stack.axis_iter_mut(Axis(0)) {
-        Zip::from(c.lanes_mut(Axis(2)))
-            .and(scale.slice(s![.., .., 0]))
-            .for_each(|mut x, &sc| {
-                let mean = x.sum() / x.len() as f32;
-                x.mapv_inplace(|v| (v - mean) / sc);
-            });
-    }
+    let scale: Vec<f32> = scale.iter().copied().collect();
+    let d = stack.dim().3;
+    let data = stack.as_slice_mut().expect("a stack is contiguous");
+    data.par_chunks_mut((b * p * d).max(1)).for_each(|c| {
+        for (x, &sc) in c.chunks_exact_mut(d).zip(&scale) {
+            let mean = x.iter().sum::<f32>() / d as f32;
+            x.iter_mut().for_each(|v| *v = (*v - mean) / sc);
+        }
+    });
     Ok(())
 }
 

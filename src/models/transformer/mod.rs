@@ -510,6 +510,67 @@ impl Transformer {
         Ok((logits, cache, value, grads))
     }
 
+    /// Whether a hook at `name` sees its full tensor in a pass whose last block computes only some
+    /// positions' outputs: a site before that block, or one of its sites computed at every
+    /// position whatever the queries (the residual before it, its first LayerNorm, q, k, v).
+    pub fn full_under_restricted_queries(&self, name: &str) -> bool {
+        let last = self.cfg.n_layers - 1;
+        match Site::parse(&self.cfg, name) {
+            Ok(Site::Embed | Site::PosEmbed) => true,
+            Ok(
+                Site::ResidPre(l)
+                | Site::Ln1Scale(l)
+                | Site::Ln1Normalized(l)
+                | Site::Q(l)
+                | Site::K(l)
+                | Site::V(l),
+            ) => l <= last,
+            Ok(site) => site.layer().is_some_and(|l| l < last),
+            Err(_) => false,
+        }
+    }
+
+    /// [`Self::run_with_hooks`] with the last block computing only `positions` (increasing): the
+    /// logits `[b, positions, v]`. Every hook must see its full tensor in such a pass
+    /// ([`Self::full_under_restricted_queries`]).
+    pub fn run_with_hooks_at(
+        &self,
+        tokens: ArrayView2<u32>,
+        hooks: Hooks,
+        positions: &[usize],
+    ) -> Result<Array3<f32>> {
+        self.check_tokens(tokens)?;
+        let (b, p) = tokens.dim();
+        if positions.is_empty()
+            || positions.windows(2).any(|w| w[0] >= w[1])
+            || positions.iter().any(|&x| x >= p)
+        {
+            return Err(Error::Input(format!(
+                "positions {positions:?} must be increasing and below the input length {p}"
+            )));
+        }
+        if let Some(n) = hooks
+            .names()
+            .find(|n| !self.full_under_restricted_queries(n))
+        {
+            return Err(Error::Input(format!(
+                "a hook at `{n}` needs every position of the last block computed"
+            )));
+        }
+        let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
+        let mut icpt: forward::Interceptor = HookRunner::new(&names, hooks, None)?;
+        let mut ws = take_run_workspace();
+        self.forward_impl(&mut ws, tokens, positions, Some(&mut icpt));
+        let finished = icpt.finish();
+        let v = self.cfg.d_vocab_out();
+        let n = positions.len();
+        let logits = Array3::from_shape_vec((b, n, v), ws.logits[..b * n * v].to_vec())
+            .expect("logits shape");
+        put_run_workspace(ws);
+        finished?;
+        Ok(logits)
+    }
+
     pub fn logits_at(
         &self,
         ws: &mut Workspace,

@@ -75,6 +75,17 @@ impl Site {
         }
     }
 
+    /// The block a hook point is in (None for the embeddings, the final LayerNorm, the unembedding).
+    pub fn layer(&self) -> Option<usize> {
+        use Site::*;
+        match *self {
+            ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | AttnScores(l)
+            | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l)
+            | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            Embed | PosEmbed | LnFinalScale | LnFinalNormalized | UnembedIn | UnembedOut => None,
+        }
+    }
+
     /// Every hook point of a model with this config, in the order the forward pass reaches them.
     pub fn all(cfg: &TransformerConfig) -> Vec<Site> {
         use Site::*;
