@@ -409,3 +409,51 @@ fn a_bad_simd_level_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `toylens circuits --json` on a 2-layer LayerNorm run: the same bytes at every FMA level and on
+/// 1 or 2 threads (patching passes, factored SVDs and eigenvalues, decompositions).
+#[test]
+fn circuit_analysis_gives_the_same_bits_at_every_fma_level_and_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    short_run(
+        &[
+            "train",
+            "grokking-tiny",
+            "model.n_layers=2",
+            "model.normalization_type=LN",
+            "model.attn_bias=true",
+            "train.steps=30",
+        ],
+        Level::best(),
+        &run,
+    );
+    let circuits = |level: Level, threads: &str| -> Vec<u8> {
+        let out = Command::new(env!("CARGO_BIN_EXE_toylens"))
+            .args([
+                "circuits",
+                run.to_str().unwrap(),
+                "--examples",
+                "8",
+                "--json",
+            ])
+            .args(["--threads", threads])
+            .env(simd::LEVEL_ENV, level.name())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let first = same_at(&fma_levels(), "toylens circuits", || {
+        circuits(simd::level(), "2")
+    });
+    assert!(first.len() > 1000, "a report");
+    assert!(
+        circuits(Level::best(), "1") == first,
+        "1 thread gives other bits than 2"
+    );
+}

@@ -4,6 +4,7 @@
 //! in the Fourier basis), as plotly figures from the circuit summary.
 
 use super::html::{layout, Figure};
+use crate::analysis::circuits::factored::dot;
 use crate::analysis::circuits::summary::{self, CircuitSummary, PatchPair};
 use crate::analysis::fourier::FourierBasis;
 use crate::config::Experiment;
@@ -176,19 +177,22 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
         };
         let mut panels = Vec::new();
         if let Some(att) = full.attention.first() {
-            let a = f.dot(&att.slice(ndarray::s![..p, ..p])).dot(&f.t());
+            let a = dot(
+                dot(f.view(), att.slice(ndarray::s![..p, ..p])).view(),
+                f.t(),
+            );
             panels.push(("attention W_E W_QK W_Eᵀ, head 0".to_string(), to(a)));
         }
         if let Some(ni) = full.neuron_input.first() {
             panels.push((
                 "neuron input W_E W_OV W_in, head 0".into(),
-                to(f.dot(&ni.slice(ndarray::s![..p, ..])).t().to_owned()),
+                to(dot(f.view(), ni.slice(ndarray::s![..p, ..])).t().to_owned()),
             ));
         }
         if let Some(w_l) = &full.w_l {
             panels.push((
                 "W_L = W_out W_U".into(),
-                to(w_l.slice(ndarray::s![.., ..p]).dot(&f.t())),
+                to(dot(w_l.slice(ndarray::s![.., ..p]), f.t())),
             ));
         }
         figs.push(Figure {

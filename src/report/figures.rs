@@ -3,6 +3,7 @@
 //! the ToyMLP's neuron heat maps and the superposition intro figure. Analysis computes; this draws.
 
 use crate::analysis::ablation::{AblationRow, Unit};
+use crate::analysis::circuits::factored::dot;
 use crate::analysis::neurons::NeuronFrequencies;
 use crate::analysis::superposition::{geometry, InstanceGeometry};
 use crate::analysis::toy_mlp::neuron_grids;
@@ -891,9 +892,10 @@ fn full_circuits(
         let basis = crate::analysis::fourier::FourierBasis::new(p);
         let f = ndarray::Array2::from_shape_fn((p, p), |(i, j)| basis.rows[i][j]);
         // Tokens 0..p are the numbers (a grokking model's '=' and extra outputs left out).
-        let left = |m: &ndarray::Array2<f64>| f.dot(&m.slice(ndarray::s![..p, ..]));
-        let both_sides =
-            |m: &ndarray::Array2<f64>| f.dot(&m.slice(ndarray::s![..p, ..p])).dot(&f.t());
+        let left = |m: &ndarray::Array2<f64>| dot(f.view(), m.slice(ndarray::s![..p, ..]));
+        let both_sides = |m: &ndarray::Array2<f64>| {
+            dot(dot(f.view(), m.slice(ndarray::s![..p, ..p])).view(), f.t())
+        };
         draw(
             "circuit_attention_fourier",
             "Attention circuit in the Fourier basis (query frequency × key frequency; 0 = constant, then cos/sin 1, 2, ...)",
@@ -911,7 +913,7 @@ fn full_circuits(
             )?;
         }
         if let Some(w_l) = &full.w_l {
-            let right = w_l.slice(ndarray::s![.., ..p]).dot(&f.t());
+            let right = dot(w_l.slice(ndarray::s![.., ..p]), f.t());
             draw(
                 "circuit_w_l_fourier",
                 "W_L in the Fourier basis of the output (neuron × component)",

@@ -32,6 +32,19 @@ fn to_na(a: ArrayView2<f64>) -> DMatrix<f64> {
     DMatrix::from_fn(a.nrows(), a.ncols(), |i, j| a[[i, j]])
 }
 
+/// `a · b` in f64 with each entry summed in the order of the inner index, on every machine
+/// (ndarray's own product picks its kernels by CPU, AVX-512 included).
+pub fn dot(a: ArrayView2<f64>, b: ArrayView2<f64>) -> Array2<f64> {
+    assert_eq!(a.ncols(), b.nrows(), "dot: inner dimensions differ");
+    let mut out = Array2::zeros((a.nrows(), b.ncols()));
+    for (mut row, a_row) in out.outer_iter_mut().zip(a.outer_iter()) {
+        for (&x, b_row) in a_row.iter().zip(b.outer_iter()) {
+            row.zip_mut_with(&b_row, |o, &y| *o += x * y);
+        }
+    }
+    out
+}
+
 /// The thin SVD of a full matrix, singular values descending.
 pub fn svd(m: ArrayView2<f64>) -> Svd {
     let (rows, cols) = m.dim();
@@ -69,11 +82,16 @@ pub fn eigenvalues(m: ArrayView2<f64>) -> Vec<Complex<f64>> {
     ev
 }
 
+/// `|z|` (libm's hypot: the same bits everywhere).
+pub fn modulus(z: &Complex<f64>) -> f64 {
+    libm::hypot(z.re, z.im)
+}
+
 /// Descending modulus, then real part, then imaginary part: one order on every machine.
 pub fn order_eigenvalues(ev: &mut [Complex<f64>]) {
     ev.sort_by(|x, y| {
-        y.norm()
-            .total_cmp(&x.norm())
+        modulus(y)
+            .total_cmp(&modulus(x))
             .then(y.re.total_cmp(&x.re))
             .then(y.im.total_cmp(&x.im))
     });
@@ -109,13 +127,13 @@ impl FactoredMatrix {
 
     /// The full product `A·B` `[l, r]`.
     pub fn product(&self) -> Array2<f64> {
-        self.a.dot(&self.b)
+        dot(self.a.view(), self.b.view())
     }
 
     /// `B·A` `[m, m]` (square products only: same nonzero eigenvalues as `A·B`).
     pub fn inner_product(&self) -> Result<Array2<f64>> {
         self.square("BA")?;
-        Ok(self.b.dot(&self.a))
+        Ok(dot(self.b.view(), self.a.view()))
     }
 
     /// The transpose, `Bᵀ·Aᵀ`.
@@ -135,11 +153,11 @@ impl FactoredMatrix {
                 other.shape()
             )));
         }
-        let middle = self.b.dot(&other.a);
+        let middle = dot(self.b.view(), other.a.view());
         Ok(if self.mdim() <= other.mdim() {
-            FactoredMatrix::new(self.a.clone(), middle.dot(&other.b))?
+            FactoredMatrix::new(self.a.clone(), dot(middle.view(), other.b.view()))?
         } else {
-            FactoredMatrix::new(self.a.dot(&middle), other.b.clone())?
+            FactoredMatrix::new(dot(self.a.view(), middle.view()), other.b.clone())?
         })
     }
 
@@ -152,7 +170,7 @@ impl FactoredMatrix {
                 m.shape()
             )));
         }
-        FactoredMatrix::new(self.a.clone(), self.b.dot(&m))
+        FactoredMatrix::new(self.a.clone(), dot(self.b.view(), m))
     }
 
     /// `m · self` for a full matrix `m [n, l]`.
@@ -164,7 +182,7 @@ impl FactoredMatrix {
                 self.shape()
             )));
         }
-        FactoredMatrix::new(m.dot(&self.a), self.b.clone())
+        FactoredMatrix::new(dot(m, self.a.view()), self.b.clone())
     }
 
     /// The SVD of `A·B` through the factors' own SVDs (TransformerLens's construction): with
@@ -175,12 +193,12 @@ impl FactoredMatrix {
         let sb = svd(self.b.view());
         let left = &sa.v.t() * &sa.s.view().insert_axis(ndarray::Axis(1));
         let right = &sb.u * &sb.s.view().insert_axis(ndarray::Axis(0));
-        let middle = left.dot(&right);
+        let middle = dot(left.view(), right.view());
         let sm = svd(middle.view());
         Svd {
-            u: sa.u.dot(&sm.u),
+            u: dot(sa.u.view(), sm.u.view()),
             s: sm.s,
-            v: sb.v.dot(&sm.v),
+            v: dot(sb.v.view(), sm.v.view()),
         }
     }
 
@@ -193,17 +211,18 @@ impl FactoredMatrix {
     /// Frobenius norm of `A·B`: `√tr(AᵀA · BBᵀ)`, through the inner dimension (equal to the root
     /// of the sum of squared singular values, TransformerLens's `norm()`).
     pub fn norm(&self) -> f64 {
-        let ata = self.a.t().dot(&self.a);
-        let bbt = self.b.dot(&self.b.t());
+        let ata = dot(self.a.t(), self.a.view());
+        let bbt = dot(self.b.view(), self.b.t());
         (&ata * &bbt).sum().max(0.0).sqrt()
     }
 
     /// The top-left `k × k` corner of `A·B` (TransformerLens's `get_corner`).
     pub fn corner(&self, k: usize) -> Array2<f64> {
         let (l, r) = self.shape();
-        self.a
-            .slice(s![..k.min(l), ..])
-            .dot(&self.b.slice(s![.., ..k.min(r)]))
+        dot(
+            self.a.slice(s![..k.min(l), ..]),
+            self.b.slice(s![.., ..k.min(r)]),
+        )
     }
 
     fn square(&self, what: &str) -> Result<()> {

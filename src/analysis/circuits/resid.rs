@@ -300,7 +300,7 @@ fn neuron_parts<'a>(
         for n in 0..model.cfg.d_mlp() {
             parts.push((
                 format!("L{l}N{n}"),
-                Part::Neuron(post, n, w_out.clone().index_axis_move(Axis(0), n)),
+                Part::Neuron(post, n, w_out.index_axis_move(Axis(0), n)),
             ));
         }
     }

@@ -3,7 +3,7 @@
 //! and unembedding, and the OV circuits' copying scores ("A Mathematical Framework for Transformer
 //! Circuits"; TransformerLens's `model.QK`, `model.OV`, `all_composition_scores`).
 
-use super::factored::{composition_score, Complex, FactoredMatrix};
+use super::factored::{composition_score, dot, modulus, Complex, FactoredMatrix};
 use super::{check_head, check_layer};
 use crate::error::{Error, Result};
 use crate::models::transformer::Transformer;
@@ -133,7 +133,7 @@ pub fn full_circuits(model: &Transformer) -> Result<FullCircuits> {
         attention: Vec::with_capacity(n_h),
         neuron_input: Vec::new(),
         ov: Vec::with_capacity(n_h),
-        w_l: mlp.then(|| matrix(model, "blocks.0.mlp.W_out", &[]).dot(&wu)),
+        w_l: mlp.then(|| dot(matrix(model, "blocks.0.mlp.W_out", &[]).view(), wu.view())),
     };
     for h in 0..n_h {
         let qk = qk(model, 0, h)?.after(we.view())?.times(we.t())?;
@@ -181,10 +181,10 @@ pub fn copying_scores(model: &Transformer) -> Result<Vec<CopyingScore>> {
 fn copying(layer: usize, head: usize, ev: &[Complex<f64>]) -> CopyingScore {
     // The factored eigenvalues include the zero ones of a rank-deficient product; they count
     // neither way.
-    let scale = ev.iter().map(|z| z.norm()).fold(0.0, f64::max);
-    let nonzero: Vec<&Complex<f64>> = ev.iter().filter(|z| z.norm() > 1e-9 * scale).collect();
+    let scale = ev.iter().map(modulus).fold(0.0, f64::max);
+    let nonzero: Vec<&Complex<f64>> = ev.iter().filter(|z| modulus(z) > 1e-9 * scale).collect();
     let positive = nonzero.iter().filter(|z| z.re > 0.0).count();
-    let abs: f64 = nonzero.iter().map(|z| z.norm()).sum();
+    let abs: f64 = nonzero.iter().map(|z| modulus(z)).sum();
     let re: f64 = nonzero.iter().map(|z| z.re).sum();
     CopyingScore {
         layer,
