@@ -41,7 +41,12 @@ class Model:
     ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """``(logits, cache)``; the cache maps hook names to arrays in TransformerLens's shapes.
         As in TransformerLens, ``unembed.hook_out`` shares its memory with the logits, and
-        ``unembed.hook_in`` with the last ``hook_resid_post`` when there is no final LayerNorm."""
+        ``unembed.hook_in`` with the last ``hook_resid_post`` when there is no final LayerNorm.
+        The cache is a ``toylens.ActivationCache`` (a dict with TransformerLens's methods)."""
+    def weight(self, name: str) -> np.ndarray:
+        """A state-dict tensor, or ``attn.W_Q`` (say) stacked over the blocks ``[n_layers, ...]``.
+        ``model.W_Q``, ``model.QK``, ``model.OV``, ``all_composition_scores`` and
+        ``process_weights`` are attached by ``toylens.circuits``."""
     def run_with_hooks(
         self, input: _Input, fwd_hooks: Optional[Sequence[Tuple[str, _Hook]]] = None
     ) -> np.ndarray:
@@ -122,5 +127,47 @@ def _ticket(
     control: Optional[str],
     progress: bool,
 ) -> Dict[str, Any]: ...
+def _resid(
+    model: Model,
+    cache: Dict[str, np.ndarray],
+    what: str,
+    layer: Optional[int],
+    mlp_input: bool = False,
+    apply_ln: bool = False,
+    incl_mid: bool = False,
+    mode: str = "all",
+    incl_embeds: bool = True,
+    incl_remainder: bool = False,
+    expand_neurons: bool = True,
+) -> Tuple[np.ndarray, List[str]]: ...
+def _accumulated_bias(model: Model, layer: int, mlp_input: bool, include_mlp_biases: bool) -> np.ndarray: ...
+def _composition_scores(model: Model, mode: str) -> np.ndarray: ...
+def _process_weights(
+    model: Model, fold_ln: bool, center_writing_weights: bool, center_unembed: bool, fold_value_biases: bool
+) -> Model: ...
+def _patch_sweep(
+    model: Model, corrupted: Any, clean_cache: Dict[str, np.ndarray], sweep: str, metric: Any
+) -> np.ndarray: ...
+def _attribution_patch(
+    model: Model, clean: Any, corrupted: Any, sweeps: List[str], metric: Any
+) -> List[np.ndarray]: ...
+def _path_patch(
+    model: Model,
+    clean: Any,
+    corrupted: Any,
+    receiver_input: str,
+    metric: Any,
+    freeze_mlps: bool,
+    sender: Optional[Tuple[int, int]] = None,
+    receiver: Optional[Tuple[int, int]] = None,
+) -> Any: ...
+def _detect_head(
+    model: Model,
+    tokens: Any,
+    pattern: Any,
+    exclude_bos: bool,
+    exclude_current_token: bool,
+    error_measure: str,
+) -> np.ndarray: ...
 def _rust_run_with_cache_seconds(model: Model, input: _Input, repeats: int) -> List[float]: ...
 def _panic_for_test() -> None: ...
