@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """toylens's circuit tools against TransformerLens 3.9 on the same checkpoint, inputs and threads,
-interleaved round by round: the full patching sweep of every head by position
-(`get_act_patch_attn_head_by_pos_every`: output, q, k, v and pattern of every head at every
-position) and the full residual decomposition (`get_full_resid_decomposition`, every head and
+interleaved round by round: patching every head's output at every position
+(`get_act_patch_attn_head_out_by_pos`), the same for output, q, k, v and pattern
+(`get_act_patch_attn_head_by_pos_every`), and the full residual decomposition (`get_full_resid_decomposition`, every head and
 every neuron, with the biases and embeddings). Prints each round's seconds and the ratio
 TransformerLens / toylens, then the median and range of the ratios.
 
@@ -63,6 +63,13 @@ def main():
                 _, tl_cache = tl.run_with_cache(torch.from_numpy(clean))
             tl_corrupted = torch.from_numpy(corrupted)
 
+            def ours_heads():
+                return tp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, metric)
+
+            def theirs_heads():
+                with torch.no_grad():
+                    return tlp.get_act_patch_attn_head_out_by_pos(tl, tl_corrupted, tl_cache, metric)
+
             def ours_sweep():
                 return tp.get_act_patch_attn_head_by_pos_every(model, corrupted, cache, metric)
 
@@ -78,7 +85,8 @@ def main():
                     return tl.run_with_cache(torch.from_numpy(clean))[1].get_full_resid_decomposition(expand_neurons=True)
 
             for name, ours, theirs in [
-                ("patching sweep, every head by position", ours_sweep, theirs_sweep),
+                ("patching every head's output by position (get_act_patch_attn_head_out_by_pos)", ours_heads, theirs_heads),
+                ("patching every head's output, q, k, v and pattern by position (..._by_pos_every)", ours_sweep, theirs_sweep),
                 ("full residual decomposition (with its run_with_cache)", ours_decomp, theirs_decomp),
             ]:
                 np.testing.assert_allclose(

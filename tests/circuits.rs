@@ -750,3 +750,38 @@ fn the_circuits_command_draws_and_records_a_two_layer_run() {
         "{err}"
     );
 }
+
+/// The sweeps' shortcuts (patches skipped where they cannot reach the last position, passes
+/// started at the patched block with only the last position computed there) give what full
+/// hooked passes give (the Python tests compare both with TransformerLens's one forward per
+/// patch).
+#[test]
+fn patching_sweeps_equal_one_forward_per_patch() {
+    for cfg in [ln_2l(), attn_only_3l()] {
+        let m = model(cfg.clone());
+        let clean = tokens(&cfg, 3, 5, 21);
+        let corrupted = tokens(&cfg, 3, 5, 22);
+        let metric = Metric::LogitDiff {
+            answers: vec![1, 2, 3],
+            wrong: vec![4, 5, 6],
+        };
+        let (_, cache) = m.run_with_cache(clean.view(), CacheFilter::All).unwrap();
+        for sweep in Sweep::ALL {
+            let (act, _) = sweep.family();
+            if !cfg.has_mlp() && matches!(sweep, Sweep::ResidMid | Sweep::MlpOut) {
+                continue;
+            }
+            let fast = patching::patch_sweep(&m, corrupted.view(), &cache, sweep, &metric).unwrap();
+            let mut slow_metric = |l: Array3<f32>| Ok(metric.eval(l.view(), false).0);
+            let slow =
+                patching::patch_sweep_with(&m, corrupted.view(), &cache, sweep, &mut slow_metric)
+                    .unwrap();
+            let worst = fast
+                .iter()
+                .zip(slow.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f64, f64::max);
+            assert!(worst < 1e-4, "{} ({act:?}): off by {worst}", sweep.name());
+        }
+    }
+}

@@ -25,14 +25,19 @@ fn transformer(m: &PyModel) -> PyResult<&Transformer> {
         .map_err(crate::py_err)
 }
 
-/// The cache dict's arrays as float32 (a copy only where one is not).
+/// The cache dict's arrays as float32 (a copy only where one is not); with `keep`, only the
+/// entries it names.
 fn cache_arrays<'py>(
     cache: &Bound<'py, PyDict>,
+    keep: Option<&dyn Fn(&str) -> bool>,
 ) -> PyResult<Vec<(String, PyReadonlyArrayDyn<'py, f32>)>> {
     let np = cache.py().import("numpy")?;
     let mut out = Vec::new();
     for (k, v) in cache.iter() {
         let name: String = k.extract()?;
+        if keep.is_some_and(|f| !f(&name)) {
+            continue;
+        }
         let a = np.call_method1("asarray", (v,))?;
         let a = if a.getattr("dtype")?.str()? == "float32" {
             a
@@ -81,7 +86,24 @@ fn _resid<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Vec<String>)> {
     let m = transformer(model)?;
     let mode: Mode = choice("mode", mode).map_err(crate::py_err)?;
-    let arrays = cache_arrays(cache)?;
+    // What the decompositions read: the residual points and outputs, z, the neurons, the scales.
+    let read = |n: &str| {
+        [
+            "hook_embed",
+            "hook_pos_embed",
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_attn_out",
+            "hook_mlp_out",
+            "attn.hook_z",
+            "mlp.hook_post",
+            "hook_scale",
+        ]
+        .iter()
+        .any(|s| n.ends_with(s))
+    };
+    let arrays = cache_arrays(cache, Some(&read))?;
     let acts = views(&arrays);
     let stack = compute(py, || match what {
         "accumulated" => resid::accumulated_resid(m, &acts, layer, incl_mid, apply_ln, mlp_input),
@@ -131,6 +153,14 @@ fn _composition_scores<'py>(
     let mode: Composition = choice("mode", mode).map_err(crate::py_err)?;
     let s = compute(py, || weights::composition_scores(m, mode))?;
     Ok(s.mapv(|x| x as f32).into_pyarray(py).into_any())
+}
+
+/// Every head's copying scores, as dicts.
+#[pyfunction]
+fn _copying_scores<'py>(py: Python<'py>, model: &PyModel) -> PyResult<Bound<'py, PyAny>> {
+    let m = transformer(model)?;
+    let s = compute(py, || weights::copying_scores(m))?;
+    crate::to_py(py, &s)
 }
 
 /// The model with its weights processed (a new model).
@@ -234,7 +264,11 @@ fn _patch_sweep<'py>(
     let m = transformer(model)?;
     let sweep: Sweep = choice("sweep", sweep).map_err(crate::py_err)?;
     let corrupted = tokens_2d(corrupted, "corrupted_tokens")?;
-    let arrays = cache_arrays(clean_cache)?;
+    // Only the patched activation's entries.
+    let act = sweep.family().0;
+    let wanted: Vec<String> = (0..m.cfg.n_layers).map(|l| act.site(l).name()).collect();
+    let keep = |n: &str| wanted.iter().any(|w| w == n);
+    let arrays = cache_arrays(clean_cache, Some(&keep))?;
     let acts = views(&arrays);
     let out = match metric_of(metric, corrupted.nrows())? {
         Some(metric) => compute(py, || {
@@ -413,6 +447,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_accumulated_bias, m)?)?;
     m.add_function(wrap_pyfunction!(_composition_scores, m)?)?;
     m.add_function(wrap_pyfunction!(_process_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(_copying_scores, m)?)?;
     m.add_function(wrap_pyfunction!(_patch_sweep, m)?)?;
     m.add_function(wrap_pyfunction!(_attribution_patch, m)?)?;
     m.add_function(wrap_pyfunction!(_path_patch, m)?)?;

@@ -164,6 +164,20 @@ def test_factored_circuits_and_composition_scores_match(grokked_model, two_layer
         )
     with pytest.raises(ValueError, match="two layers"):
         grokked_model.all_composition_scores("Q")
+    # Copying: TransformerLens's demo's OV_copying_score and the full OV circuit's top-1 check.
+    from toylens.circuits import copying_scores
+
+    for model in (grokked_model, two_layer):
+        tl = tl_of(model)
+        ev = tl.OV.eigenvalues.detach()
+        theirs = (ev.sum(-1).real / ev.abs().sum(-1)).numpy()
+        ours = copying_scores(model)
+        n_h = model.cfg["n_heads"]
+        close([[s["ov_score"] for s in ours if s["layer"] == l] for l in range(model.cfg["n_layers"])], theirs, "OV_copying_score", tol=1e-3)
+        n = min(model.cfg["d_vocab"], model.W_U.shape[1])
+        full = (tl.W_E[:n] @ tl.OV @ tl.W_U[:, :n]).AB.detach()
+        top1 = (full.argmax(-1) == torch.arange(n)).float().mean(-1).numpy()
+        close([[s["top1"] for s in ours[l * n_h:(l + 1) * n_h]] for l in range(model.cfg["n_layers"])], top1, "top-1 copying", tol=1e-6)
 
 
 def test_head_detectors_match(two_layer):

@@ -373,6 +373,14 @@ def accumulated_bias(self: Any, layer: int, mlp_input: bool = False, include_mlp
     return _toylens._accumulated_bias(self, layer, mlp_input, include_mlp_biases)
 
 
+def copying_scores(model: Any) -> List[dict]:
+    """Every head's copying scores: ``score`` (Re(Σλ)/Σ|λ| over the eigenvalues of the full OV
+    circuit W_E·W_OV·W_U), ``positive_share`` (the share of those with a positive real part),
+    ``ov_score`` (the same ratio over ``model.OV``'s eigenvalues, TransformerLens's demo's
+    ``OV_copying_score``) and ``top1`` (the share of tokens whose full-OV row peaks on itself)."""
+    return _toylens._copying_scores(model)
+
+
 def process_weights(
     self: Any,
     fold_ln: bool = True,

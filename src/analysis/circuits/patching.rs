@@ -345,6 +345,7 @@ fn patched_logits(
     (act, axes): (Act, &[IndexAxis]),
     indices: &[Vec<usize>],
     restrict: bool,
+    resume: Option<&[ArrayD<f32>]>,
 ) -> Result<Vec<Array3<f32>>> {
     let l = indices.iter().find_map(|i| i.first().copied()).unwrap_or(0);
     debug_assert!(
@@ -354,8 +355,40 @@ fn patched_logits(
     let (b, p) = corrupted.dim();
     let k = indices.len();
     let tokens = ndarray::Array2::from_shape_fn((k * b, p), |(r, j)| corrupted[[r % b, j]]);
-    let src = clean[l].view();
-    let hooks = Hooks::new().try_add(act.site(l).name(), move |a: &mut ArrayViewMutD<f32>| {
+    let site = act.site(l).name();
+    let last_layer = l + 1 == model.cfg.n_layers;
+    // The metric reads the last position only: where the patch allows, the last block computes
+    // no other. At the last block's query-side sites the hook then sees only that position, and
+    // the patch is the clean run's there (the only place these patches can act: `reaches_last`).
+    let full = model.full_under_restricted_queries(&site);
+    let partial = restrict && last_layer && !full;
+    let pos_axis = axes
+        .iter()
+        .find(|a| matches!(a, IndexAxis::Pos | IndexAxis::DestPos))
+        .map(|a| a.tensor_axis(act))
+        .unwrap_or(if act == Act::Pattern { 2 } else { 1 });
+    let mut src = clean[l].view();
+    if partial {
+        src.slice_axis_inplace(Axis(pos_axis), ndarray::Slice::from(p - 1..p));
+    }
+    let remap = |idx: &[usize]| -> Vec<usize> {
+        idx.iter()
+            .zip(axes)
+            .map(|(&i, a)| {
+                let at_pos = matches!(a, IndexAxis::Pos | IndexAxis::DestPos);
+                if partial && at_pos {
+                    0
+                } else {
+                    i
+                }
+            })
+            .collect()
+    };
+    let local: Vec<Vec<usize>> = indices
+        .iter()
+        .map(|i| if i.is_empty() { Vec::new() } else { remap(i) })
+        .collect();
+    let hooks = Hooks::new().try_add(site, move |a: &mut ArrayViewMutD<f32>| {
         if a.shape()[1..] != src.shape()[1..] || a.shape()[0] != k * src.shape()[0] {
             return Err(format!(
                 "the clean activation has shape {:?}, the corrupted run's {:?}",
@@ -363,7 +396,7 @@ fn patched_logits(
                 a.shape()
             ));
         }
-        for (c, idx) in indices.iter().enumerate().filter(|(_, i)| !i.is_empty()) {
+        for (c, idx) in local.iter().enumerate().filter(|(_, i)| !i.is_empty()) {
             let mut block = a.slice_axis_mut(Axis(0), ndarray::Slice::from(c * b..(c + 1) * b));
             select_mut(block.view_mut(), act, axes, idx).assign(&select(
                 src.view(),
@@ -374,10 +407,19 @@ fn patched_logits(
         }
         Ok(())
     });
-    // The metric reads the last position only: where the patch site allows, the last block
-    // computes no other.
-    let logits = if restrict && model.full_under_restricted_queries(&act.site(l).name()) {
-        model.run_with_hooks_at(tokens.view(), hooks, &[p - 1])?
+    let logits = if restrict && (full || partial) {
+        // The blocks before the patch are the corrupted run's: start at its layer.
+        let from = resume.filter(|_| l > 0).map(|start| {
+            let d = model.cfg.d_model;
+            ndarray::Array3::from_shape_fn((k * b, p, d), |(r, j, c)| start[l][[r % b, j, c]])
+        });
+        model.run_with_hooks_at(
+            tokens.view(),
+            hooks,
+            &[p - 1],
+            from.as_ref().map(|t| (l, t.view())),
+            partial,
+        )?
     } else {
         model.run_with_hooks(tokens.view(), hooks)?
     };
@@ -432,6 +474,7 @@ pub fn patch_sweep(
     let (live, dead): (Vec<Vec<usize>>, Vec<Vec<usize>>) = indices(&shape)
         .into_iter()
         .partition(|idx| reaches_last(act, axes, idx, last));
+    let resume = corrupted_resid_pre(model, corrupted)?;
     let mut groups = passes(live, corrupted.len());
     if !dead.is_empty() {
         // The corrupted run itself rides along in the first pass.
@@ -441,7 +484,15 @@ pub fn patch_sweep(
         .par_iter()
         .with_max_len(1)
         .map(|group| {
-            let logits = patched_logits(model, corrupted, &clean, (act, axes), group, true)?;
+            let logits = patched_logits(
+                model,
+                corrupted,
+                &clean,
+                (act, axes),
+                group,
+                true,
+                resume.as_deref(),
+            )?;
             Ok(logits
                 .iter()
                 .map(|l| metric.eval(l.view(), false).0)
@@ -461,6 +512,27 @@ pub fn patch_sweep(
         out[idx.as_slice()] = base;
     }
     Ok(out)
+}
+
+/// The corrupted run's residual stream before each block (a hooked pass, as the patched ones),
+/// where a patched pass can start; None for one block.
+fn corrupted_resid_pre(
+    model: &Transformer,
+    corrupted: ArrayView2<u32>,
+) -> Result<Option<Vec<ArrayD<f32>>>> {
+    let n = model.cfg.n_layers;
+    if n < 2 {
+        return Ok(None);
+    }
+    let names: Vec<String> = (0..n).map(|l| Site::ResidPre(l).name()).collect();
+    let watch = Hooks::new().add(Site::Embed.name(), |_: &mut ArrayViewMutD<f32>| {});
+    let (_, cache) = model.run(corrupted, watch, Some(CacheFilter::Names(names.clone())))?;
+    Ok(Some(
+        names
+            .iter()
+            .map(|n| cache.get(n).cloned())
+            .collect::<Result<_>>()?,
+    ))
 }
 
 /// Whether a patch at `index` can change the last position's logits (`last`: the last layer and
@@ -493,7 +565,7 @@ pub fn patch_sweep_with(
     let shape = sweep.shape(model, corrupted.ncols());
     let mut values = Vec::new();
     for group in passes(indices(&shape), corrupted.len()) {
-        for logits in patched_logits(model, corrupted, &clean, (act, axes), &group, false)? {
+        for logits in patched_logits(model, corrupted, &clean, (act, axes), &group, false, None)? {
             values.push(metric(logits)?);
         }
     }

@@ -6,7 +6,7 @@
 //! d_model]`; every decomposition sums to the residual it decomposes.
 
 use super::{check_layer_or_end, Acts};
-use crate::engine::matmul::matmul;
+use crate::engine::matmul::{matmul, matmul_threads};
 use crate::error::{Error, Result};
 use crate::models::transformer::Transformer;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Ix4, Zip};
@@ -197,22 +197,20 @@ impl Part<'_> {
                 }
             }
             Part::Head(z, h, w_o) => {
-                let p = z.dim().1;
-                for (r, row) in out.chunks_exact_mut(d).enumerate() {
-                    let zr = z.slice(s![r / p, r % p, *h, ..]);
-                    row.fill(0.0);
-                    for (&zi, w) in zr.iter().zip(w_o.outer_iter()) {
-                        for (o, &wv) in row.iter_mut().zip(w.iter()) {
-                            *o += zi * wv;
-                        }
-                    }
-                }
+                // z[.., h, ..] gathered into rows, then one product with W_O[h].
+                let dh = z.dim().3;
+                let zh: Vec<f32> = z.slice(s![.., .., *h, ..]).iter().copied().collect();
+                let rows = zh.len() / dh.max(1);
+                let zh = ndarray::ArrayView2::from_shape((rows, dh), &zh).expect("z rows");
+                let mut o = ndarray::ArrayViewMut2::from_shape((rows, d), out).expect("rows");
+                matmul_threads(&mut o, &zh, w_o, false, 1);
             }
             Part::Neuron(post, n, w) => {
                 let p = post.dim().1;
+                let w = w.as_slice().expect("a row of W_out is contiguous");
                 for (r, row) in out.chunks_exact_mut(d).enumerate() {
                     let a = post[[r / p, r % p, *n]];
-                    for (o, &wv) in row.iter_mut().zip(w.iter()) {
+                    for (o, &wv) in row.iter_mut().zip(w) {
                         *o = a * wv;
                     }
                 }

@@ -152,44 +152,69 @@ pub fn full_circuits(model: &Transformer) -> Result<FullCircuits> {
 pub struct CopyingScore {
     pub layer: usize,
     pub head: usize,
-    /// The share of the eigenvalues (counted) whose real part is positive.
-    pub positive_share: f64,
-    /// `Re(Σλ) / Σ|λ|` (TransformerLens's demo and the Framework paper's score), in [−1, 1].
+    /// `Re(Σλ) / Σ|λ|` over the nonzero eigenvalues of the full OV circuit `W_E W_OV W_U` (the
+    /// Framework paper's score), in [−1, 1].
     pub score: f64,
+    /// The share of those eigenvalues (counted) whose real part is positive.
+    pub positive_share: f64,
+    /// TransformerLens's demo's `OV_copying_score`: `Re(Σλ) / Σ|λ|` over the eigenvalues of
+    /// `model.OV` (`W_V W_O`, no embedding or unembedding).
+    pub ov_score: f64,
+    /// The share of input tokens whose largest output logit in the full OV circuit is the token
+    /// itself (TransformerLens's demo's top-1 check).
+    pub top1: f64,
 }
 
-/// Copying scores of every head's full OV circuit `W_E W_OV W_U` (square only: the input and
-/// output vocabularies must be the same tokens), from its nonzero eigenvalues, computed on the
-/// small `d_head × d_head` product `W_O W_U W_E W_V`.
+/// Copying scores of every head (see [`CopyingScore`]): the full OV circuit `W_E W_OV W_U` over
+/// the tokens the input and output vocabularies share (a grokking model's `=` left out), its
+/// eigenvalues from the small `d_head × d_head` product.
 pub fn copying_scores(model: &Transformer) -> Result<Vec<CopyingScore>> {
     let (we, wu) = (w_e(model), w_u(model));
-    let (v_in, v_out) = (we.nrows(), wu.ncols());
-    // A grokking model has one more input token than answers (`=`): compare the shared tokens.
-    let n = v_in.min(v_out);
+    let n = we.nrows().min(wu.ncols());
     let (we, wu) = (we.slice(s![..n, ..]), wu.slice(s![.., ..n]));
     let mut out = Vec::new();
     for l in 0..model.cfg.n_layers {
         for h in 0..model.cfg.n_heads {
-            let full = ov(model, l, h)?.after(we)?.times(wu)?;
-            let ev = full.eigenvalues()?;
-            out.push(copying(l, h, &ev));
+            let ov = ov(model, l, h)?;
+            let full = ov.after(we)?.times(wu)?;
+            let (score, positive_share) = eigen_scores(&full.eigenvalues()?);
+            let (ov_score, _) = eigen_scores(&ov.eigenvalues()?);
+            let product = full.product();
+            let hits = product
+                .outer_iter()
+                .enumerate()
+                .filter(|(i, row)| {
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(j, _)| j);
+                    best == Some(*i)
+                })
+                .count();
+            out.push(CopyingScore {
+                layer: l,
+                head: h,
+                score,
+                positive_share,
+                ov_score,
+                top1: hits as f64 / n.max(1) as f64,
+            });
         }
     }
     Ok(out)
 }
 
-fn copying(layer: usize, head: usize, ev: &[Complex<f64>]) -> CopyingScore {
-    // The factored eigenvalues include the zero ones of a rank-deficient product; they count
-    // neither way.
+/// `(Re(Σλ)/Σ|λ|, share with Re λ > 0)` over the nonzero eigenvalues (a factored product adds
+/// zeros, which count neither way).
+fn eigen_scores(ev: &[Complex<f64>]) -> (f64, f64) {
     let scale = ev.iter().map(modulus).fold(0.0, f64::max);
     let nonzero: Vec<&Complex<f64>> = ev.iter().filter(|z| modulus(z) > 1e-9 * scale).collect();
     let positive = nonzero.iter().filter(|z| z.re > 0.0).count();
     let abs: f64 = nonzero.iter().map(|z| modulus(z)).sum();
     let re: f64 = nonzero.iter().map(|z| z.re).sum();
-    CopyingScore {
-        layer,
-        head,
-        positive_share: positive as f64 / nonzero.len().max(1) as f64,
-        score: if abs > 0.0 { re / abs } else { 0.0 },
-    }
+    (
+        if abs > 0.0 { re / abs } else { 0.0 },
+        positive as f64 / nonzero.len().max(1) as f64,
+    )
 }

@@ -224,7 +224,19 @@ impl Transformer {
         }
         let plan = ws.plan;
         ws.w_in_folded = self.folds_w_in(0, &plan);
-        for l in 0..cfg.n_layers {
+        // A pass resumed at a block: its residual stream given, the blocks before it skipped.
+        let start = match ws.start_at.take() {
+            Some((l, resid)) => {
+                assert!(
+                    !plan.dedup_layer0 || l == 0,
+                    "a resumed pass has one row per input"
+                );
+                buf(&mut ws.resid[l], resid.len()).copy_from_slice(&resid);
+                l
+            }
+            None => 0,
+        };
+        for l in start..cfg.n_layers {
             let last = l + 1 == cfg.n_layers;
             let rows = BlockRows {
                 b: b_n,

@@ -199,6 +199,9 @@ pub struct Workspace {
     /// Take no shortcut (every activation at every position, one row per example and position),
     /// so that a backward can record each activation's gradient.
     plain: bool,
+    /// The next forward starts at this block with this residual stream `[b·p, d]` (hooked passes:
+    /// `run_with_hooks_at`).
+    start_at: Option<(usize, Vec<f32>)>,
 }
 
 impl Workspace {
@@ -531,13 +534,19 @@ impl Transformer {
     }
 
     /// [`Self::run_with_hooks`] with the last block computing only `positions` (increasing): the
-    /// logits `[b, positions, v]`. Every hook must see its full tensor in such a pass
-    /// ([`Self::full_under_restricted_queries`]).
+    /// logits `[b, positions, v]`; and, with `from = (l, resid_pre)`, starting at block `l` from
+    /// that residual stream `[b, p, d]` (the blocks before it skipped: the caller has their
+    /// output). Every hook must sit at block `l` or later, and see its full tensor in such a pass
+    /// ([`Self::full_under_restricted_queries`]) unless `partial`: then a hook at one of the last
+    /// block's other sites sees only the rows of `positions` (`[b, positions, ...]`; patterns
+    /// `[b, h, positions, p]`), which its caller must expect.
     pub fn run_with_hooks_at(
         &self,
         tokens: ArrayView2<u32>,
         hooks: Hooks,
         positions: &[usize],
+        from: Option<(usize, ndarray::ArrayView3<f32>)>,
+        partial: bool,
     ) -> Result<Array3<f32>> {
         self.check_tokens(tokens)?;
         let (b, p) = tokens.dim();
@@ -551,15 +560,33 @@ impl Transformer {
         }
         if let Some(n) = hooks
             .names()
-            .find(|n| !self.full_under_restricted_queries(n))
+            .find(|n| !partial && !self.full_under_restricted_queries(n))
         {
             return Err(Error::Input(format!(
                 "a hook at `{n}` needs every position of the last block computed"
             )));
         }
+        if let Some((l, resid)) = &from {
+            let d = self.cfg.d_model;
+            if *l >= self.cfg.n_layers || resid.dim() != (b, p, d) {
+                return Err(Error::Input(format!(
+                    "a pass resumed at block {l} needs its residual stream [{b}, {p}, {d}]; got {:?}",
+                    resid.shape()
+                )));
+            }
+            let early = hooks.names().find(|n| {
+                Site::parse(&self.cfg, n).map_or(true, |s| s.layer().is_none_or(|sl| sl < *l))
+            });
+            if let Some(n) = early {
+                return Err(Error::Input(format!(
+                    "a hook at `{n}` comes before block {l}, where the pass starts"
+                )));
+            }
+        }
         let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
         let mut icpt: forward::Interceptor = HookRunner::new(&names, hooks, None)?;
         let mut ws = take_run_workspace();
+        ws.start_at = from.map(|(l, r)| (l, r.iter().copied().collect()));
         self.forward_impl(&mut ws, tokens, positions, Some(&mut icpt));
         let finished = icpt.finish();
         let v = self.cfg.d_vocab_out();
