@@ -387,8 +387,6 @@ impl Transformer {
         Ok((logits, cache))
     }
 
-    /// Logits `[batch, positions, d_vocab_out]` at the given increasing positions only (forward with
-    /// the shortcuts: the last block runs at those positions alone).
     /// One forward with a cache and one backward of a scalar function of the logits: `metric`
     /// gives its value and d metric / d logits `[b, p, v]`. Returns the logits, the cache, the
     /// value and the gradient of the metric with respect to every activation TransformerLens's
@@ -411,7 +409,7 @@ impl Transformer {
             self.cfg.d_head,
             self.cfg.d_vocab_out(),
         );
-        // The pattern's gradient is computed below from z's and v's: keep v and the pattern.
+        // The pattern's gradient is computed below from z's and v's: keep v.
         let mut cache = ActivationCache::default();
         let mut ws = Workspace {
             plain: true,
@@ -598,6 +596,8 @@ impl Transformer {
         Ok(logits)
     }
 
+    /// Logits `[batch, positions, d_vocab_out]` at the given increasing positions only (forward with
+    /// the shortcuts: the last block runs at those positions alone).
     pub fn logits_at(
         &self,
         ws: &mut Workspace,
