@@ -330,7 +330,20 @@ pub fn stack_head_results(
     apply_ln: bool,
 ) -> Result<Stack> {
     let layer = layer_or_end(model, layer)?;
-    let mut parts = head_parts(model, acts, layer)?;
+    let parts = head_parts(model, acts, layer)?;
+    stack_with_remainder(model, acts, parts, layer, incl_remainder, apply_ln)
+}
+
+/// `parts` stacked, with the rest of the residual at `layer` if `incl_remainder`, through that
+/// layer's first LayerNorm if `apply_ln`.
+fn stack_with_remainder(
+    model: &Transformer,
+    acts: &dyn Acts,
+    mut parts: Vec<(String, Part)>,
+    layer: usize,
+    incl_remainder: bool,
+    apply_ln: bool,
+) -> Result<Stack> {
     if incl_remainder {
         parts.push(("remainder".into(), Part::Bias(vec![0.0; model.cfg.d_model])));
     }
@@ -359,18 +372,8 @@ pub fn stack_neuron_results(
             "stack_neuron_results: this model is attention-only (no neurons)".into(),
         ));
     }
-    let mut parts = neuron_parts(model, acts, layer)?;
-    if incl_remainder {
-        parts.push(("remainder".into(), Part::Bias(vec![0.0; model.cfg.d_model])));
-    }
-    let mut stack = build(parts, resid_shape(acts)?);
-    if incl_remainder {
-        set_remainder(acts, &mut stack, layer)?;
-    }
-    if apply_ln {
-        apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), false)?;
-    }
-    Ok(stack)
+    let parts = neuron_parts(model, acts, layer)?;
+    stack_with_remainder(model, acts, parts, layer, incl_remainder, apply_ln)
 }
 
 /// The biases that reach the residual before `layer`: every `b_O`, and every `b_out` if

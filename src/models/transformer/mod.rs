@@ -548,14 +548,7 @@ impl Transformer {
     ) -> Result<Array3<f32>> {
         self.check_tokens(tokens)?;
         let (b, p) = tokens.dim();
-        if positions.is_empty()
-            || positions.windows(2).any(|w| w[0] >= w[1])
-            || positions.iter().any(|&x| x >= p)
-        {
-            return Err(Error::Input(format!(
-                "positions {positions:?} must be increasing and below the input length {p}"
-            )));
-        }
+        check_positions(positions, p)?;
         if let Some(n) = hooks
             .names()
             .find(|n| !partial && !self.full_under_restricted_queries(n))
@@ -606,14 +599,7 @@ impl Transformer {
     ) -> Result<Array3<f32>> {
         self.check_tokens(tokens)?;
         let (b, p) = tokens.dim();
-        if positions.is_empty()
-            || positions.windows(2).any(|w| w[0] >= w[1])
-            || positions.iter().any(|&x| x >= p)
-        {
-            return Err(Error::Input(format!(
-                "positions {positions:?} must be increasing and below the input length {p}"
-            )));
-        }
+        check_positions(positions, p)?;
         self.forward_impl(ws, tokens, positions, None);
         let v = self.cfg.d_vocab_out();
         let n = positions.len();
@@ -688,6 +674,19 @@ impl Transformer {
             exact_match: exact as f64 / b.max(1.0),
         }
     }
+}
+
+/// Positions to compute: increasing, below the input length `p`.
+fn check_positions(positions: &[usize], p: usize) -> Result<()> {
+    if positions.is_empty()
+        || positions.windows(2).any(|w| w[0] >= w[1])
+        || positions.iter().any(|&x| x >= p)
+    {
+        return Err(Error::Input(format!(
+            "positions {positions:?} must be increasing and below the input length {p}"
+        )));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
