@@ -1,6 +1,8 @@
 //! Circuit analysis for `toylens.ActivationCache`, `toylens.patching` and `toylens.head_detector`
 //! (`toylens/circuits.py` gives them TransformerLens's signatures): the library's
-//! `analysis::circuits` on a model and the cache dict's arrays, lent without copies.
+//! `analysis::circuits` on a model and the cache dict's arrays, lent without copies (borrowed
+//! read-only for the call; another Python thread writing into them meanwhile is the caller's race,
+//! as with any numpy array handed to native code).
 
 use crate::compute;
 use crate::model::PyModel;
@@ -395,8 +397,11 @@ fn _path_patch<'py>(
     }
 }
 
-/// Head detection scores `[n_layers, n_heads]` on `tokens` for a named pattern or an array.
+/// Head detection scores `[n_layers, n_heads]` on `tokens` for a named pattern or an array;
+/// with `cache`, from its attention patterns (TransformerLens's `cache=`) instead of a new run.
 #[pyfunction]
+#[pyo3(signature = (model, tokens, pattern, exclude_bos, exclude_current_token, error_measure, cache=None))]
+#[allow(clippy::too_many_arguments)]
 fn _detect_head<'py>(
     py: Python<'py>,
     model: &PyModel,
@@ -405,6 +410,7 @@ fn _detect_head<'py>(
     exclude_bos: bool,
     exclude_current_token: bool,
     error_measure: &str,
+    cache: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = transformer(model)?;
     let tokens = tokens_2d(tokens, "seq")?;
@@ -413,11 +419,16 @@ fn _detect_head<'py>(
         bos: exclude_bos,
         current_token: exclude_current_token,
     };
-    let scores = if let Ok(name) = pattern.extract::<String>() {
+    let (b, p) = tokens.dim();
+    if p < 2 || p > m.cfg.n_ctx {
+        return Err(PyValueError::new_err(format!(
+            "head detection needs sequences of 2 to n_ctx = {} tokens; these have {p}",
+            m.cfg.n_ctx
+        )));
+    }
+    let custom = if let Ok(name) = pattern.extract::<String>() {
         let kind: HeadKind = choice("detection_pattern", &name).map_err(crate::py_err)?;
-        compute(py, || {
-            detect::detect(m, tokens.view(), kind, exclude, measure)
-        })?
+        Err(kind)
     } else {
         let np = py.import("numpy")?;
         let a = np.call_method1("asarray", (pattern, "float32"))?;
@@ -427,7 +438,6 @@ fn _detect_head<'py>(
             .into_dimensionality::<ndarray::Ix2>()
             .map_err(|_| PyValueError::new_err("detection_pattern is [pos, pos]"))?
             .to_owned();
-        let p = tokens.ncols();
         let lower = a.indexed_iter().all(|((q, k), &x)| k <= q || x == 0.0);
         if a.dim() != (p, p) || !lower {
             return Err(PyValueError::new_err(format!(
@@ -435,9 +445,44 @@ fn _detect_head<'py>(
                 a.shape()
             )));
         }
-        compute(py, || {
-            detect::detect_with(m, tokens.view(), &|_| a.clone(), exclude, measure)
-        })?
+        Ok(a)
+    };
+    let pattern_of = |seq: &[u32]| match &custom {
+        Ok(a) => a.clone(),
+        Err(kind) => kind.pattern(seq),
+    };
+    let scores = match cache {
+        None => compute(py, || {
+            detect::detect_with(m, tokens.view(), &pattern_of, exclude, measure)
+        })?,
+        Some(cache) => {
+            // `[b, h, p, p]` per layer (or `[h, p, p]`: a cache without its batch axis).
+            let want = [b, m.cfg.n_heads, p, p];
+            let mut owned = Vec::new();
+            for l in 0..m.cfg.n_layers {
+                let name = format!("blocks.{l}.attn.hook_pattern");
+                let a = cache.get_item(&name)?.ok_or_else(|| {
+                    pyo3::exceptions::PyKeyError::new_err(format!("the cache has no `{name}`"))
+                })?;
+                let a: PyReadonlyArrayDyn<f32> = py
+                    .import("numpy")?
+                    .call_method1("asarray", (a, "float32"))?
+                    .extract()?;
+                let mut a = a.as_array().to_owned();
+                if a.ndim() == 3 {
+                    a = a.insert_axis(ndarray::Axis(0));
+                }
+                if a.shape() != want {
+                    return Err(PyValueError::new_err(format!(
+                        "the cache's `{name}` has shape {:?}; for these sequences it is {want:?}",
+                        a.shape()
+                    )));
+                }
+                owned.push(a.into_dimensionality::<ndarray::Ix4>().expect("checked"));
+            }
+            let views: Vec<_> = owned.iter().map(|a| a.view()).collect();
+            detect::scores(&views, tokens.view(), &pattern_of, exclude, measure)
+        }
     };
     Ok(scores.into_pyarray(py).into_any())
 }

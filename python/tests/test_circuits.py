@@ -195,6 +195,8 @@ def test_head_detectors_match(two_layer):
                 ours = detect_head(two_layer, seqs[0], kind, error_measure=measure, **flags)
                 theirs = tl_detect(tl, torch.from_numpy(seqs[0])[None], kind, error_measure=measure, **flags)
                 close(ours, theirs, f"{kind} {measure} {flags}", tol=1e-5 if measure == "mul" else 1e-3)
+        _, cache = two_layer.run_with_cache(seqs[:1])
+        close(detect_head(two_layer, seqs[0], kind, cache=cache), detect_head(two_layer, seqs[0], kind), "from a cache", tol=1e-6)
         many = detect_head(two_layer, list(seqs), kind)
         each = np.mean([detect_head(two_layer, s, kind) for s in seqs], axis=0)
         close(many, each, "list of sequences: the mean", tol=1e-6)
@@ -386,6 +388,13 @@ def test_bad_input_is_a_clear_error(two_layer):
         tp.path_patch(two_layer, x, x, metric, "q", (0, 7), (1, 0))
     with pytest.raises(ValueError, match="after the sender"):
         tp.path_patch(two_layer, x, x, metric, "q", (1, 0), (0, 0))
+    bad = dict(cache)
+    bad["blocks.0.attn.hook_z"] = bad["blocks.0.attn.hook_z"][:, :3]
+    with pytest.raises(ValueError, match="hook_z"):
+        toylens.ActivationCache(bad, two_layer).get_full_resid_decomposition()
+    bad["blocks.0.attn.hook_z"] = np.zeros(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="hook_z"):
+        tp.get_act_patch_attn_head_out_all_pos(two_layer, x, bad, metric)
     with pytest.raises(ValueError, match="sweep"):
         toylens._toylens._patch_sweep(two_layer, x, cache, "nonsense", metric)
     with pytest.raises(RuntimeError, match="boom"):

@@ -53,7 +53,8 @@ def detect_head(
     error_measure: str = "mul",
 ) -> np.ndarray:
     """Scores ``[n_layers, n_heads]`` (−1 for heads not in ``heads``): ``mul`` is the share of
-    attention on the pattern, ``abs`` is ``1 − round(mean |A − P| · pos, 3)``."""
+    attention on the pattern, ``abs`` is ``1 − round(mean |A − P| · pos, 3)``. With ``cache``
+    (of a run on ``seq``) its attention patterns are scored instead of a new run's."""
     if isinstance(seq, list) and seq and np.ndim(seq[0]) == 1:
         if cache is not None:
             raise ValueError("a single cache cannot be reused across several sequences")
@@ -81,6 +82,7 @@ def detect_head(
         exclude_bos,
         exclude_current_token,
         error_measure,
+        cache,
     ).astype(np.float32)
     if heads is not None:
         pairs = heads.items() if isinstance(heads, dict) else None

@@ -6,7 +6,7 @@ use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::models::transformer::Transformer;
-use ndarray::{Array2, ArrayView2, Axis, Ix4};
+use ndarray::{Array2, ArrayView2, ArrayView4, Axis, Ix4};
 use serde::Serialize;
 
 /// The heads TransformerLens detects by name.
@@ -122,7 +122,7 @@ pub fn detect_with(
     exclude: Exclude,
     measure: ErrorMeasure,
 ) -> Result<Array2<f64>> {
-    let (b, p) = tokens.dim();
+    let p = tokens.ncols();
     if p < 2 || p > model.cfg.n_ctx {
         return Err(Error::Input(format!(
             "head detection needs sequences of 2 to n_ctx = {} tokens; these have {p}",
@@ -134,13 +134,30 @@ pub fn detect_with(
         .map(|l| format!("blocks.{l}.attn.hook_pattern"))
         .collect();
     let (_, cache) = model.run_with_cache(tokens, CacheFilter::Names(names.clone()))?;
-    let mut out = Array2::zeros((n_l, model.cfg.n_heads));
-    for (l, name) in names.iter().enumerate() {
-        let pat = cache
-            .get(name)?
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("[b, h, q, k]");
+    let patterns = names
+        .iter()
+        .map(|n| {
+            cache
+                .get(n)
+                .map(|a| a.view().into_dimensionality::<Ix4>().expect("[b, h, q, k]"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(scores(&patterns, tokens, pattern, exclude, measure))
+}
+
+/// [`detect_with`] on attention patterns already computed (`[batch, head, query, key]` per
+/// layer, for `tokens`): each head's score, the mean over the sequences.
+pub fn scores(
+    patterns: &[ArrayView4<f32>],
+    tokens: ArrayView2<u32>,
+    pattern: &dyn Fn(&[u32]) -> Array2<f32>,
+    exclude: Exclude,
+    measure: ErrorMeasure,
+) -> Array2<f64> {
+    let b = tokens.nrows();
+    let n_h = patterns.first().map_or(0, |p| p.dim().1);
+    let mut out = Array2::zeros((patterns.len(), n_h));
+    for (l, pat) in patterns.iter().enumerate() {
         for bi in 0..b {
             let seq: Vec<u32> = tokens.row(bi).to_vec();
             let det = pattern(&seq);
@@ -149,7 +166,7 @@ pub fn detect_with(
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// `batch` sequences of `half` random tokens (below `d_vocab`) each followed by a copy of itself,

@@ -315,6 +315,16 @@ fn clean_acts<'a>(
         .map(|l| {
             let name = act.site(l).name();
             let a = clean.act(&name)?;
+            let rank = match act {
+                Act::Z | Act::Q | Act::K | Act::V | Act::Pattern => 4,
+                _ => 3,
+            };
+            if a.ndim() != rank {
+                return Err(Error::Input(format!(
+                    "the clean `{name}` has shape {:?}; it has {rank} axes",
+                    a.shape()
+                )));
+            }
             let (cb, cp) = match act {
                 Act::Pattern => (a.shape()[0], a.shape()[2]),
                 _ => (a.shape()[0], a.shape()[1]),
@@ -410,8 +420,11 @@ fn patched_logits(
     let logits = if restrict && (full || partial) {
         // The blocks before the patch are the corrupted run's: start at its layer.
         let from = resume.filter(|_| l > 0).map(|start| {
-            let d = model.cfg.d_model;
-            ndarray::Array3::from_shape_fn((k * b, p, d), |(r, j, c)| start[l][[r % b, j, c]])
+            // The corrupted run's residual stream, once per copy.
+            let one = start[l].as_slice().expect("a cache entry is contiguous");
+            let tiled: Vec<f32> = one.iter().copied().cycle().take(k * one.len()).collect();
+            ndarray::Array3::from_shape_vec((k * b, p, model.cfg.d_model), tiled)
+                .expect("copies of [b, p, d]")
         });
         model.run_with_hooks_at(
             tokens.view(),

@@ -9,7 +9,9 @@ use super::{check_layer_or_end, Acts};
 use crate::engine::matmul::{matmul, matmul_threads};
 use crate::error::{Error, Result};
 use crate::models::transformer::Transformer;
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Ix4, Zip};
+use ndarray::{
+    s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, ArrayViewD, Axis, Ix3, Ix4, Zip,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -52,16 +54,46 @@ pub enum Mode {
     Attn,
 }
 
-fn act3<'a>(acts: &'a dyn Acts, name: &str) -> Result<ArrayView3<'a, f32>> {
+/// The entry `name`, which must have shape `want` (an error naming both otherwise: a cache
+/// from Python may hold anything).
+fn shaped<'a>(acts: &'a dyn Acts, name: &str, want: &[usize]) -> Result<ArrayViewD<'a, f32>> {
     let a = acts.act(name)?;
-    let shape = a.shape().to_vec();
-    a.into_dimensionality::<Ix3>()
-        .map_err(|_| Error::Input(format!("`{name}` has shape {shape:?}, expected 3 axes")))
+    if a.shape() != want {
+        return Err(Error::Input(format!(
+            "cache entry `{name}` has shape {:?}; this model and the cache's inputs make it {want:?}",
+            a.shape()
+        )));
+    }
+    Ok(a)
+}
+
+/// A `[batch, pos, width]` entry: width 1 for a LayerNorm scale, d_mlp for an MLP's neurons,
+/// d_model for the rest; batch and positions those of the cache's `hook_embed`.
+fn act3<'a>(model: &Transformer, acts: &'a dyn Acts, name: &str) -> Result<ArrayView3<'a, f32>> {
+    let (b, p, _) = resid_shape(model, acts)?;
+    let width = if name.ends_with("hook_scale") {
+        1
+    } else if name.ends_with("mlp.hook_post") || name.ends_with("mlp.hook_pre") {
+        model.cfg.d_mlp()
+    } else {
+        model.cfg.d_model
+    };
+    Ok(shaped(acts, name, &[b, p, width])?
+        .into_dimensionality::<Ix3>()
+        .expect("checked: 3 axes"))
 }
 
 /// `[batch, pos, d_model]` of the cache's embeddings (the shape every stack shares).
-fn resid_shape(acts: &dyn Acts) -> Result<(usize, usize, usize)> {
-    Ok(act3(acts, "hook_embed")?.dim())
+fn resid_shape(model: &Transformer, acts: &dyn Acts) -> Result<(usize, usize, usize)> {
+    let e = acts.act("hook_embed")?;
+    let d = model.cfg.d_model;
+    match *e.shape() {
+        [b, p, dd] if dd == d => Ok((b, p, d)),
+        _ => Err(Error::Input(format!(
+            "cache entry `hook_embed` has shape {:?}; this model makes it [batch, pos, {d}]",
+            e.shape()
+        ))),
+    }
 }
 
 fn layer_or_end(model: &Transformer, layer: Option<usize>) -> Result<usize> {
@@ -89,21 +121,21 @@ pub fn accumulated_resid(
     let mut parts = Vec::new();
     for l in 0..=layer {
         if l == n_l {
-            parts.push(("final_post".into(), resid_post(acts, n_l)?));
+            parts.push(("final_post".into(), resid_post(model, acts, n_l)?));
             continue;
         }
         parts.push((
             format!("{l}_pre"),
-            act3(acts, &format!("blocks.{l}.hook_resid_pre"))?.to_owned(),
+            act3(model, acts, &format!("blocks.{l}.hook_resid_pre"))?.to_owned(),
         ));
         if ((incl_mid && l < layer) || (mlp_input && l == layer)) && model.cfg.has_mlp() {
             parts.push((
                 format!("{l}_mid"),
-                act3(acts, &format!("blocks.{l}.hook_resid_mid"))?.to_owned(),
+                act3(model, acts, &format!("blocks.{l}.hook_resid_mid"))?.to_owned(),
             ));
         }
     }
-    let mut stack = Stack::from_parts(parts, resid_shape(acts)?);
+    let mut stack = Stack::from_parts(parts, resid_shape(model, acts)?);
     if apply_ln {
         if layer == n_l {
             recompute_final_ln(model, &mut stack.components);
@@ -115,8 +147,8 @@ pub fn accumulated_resid(
 }
 
 /// The last block's output (`blocks.{n-1}.hook_resid_post`) for `n_l` layers.
-fn resid_post(acts: &dyn Acts, n_l: usize) -> Result<Array3<f32>> {
-    Ok(act3(acts, &format!("blocks.{}.hook_resid_post", n_l - 1))?.to_owned())
+fn resid_post(model: &Transformer, acts: &dyn Acts, n_l: usize) -> Result<Array3<f32>> {
+    Ok(act3(model, acts, &format!("blocks.{}.hook_resid_post", n_l - 1))?.to_owned())
 }
 
 fn check_mlp_input(model: &Transformer, layer: usize, mlp_input: bool) -> Result<()> {
@@ -151,10 +183,14 @@ pub fn decompose_resid(
     let incl_mlp = mode != Mode::Attn && model.cfg.has_mlp();
     let mut parts = Vec::new();
     if incl_embeds {
-        parts.push(("embed".into(), act3(acts, "hook_embed")?.to_owned()));
-        parts.push(("pos_embed".into(), act3(acts, "hook_pos_embed")?.to_owned()));
+        parts.push(("embed".into(), act3(model, acts, "hook_embed")?.to_owned()));
+        parts.push((
+            "pos_embed".into(),
+            act3(model, acts, "hook_pos_embed")?.to_owned(),
+        ));
     }
-    let attn = |l: usize| act3(acts, &format!("blocks.{l}.hook_attn_out")).map(|a| a.to_owned());
+    let attn =
+        |l: usize| act3(model, acts, &format!("blocks.{l}.hook_attn_out")).map(|a| a.to_owned());
     for l in 0..layer {
         if incl_attn {
             parts.push((format!("{l}_attn_out"), attn(l)?));
@@ -162,14 +198,14 @@ pub fn decompose_resid(
         if incl_mlp {
             parts.push((
                 format!("{l}_mlp_out"),
-                act3(acts, &format!("blocks.{l}.hook_mlp_out"))?.to_owned(),
+                act3(model, acts, &format!("blocks.{l}.hook_mlp_out"))?.to_owned(),
             ));
         }
     }
     if mlp_input && incl_attn {
         parts.push((format!("{layer}_attn_out"), attn(layer)?));
     }
-    let mut stack = Stack::from_parts(parts, resid_shape(acts)?);
+    let mut stack = Stack::from_parts(parts, resid_shape(model, acts)?);
     if apply_ln {
         apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), mlp_input)?;
     }
@@ -224,8 +260,9 @@ impl Part<'_> {
     }
 }
 
-/// The stack of `parts` (labelled), each computed into its own slot, in parallel, into memory
-/// that is written once (no zero fill first: a neuron stack is large).
+/// The stack of `parts` (labelled), each computed into its own slot, in parallel (each slot
+/// zeroed just before its part fills it, while it is in cache: a neuron stack is large, and a
+/// zero fill of all of it first would be one more pass over memory).
 fn build(parts: Vec<(String, Part)>, (b, p, d): (usize, usize, usize)) -> Stack {
     let chunk = b * p * d;
     let n = parts.len();
@@ -235,14 +272,14 @@ fn build(parts: Vec<(String, Part)>, (b, p, d): (usize, usize, usize)) -> Stack 
         .zip(parts.par_iter())
         .for_each(|(slot, (_, part))| {
             // SAFETY: f32 has no invalid bit patterns and no drop; the slot is zeroed before it
-            // is viewed as floats, then every part writes its whole slot.
+            // is viewed as floats, so every float of it is initialised whatever the part writes.
             let out = unsafe {
                 std::ptr::write_bytes(slot.as_mut_ptr(), 0, slot.len());
                 std::slice::from_raw_parts_mut(slot.as_mut_ptr().cast::<f32>(), slot.len())
             };
             part.fill(out, d);
         });
-    // SAFETY: every one of the n·chunk floats was written above.
+    // SAFETY: every one of the n·chunk floats was zeroed (and then filled) above.
     unsafe { data.set_len(n * chunk) };
     Stack {
         components: Array4::from_shape_vec((n, b, p, d), data).expect("stack shape"),
@@ -250,11 +287,13 @@ fn build(parts: Vec<(String, Part)>, (b, p, d): (usize, usize, usize)) -> Stack 
     }
 }
 
-fn z_of<'a>(acts: &'a dyn Acts, l: usize) -> Result<ArrayView4<'a, f32>> {
+fn z_of<'a>(model: &Transformer, acts: &'a dyn Acts, l: usize) -> Result<ArrayView4<'a, f32>> {
+    let (b, p, _) = resid_shape(model, acts)?;
+    let (h, dh) = (model.cfg.n_heads, model.cfg.d_head);
     let name = format!("blocks.{l}.attn.hook_z");
-    acts.act(&name)?
+    Ok(shaped(acts, &name, &[b, p, h, dh])?
         .into_dimensionality::<Ix4>()
-        .map_err(|_| Error::Input(format!("`{name}` is not 4-D")))
+        .expect("checked: 4 axes"))
 }
 
 /// Every head's part in the layers before `layer`.
@@ -265,7 +304,7 @@ fn head_parts<'a>(
 ) -> Result<Vec<(String, Part<'a>)>> {
     let mut parts = Vec::new();
     for l in 0..layer {
-        let z = z_of(acts, l)?;
+        let z = z_of(model, acts, l)?;
         let w_o = model.param(&format!("blocks.{l}.attn.W_O")).expect("W_O");
         let w_o = w_o
             .into_dimensionality::<ndarray::Ix3>()
@@ -288,7 +327,7 @@ fn neuron_parts<'a>(
 ) -> Result<Vec<(String, Part<'a>)>> {
     let mut parts = Vec::new();
     for l in 0..layer {
-        let post = act3(acts, &format!("blocks.{l}.mlp.hook_post"))?;
+        let post = act3(model, acts, &format!("blocks.{l}.mlp.hook_post"))?;
         let w_out = model
             .param(&format!("blocks.{l}.mlp.W_out"))
             .expect("W_out");
@@ -306,11 +345,21 @@ fn neuron_parts<'a>(
 }
 
 /// The last component becomes the residual at `layer` minus all the others.
-fn set_remainder(acts: &dyn Acts, stack: &mut Stack, layer: usize) -> Result<()> {
+fn set_remainder(
+    model: &Transformer,
+    acts: &dyn Acts,
+    stack: &mut Stack,
+    layer: usize,
+) -> Result<()> {
     let mut rest = if layer == 0 {
-        act3(acts, "hook_embed")?.to_owned() + act3(acts, "hook_pos_embed")?
+        act3(model, acts, "hook_embed")?.to_owned() + act3(model, acts, "hook_pos_embed")?
     } else {
-        act3(acts, &format!("blocks.{}.hook_resid_post", layer - 1))?.to_owned()
+        act3(
+            model,
+            acts,
+            &format!("blocks.{}.hook_resid_post", layer - 1),
+        )?
+        .to_owned()
     };
     let n = stack.labels.len() - 1;
     for i in 0..n {
@@ -347,9 +396,9 @@ fn stack_with_remainder(
     if incl_remainder {
         parts.push(("remainder".into(), Part::Bias(vec![0.0; model.cfg.d_model])));
     }
-    let mut stack = build(parts, resid_shape(acts)?);
+    let mut stack = build(parts, resid_shape(model, acts)?);
     if incl_remainder {
-        set_remainder(acts, &mut stack, layer)?;
+        set_remainder(model, acts, &mut stack, layer)?;
     }
     if apply_ln {
         apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), false)?;
@@ -422,19 +471,19 @@ pub fn full_resid_decomposition(
             parts.extend(neuron_parts(model, acts, layer)?);
         } else {
             for l in 0..layer {
-                let a = act3(acts, &format!("blocks.{l}.hook_mlp_out"))?;
+                let a = act3(model, acts, &format!("blocks.{l}.hook_mlp_out"))?;
                 parts.push((format!("{l}_mlp_out"), Part::Copy(a)));
             }
         }
     }
-    parts.push(("embed".into(), Part::Copy(act3(acts, "hook_embed")?)));
+    parts.push(("embed".into(), Part::Copy(act3(model, acts, "hook_embed")?)));
     parts.push((
         "pos_embed".into(),
-        Part::Copy(act3(acts, "hook_pos_embed")?),
+        Part::Copy(act3(model, acts, "hook_pos_embed")?),
     ));
     let bias = accumulated_bias(model, layer, mlp_input, expand_neurons);
     parts.push(("bias".into(), Part::Bias(bias)));
-    let mut stack = build(parts, resid_shape(acts)?);
+    let mut stack = build(parts, resid_shape(model, acts)?);
     if apply_ln {
         apply_ln_to_stack(model, acts, &mut stack.components, Some(layer), mlp_input)?;
     }
@@ -457,7 +506,7 @@ pub fn apply_ln_to_stack(
     }
     let layer = layer_or_end(model, layer)?;
     let key = ln_scale_name(model, layer, mlp_input);
-    let scale = act3(acts, &key)?;
+    let scale = act3(model, acts, &key)?;
     let (_, b, p, _) = stack.dim();
     if scale.dim() != (b, p, 1) {
         return Err(Error::Input(format!(
@@ -545,7 +594,7 @@ pub fn direct_logit_attribution(
     let b_u = model.param("unembed.b_U").expect("b_U");
     let ln = model.param("ln_final.w").zip(model.param("ln_final.b"));
     let scale = if model.cfg.has_ln() {
-        Some(act3(acts, "ln_final.hook_scale")?)
+        Some(act3(model, acts, "ln_final.hook_scale")?)
     } else {
         None
     };

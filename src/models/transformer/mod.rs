@@ -565,8 +565,10 @@ impl Transformer {
                     resid.shape()
                 )));
             }
-            let early = hooks.names().find(|n| {
-                Site::parse(&self.cfg, n).map_or(true, |s| s.layer().is_none_or(|sl| sl < *l))
+            let early = hooks.names().find(|n| match Site::parse(&self.cfg, n) {
+                Ok(Site::Embed | Site::PosEmbed) => true,
+                Ok(s) => s.layer().is_some_and(|sl| sl < *l),
+                Err(_) => true,
             });
             if let Some(n) = early {
                 return Err(Error::Input(format!(
@@ -574,6 +576,13 @@ impl Transformer {
                 )));
             }
         }
+        // A hooked pass (one row per input, as `from` gives them) even with no hook of the
+        // caller's.
+        let at = from.as_ref().map_or(0, |(l, _)| *l);
+        let hooks = hooks.add(
+            Site::ResidPre(at).name(),
+            |_: &mut ndarray::ArrayViewMutD<f32>| {},
+        );
         let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
         let mut icpt: forward::Interceptor = HookRunner::new(&names, hooks, None)?;
         let mut ws = take_run_workspace();
