@@ -86,6 +86,24 @@ pub fn train_steps_in(
     optim: AdamWConfig,
     steps: usize,
 ) -> Result<StepTimes> {
+    train_steps_traced_in(ws, model, batch, optim, steps, false)
+}
+
+/// [`train_steps_in`], each update traced as training traces it (`train.trace_every: 1`) when
+/// `trace` is set: what the trace costs a step.
+pub fn train_steps_traced_in(
+    ws: &mut Workspace,
+    model: &mut Transformer,
+    batch: &TokenBatch,
+    optim: AdamWConfig,
+    steps: usize,
+    trace: bool,
+) -> Result<StepTimes> {
+    use crate::models::Model;
+    let tensors: Vec<std::ops::Range<usize>> = Model::tensors(&*model)
+        .into_iter()
+        .map(|t| t.range)
+        .collect();
     let mut grads = vec![0.0f32; model.layout.total];
     let mut opt = AdamW::new(optim, model.layout.total);
     let trainable = model.layout.trainable_ranges();
@@ -96,7 +114,12 @@ pub fn train_steps_in(
     for _ in 0..steps {
         let t0 = Instant::now();
         let stats = model.loss_and_grad(ws, batch, &mut grads)?;
-        opt.update(&mut model.params, &grads, &trainable, optim.lr);
+        if trace {
+            let t = opt.update_traced(&mut model.params, &grads, &trainable, optim.lr, &tensors);
+            std::hint::black_box(t);
+        } else {
+            opt.update(&mut model.params, &grads, &trainable, optim.lr);
+        }
         out.step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         out.losses.push(stats.loss);
     }
@@ -286,6 +309,8 @@ pub struct BenchRequest {
     pub peak: bool,
     /// W1 only: force layer 0's W_in fold on or off.
     pub w_in_fold: Option<Switch>,
+    /// W1 and W3: trace every update as training does by default.
+    pub trace: bool,
 }
 
 /// What a benchmark measured: `json`, one object (what `--json` prints and bench/ scripts read),
@@ -315,6 +340,9 @@ impl BenchRequest {
                 crate::error::choice_name(&self.workload)
             )));
         }
+        if self.trace && self.workload == Workload::W2 {
+            return Err(Error::Input("--trace: W1 and W3 take it, not W2".into()));
+        }
         let (name, about, r, extra) = match self.workload {
             Workload::W2 => {
                 let mut w2 = W2::new(self.seed)?;
@@ -330,7 +358,14 @@ impl BenchRequest {
             Workload::W3 => {
                 let mut w3 = W3::new(self.seed)?;
                 save("init_w3.safetensors", &w3.model, None)?;
-                let r = train_steps(&mut w3.model, &w3.batch, w3.optim, steps)?;
+                let r = train_steps_traced_in(
+                    &mut Workspace::new(),
+                    &mut w3.model,
+                    &w3.batch,
+                    w3.optim,
+                    steps,
+                    self.trace,
+                )?;
                 let rows = |a: &ndarray::Array2<u32>| {
                     a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>()
                 };
@@ -376,7 +411,14 @@ impl BenchRequest {
         )?;
         let mut ws = Workspace::new();
         ws.set_w_in_fold(self.w_in_fold.map(|f| f == Switch::On));
-        let r = train_steps_in(&mut ws, &mut w1.model, &w1.batch, w1.optim, steps)?;
+        let r = train_steps_traced_in(
+            &mut ws,
+            &mut w1.model,
+            &w1.batch,
+            w1.optim,
+            steps,
+            self.trace,
+        )?;
         let folded = ws.w_in_folded();
         let ms = median(&r.step_ms[1..]);
         let flops = w1.step_flops(folded);

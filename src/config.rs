@@ -176,6 +176,66 @@ pub struct TrainConfig {
     /// rewind point); its model config must be this run's. The optimizer starts fresh.
     #[serde(default)]
     pub init_from: Option<String>,
+    /// Record the optimizer's per-tensor trace (`trace.npy`) every this many steps; 0 records none.
+    #[serde(default = "every_step")]
+    pub trace_every: u64,
+    /// Analyses measured at every evaluation and written as metric columns (`toylens monitors`
+    /// lists them). They read the model and never change the training bits.
+    #[serde(default)]
+    pub monitors: Vec<String>,
+    /// How loss spikes are found (`toylens spikes`, the report).
+    #[serde(default)]
+    pub spikes: SpikeRule,
+}
+
+fn every_step() -> u64 {
+    1
+}
+
+/// A spike: an evaluation where `column` exceeds `ratio` times the median of the `window`
+/// evaluations before it; consecutive ones are one spike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeRule {
+    /// A metric column, or `trace.loss` (the trace's loss of every traced step's batch).
+    pub column: String,
+    pub ratio: f64,
+    pub window: usize,
+}
+
+impl Default for SpikeRule {
+    fn default() -> Self {
+        SpikeRule {
+            column: "train_loss".into(),
+            ratio: 2.0,
+            window: 10,
+        }
+    }
+}
+
+impl SpikeRule {
+    /// Range checks; `prefix` names the keys (`train.spikes`, or the command's flags).
+    pub fn check(&self, prefix: &str) -> Result<()> {
+        if !(self.ratio > 1.0 && self.ratio.is_finite()) {
+            return Err(Error::config(
+                format!("{prefix}.ratio"),
+                format!("must be a number above 1 (got {})", self.ratio),
+            ));
+        }
+        if !(2..=100_000).contains(&self.window) {
+            return Err(Error::config(
+                format!("{prefix}.window"),
+                format!("must be from 2 to 100000 evaluations (got {})", self.window),
+            ));
+        }
+        if self.column.trim().is_empty() {
+            return Err(Error::config(
+                format!("{prefix}.column"),
+                "must name a metric column or trace.loss",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ExperimentConfig {
@@ -269,6 +329,7 @@ impl ExperimentConfig {
                 return Err(Error::config(k, "must be at least 1"));
             }
         }
+        t.spikes.check("train.spikes")?;
         match t.batch_size {
             Some(0) => {
                 return Err(Error::config(

@@ -44,3 +44,33 @@ fn the_w_in_fold_gives_the_same_gradient_on_one_and_two_threads() {
         "the fold's gradients differ between 1 and 2 threads"
     );
 }
+
+/// The optimizer trace's statistics do not depend on the thread count either: on the two halves a
+/// small model's update takes and on the chunks a large one's does.
+#[test]
+fn the_traced_update_gives_the_same_statistics_on_one_and_two_threads() {
+    use toylens::engine::adamw::{AdamW, AdamWConfig};
+    for n in [5_000usize, 400_000] {
+        let traced = |threads: usize| {
+            with_threads(threads, || {
+                let mut p: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                    .collect();
+                let g: Vec<f32> = (0..n)
+                    .map(|i| ((i * 104_729) % 997) as f32 / 1e4 - 0.05)
+                    .collect();
+                let tensors = [0..n / 3, n / 3..n / 3 + 1, n / 3 + 1..n];
+                let mut opt = AdamW::new(AdamWConfig::default(), n);
+                let all = std::iter::once(0..n).collect::<Vec<_>>();
+                let stats: Vec<_> = (0..3)
+                    .map(|_| opt.update_traced(&mut p, &g, &all, 1e-3, &tensors))
+                    .collect();
+                (p, stats)
+            })
+        };
+        let (p1, s1) = traced(1);
+        let (p2, s2) = traced(2);
+        assert!(p1 == p2, "{n}: weights differ");
+        assert_eq!(s1, s2, "{n}: the statistics differ between 1 and 2 threads");
+    }
+}

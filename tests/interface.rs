@@ -141,7 +141,7 @@ fn spawn(args: &[&str], dir: &Path, resume: bool) -> std::process::Child {
 }
 
 #[test]
-fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
+fn a_run_killed_twenty_times_resumes_to_the_same_bytes_trace_and_monitors_included() {
     let d = tempfile::tempdir().unwrap();
     let (whole, killed): (PathBuf, PathBuf) = (d.path().join("whole"), d.path().join("killed"));
     let args = [
@@ -150,6 +150,7 @@ fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
         "train.steps=4000",
         "train.eval_every=10",
         "train.checkpoint_every=40",
+        "train.monitors=[progress, attention]",
         "--quiet",
     ];
     let out = toylens()
@@ -208,10 +209,20 @@ fn a_run_killed_twenty_times_resumes_to_the_same_bytes() {
         std::fs::read(killed.join("final.safetensors")).unwrap(),
         "weights after {kills} kills differ"
     );
+    // The optimizer trace, byte for byte; the monitors are metric columns.
+    assert_eq!(
+        std::fs::read(whole.join("trace.npy")).unwrap(),
+        std::fs::read(killed.join("trace.npy")).unwrap(),
+        "the trace after {kills} kills differs"
+    );
     for f in ["metrics.csv", "metrics.jsonl"] {
         let (a, b) = (
             without_wall_time(&whole.join(f)),
             without_wall_time(&killed.join(f)),
+        );
+        assert!(
+            a.contains("progress_restricted_loss"),
+            "{f} holds the monitors"
         );
         assert_eq!(a.lines().count(), b.lines().count(), "{f}: row count");
         for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {

@@ -44,6 +44,7 @@ fn report_is_self_contained_and_every_figure_draws_in_a_browser() {
             "grokking-tiny",
             "train.steps=300",
             "train.checkpoint_every=100",
+            "train.monitors=[progress, attention]",
             "--quiet",
         ],
         Some(&run),
@@ -70,9 +71,17 @@ fn report_is_self_contained_and_every_figure_draws_in_a_browser() {
     }
     let n_figures = html.matches("class=\"plot\"").count();
     // 8 of the modular page, 6 of the circuits section (1 layer, 3 positions: no path patching,
-    // composition or detectors).
-    assert_eq!(n_figures, 14);
-    for id in ["circuits-dla", "circuits-patch-blocks", "circuits-fourier"] {
+    // composition or detectors), 5 of watching training (the trace's two, spikes, two monitors).
+    assert_eq!(n_figures, 19);
+    for id in [
+        "circuits-dla",
+        "circuits-patch-blocks",
+        "circuits-fourier",
+        "trace_grad",
+        "spikes",
+        "monitor-progress",
+        "monitor-attention",
+    ] {
         assert!(html.contains(&format!("fig-{id}")), "no {id}");
     }
     draws_in_browser(&path, n_figures, d.path());
@@ -157,8 +166,9 @@ fn every_task_has_a_report_that_draws() {
                 "train.steps=40",
                 "data.n_eval=100",
             ][..],
-            // 7 of its own, 6 of the circuits section (detectors, no composition: 1 layer).
-            13,
+            // 7 of its own, 6 of the circuits section (detectors, no composition: 1 layer), 3 of
+            // watching training (the trace's two, spikes).
+            16,
             "Each digit through the naive sum",
         ),
         (
@@ -169,7 +179,7 @@ fn every_task_has_a_report_that_draws() {
                 "train.steps=100",
                 "train.eval_every=20",
             ][..],
-            4,
+            7,
             "Which neurons matter",
         ),
         (
@@ -180,7 +190,7 @@ fn every_task_has_a_report_that_draws() {
                 "train.batch_size=64",
                 "train.steps=100",
             ][..],
-            4,
+            7,
             "Feature directions, per instance",
         ),
     ] {

@@ -338,8 +338,8 @@ fn the_grokking_step_gives_the_same_bits_at_every_fma_level_with_and_without_the
     }
 }
 
-/// A run's final weights and metric rows (wall time left out).
-fn short_run(args: &[&str], level: Level, dir: &Path) -> (Vec<u8>, Vec<String>) {
+/// A run's final weights, metric rows (wall time left out) and optimizer trace.
+fn short_run(args: &[&str], level: Level, dir: &Path) -> (Vec<u8>, Vec<String>, Vec<u8>) {
     let out = Command::new(env!("CARGO_BIN_EXE_toylens"))
         .args(args)
         .args(["--quiet", "--force", "--out"])
@@ -362,7 +362,11 @@ fn short_run(args: &[&str], level: Level, dir: &Path) -> (Vec<u8>, Vec<String>) 
             v.to_string()
         })
         .collect();
-    (std::fs::read(dir.join("final.safetensors")).unwrap(), rows)
+    (
+        std::fs::read(dir.join("final.safetensors")).unwrap(),
+        rows,
+        std::fs::read(dir.join("trace.npy")).unwrap(),
+    )
 }
 
 #[test]
@@ -376,8 +380,15 @@ fn every_preset_trains_to_the_same_bits_at_every_fma_level() {
             "grokking-tiny",
             "train.steps=30",
             "train.eval_every=10",
+            "train.monitors=[progress, attention]",
         ],
-        &["train", "digits3", "train.steps=10", "train.eval_every=5"],
+        &[
+            "train",
+            "digits3",
+            "train.steps=10",
+            "train.eval_every=5",
+            "train.monitors=[digits]",
+        ],
         &["train", "digits5", "train.steps=4", "train.eval_every=2"],
         &["train", "toy-mlp", "train.steps=60", "train.eval_every=20"],
         &[

@@ -343,6 +343,28 @@ fn _eval<'py>(py: Python<'py>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py
     )
 }
 
+/// `toylens spikes` without files: the run's rule with the given parts changed.
+#[pyfunction]
+#[pyo3(signature = (run, column=None, ratio=None, window=None))]
+fn _spikes<'py>(
+    py: Python<'py>,
+    run: PathBuf,
+    column: Option<String>,
+    ratio: Option<f64>,
+    window: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let r = compute(py, || {
+        let mut rule = toylens::io::run::run_config(&run)?.train.spikes;
+        if let Some(c) = column {
+            rule.column = c;
+        }
+        rule.ratio = ratio.unwrap_or(rule.ratio);
+        rule.window = window.unwrap_or(rule.window);
+        toylens::analysis::spikes::forensics(&run, Some(&rule)).map(|(r, _)| r)
+    })?;
+    to_py(py, &r)
+}
+
 /// λ̂ by SGLD (`toylens llc`), of one checkpoint or of every checkpoint of a run.
 #[pyfunction]
 #[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss))]
@@ -496,6 +518,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_ablate, m)?)?;
     m.add_function(wrap_pyfunction!(_eval, m)?)?;
     m.add_function(wrap_pyfunction!(_llc, m)?)?;
+    m.add_function(wrap_pyfunction!(_spikes, m)?)?;
     m.add_function(wrap_pyfunction!(_prune, m)?)?;
     m.add_function(wrap_pyfunction!(_ticket, m)?)?;
     m.add_function(wrap_pyfunction!(_is_sweep, m)?)?;

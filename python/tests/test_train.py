@@ -121,3 +121,37 @@ def test_training_releases_the_gil(tmp_path):
     during = [x for x in ticks if t0 < x < t1]
     # Held, the GIL would stop the other thread for the whole call.
     assert len(during) > 0.3 * (t1 - t0) / 0.005, (len(during), t1 - t0)
+
+
+def test_the_trace_and_monitors_read_back_as_arrays(tmp_path):
+    run = toylens.train(
+        "grokking-tiny",
+        {"train.steps": 200, "train.monitors": ["progress", "attention"], "train.trace_every": 2},
+        out=tmp_path / "watched",
+        progress=False,
+    )
+    t = run.trace
+    assert t["every"] == 2 and t["tensors"][0] == "embed.W_E"
+    np.testing.assert_array_equal(t["step"], np.arange(2, 201, 2))
+    n = len(t["tensors"])
+    for k in ["grad_norm", "update_norm", "weight_norm", "eps_share", "max_update_ratio"]:
+        assert t[k].shape == (100, n) and t[k].dtype == np.float32, k
+    # The trace's weight norm at the last step is the final weights'.
+    w = run.load().state_dict()
+    for i, name in enumerate(t["tensors"]):
+        assert t["weight_norm"][-1, i] == pytest.approx(np.linalg.norm(w[name]), rel=1e-5), name
+    # Monitors are metric columns, measured at every evaluation.
+    m = run.metrics
+    assert len(m["progress_restricted_loss"]) == len(m["step"])
+    assert np.all(np.isfinite(m["attention_L0H0_entropy"]))
+    # Spikes, by the run's rule or another.
+    s = run.spikes()
+    assert s["rule"]["column"] == "train_loss" and s["rule"]["ratio"] == 2.0
+    assert isinstance(s["spikes"], list)
+    with pytest.raises(ValueError, match="spikes.ratio"):
+        run.spikes(ratio=0.5)
+    with pytest.raises(ValueError, match="did you mean `test_loss`"):
+        run.spikes(column="test_los")
+    with pytest.raises(ValueError, match="did you mean `progress`"):
+        toylens.train("grokking-tiny", {"train.monitors": ["progres"]}, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -132,6 +132,31 @@ class Run:
             raise KeyError(f"{self.dir} has no checkpoint of step {step}; it has {self.steps}")
         return load(str(self.checkpoints[self.steps.index(step)]))
 
+    @property
+    def trace(self) -> Optional[Dict[str, Any]]:
+        """The optimizer trace (`trace.npy`; None where the run has none): `step`, `loss` (each
+        traced step's batch) and `lr` of shape [records], and per tensor (`tensors` names them)
+        `grad_norm`, `update_norm`, `weight_norm`, `eps_share` and `max_update_ratio` of shape
+        [records, tensors]."""
+        info_path = self.dir / "trace.json"
+        if not info_path.exists():
+            return None
+        import json
+
+        info = json.loads(info_path.read_text())
+        records = np.load(self.dir / "trace.npy")
+        out: Dict[str, Any] = {"tensors": info["tensors"], "every": info["every"]}
+        for name in records.dtype.names:
+            out[name] = np.ascontiguousarray(records[name])
+        return out
+
+    def spikes(self, column: Optional[str] = None, ratio: Optional[float] = None,
+               window: Optional[int] = None) -> Dict[str, Any]:
+        """`toylens spikes`: the run's loss spikes by its `train.spikes` rule (or these parts of
+        it changed) and, per spike, the tensors whose gradient and update norms rose first, Adam's
+        ε regime, and the loss columns that carried the extra loss. Writes no file."""
+        return _toylens._spikes(str(self.dir), column, ratio, window)
+
     def __repr__(self) -> str:
         done = "finished" if self.summary is not None else "unfinished"
         return f"toylens.Run({str(self.dir)!r}, {done}, {len(self.steps)} checkpoints)"

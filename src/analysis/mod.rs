@@ -23,6 +23,7 @@ pub mod generic;
 pub mod llc;
 pub mod neurons;
 pub mod patching;
+pub mod spikes;
 pub mod superposition;
 pub mod toy_mlp;
 

@@ -186,6 +186,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Loss spikes of a run and where they come from: the spikes of a metric column by the run's
+    /// train.spikes rule (a point above RATIO × the median of the WINDOW points before it), and for
+    /// each, from the optimizer trace, which tensors' gradient and update norms rose first and by
+    /// how much, whether Adam's ε regime was involved, and which loss columns carried the extra
+    /// loss. Each spike's window is drawn into RUN/analysis/spikes/ with spikes.json.
+    Spikes {
+        run: PathBuf,
+        /// A metric column, or trace.loss (every traced step's batch loss).
+        #[arg(long)]
+        column: Option<String>,
+        #[arg(long)]
+        ratio: Option<f64>,
+        #[arg(long)]
+        window: Option<usize>,
+        /// Write the pictures and spikes.json here instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The monitors train.monitors can name, with what each measures.
+    Monitors,
     /// Activation patching on a modular-arithmetic model: run `a b =` (target) with the activation at
     /// HOOK taken from another input (source); prints the effect on the target's answer.
     Patch {
@@ -337,6 +359,10 @@ enum Cmd {
         /// against the other on this machine; without it, W1 takes the fold, as training does.
         #[arg(long, value_enum)]
         w_in_fold: Option<Switch>,
+        /// W1 and W3: trace every update (per-tensor norms, ε share, update ratio) as training
+        /// does by default, to time what the trace costs.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -1111,6 +1137,36 @@ fn run(cmd: Cmd) -> Result<()> {
                 println!("{}", commands::circuits::describe(&r));
             }
         }
+        Cmd::Spikes {
+            run,
+            column,
+            ratio,
+            window,
+            out,
+            json,
+        } => {
+            let r = commands::spikes::SpikesRequest {
+                run,
+                column,
+                ratio,
+                window,
+                out,
+            }
+            .run()?;
+            for f in &r.files {
+                eprintln!("wrote {}", f.display());
+            }
+            if json {
+                println!("{}", serde_json::to_string(&r.report)?);
+            } else {
+                print!("{}", toylens::analysis::spikes::describe(&r.report));
+            }
+        }
+        Cmd::Monitors => {
+            for m in toylens::train::monitors::MONITORS {
+                println!("{:<10} {}", m.name, m.about);
+            }
+        }
         Cmd::Patch {
             checkpoint,
             hook,
@@ -1346,6 +1402,7 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
             peak,
             w_in_fold,
+            trace,
         } => {
             let r = toylens::bench::BenchRequest {
                 workload,
@@ -1354,6 +1411,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 out,
                 peak,
                 w_in_fold,
+                trace,
             }
             .run()?;
             if json {

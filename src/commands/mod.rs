@@ -3,6 +3,7 @@
 //! training outputs: `analyze` on a run writes into `RUN/analysis/`.
 
 pub mod circuits;
+pub mod spikes;
 pub mod train;
 
 use crate::analysis::{

@@ -6,5 +6,6 @@ pub mod load;
 pub mod pickle;
 pub mod pth;
 pub mod run;
+pub mod trace;
 
 pub use load::{load_any, Loaded};

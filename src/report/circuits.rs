@@ -69,7 +69,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
     let s = summary::summarize(model, &inputs)?;
     let mut figs = vec![
         Figure {
-            id: "circuits-dla",
+            id: "circuits-dla".into(),
             title: "Circuits: direct logit attribution",
             caption: format!(
                 "Each head's, MLP's and embedding's direct contribution to the logit difference at the last position (clean {:.3}; corrupted {:.3}), through the final LayerNorm frozen at its scale; the bars sum to the clean logit difference. Inputs: {}.",
@@ -78,7 +78,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
             spec: bars(&s.dla_labels, &s.dla, "component", "logit difference"),
         },
         Figure {
-            id: "circuits-lens",
+            id: "circuits-lens".into(),
             title: "Circuits: logit lens",
             caption: "The logit difference read off the residual stream before each layer, mid-layer, and after the last, each through the final LayerNorm recomputed and the unembedding.".into(),
             spec: bars(&s.logit_lens_labels, &s.logit_lens, "residual point", "logit difference"),
@@ -109,13 +109,13 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
         }
     }
     figs.push(Figure {
-        id: "circuits-patch-blocks",
+        id: "circuits-patch-blocks".into(),
         title: "Circuits: activation patching of every block, beside attribution patching",
         caption: "Top row: the change of the logit difference when the clean run's residual stream before a layer, attention output or MLP output at one position is patched into the corrupted run. Bottom row: attribution patching's estimate of the same from one forward and one backward pass (exact where the model is linear in that activation; far off where it is not, as for the grokked model's MLP).".into(),
         spec: heat_grid(&block_panels, blocks.len(), "position", "layer"),
     });
     figs.push(Figure {
-        id: "circuits-patch-heads",
+        id: "circuits-patch-heads".into(),
         title: "Circuits: activation patching of every head, beside attribution patching",
         caption: "Top row: each head's output (z), query, key, value and pattern patched from the clean run at every position; bottom row: attribution patching's estimate.".into(),
         spec: heat_grid(&head_panels, head_panels.len() / 2, "head", "layer"),
@@ -126,7 +126,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
             .map(|(n, g)| (format!("into {n}"), json!(g)))
             .collect();
         figs.push(Figure {
-            id: "circuits-path",
+            id: "circuits-path".into(),
             title: "Circuits: path patching between heads",
             caption: "The change of the logit difference when only the path from a sender head (row, layer·heads + head) to a later receiver head's query, key or value (column) carries the clean run, every other head held at its corrupted value.".into(),
             spec: heat_grid(&panels, 3, "receiver head", "sender head"),
@@ -140,7 +140,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
             }
         }
         figs.push(Figure {
-            id: "circuits-composition",
+            id: "circuits-composition".into(),
             title: "Circuits: Q-, K- and V-composition scores",
             caption: "‖W_A W_B‖/(‖W_A‖‖W_B‖) of each earlier head's OV circuit (row) with each later head's QK (Q, K) or OV (V) circuit (column); top row the raw weights, bottom row with LayerNorm folded and writing weights centred (TransformerLens's processing). A random pair of d_head-rank matrices scores about √(d_head)/d_model.".into(),
             spec: heat_grid(&panels, 3, "later head", "earlier head"),
@@ -154,7 +154,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
         .collect();
     let copy: Vec<f64> = s.copying.raw.iter().map(|c| c.score).collect();
     figs.push(Figure {
-        id: "circuits-copying",
+        id: "circuits-copying".into(),
         title: "Circuits: copying scores",
         caption: "Re(Σλ)/Σ|λ| over the eigenvalues λ of each head's full OV circuit W_E·W_OV·W_U: near 1 a head copies the token it attends to into the logits.".into(),
         spec: bars(&copy_labels, &copy, "head", "copying score"),
@@ -162,7 +162,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
     if let Some(d) = &s.detectors {
         let panels: Vec<(String, Value)> = d.iter().map(|(n, g)| (n.clone(), json!(g))).collect();
         figs.push(Figure {
-            id: "circuits-detectors",
+            id: "circuits-detectors".into(),
             title: "Circuits: head detectors",
             caption: "TransformerLens's detect_head scores (the share of attention on the pattern) on 16 sequences of random tokens repeated twice: previous-token, duplicate-token and induction heads.".into(),
             spec: heat_grid(&panels, 3, "head", "layer"),
@@ -196,7 +196,7 @@ pub(crate) fn figures(model: &Transformer, exp: &Experiment) -> Result<Vec<Figur
             ));
         }
         figs.push(Figure {
-            id: "circuits-fourier",
+            id: "circuits-fourier".into(),
             title: "Circuits: the effective matrices in the Fourier basis",
             caption: "Nanda et al.'s three effective matrices with the number tokens in the Fourier basis (component 0 the constant, then cos and sin of frequency 1, 2, ...): periodic in the token basis, they are sparse here, on the few key frequencies the model uses.".into(),
             spec: heat_grid(&panels, panels.len().max(1), "Fourier component", "row"),

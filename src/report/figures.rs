@@ -8,7 +8,7 @@ use crate::analysis::neurons::NeuronFrequencies;
 use crate::analysis::superposition::{geometry, InstanceGeometry};
 use crate::analysis::toy_mlp::neuron_grids;
 use crate::analysis::{Analysis, Phases, ProgressRow};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
 use crate::models::superposition::Superposition;
 use crate::models::toy_mlp::ToyMlp;
@@ -921,6 +921,118 @@ fn full_circuits(
                 "output Fourier component",
                 "neuron",
             )?;
+        }
+    }
+    Ok(files)
+}
+
+/// Named lines of (x, y) points.
+type Lines = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Each spike's window (`spike_N.png`/`.svg`): the spiking column (and the trace's per-step loss),
+/// the gradient and update norms of the first tensors to rise (each over its baseline), and the loss
+/// columns that rose most.
+pub fn spikes(
+    report: &crate::analysis::spikes::SpikeReport,
+    data: &crate::analysis::spikes::RunSeries,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let column = &report.rule.column;
+    let mut files = Vec::new();
+    for (i, sp) in report.spikes.iter().enumerate() {
+        let within = |s: u64| s >= sp.window_from && s <= sp.window_to;
+        let metric = |name: &str| -> Vec<(f64, f64)> {
+            data.rows
+                .iter()
+                .filter(|r| within(r.step))
+                .filter_map(|r| r.get(name).map(|v| (r.step as f64, v)))
+                .collect()
+        };
+        let mut losses: Lines = Vec::new();
+        if column != "trace.loss" {
+            losses.push((column.clone(), metric(column)));
+        }
+        let mut norms: [Lines; 2] = [Vec::new(), Vec::new()];
+        if let Some(t) = &data.trace {
+            let idx: Vec<usize> = (0..t.steps.len()).filter(|&j| within(t.steps[j])).collect();
+            losses.push((
+                "trace.loss (each step's batch)".into(),
+                idx.iter()
+                    .map(|&j| (t.steps[j] as f64, t.loss[j]))
+                    .collect(),
+            ));
+            for r in sp.tensors.iter().take(5) {
+                let k = t
+                    .info
+                    .tensors
+                    .iter()
+                    .position(|n| *n == r.tensor)
+                    .expect("a traced tensor");
+                for (slot, (field, base)) in norms.iter_mut().zip([
+                    ("grad_norm", r.grad_baseline),
+                    ("update_norm", r.update_baseline),
+                ]) {
+                    let a = t.field(field).expect("a trace field");
+                    slot.push((
+                        r.tensor.clone(),
+                        idx.iter()
+                            .map(|&j| {
+                                (
+                                    t.steps[j] as f64,
+                                    f64::from(a[[j, k]]) / base.max(f64::MIN_POSITIVE),
+                                )
+                            })
+                            .collect(),
+                    ));
+                }
+            }
+        }
+        let cols: Lines = sp
+            .columns
+            .iter()
+            .take(5)
+            .map(|c| (c.column.clone(), metric(&c.column)))
+            .collect();
+        fn lines(v: &[(String, Vec<(f64, f64)>)]) -> Vec<plot::Series<'_>> {
+            v.iter()
+                .enumerate()
+                .map(|(j, (name, pts))| plot::Series {
+                    name,
+                    points: pts,
+                    color: plot::PALETTE[j % plot::PALETTE.len()],
+                })
+                .collect()
+        }
+        let mut panels = vec![("loss".to_string(), "loss".to_string(), lines(&losses))];
+        if data.trace.is_some() {
+            panels.push((
+                "gradient norm, first tensors to rise".into(),
+                "÷ baseline".into(),
+                lines(&norms[0]),
+            ));
+            panels.push(("update norm".into(), "÷ baseline".into(), lines(&norms[1])));
+        }
+        if !cols.is_empty() {
+            panels.push((
+                "loss columns that rose most".into(),
+                "loss".into(),
+                lines(&cols),
+            ));
+        }
+        let title = format!(
+            "spike {}: {} ×{:.1} at step {} (steps {}–{})",
+            i + 1,
+            column,
+            sp.ratio,
+            sp.peak,
+            sp.start,
+            sp.end
+        );
+        for ext in ["png", "svg"] {
+            let p = dir.join(format!("spike_{}.{ext}", i + 1));
+            plot::log_panels(&p, &title, "step", &panels)?;
+            files.push(p);
         }
     }
     Ok(files)

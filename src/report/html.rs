@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 static PLOTLY: &str = include_str!("../../assets/plotly.min.js");
 
 pub(crate) struct Figure {
-    pub id: &'static str,
+    pub id: std::borrow::Cow<'static, str>,
     pub title: &'static str,
     pub caption: String,
     pub spec: Value,
@@ -83,7 +83,7 @@ fn steps_of(metrics: &[MetricRow]) -> Vec<f64> {
 fn loss_figure(metrics: &[MetricRow], caption: &str) -> Figure {
     let steps = steps_of(metrics);
     Figure {
-        id: "loss",
+        id: "loss".into(),
         title: "Train and test loss",
         caption: caption.into(),
         spec: json!({"data": [
@@ -118,6 +118,8 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
             page.figs.extend(super::circuits::figures(t, &cfg)?);
         }
     }
+    page.figs
+        .extend(super::watching::figures(run_dir, &metrics)?);
     page.figs.extend(llc_figure(run_dir)?);
     write_page(run_dir, page)
 }
@@ -132,7 +134,7 @@ fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
     )];
     if metrics.iter().any(|r| r.get("train_acc").is_some()) {
         figs.push(Figure {
-            id: "accuracy",
+            id: "accuracy".into(),
             title: "Train and test accuracy",
             caption: "The share of loss positions predicted right (the largest logit).".into(),
             spec: json!({"data": [
@@ -152,7 +154,7 @@ fn generic_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]) -> R
             let rows = ablation::ablate_on(t, &b)?;
             let top: Vec<&ablation::AblationRow> = rows.iter().take(20).collect();
             figs.push(Figure {
-                id: "ablation",
+                id: "ablation".into(),
                 title: "Which heads and neurons matter: ablation",
                 caption: format!("The loss on the first {} training examples with one attention head or MLP neuron zeroed, the 20 that raise it most. The hover shows the loss with the unit set to its mean instead.", b.tokens.nrows()),
                 spec: ablation_bars(&top),
@@ -206,7 +208,7 @@ fn llc_figure(run_dir: &Path) -> Result<Option<Figure>> {
     trace["mode"] = json!("lines+markers");
     trace["error_y"] = json!({"type": "data", "array": e, "visible": true});
     Ok(Some(Figure {
-        id: "llc",
+        id: "llc".into(),
         title: "Local learning coefficient",
         caption: "λ̂ at every checkpoint, estimated by SGLD on the training set (toylens llc; error bars: the standard deviation over chains). A rise marks the model taking on structure; devinterp's grokking example shows λ̂ rising during memorisation and falling as the model generalises.".into(),
         spec: json!({"data": [trace], "layout": layout("step", "λ̂", false)}),
@@ -270,7 +272,7 @@ fn modular_figures(
     let mut lay = layout("step", "loss", true);
     lay["shapes"] = Value::Array(shapes.clone());
     figs.push(Figure {
-        id: "progress",
+        id: "progress".into(),
         title: "Progress measures",
         caption: format!("Restricted loss keeps only the key-frequency directions cos/sin(w(a+b)) of the logits; excluded loss removes them (on the training set). Excluded loss climbing while the test loss is still flat shows the circuit forming before it shows in test loss; restricted loss falls before test loss. {phase_text}"),
         spec: json!({"data": [
@@ -287,7 +289,7 @@ fn modular_figures(
     let mut lay = layout("step", "", false);
     lay["shapes"] = Value::Array(shapes);
     figs.push(Figure {
-        id: "sparsity",
+        id: "sparsity".into(),
         title: "Sparsity and weight norm",
         caption: "The Gini coefficient of the Fourier component norms of W_E and W_L rises when the network cleans up its memorised solution and keeps only the few key frequencies; the total weight norm (weight decay at work) falls at the same time.".into(),
         spec: json!({"data": [
@@ -306,13 +308,13 @@ fn modular_figures(
         })
         .collect();
     figs.push(Figure {
-        id: "we",
+        id: "we".into(),
         title: "W_E in the Fourier basis",
         caption: format!("Each bar is the norm of the embedding's cos and sin components at one frequency. A grokked model embeds a and b as sin/cos of a few key frequencies: here {:?}.", a.key_frequencies),
         spec: json!({"data": [{"type": "bar", "x": freqs, "y": a.w_e_frequency_norms}], "layout": layout("frequency", "norm", false)}),
     });
     figs.push(Figure {
-        id: "clusters",
+        id: "clusters".into(),
         title: "Neurons by frequency",
         caption: format!("Each MLP neuron's activation over the {p}×{p} input grid, in the 2D Fourier basis: the bar counts neurons whose variance is mostly (≥ {}) one frequency. Neurons cluster on the key frequencies.", neurons::CLUSTER_MIN_SHARE),
         spec: json!({"data": [{"type": "bar", "x": nf.clusters.iter().map(|c| c.frequency.to_string()).collect::<Vec<_>>(), "y": nf.clusters.iter().map(|c| c.size).collect::<Vec<_>>()}], "layout": layout("frequency", "neurons", false)}),
@@ -334,7 +336,7 @@ fn modular_figures(
         .map(|b| (0..p).map(|x| post[[x * p + b, 2, neuron]]).collect())
         .collect();
     figs.push(Figure {
-        id: "neuron",
+        id: "neuron".into(),
         title: "One neuron over all inputs",
         caption: format!("Neuron {neuron}'s activation for every input (a, b). Its pattern is a wave of frequency {} in a and b ({:.0}% of its variance): neurons compute products of sin/cos of the inputs.", nf.best_frequency[neuron], 100.0 * nf.share[neuron]),
         spec: json!({"data": [{"type": "heatmap", "z": grid, "colorscale": "Blues"}], "layout": layout("a", "b", false)}),
@@ -353,14 +355,14 @@ fn modular_figures(
             .collect::<Vec<_>>(),
     );
     figs.push(Figure {
-        id: "attention",
+        id: "attention".into(),
         title: "Attention from '=' to a, per head",
         caption: "How much the last position attends to the first token, for every input (choose the head with the menu). Periodic stripes mean the head mixes a and b according to a few frequencies.".into(),
         spec: json!({"data": heads, "layout": lay}),
     });
     let top: Vec<&ablation::AblationRow> = abl.iter().take(20).collect();
     figs.push(Figure {
-        id: "ablation",
+        id: "ablation".into(),
         title: "Which units matter: ablation",
         caption: "Loss on all pairs with one unit zeroed (N = MLP neuron, H = attention head), the 20 most important. The hover shows the loss with the unit set to its mean instead.".into(),
         spec: ablation_bars(&top),
@@ -417,7 +419,7 @@ fn digits_figures(
         .map(|(k, s)| format!("10^{k}: {}", s.map_or("not yet".into(), |s| s.to_string())))
         .collect();
     figs.push(Figure {
-        id: "digits",
+        id: "digits".into(),
         title: "Each digit of the sum",
         caption: format!(
             "Test loss of each answer digit (10^k is the digit of place value 10^k). Each digit sits at chance (ln 10 ≈ 2.3) until its own sudden drop; dotted lines mark the transition steps, where a digit's loss first falls below {:.2} nats: {}.",
@@ -429,7 +431,7 @@ fn digits_figures(
     let mut acc = per_digit("acc");
     acc.push(json!({"type": "scatter", "mode": "lines", "name": "whole sum", "x": steps, "y": series(metrics, "test_exact"), "line": {"color": "black", "width": 3}}));
     figs.push(Figure {
-        id: "accuracy",
+        id: "accuracy".into(),
         title: "Accuracy per digit and of whole sums",
         caption: "Test accuracy of each digit, and (black) the fraction of test sums right in every digit.".into(),
         spec: json!({"data": acc, "layout": layout("step", "accuracy", false)}),
@@ -579,7 +581,7 @@ fn digit_adder_figures(run_dir: &Path) -> Result<Vec<Figure>> {
     lay_b["yaxis"]["autorange"] = json!("reversed");
     Ok(vec![
         Figure {
-            id: "naive-sum",
+            id: "naive-sum".into(),
             title: "Each digit through the naive sum",
             caption: format!(
                 "The naive digit is (a_k + b_k) mod 10, the carry ignored; the true digit is it or, when a carry arrives, naive + 1. Mean probability the model puts on each, over training, for the examples without and with a carry into the digit (menu: the digit). A digit choosing between the two candidates puts its mass on both until it learns to read the carry. Evaluation set: {} uniform pairs plus {} with a forced cascading carry per place ≥ 10^2.",
@@ -589,19 +591,19 @@ fn digit_adder_figures(run_dir: &Path) -> Result<Vec<Figure>> {
             spec: json!({"data": offsets, "layout": lay}),
         },
         Figure {
-            id: "sub-tasks",
+            id: "sub-tasks".into(),
             title: "Each digit's sub-tasks",
             caption: "Test loss of a digit split by case: no carry arrives, a carry arrives from the pair below (sum ≥ 10), or a cascading carry (the pair below sums to 9 and receives a carry itself). Which case each digit learns first.".into(),
             spec: json!({"data": cases, "layout": lay_c}),
         },
         Figure {
-            id: "digit-attention",
+            id: "digit-attention".into(),
             title: "Attention from the answer positions (last checkpoint)",
             caption: "Each head's attention from the position that predicts each answer digit (rows) to every input position (a_k, b_k: the operands' digits of place 10^k; s_k: sum digits already written), averaged over the evaluation set (menu: the head).".into(),
             spec: json!({"data": att, "layout": lay_a}),
         },
         Figure {
-            id: "digit-ablation",
+            id: "digit-ablation".into(),
             title: "Which components each digit needs (last checkpoint)",
             caption: format!(
                 "Loss increase on each answer digit when a head, or one of the {} MLP neurons most damaging on some digit, is zeroed or replaced by its mean over the evaluation set (menu).",
@@ -626,7 +628,7 @@ fn toy_mlp_figures(
     let mut figs = vec![
         loss_figure(metrics, "Cross-entropy on the whole train and test sets."),
         Figure {
-            id: "accuracy",
+            id: "accuracy".into(),
             title: "Train and test accuracy",
             caption: "Test accuracy climbs to 1 well after train accuracy does: the network generalises late, as in grokking.".into(),
             spec: json!({"data": [
@@ -638,7 +640,7 @@ fn toy_mlp_figures(
     let ((base, _), abl) = analysis::toy_mlp::ablate_neurons(model, task.op)?;
     let top: Vec<&ablation::AblationRow> = abl.iter().take(20).collect();
     figs.push(Figure {
-        id: "ablation",
+        id: "ablation".into(),
         title: "Which neurons matter: ablation",
         caption: format!("Loss on all {} pairs with one hidden neuron zeroed, the 20 most important (loss with nothing ablated: {base:.2e}). The hover shows the loss with the neuron set to its mean instead.", p * p),
         spec: json!({"data": [{"type": "bar",
@@ -663,7 +665,7 @@ fn toy_mlp_figures(
             .collect::<Vec<_>>(),
     );
     figs.push(Figure {
-        id: "neurons",
+        id: "neurons".into(),
         title: "The most important neurons over all inputs",
         caption: "A hidden neuron's activation for every input (a, b) (choose the neuron with the menu). Periodic patterns in a and b are the Fourier features modular addition is computed with.".into(),
         spec: json!({"data": traces, "layout": lay}),
@@ -698,7 +700,7 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
         |g: &analysis::superposition::InstanceGeometry| format!("p = {:.3}", g.feature_probability);
     let mut figs = vec![loss_figure(metrics, "Importance-weighted squared error, summed over the instances (train: that step's batch; test: a fixed sample).")];
     figs.push(Figure {
-        id: "instances",
+        id: "instances".into(),
         title: "Loss of each instance",
         caption: "Sparser features (smaller p) are present less often, so their instance's loss is lower.".into(),
         spec: json!({"data": geo.iter().enumerate().map(|(i, g)| line(&label(g), &steps, &series(metrics, &format!("test_loss_i{i}")))).collect::<Vec<_>>(), "layout": layout("step", "test loss", true)}),
@@ -735,7 +737,7 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
     lay["hovermode"] = json!("closest");
     lay["updatemenus"] = one_at_a_time(&geo.iter().map(label).collect::<Vec<_>>());
     figs.push(Figure {
-        id: "geometry",
+        id: "geometry".into(),
         title: "Feature directions, per instance",
         caption: "Each feature's column W_f in the hidden space (choose the instance with the menu). Dense features (p = 1): only the most important get a direction, orthogonal ones; sparse features: more are packed in, as antipodal pairs or a pentagon.".into(),
         spec: json!({"data": traces, "layout": lay}),
@@ -746,7 +748,7 @@ fn superposition_figures(run_dir: &Path, cfg: &Experiment, metrics: &[MetricRow]
     let mut lay = layout("instance", "‖W_f‖", false);
     lay["barmode"] = json!("group");
     figs.push(Figure {
-        id: "norms",
+        id: "norms".into(),
         title: "Which features are represented",
         caption: format!("The norm of each feature's column (≈ 1 represented, ≈ 0 dropped) per instance; features are in order of importance (0.9^i). Dimensions per feature (n_hidden / ‖W‖²_F): {}.", geo.iter().map(|g| format!("{:.2}", g.dims_per_feature)).collect::<Vec<_>>().join(", ")),
         spec: json!({"data": bars, "layout": lay}),

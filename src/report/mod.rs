@@ -6,3 +6,4 @@ pub mod figures;
 pub mod html;
 pub mod pictures;
 pub mod plot;
+pub mod watching;

@@ -131,6 +131,44 @@ pub fn log_y_lines(
     )
 }
 
+/// Log-y panels stacked over one x axis (each panel its own title, y label and lines).
+pub fn log_panels(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    panels: &[(String, String, Vec<Series>)],
+) -> Result<()> {
+    fn stack<DB: DrawingBackend>(
+        root: DrawingArea<DB, Shift>,
+        title: &str,
+        x_label: &str,
+        panels: &[(String, String, Vec<Series>)],
+    ) -> std::result::Result<(), String>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root
+            .titled(title, ("sans-serif", 24))
+            .map_err(|e| e.to_string())?;
+        for (area, (name, y, series)) in root
+            .split_evenly((panels.len().max(1), 1))
+            .into_iter()
+            .zip(panels)
+        {
+            draw(area, name, x_label, y, series)?;
+        }
+        Ok(())
+    }
+    let size = (1000, 330 * panels.len().max(1) as u32 + 40);
+    render(
+        path,
+        size,
+        |a| stack(a, title, x_label, panels),
+        |a| stack(a, title, x_label, panels),
+    )
+}
+
 /// A shaded span of x (a training phase) with its label.
 pub struct Band<'a> {
     pub from: f64,

@@ -160,7 +160,7 @@ fn curves(dir: &Path, m: &Multirun) -> Result<Option<Figure>> {
         ]
     });
     Ok(Some(Figure {
-        id: "sweep-curves",
+        id: "sweep-curves".into(),
         title: "Every run's curves",
         caption: "Each line is one run, coloured by the value of the axis chosen in the first menu; the second menu picks the curve (the losses, per-digit losses, accuracy). Hover for the run's number and overrides.".into(),
         spec: json!({"data": data, "layout": layout}),
@@ -227,7 +227,7 @@ fn against_axes(t: &Table) -> Option<Figure> {
         "updatemenus": [{"buttons": buttons, "x": 0.0, "xanchor": "left", "y": 1.12}]
     });
     Some(Figure {
-        id: "sweep-summary",
+        id: "sweep-summary".into(),
         title: "Summary metrics against the axes",
         caption: "A summary metric (picked in the menu) against the first swept axis, a line per value of the other axes; with seeds, the mean and its standard deviation as error bars. The table below has every run.".into(),
         spec: json!({"data": data, "layout": layout}),

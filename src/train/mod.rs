@@ -6,6 +6,7 @@
 //! does, with the same metric files (wall times aside).
 
 pub mod job;
+pub mod monitors;
 pub mod schedule;
 pub mod tensorboard;
 
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, write_atomic};
 use crate::io::run::{self, checkpoint_path, optim_path};
 pub use crate::io::run::{MetricRow, Summary, DIGIT_TRANSITION_LOSS};
+use crate::io::trace;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,12 @@ pub fn resume_config(dir: &Path, overrides: &[String]) -> Result<ExperimentConfi
         return Err(Error::Input(format!(
             "--resume may change train.* only (got `{o}`)"
         )));
+    }
+    if let Some(o) = overrides.iter().find(|o| o.starts_with("train.monitors")) {
+        return Err(Error::config(
+            "train.monitors",
+            format!("cannot change when a run resumes: its metric files' columns are fixed (got `{o}`); analyse its checkpoints instead"),
+        ));
     }
     let saved = run::run_config(dir)?;
     let cfg = config::apply_overrides(&saved, overrides)?;
@@ -207,6 +215,41 @@ impl Sinks {
         self.tb_row(r)?;
         self.tb.flush()
     }
+}
+
+/// The spike rule's column must be one the run will write: the task's, a monitor's, `lr`,
+/// `sum_sq_weights`, or `trace.loss` (with the trace on).
+fn check_spike_column(exp: &Experiment, monitors: &[Box<dyn monitors::Monitor>]) -> Result<()> {
+    let t = &exp.config.train;
+    let col = t.spikes.column.as_str();
+    if col == "trace.loss" {
+        if t.trace_every == 0 {
+            return Err(Error::config(
+                "train.spikes.column",
+                "trace.loss needs the trace (train.trace_every is 0)",
+            ));
+        }
+        return Ok(());
+    }
+    if ["train_loss", "lr", "sum_sq_weights"].contains(&col) {
+        return Ok(());
+    }
+    let mut known = exp.data()?.columns();
+    known.extend(monitors.iter().flat_map(|m| m.columns()));
+    if known.iter().any(|c| c == col) {
+        return Ok(());
+    }
+    let near = crate::error::closest(col, known.iter().map(String::as_str), 1);
+    Err(Error::config(
+        "train.spikes.column",
+        format!(
+            "`{col}` is not a column of this run{}; it has {}, lr, sum_sq_weights and trace.loss",
+            near.first()
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            known.join(", ")
+        ),
+    ))
 }
 
 /// Prepare the run directory according to `mode`; returns the step to resume from, if any.
@@ -383,6 +426,9 @@ fn train_on_pool(
     progress: Progress,
     control: Control,
 ) -> Result<Summary> {
+    // Everything that can be refused is, before the directory is touched.
+    let mut monitors = monitors::build(exp)?;
+    check_spike_column(exp, &monitors)?;
     prepare_dir(dir, mode)?;
     let sched = &schedule::Schedule::of(&exp.config);
     let mut job = job::Job::new(exp)?;
@@ -432,13 +478,26 @@ fn train_on_pool(
         &dir.join(run::CONFIG),
         config::to_yaml(&exp.config).as_bytes(),
     )?;
-    let columns = job.columns();
+    let columns: Vec<String> = job
+        .columns()
+        .into_iter()
+        .chain(monitors.iter().flat_map(|m| m.columns()))
+        .collect();
     let header = std::iter::once("step".to_string())
         .chain(columns.iter().cloned())
         .chain(["lr", "sum_sq_weights", "wall_time"].map(String::from))
         .collect::<Vec<_>>()
         .join(",");
     let mut sinks = Sinks::create(dir, &header, &rows, &lines, start_unix)?;
+    let tensors = job.model.tensors();
+    let tensor_ranges: Vec<_> = tensors.iter().map(|t| t.range.clone()).collect();
+    let trace_every = exp.config.train.trace_every;
+    let mut trace = (trace_every > 0)
+        .then(|| {
+            let names = tensors.iter().map(|t| t.name.clone()).collect();
+            trace::TraceWriter::create(dir, trace::TraceInfo::new(names, trace_every), start)
+        })
+        .transpose()?;
 
     let t0 = Instant::now();
     let wall = |t0: &Instant| wall0 + t0.elapsed().as_secs_f64();
@@ -446,8 +505,12 @@ fn train_on_pool(
     let trainable = job.model.trainable_ranges();
     let total = sched.steps;
     let mut last_saved = start;
-    let row_of = |job: &mut job::Job, step: u64, lr: f64, wall: f64| -> Result<MetricRow> {
-        let mut values: Vec<(String, f64)> = columns.iter().cloned().zip(job.metrics()?).collect();
+    let mut row_of = |job: &mut job::Job, step: u64, lr: f64, wall: f64| -> Result<MetricRow> {
+        let mut measured = job.metrics()?;
+        for m in monitors.iter_mut() {
+            measured.extend(m.measure(job.model.as_ref())?);
+        }
+        let mut values: Vec<(String, f64)> = columns.iter().cloned().zip(measured).collect();
         values.extend([
             ("lr".to_string(), lr),
             ("sum_sq_weights".to_string(), job.model.sum_sq_weights()),
@@ -506,14 +569,39 @@ fn train_on_pool(
         let lr = sched.lr_at(step);
         let loss = job.loss_and_grad(step, &mut grads)?;
         if !loss.is_finite() {
+            if let Some(t) = &mut trace {
+                t.flush()?;
+            }
             return Err(Error::Input(format!(
                 "training diverged: the loss is {loss} at step {step}; the last good checkpoint is {} (try a smaller optim.lr)",
                 checkpoint_path(dir, last_saved).display()
             )));
         }
-        opt.update(job.model.params_mut(), &grads, &trainable, lr);
+        match &mut trace {
+            Some(t) if step % trace_every == 0 => {
+                let stats = opt.update_traced(
+                    job.model.params_mut(),
+                    &grads,
+                    &trainable,
+                    lr,
+                    &tensor_ranges,
+                );
+                t.push(&trace::TraceRecord {
+                    step,
+                    loss,
+                    lr,
+                    tensors: stats,
+                });
+            }
+            _ => opt.update(job.model.params_mut(), &grads, &trainable, lr),
+        }
 
         let eval_now = step % sched.eval_every == 0 || step == total;
+        if eval_now || sched.checkpoint_due(step) {
+            if let Some(t) = &mut trace {
+                t.flush()?;
+            }
+        }
         if eval_now {
             let r = row_of(&mut job, step, lr, wall(&t0))?;
             sinks.write(&r)?;
@@ -534,6 +622,9 @@ fn train_on_pool(
         }
         if sched.checkpoint_due(step) || stopped_early {
             if let Some(name) = job.model.non_finite_tensor() {
+                if let Some(t) = &mut trace {
+                    t.flush()?;
+                }
                 // The message names the last checkpoint as good: make sure it is on disk.
                 writes.finish()?;
                 return Err(Error::Input(format!(
@@ -554,6 +645,9 @@ fn train_on_pool(
             .stop
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
         {
+            if let Some(t) = &mut trace {
+                t.flush()?;
+            }
             if last_saved != step {
                 save(&mut writes, &job, &opt, step, wall(&t0))?;
             }
@@ -568,6 +662,9 @@ fn train_on_pool(
         b.finish();
     }
 
+    if let Some(t) = &mut trace {
+        t.flush()?;
+    }
     let last = rows.last().cloned().expect("at least the step-0 row");
     writes.write(dir.join(run::FINAL), job.encode(&meta))?;
     writes.finish()?;
