@@ -196,8 +196,11 @@ enum Cmd {
         /// A metric column, or trace.loss (every traced step's batch loss).
         #[arg(long)]
         column: Option<String>,
+        /// A spike is a point above RATIO × the median of the window before it (the run's
+        /// train.spikes.ratio by default).
         #[arg(long)]
         ratio: Option<f64>,
+        /// Points in that window (the run's train.spikes.window by default).
         #[arg(long)]
         window: Option<usize>,
         /// Write the pictures and spikes.json here instead.
@@ -692,6 +695,14 @@ fn run(cmd: Cmd) -> Result<()> {
                         .map(|g| g.to_string())
                         .unwrap_or_else(|| "none".into())
                 );
+            }
+            if !s.monitor_seconds.is_empty() {
+                let each: Vec<String> = s
+                    .monitor_seconds
+                    .iter()
+                    .map(|(name, secs)| format!("{name} {secs:.1} s"))
+                    .collect();
+                line += &format!("; monitors: {}", each.join(", "));
             }
             if let Some(d) = &s.digit_transition_steps {
                 let steps: Vec<String> = d

@@ -15,6 +15,7 @@
 use crate::config::{self, ExperimentConfig};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A run's own data (arrays handed to `toylens.train` from Python), inside its directory.
@@ -257,6 +258,10 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digit_transition_loss: Option<f64>,
     pub stopped_early: bool,
+    /// Seconds spent measuring each of `train.monitors`, by the process that finished the run (a
+    /// resumed run's count starts at its resume): what the monitors cost.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub monitor_seconds: BTreeMap<String, f64>,
 }
 
 /// A run's `summary.json`, if it has one.

@@ -505,10 +505,13 @@ fn train_on_pool(
     let trainable = job.model.trainable_ranges();
     let total = sched.steps;
     let mut last_saved = start;
+    let mut monitor_seconds = vec![0.0f64; monitors.len()];
     let mut row_of = |job: &mut job::Job, step: u64, lr: f64, wall: f64| -> Result<MetricRow> {
         let mut measured = job.metrics()?;
-        for m in monitors.iter_mut() {
+        for (m, seconds) in monitors.iter_mut().zip(&mut monitor_seconds) {
+            let t = Instant::now();
             measured.extend(m.measure(job.model.as_ref())?);
+            *seconds += t.elapsed().as_secs_f64();
         }
         let mut values: Vec<(String, f64)> = columns.iter().cloned().zip(measured).collect();
         values.extend([
@@ -694,6 +697,14 @@ fn train_on_pool(
         }),
         digit_transition_loss: digits.then_some(DIGIT_TRANSITION_LOSS),
         stopped_early,
+        monitor_seconds: exp
+            .config
+            .train
+            .monitors
+            .iter()
+            .cloned()
+            .zip(monitor_seconds)
+            .collect(),
     };
     write_atomic(
         &dir.join(run::SUMMARY),
