@@ -111,12 +111,20 @@ pub fn train_steps_traced_in(
         losses: Vec::with_capacity(steps),
         step_ms: Vec::with_capacity(steps),
     };
+    let mut traced = Vec::with_capacity(tensors.len());
     for _ in 0..steps {
         let t0 = Instant::now();
         let stats = model.loss_and_grad(ws, batch, &mut grads)?;
         if trace {
-            let t = opt.update_traced(&mut model.params, &grads, &trainable, optim.lr, &tensors);
-            std::hint::black_box(t);
+            opt.update_traced(
+                &mut model.params,
+                &grads,
+                &trainable,
+                optim.lr,
+                &tensors,
+                &mut traced,
+            );
+            std::hint::black_box(&traced);
         } else {
             opt.update(&mut model.params, &grads, &trainable, optim.lr);
         }

@@ -216,21 +216,26 @@ impl Default for SpikeRule {
 impl SpikeRule {
     /// Range checks; `prefix` names the keys (`train.spikes`, or the command's flags).
     pub fn check(&self, prefix: &str) -> Result<()> {
+        self.check_named(|k| format!("{prefix}.{k}"))
+    }
+
+    /// [`SpikeRule::check`] with errors naming each field `name(field)` (a flag, an argument).
+    pub fn check_named(&self, name: impl Fn(&str) -> String) -> Result<()> {
         if !(self.ratio > 1.0 && self.ratio.is_finite()) {
             return Err(Error::config(
-                format!("{prefix}.ratio"),
+                name("ratio"),
                 format!("must be a number above 1 (got {})", self.ratio),
             ));
         }
         if !(2..=100_000).contains(&self.window) {
             return Err(Error::config(
-                format!("{prefix}.window"),
+                name("window"),
                 format!("must be from 2 to 100000 evaluations (got {})", self.window),
             ));
         }
         if self.column.trim().is_empty() {
             return Err(Error::config(
-                format!("{prefix}.column"),
+                name("column"),
                 "must name a metric column or trace.loss",
             ));
         }

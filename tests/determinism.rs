@@ -63,7 +63,11 @@ fn the_traced_update_gives_the_same_statistics_on_one_and_two_threads() {
                 let mut opt = AdamW::new(AdamWConfig::default(), n);
                 let all = std::iter::once(0..n).collect::<Vec<_>>();
                 let stats: Vec<_> = (0..3)
-                    .map(|_| opt.update_traced(&mut p, &g, &all, 1e-3, &tensors))
+                    .map(|_| {
+                        let mut s = Vec::new();
+                        opt.update_traced(&mut p, &g, &all, 1e-3, &tensors, &mut s);
+                        s
+                    })
                     .collect();
                 (p, stats)
             })

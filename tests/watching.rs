@@ -198,6 +198,26 @@ fn bad_monitors_and_spike_rules_are_refused_before_training_starts() {
     };
     assert!(m.contains("reads a transformer"), "{m}");
     assert!(!dir.exists());
+    // On --resume, the trace's spacing and the monitors stay as the run has them.
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config::resolve("digits3", &[]).unwrap();
+    std::fs::write(dir.join(run::CONFIG), config::to_yaml(&cfg)).unwrap();
+    let resume = |o: &str| {
+        toylens::train::resume_config(&dir, &[o.to_string()])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let m = resume("train.trace_every=5").unwrap_err();
+    assert!(
+        m.contains("train.trace_every") && m.contains("every 1 steps"),
+        "{m}"
+    );
+    assert!(
+        resume("train.trace_every=1").is_ok(),
+        "the same spacing resumes"
+    );
+    let m = resume("train.monitors=[digits]").unwrap_err();
+    assert!(m.contains("train.monitors"), "{m}");
 }
 
 /// A made-up run with one spike whose story is known: W_U's gradient rises two steps before
@@ -251,7 +271,7 @@ fn spike_forensics_tell_a_known_story() {
             step: s,
             loss: 0.05,
             lr: 1e-3,
-            tensors: vec![stats(195, 0), stats(193, 40), UpdateStats::default()],
+            tensors: &[stats(195, 0), stats(193, 40), UpdateStats::default()],
         });
     }
     w.flush().unwrap();
@@ -281,6 +301,29 @@ fn spike_forensics_tell_a_known_story() {
     .run()
     .unwrap();
     assert!(out.files.iter().any(|f| f.ends_with("spike_1.png")));
+    // A later call that finds fewer spikes leaves no window of an earlier one behind.
+    let windows = dir.join(run::ANALYSIS).join("spikes");
+    std::fs::write(windows.join("spike_2.png"), b"stale").unwrap();
+    std::fs::write(windows.join("spike_notes.png"), b"someone's").unwrap();
+    toylens::commands::spikes::SpikesRequest {
+        run: dir.to_path_buf(),
+        ..Default::default()
+    }
+    .run()
+    .unwrap();
+    assert!(!windows.join("spike_2.png").exists());
+    assert!(windows.join("spike_1.png").exists() && windows.join("spike_notes.png").exists());
+    // The flags are named as the command line spells them.
+    let e = toylens::commands::spikes::SpikesRequest {
+        run: dir.to_path_buf(),
+        ratio: Some(0.5),
+        ..Default::default()
+    }
+    .run()
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(e.contains("--ratio") && e.contains("above 1"), "{e}");
     let text = analysis::spikes::describe(&out.report);
     assert!(
         text.contains("unembed.W_U") && text.contains("involved"),
@@ -296,4 +339,68 @@ fn spike_forensics_tell_a_known_story() {
         .0
         .spikes
         .is_empty());
+}
+
+/// A trace file that is cut short, or whose records are not the layout trace.json describes, is
+/// an error naming it (never a panic); records past the header's count (a kill between a flush's
+/// records and its header) are left out, as np.load leaves them.
+#[test]
+fn a_damaged_trace_is_an_error_and_the_header_counts_the_records() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let info = |n: usize| trace::TraceInfo::new((0..n).map(|k| format!("t{k}")).collect(), 1);
+    let stats = [UpdateStats {
+        grad_sq: 4.0,
+        entries: 10,
+        below_eps: 5,
+        ..Default::default()
+    }; 2];
+    let record = |step| trace::TraceRecord {
+        step,
+        loss: 0.5,
+        lr: 1e-3,
+        tensors: &stats,
+    };
+    let mut w = trace::TraceWriter::create(dir, info(2), 0).unwrap();
+    for s in 1..=3 {
+        w.push(&record(s));
+    }
+    w.flush().unwrap();
+    let t = trace::read(dir).unwrap().unwrap();
+    assert_eq!(t.steps, [1, 2, 3]);
+    assert_eq!(t.field("grad_norm").unwrap()[[2, 1]], 2.0);
+    assert_eq!(t.field("eps_share").unwrap()[[0, 0]], 0.5);
+    // Whole records past the header's count.
+    let npy = dir.join("trace.npy");
+    let bytes = std::fs::read(&npy).unwrap();
+    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let rec = (bytes.len() - header) / 3;
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&bytes[bytes.len() - rec..]);
+    std::fs::write(&npy, &longer).unwrap();
+    assert_eq!(trace::read(dir).unwrap().unwrap().steps.len(), 3);
+    // Cut inside its header.
+    std::fs::write(&npy, &bytes[..40]).unwrap();
+    let e = trace::read(dir).unwrap_err().to_string();
+    assert!(
+        e.contains("trace.npy") && e.contains("not a trace file"),
+        "{e}"
+    );
+    // Records of three tensors where trace.json says two; and resuming onto it.
+    std::fs::write(&npy, &bytes).unwrap();
+    let json = dir.join("trace.json");
+    let two = std::fs::read(&json).unwrap();
+    std::fs::write(&json, serde_json::to_string(&info(3)).unwrap()).unwrap();
+    let e = trace::read(dir).unwrap_err().to_string();
+    assert!(
+        e.contains("trace.npy") && e.contains("record layout"),
+        "{e}"
+    );
+    std::fs::write(&json, &two).unwrap();
+    std::fs::write(&npy, &bytes[..100]).unwrap();
+    let e = trace::TraceWriter::create(dir, info(2), 2)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("trace.npy"), "{e}");
 }

@@ -360,6 +360,7 @@ fn _spikes<'py>(
         }
         rule.ratio = ratio.unwrap_or(rule.ratio);
         rule.window = window.unwrap_or(rule.window);
+        rule.check_named(str::to_string)?;
         toylens::analysis::spikes::forensics(&run, Some(&rule)).map(|(r, _)| r)
     })?;
     to_py(py, &r)

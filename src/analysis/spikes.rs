@@ -16,8 +16,8 @@
 //! - The ε regime was involved when one of the first three tensors to rise had at least
 //!   [`EPS_INVOLVED`] of its entries with √v̂ < ε over the baseline steps, and at its gradient's
 //!   peak half of them or more had left it: entries whose updates ε had been damping took the rising
-//!   gradient. (Entries that never get a gradient, such as unused positions, stay below ε and do
-//!   not count.)
+//!   gradient. (Entries that have never had a gradient, such as unused positions or pruned weights,
+//!   have √v̂ = 0 and do not count: the trace leaves them out of its ε share.)
 //! - The loss columns are every other column whose name holds `loss`, ranked by their rise from
 //!   their baseline to their largest value within the spike.
 

@@ -36,6 +36,9 @@ pub struct AdamW {
     pub step: u64,
     pub exp_avg: Vec<f32>,
     pub exp_avg_sq: Vec<f32>,
+    /// The traced update's partial statistics (piece offset, tensor, stats), kept so that a
+    /// warmed-up traced step allocates nothing.
+    trace_partials: Vec<(usize, usize, UpdateStats)>,
 }
 
 impl AdamW {
@@ -45,6 +48,7 @@ impl AdamW {
             step: 0,
             exp_avg: vec![0.0; n_params],
             exp_avg_sq: vec![0.0; n_params],
+            trace_partials: Vec::new(),
         }
     }
 
@@ -99,9 +103,10 @@ impl AdamW {
         self.each_piece(params, grads, trainable, |p, g, m, v, _| step(p, g, m, v));
     }
 
-    /// [`AdamW::update`] with the same bits, which also measures it: per range of `tensors`
-    /// (sorted, disjoint), the statistics of the update of its trainable entries
-    /// ([`UpdateStats`]; the weights of entries outside `trainable` count in `weight_sq` only).
+    /// [`AdamW::update`] with the same bits, which also measures it: into `stats`, per range of
+    /// `tensors` (sorted, disjoint, covering `trainable`), the statistics of the update of its
+    /// trainable entries ([`UpdateStats`]; the weights of entries outside `trainable` count in
+    /// `weight_sq` only).
     pub fn update_traced(
         &mut self,
         params: &mut [f32],
@@ -109,9 +114,24 @@ impl AdamW {
         trainable: &[std::ops::Range<usize>],
         lr: f64,
         tensors: &[std::ops::Range<usize>],
-    ) -> Vec<UpdateStats> {
+        stats: &mut Vec<UpdateStats>,
+    ) {
+        debug_assert!(
+            trainable.iter().all(|r| {
+                // The sorted tensors cover r without a gap.
+                let mut at = r.start;
+                for t in tensors {
+                    if t.start <= at && at < t.end {
+                        at = t.end;
+                    }
+                }
+                at >= r.end
+            }),
+            "every trainable entry lies in a traced tensor (the others would not be updated)"
+        );
         let c = self.coefficients(lr);
-        let mut stats = vec![UpdateStats::default(); tensors.len()];
+        stats.clear();
+        stats.resize(tensors.len(), UpdateStats::default());
         // Frozen entries (outside the sorted `trainable`): their weights only.
         for (s, t) in stats.iter_mut().zip(tensors) {
             let mut at = t.start;
@@ -128,9 +148,10 @@ impl AdamW {
         }
         // Each piece's partial statistics, per tensor it meets, merged in piece order: the pieces
         // are fixed by the sizes alone, so the sums are the same on any thread count.
-        let partials = std::sync::Mutex::new(Vec::<(usize, usize, UpdateStats)>::new());
+        let mut kept = std::mem::take(&mut self.trace_partials);
+        kept.clear();
+        let partials = std::sync::Mutex::new(kept);
         self.each_piece(params, grads, trainable, |p, g, m, v, at| {
-            let mut mine = Vec::new();
             for (k, t) in tensors.iter().enumerate() {
                 let (lo, hi) = (t.start.max(at), t.end.min(at + p.len()));
                 if lo >= hi {
@@ -143,16 +164,15 @@ impl AdamW {
                     &mut m[r.clone()],
                     &mut v[r.clone()],
                 );
-                mine.push((at, k, s));
+                partials.lock().expect("trace partials").push((at, k, s));
             }
-            partials.lock().expect("trace partials").extend(mine);
         });
         let mut partials = partials.into_inner().expect("trace partials");
-        partials.sort_by_key(|&(at, k, _)| (k, at));
-        for (_, k, s) in partials {
-            stats[k].merge(&s);
+        partials.sort_unstable_by_key(|&(at, k, _)| (k, at));
+        for (_, k, s) in &partials {
+            stats[*k].merge(s);
         }
-        stats
+        self.trace_partials = partials;
     }
 
     /// Calls `step(params, grads, exp_avg, exp_avg_sq, offset)` on pieces covering the trainable
@@ -272,7 +292,9 @@ impl Coefficients {
                         *sums.0 += gi * gi;
                         *sums.1 += d * d;
                         *sums.2 += w * w;
-                        *sums.3 += u32::from(rt < eps);
+                        // √v̂ = 0: the entry has never had a gradient (an unused position, a
+                        // pruned weight): its step is weight decay alone, no regime of Adam's.
+                        *sums.3 += u32::from(rt < eps && rt > 0.0);
                         let r = if w0 != 0.0 { d.abs() / w0.abs() } else { 0.0 };
                         *sums.4 = sums.4.max(r);
                     }
@@ -350,7 +372,8 @@ pub struct UpdateStats {
     pub update_sq: f64,
     /// Σ w² after the update.
     pub weight_sq: f64,
-    /// Entries whose bias-corrected √v̂ is below ε (ε dominates their step's denominator).
+    /// Entries whose bias-corrected √v̂ is below ε (ε dominates their step's denominator) and not
+    /// zero (zero: the entry has never had a gradient, and its step is weight decay alone).
     pub below_eps: u64,
     /// Trainable entries.
     pub entries: u64,
@@ -418,12 +441,18 @@ mod tests {
             let (mut a, mut b) = (AdamW::new(cfg, n), AdamW::new(cfg, n));
             let (mut pa, mut pb) = (p0.clone(), p0.clone());
             for t in 0..3 {
+                // Every 11th entry never gets a gradient (√v̂ stays 0: not in the ε regime).
                 let g: Vec<f32> = (0..n)
-                    .map(|i| rng.normal() as f32 * if i % 5 == 0 { 1e-5 } else { 1.0 })
+                    .map(|i| match (i % 11, i % 5) {
+                        (0, _) => 0.0,
+                        (_, 0) => rng.normal() as f32 * 1e-5,
+                        _ => rng.normal() as f32,
+                    })
                     .collect();
                 let before = pb.clone();
                 a.update(&mut pa, &g, &trainable, 1e-2);
-                let stats = b.update_traced(&mut pb, &g, &trainable, 1e-2, &tensors);
+                let mut stats = Vec::new();
+                b.update_traced(&mut pb, &g, &trainable, 1e-2, &tensors, &mut stats);
                 assert_eq!(pa, pb, "step {t}");
                 assert_eq!(a.exp_avg_sq, b.exp_avg_sq);
                 for (k, r) in tensors.iter().enumerate() {
@@ -449,6 +478,7 @@ mod tests {
                     let below = idx
                         .iter()
                         .filter(|i| live(i))
+                        .filter(|&&i| b.exp_avg_sq[i] > 0.0)
                         .filter(|&&i| ((b.exp_avg_sq[i] as f64).sqrt() / bc2) < 1e-3)
                         .count() as u64;
                     assert!(

@@ -25,7 +25,7 @@ pub const FIELDS: [(&str, &str); 5] = [
     ("weight_norm", "‖w‖ after the update"),
     (
         "eps_share",
-        "share of trainable entries whose bias-corrected √v̂ is below Adam's ε",
+        "share of trainable entries whose bias-corrected √v̂ is below Adam's ε (and not 0: never a gradient)",
     ),
     (
         "max_update_ratio",
@@ -72,14 +72,14 @@ impl TraceInfo {
 
 /// One traced step.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TraceRecord {
+pub struct TraceRecord<'a> {
     pub step: u64,
     pub loss: f64,
     pub lr: f64,
-    pub tensors: Vec<UpdateStats>,
+    pub tensors: &'a [UpdateStats],
 }
 
-impl TraceRecord {
+impl TraceRecord<'_> {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend(self.step.to_le_bytes());
         out.extend(self.loss.to_le_bytes());
@@ -98,7 +98,7 @@ impl TraceRecord {
             |s| s.max_ratio,
         ];
         for f in per {
-            for s in &self.tensors {
+            for s in self.tensors {
                 out.extend(f(s).to_le_bytes());
             }
         }
@@ -148,8 +148,7 @@ impl TraceWriter {
         if keep_until > 0 {
             if let Some(old) = read_info(dir)?.filter(|o| o.tensors == info.tensors) {
                 let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                let start = header_len_of(&bytes)
-                    .ok_or_else(|| Error::format(&path, "not a trace file"))?;
+                let start = header_len_of(&bytes, &old).ok_or_else(|| not_a_trace(&path))?;
                 for r in bytes[start..].chunks_exact(old.record_bytes()) {
                     let step = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
                     if step > keep_until {
@@ -208,11 +207,38 @@ impl TraceWriter {
 }
 
 /// The length of an npy file's header (magic to the end of its dict).
-fn header_len_of(bytes: &[u8]) -> Option<usize> {
+/// Where the records of a trace file described by `info` start: None unless it is an npy v1 file
+/// whole to the end of its header and its records' layout (the `descr`) is `info`'s.
+fn header_len_of(bytes: &[u8], info: &TraceInfo) -> Option<usize> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" || bytes[6] != 1 {
         return None;
     }
-    Some(10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize)
+    let len = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let expected = npy_header(info, 0, Some(len));
+    let descr_end = expected.windows(9).position(|w| w == b"'fortran_")?;
+    (bytes.len() >= len && bytes[..descr_end] == expected[..descr_end]).then_some(len)
+}
+
+/// The record count of an npy header (its shape's one dimension).
+fn record_count(header: &[u8]) -> Option<usize> {
+    let key = b"'shape': (";
+    let at = header.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = header[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&header[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The error for a trace file that [`header_len_of`] does not take.
+fn not_a_trace(path: &Path) -> Error {
+    Error::format(
+        path,
+        format!("not a trace file with the record layout {TRACE_JSON} describes"),
+    )
 }
 
 fn read_info(dir: &Path) -> Result<Option<TraceInfo>> {
@@ -248,17 +274,20 @@ impl Trace {
 }
 
 /// The trace of run `dir` (None where it has none: traced with `train.trace_every: 0`, or trained
-/// before traces). Whole records only: a flush cut by a kill leaves a partial one, which is left out.
+/// before traces). The records its header counts, as `np.load` reads them.
 pub fn read(dir: &Path) -> Result<Option<Trace>> {
     let Some(info) = read_info(dir)? else {
         return Ok(None);
     };
     let path = dir.join(TRACE_NPY);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let start = header_len_of(&bytes).ok_or_else(|| Error::format(&path, "not a trace file"))?;
+    let start = header_len_of(&bytes, &info).ok_or_else(|| not_a_trace(&path))?;
     let t = info.tensors.len();
     let rec = info.record_bytes();
-    let n = (bytes.len() - start) / rec;
+    // The records the header counts, as np.load reads them (a kill between a flush's records and
+    // its header leaves whole records past the count; the resume rewrites them).
+    let counted = record_count(&bytes[..start]).ok_or_else(|| not_a_trace(&path))?;
+    let n = ((bytes.len() - start) / rec).min(counted);
     let f64_at = |r: &[u8], o: usize| f64::from_le_bytes(r[o..o + 8].try_into().expect("8"));
     let mut out = Trace {
         steps: Vec::with_capacity(n),
@@ -267,7 +296,7 @@ pub fn read(dir: &Path) -> Result<Option<Trace>> {
         fields: vec![ndarray::Array2::zeros((n, t)); FIELDS.len()],
         info,
     };
-    for (i, r) in bytes[start..].chunks_exact(rec).enumerate() {
+    for (i, r) in bytes[start..].chunks_exact(rec).take(n).enumerate() {
         out.steps
             .push(u64::from_le_bytes(r[..8].try_into().expect("8")));
         out.loss.push(f64_at(r, 8));

@@ -69,6 +69,15 @@ pub fn resume_config(dir: &Path, overrides: &[String]) -> Result<ExperimentConfi
     }
     let saved = run::run_config(dir)?;
     let cfg = config::apply_overrides(&saved, overrides)?;
+    if cfg.train.trace_every != saved.train.trace_every {
+        return Err(Error::config(
+            "train.trace_every",
+            format!(
+                "cannot change when a run resumes: its trace holds a record every {} steps (got {})",
+                saved.train.trace_every, cfg.train.trace_every
+            ),
+        ));
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -568,6 +577,7 @@ fn train_on_pool(
         m
     };
 
+    let mut traced = Vec::with_capacity(tensor_ranges.len());
     for step in start + 1..=total {
         let lr = sched.lr_at(step);
         let loss = job.loss_and_grad(step, &mut grads)?;
@@ -582,18 +592,19 @@ fn train_on_pool(
         }
         match &mut trace {
             Some(t) if step % trace_every == 0 => {
-                let stats = opt.update_traced(
+                opt.update_traced(
                     job.model.params_mut(),
                     &grads,
                     &trainable,
                     lr,
                     &tensor_ranges,
+                    &mut traced,
                 );
                 t.push(&trace::TraceRecord {
                     step,
                     loss,
                     lr,
-                    tensors: stats,
+                    tensors: &traced,
                 });
             }
             _ => opt.update(job.model.params_mut(), &grads, &trainable, lr),

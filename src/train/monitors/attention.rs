@@ -39,6 +39,9 @@ fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
     let Some(Batch::Tokens(test)) = data.test_set() else {
         return Err("it needs a test set of token inputs".into());
     };
+    if test.tokens.nrows() == 0 {
+        return Err("its test set is empty".into());
+    }
     if test.tokens.ncols() < 2 {
         return Err("its inputs have one position: attention has nothing to choose".into());
     }
