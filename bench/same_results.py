@@ -9,7 +9,7 @@ and the metrics (metrics.csv without its wall_time column); then hash what `anal
 Compares against bench/same_results.txt, one record for every CPU and SIMD level with FMA (AVX2,
 AVX-512; `TOYLENS_SIMD=avx2` forces a level): the hashes the commit before the model-interface
 change gave (the metrics, the other presets and the commands' outputs recorded at the commit before
-the catalogue change; `circuits` added by the circuits change), grokking's re-recorded when its training took layer 0's W_in fold by default (exact
+the catalogue change; `circuits` added by the circuits change, `induction` by the induction task), grokking's re-recorded when its training took layer 0's W_in fold by default (exact
 maths, other rounding) and again when the fold's one-row product stopped depending on the vector
 width. --write records the current hashes instead. Exit code 1 on any difference.
 `cargo test` runs it (tests/same_results.rs).
@@ -24,6 +24,7 @@ RUNS = [
     ("grokking-tiny", 5000),
     ("digits3", 300),
     ("linear", 400),
+    ("induction", 300),
 ]
 # (name, command and arguments; RUN stands for a run's directory). Each prints JSON.
 COMMANDS = [

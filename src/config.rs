@@ -57,6 +57,16 @@ pub const PRESETS: &[Preset] = &[
         yaml: include_str!("../presets/superposition.yaml"),
     },
     Preset {
+        name: "induction",
+        about: "induction heads: a 2-layer attention-only transformer on random tokens with a segment repeated at a random offset",
+        yaml: include_str!("../presets/induction.yaml"),
+    },
+    Preset {
+        name: "induction-1l",
+        about: "the induction preset with one layer, which cannot form an induction head",
+        yaml: include_str!("../presets/induction-1l.yaml"),
+    },
+    Preset {
         name: "linear",
         about: "linear regression on Gaussian inputs (4 in, 2 out, noise 0.1): the smallest model, for trying the tools",
         yaml: include_str!("../presets/linear.yaml"),

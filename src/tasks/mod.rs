@@ -6,6 +6,7 @@
 
 pub mod digits;
 pub mod files;
+pub mod induction;
 pub mod modular;
 pub mod regression;
 pub mod superposition;
@@ -30,6 +31,7 @@ pub const TASKS: &[TaskKind] = &[
     TaskKind::of::<superposition::SuperpositionSection>(),
     TaskKind::of::<regression::RegressionSection>(),
     TaskKind::of::<files::FilesSection>(),
+    TaskKind::of::<induction::InductionSection>(),
 ];
 
 /// A task's config section (`data:` without its `task` tag), as YAML holds it: a serde struct

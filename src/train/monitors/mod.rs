@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod digits;
+pub mod heads;
 pub mod progress;
 
 use crate::config::Experiment;
@@ -31,7 +32,7 @@ pub struct MonitorKind {
 }
 
 /// Every monitor.
-pub const MONITORS: &[MonitorKind] = &[progress::KIND, digits::KIND, attention::KIND];
+pub const MONITORS: &[MonitorKind] = &[progress::KIND, digits::KIND, attention::KIND, heads::KIND];
 
 /// The monitors `train.monitors` names, built for `exp`: an unknown name (with the nearest known
 /// one), a repeated one or one that does not apply is an error naming the key.
