@@ -131,7 +131,7 @@ fn bad_induction_sizes_are_refused_naming_the_key() {
         .and_then(|c| c.resolve().map(|_| ()))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("data."), "{e}");
+    assert!(e.contains("data.n_ctx") && e.contains("at least 4"), "{e}");
 }
 
 /// The phase change (minutes: `cargo test --release -- --ignored phase_change`): over the preset's

@@ -103,13 +103,31 @@ impl InductionTask {
         if self.d_vocab > u32::MAX as usize {
             return Err(Error::config(key("d_vocab"), "is too large for token ids"));
         }
+        if self.min_repeat < 2 {
+            return Err(Error::config(
+                key("min_repeat"),
+                format!(
+                    "must be at least 2: only a copy's tokens after its first are predictable (got {})",
+                    self.min_repeat
+                ),
+            ));
+        }
+        if self.n_ctx < 4 {
+            return Err(Error::config(
+                key("n_ctx"),
+                format!(
+                    "must be at least 4: a segment of 2 tokens and its copy (got {})",
+                    self.n_ctx
+                ),
+            ));
+        }
         if self.n_ctx > MAX_CTX {
             return Err(Error::config(
                 key("n_ctx"),
                 format!("must be at most {MAX_CTX} tokens (got {})", self.n_ctx),
             ));
         }
-        if 2 * self.min_repeat > self.n_ctx {
+        if self.min_repeat > self.n_ctx / 2 {
             return Err(Error::config(
                 key("min_repeat"),
                 format!(
@@ -117,15 +135,6 @@ impl InductionTask {
                     self.min_repeat,
                     self.n_ctx,
                     self.n_ctx / 2
-                ),
-            ));
-        }
-        if self.min_repeat < 2 {
-            return Err(Error::config(
-                key("min_repeat"),
-                format!(
-                    "must be at least 2: only a copy's tokens after its first are predictable (got {})",
-                    self.min_repeat
                 ),
             ));
         }
@@ -138,7 +147,7 @@ impl InductionTask {
                 ),
             ));
         }
-        if 2 * self.max_repeat > self.n_ctx {
+        if self.max_repeat > self.n_ctx / 2 {
             return Err(Error::config(
                 key("max_repeat"),
                 format!(
@@ -171,7 +180,8 @@ impl InductionTask {
             }
             let span = (self.max_repeat - self.min_repeat + 1) as u64;
             let len = self.min_repeat + rng.below(span) as usize;
-            // The segment starts anywhere its copy still fits after it; the copy anywhere after it.
+            // The segment starts anywhere its copy still fits after it, uniformly; the copy anywhere
+            // after it, uniformly given the start.
             let from = rng.below((t - 2 * len + 1) as u64) as usize;
             let to = from + len + rng.below((t - from - 2 * len + 1) as u64) as usize;
             for k in 0..len {
@@ -293,12 +303,13 @@ pub fn measure(model: &dyn Model, seqs: &Sequences) -> Result<InductionStats> {
             let row = logits.slice(ndarray::s![e, p, ..]);
             let target = b.targets[[e, j]] as usize;
             let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            // libm's exp and log: the same bits on every machine (the platform's may differ).
             let lse = f64::from(max)
-                + row
-                    .iter()
-                    .map(|&x| (f64::from(x) - f64::from(max)).exp())
-                    .sum::<f64>()
-                    .ln();
+                + libm::log(
+                    row.iter()
+                        .map(|&x| libm::exp(f64::from(x) - f64::from(max)))
+                        .sum::<f64>(),
+                );
             let loss = lse - f64::from(row[target]);
             let argmax = row
                 .iter()
