@@ -148,7 +148,7 @@ def test_the_trace_and_monitors_read_back_as_arrays(tmp_path):
     s = run.spikes()
     assert s["rule"]["column"] == "train_loss" and s["rule"]["ratio"] == 2.0
     assert isinstance(s["spikes"], list)
-    with pytest.raises(ValueError, match="spikes.ratio"):
+    with pytest.raises(ValueError, match="`ratio`: must be a number above 1"):
         run.spikes(ratio=0.5)
     with pytest.raises(ValueError, match="did you mean `test_loss`"):
         run.spikes(column="test_los")
