@@ -75,7 +75,7 @@ fn the_heads_monitor_is_the_circuits_scores_of_the_same_step() {
     assert_eq!(rows.len(), 3);
     for row in &rows {
         let model = checkpoint::load_transformer(&run::checkpoint_path(&dir, row.step)).unwrap();
-        let tokens = toylens::train::monitors::heads::detector_tokens(&model.cfg);
+        let tokens = detect::detector_tokens(model.cfg.n_ctx, model.cfg.d_vocab).unwrap();
         let score = |kind| {
             detect::detect(
                 &model,

@@ -169,6 +169,12 @@ pub fn scores(
     out
 }
 
+/// The sequences `toylens circuits` and the `heads` monitor detect heads on: 16 of up to 20 random
+/// tokens (half the context at most) each followed by its copy, seed 0. None below a context of 4.
+pub fn detector_tokens(n_ctx: usize, d_vocab: usize) -> Option<Array2<u32>> {
+    (n_ctx >= 4).then(|| repeated_random_tokens(0, 16, (n_ctx / 2).min(20), d_vocab))
+}
+
 /// `batch` sequences of `half` random tokens (below `d_vocab`) each followed by a copy of itself,
 /// the input induction heads are found on; seeded, the same on every machine.
 pub fn repeated_random_tokens(seed: u64, batch: usize, half: usize, d_vocab: usize) -> Array2<u32> {

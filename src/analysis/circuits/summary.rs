@@ -320,27 +320,26 @@ pub fn summarize(model: &Transformer, inputs: &CircuitInputs) -> Result<CircuitS
         processed: weights::copying_scores(&processed)?,
     };
 
-    let detectors = if model.cfg.n_ctx >= 4 {
-        let half = (model.cfg.n_ctx / 2).min(20);
-        let tokens = detect::repeated_random_tokens(0, 16, half, model.cfg.d_vocab);
-        Some(
-            HeadKind::ALL
-                .iter()
-                .map(|&k| {
-                    let s = detect::detect(
-                        model,
-                        tokens.view(),
-                        k,
-                        Exclude::default(),
-                        ErrorMeasure::Mul,
-                    )?;
-                    Ok((k.name().to_string(), rows(s.view())))
-                })
-                .collect::<Result<_>>()?,
-        )
-    } else {
-        None
-    };
+    let detectors =
+        if let Some(tokens) = detect::detector_tokens(model.cfg.n_ctx, model.cfg.d_vocab) {
+            Some(
+                HeadKind::ALL
+                    .iter()
+                    .map(|&k| {
+                        let s = detect::detect(
+                            model,
+                            tokens.view(),
+                            k,
+                            Exclude::default(),
+                            ErrorMeasure::Mul,
+                        )?;
+                        Ok((k.name().to_string(), rows(s.view())))
+                    })
+                    .collect::<Result<_>>()?,
+            )
+        } else {
+            None
+        };
 
     Ok(CircuitSummary {
         inputs: inputs.description.clone(),

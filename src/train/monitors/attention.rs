@@ -3,12 +3,11 @@
 //! the pattern's entropy (nats), its largest weight, and its weight on the previous token and on the
 //! first position.
 
-use super::{needs_transformer, transformer, Monitor, MonitorKind};
+use super::{transformer, transformer_config, Monitor, MonitorKind};
 use crate::batch::Batch;
 use crate::config::Experiment;
 use crate::error::Result;
 use crate::hooks::CacheFilter;
-use crate::models::transformer::TransformerConfig;
 use crate::models::Model;
 use ndarray::{s, Array2};
 
@@ -30,11 +29,7 @@ struct Attention {
 }
 
 fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
-    needs_transformer(exp)?;
-    let cfg = exp
-        .model
-        .downcast::<TransformerConfig>()
-        .ok_or("the model plan is not a transformer's")?;
+    let cfg = transformer_config(exp)?;
     let data = exp.data().map_err(|e| e.to_string())?;
     let Some(Batch::Tokens(test)) = data.test_set() else {
         return Err("it needs a test set of token inputs".into());

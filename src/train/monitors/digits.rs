@@ -2,7 +2,7 @@
 //! carry, a cascading carry) and where its probability goes relative to the naive digit (the pair's
 //! sum mod 10, carry ignored), on `toylens analyze`'s fixed evaluation set.
 
-use super::{needs_transformer, transformer, Monitor, MonitorKind};
+use super::{transformer, transformer_config, Monitor, MonitorKind};
 use crate::analysis::digits::{self, EvalSet, CASES};
 use crate::config::Experiment;
 use crate::error::Result;
@@ -20,7 +20,7 @@ struct Digits {
 }
 
 fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
-    needs_transformer(exp)?;
+    transformer_config(exp)?;
     let Some(task) = exp.task.downcast::<DigitsTask>() else {
         return Err(format!(
             "it needs a digit-addition task (data.task: digits), not `{}`",

@@ -3,12 +3,11 @@
 //! every earlier one: `toylens circuits`'s detectors (TransformerLens's `detect_head`, the `mul`
 //! measure, on the same 16 repeated random sequences) and weight scores, at every evaluation.
 
-use super::{needs_transformer, transformer, Monitor, MonitorKind};
+use super::{transformer, transformer_config, Monitor, MonitorKind};
 use crate::analysis::circuits::detect::{self, ErrorMeasure, Exclude, HeadKind};
 use crate::analysis::circuits::weights::{self, Composition};
 use crate::config::Experiment;
 use crate::error::Result;
-use crate::models::transformer::TransformerConfig;
 use crate::models::Model;
 use ndarray::Array2;
 
@@ -24,26 +23,16 @@ struct Heads {
     heads: usize,
 }
 
-/// The sequences the detectors read, as `toylens circuits` draws them.
-pub fn detector_tokens(cfg: &TransformerConfig) -> Array2<u32> {
-    let half = (cfg.n_ctx / 2).min(20);
-    detect::repeated_random_tokens(0, 16, half, cfg.d_vocab)
-}
-
 fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
-    needs_transformer(exp)?;
-    let cfg = exp
-        .model
-        .downcast::<TransformerConfig>()
-        .ok_or("the model plan is not a transformer's")?;
-    if cfg.n_ctx < 4 {
+    let cfg = transformer_config(exp)?;
+    let Some(tokens) = detect::detector_tokens(cfg.n_ctx, cfg.d_vocab) else {
         return Err(format!(
             "its detectors read a sequence repeated once, which needs a context of 4 or more (n_ctx is {})",
             cfg.n_ctx
         ));
-    }
+    };
     Ok(Box::new(Heads {
-        tokens: detector_tokens(cfg),
+        tokens,
         layers: cfg.n_layers,
         heads: cfg.n_heads,
     }))

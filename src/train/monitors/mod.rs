@@ -11,7 +11,7 @@ pub mod progress;
 
 use crate::config::Experiment;
 use crate::error::{closest, Error, Result};
-use crate::models::transformer::Transformer;
+use crate::models::transformer::{Transformer, TransformerConfig};
 use crate::models::Model;
 
 /// A monitor of one run: a fixed set of columns, measured on the model now.
@@ -79,10 +79,13 @@ fn transformer(model: &dyn Model) -> Result<&Transformer> {
     model.downcast::<Transformer>("a transformer")
 }
 
-/// Why a monitor needing a transformer does not apply to `exp`, if it does not.
-fn needs_transformer(exp: &Experiment) -> std::result::Result<(), String> {
+/// The transformer `exp` builds, or why a monitor needing one does not apply to it.
+fn transformer_config(exp: &Experiment) -> std::result::Result<&TransformerConfig, String> {
     match exp.config.arch_name() {
-        "transformer" => Ok(()),
+        "transformer" => exp
+            .model
+            .downcast::<TransformerConfig>()
+            .ok_or_else(|| "the model plan is not a transformer's".into()),
         other => Err(format!(
             "it reads a transformer, and this run's model.arch is `{other}`"
         )),

@@ -3,11 +3,10 @@
 //! the Gini coefficients of W_E and W_L, the number of key frequencies, and each frequency's share
 //! of W_L's non-constant squared Fourier norm (which frequencies the circuit is forming on).
 
-use super::{needs_transformer, transformer, Monitor, MonitorKind};
+use super::{transformer, transformer_config, Monitor, MonitorKind};
 use crate::analysis;
 use crate::config::Experiment;
 use crate::error::Result;
-use crate::models::transformer::TransformerConfig;
 use crate::models::Model;
 use crate::tasks::modular::{ModularTask, Op};
 
@@ -22,7 +21,7 @@ struct Progress {
 }
 
 fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
-    needs_transformer(exp)?;
+    let cfg = transformer_config(exp)?;
     let Some(task) = exp.task.downcast::<ModularTask>() else {
         return Err(format!(
             "it needs a modular-arithmetic task (data.task: modular), not `{}`",
@@ -32,11 +31,7 @@ fn build(exp: &Experiment) -> std::result::Result<Box<dyn Monitor>, String> {
     if task.op == Op::Mul {
         return Err("the Fourier analysis covers data.op add and sub, not mul".into());
     }
-    if exp
-        .model
-        .downcast::<TransformerConfig>()
-        .is_some_and(|c| !c.has_mlp())
-    {
+    if !cfg.has_mlp() {
         return Err("it reads W_L = W_out·W_U, and the model has no MLP (model.attn_only)".into());
     }
     Ok(Box::new(Progress { task: task.clone() }))
