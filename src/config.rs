@@ -67,6 +67,11 @@ pub const PRESETS: &[Preset] = &[
         yaml: include_str!("../presets/induction-1l.yaml"),
     },
     Preset {
+        name: "induction-smeared",
+        about: "the one-layer induction preset with smeared keys, which lets one layer form an induction head",
+        yaml: include_str!("../presets/induction-smeared.yaml"),
+    },
+    Preset {
         name: "linear",
         about: "linear regression on Gaussian inputs (4 in, 2 out, noise 0.1): the smallest model, for trying the tools",
         yaml: include_str!("../presets/linear.yaml"),

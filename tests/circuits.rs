@@ -36,6 +36,7 @@ fn ln_2l() -> TransformerConfig {
         init: InitScheme::TransformerLens,
         attn_bias: true,
         unembed_bias: true,
+        ..TransformerConfig::nanda(10)
     }
 }
 

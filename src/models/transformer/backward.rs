@@ -5,7 +5,7 @@
 //! `[b·q, d]` of the block being differentiated.
 
 use super::forward::BlockRows;
-use super::{buf, Site, Transformer, Workspace};
+use super::{buf, positions, PositionalEmbedding, Site, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
@@ -509,23 +509,39 @@ impl Transformer {
             dv.fill(0.0);
             attention::backward(&g, &lb.q, &lb.k, &lb.v, &lb.pattern, &ws.dz, dq, dk, dv);
         }
+        // Back through what came after the projections (positions.rs): smearing, then rotation.
+        if let Some(alpha) = ids.smear {
+            let range = lay.specs[alpha].range();
+            let alpha = &w[range.clone()];
+            let (dk, k_raw) = (&mut ws.dk[..h_n * blk], &lb.k_raw);
+            positions::smear_backward(dk, k_raw, alpha, &mut grads[range], n_rows, p_n, dh);
+        }
+        if let Some(rot) = &self.rotary {
+            rot.rotate(&mut ws.dq[..h_n * blk], n_rows, p_n, dh, true);
+            rot.rotate(&mut ws.dk[..h_n * blk], n_rows, p_n, dh, true);
+        }
 
-        // Q/K/V projections, per head, into d x1 `[r, d]`.
+        // Q/K/V projections, per head, into d x1 `[r, d]` (shortformer: q and k from x1 + W_pos).
         let x1: &[f32] = if ids.ln1.is_some() { &lb.ln1.y } else { res_in };
+        let qk_in: &[f32] = if cfg.shortformer() { &lb.qk_in } else { x1 };
         let dx1 = buf(&mut ws.dx, n_rows * d);
         let mut first = true;
-        for (dsrc, wid, bid) in [
-            (&ws.dq, ids.w_q, ids.b_q),
-            (&ws.dk, ids.w_k, ids.b_k),
-            (&ws.dv, ids.w_v, ids.b_v),
+        for (dsrc, wid, bid, x) in [
+            (&ws.dq, ids.w_q, ids.b_q, qk_in),
+            (&ws.dk, ids.w_k, ids.b_k, qk_in),
+            (&ws.dv, ids.w_v, ids.b_v, x1),
         ] {
+            if let (true, Some(w_pos)) = (wid == ids.w_v && cfg.shortformer(), lay.w_pos) {
+                // So far dx1 is d (x1 + W_pos): W_pos's share, row r at position r % p.
+                scatter_add_rows(&mut grads[lay.specs[w_pos].range()], dx1, d, |r| r % p_n);
+            }
             let wfull = lay.get(w, wid);
             let (gw, gb) = two_mut(grads, lay.specs[wid].range(), lay.specs[bid].range());
             for h in 0..h_n {
                 let gbh = cfg.attn_bias.then_some(&mut gb[h * dh..(h + 1) * dh]);
                 linear_backward(
                     &dsrc[h * blk..(h + 1) * blk],
-                    x1,
+                    x,
                     &wfull[h * d * dh..(h + 1) * d * dh],
                     &mut gw[h * d * dh..(h + 1) * d * dh],
                     gbh,
@@ -619,19 +635,14 @@ impl Transformer {
     fn embed_backward(&self, ws: &Workspace, dres: &[f32], grads: &mut [f32]) {
         let lay = &self.layout;
         let d = self.cfg.d_model;
-        let (ge, gp) = two_mut(
-            grads,
-            lay.specs[lay.w_e].range(),
-            lay.specs[lay.w_pos].range(),
-        );
-        for (r, &(t, p)) in ws.uniq.iter().enumerate() {
-            let src = &dres[r * d..][..d];
-            for (o, s) in ge[t as usize * d..][..d].iter_mut().zip(src) {
-                *o += s;
-            }
-            for (o, s) in gp[p as usize * d..][..d].iter_mut().zip(src) {
-                *o += s;
-            }
+        let ge = &mut grads[lay.specs[lay.w_e].range()];
+        scatter_add_rows(ge, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].0 as usize);
+        // Only standard models' W_pos is in the residual stream (shortformer's: attention_backward).
+        if let (PositionalEmbedding::Standard, Some(w_pos)) =
+            (self.cfg.positional_embedding_type, lay.w_pos)
+        {
+            let gp = &mut grads[lay.specs[w_pos].range()];
+            scatter_add_rows(gp, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].1 as usize);
         }
     }
 }

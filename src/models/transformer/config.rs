@@ -11,6 +11,31 @@ pub enum Normalization {
     LN,
 }
 
+/// Where position enters the model, TransformerLens's `positional_embedding_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionalEmbedding {
+    /// Learned `W_pos` added to the residual stream.
+    #[default]
+    Standard,
+    /// Learned `W_pos` added to the inputs of the queries and keys only (after `ln1`), never to
+    /// the residual stream: values and MLPs see no position.
+    Shortformer,
+    /// No `W_pos`: queries and keys rotated by their position (GPT-NeoX's halves, or GPT-J's
+    /// adjacent pairs with `rotary_adjacent_pairs`), on the first `rotary_dim` entries of each head.
+    Rotary,
+}
+
+impl PositionalEmbedding {
+    fn is_standard(&self) -> bool {
+        *self == PositionalEmbedding::Standard
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InitScheme {
@@ -73,6 +98,22 @@ pub struct TransformerConfig {
     /// Train `b_U` (when false it stays zero).
     #[serde(default = "yes")]
     pub unembed_bias: bool,
+    /// TransformerLens's field; written only when it is not `standard`.
+    #[serde(default, skip_serializing_if = "PositionalEmbedding::is_standard")]
+    pub positional_embedding_type: PositionalEmbedding,
+    /// Rotary models: how many entries of each head rotate (TransformerLens's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
+    /// Rotary models: the base of the frequencies; absent means 10000 (TransformerLens's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_base: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rotary_adjacent_pairs: bool,
+    /// toylens's own (Olsson et al. 2022): each head's key at position j becomes
+    /// σ(α)·k_j + (1 − σ(α))·k_{j−1} (k_0 kept), α learned per head as
+    /// `blocks.L.attn.smear_alpha [n_heads]`. TransformerLens has no such field.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub smear_keys: bool,
 }
 
 impl TransformerConfig {
@@ -98,7 +139,41 @@ impl TransformerConfig {
             init: InitScheme::Nanda,
             attn_bias: false,
             unembed_bias: false,
+            positional_embedding_type: PositionalEmbedding::Standard,
+            rotary_dim: None,
+            rotary_base: None,
+            rotary_adjacent_pairs: false,
+            smear_keys: false,
         }
+    }
+
+    pub fn shortformer(&self) -> bool {
+        self.positional_embedding_type == PositionalEmbedding::Shortformer
+    }
+
+    pub fn rotary(&self) -> bool {
+        self.positional_embedding_type == PositionalEmbedding::Rotary
+    }
+
+    /// Whether the model has `W_pos` (every kind but rotary).
+    pub fn has_w_pos(&self) -> bool {
+        !self.rotary()
+    }
+
+    /// Rotary models: the rotated entries per head (`rotary_dim`, else all of `d_head`).
+    pub fn rotary_dim(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.d_head)
+    }
+
+    pub fn rotary_base(&self) -> f64 {
+        self.rotary_base.unwrap_or(10000.0)
+    }
+
+    /// Whether layer 0's rows may be one per distinct (token, position): only when a row's
+    /// queries, keys and values are functions of its token and position alone, computed from
+    /// the residual row (standard positions, no smearing).
+    pub fn rows_by_token_and_position(&self) -> bool {
+        self.positional_embedding_type == PositionalEmbedding::Standard && !self.smear_keys
     }
 
     pub fn d_vocab_out(&self) -> usize {
@@ -150,7 +225,14 @@ impl TransformerConfig {
             0.0
         };
         let v_out = self.d_vocab_out() as f64;
-        (self.d_vocab as f64 + self.n_ctx as f64) * d
+        let smear = if self.smear_keys { h } else { 0.0 };
+        let pos = if self.has_w_pos() {
+            self.n_ctx as f64
+        } else {
+            0.0
+        };
+        (self.d_vocab as f64 + pos) * d
+            + self.n_layers as f64 * smear
             + self.n_layers as f64 * (ln + attn + mlp)
             + ln
             + (d + 1.0) * v_out
@@ -211,6 +293,37 @@ impl TransformerConfig {
                 "must be non-negative, or -1 for 0.8/sqrt(d_model)",
             ));
         }
+        if self.rotary() {
+            let r = self.rotary_dim();
+            if r == 0 || r % 2 == 1 || r > self.d_head {
+                return Err(Error::config(
+                    format!("{prefix}rotary_dim"),
+                    format!(
+                        "must be even, at least 2 and at most d_head {} (got {r})",
+                        self.d_head
+                    ),
+                ));
+            }
+            let base = self.rotary_base();
+            if !(base.is_finite() && base > 1.0) {
+                return Err(Error::config(
+                    format!("{prefix}rotary_base"),
+                    format!("must be a number above 1 (got {base})"),
+                ));
+            }
+        } else {
+            let set = [
+                ("rotary_dim", self.rotary_dim.is_some()),
+                ("rotary_base", self.rotary_base.is_some()),
+                ("rotary_adjacent_pairs", self.rotary_adjacent_pairs),
+            ];
+            if let Some((k, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(Error::config(
+                    format!("{prefix}{k}"),
+                    "applies only with positional_embedding_type: rotary",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -232,6 +345,20 @@ pub struct TransformerSection {
     pub initializer_range: f64,
     pub attn_bias: bool,
     pub unembed_bias: bool,
+    /// `standard` (the default), `shortformer` or `rotary`.
+    #[serde(default, skip_serializing_if = "PositionalEmbedding::is_standard")]
+    pub positional_embedding_type: PositionalEmbedding,
+    /// Rotary only: null means d_head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
+    /// Rotary only: null means 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_base: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rotary_adjacent_pairs: bool,
+    /// Smeared keys (Olsson et al. 2022), a learned mix of each key with the previous one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub smear_keys: bool,
 }
 
 impl crate::models::ModelSection for TransformerSection {
@@ -287,6 +414,15 @@ impl crate::models::ModelSection for TransformerSection {
             init: self.init,
             attn_bias: self.attn_bias,
             unembed_bias: self.unembed_bias,
+            positional_embedding_type: self.positional_embedding_type,
+            // Written out for TransformerLens, which needs it.
+            rotary_dim: match self.positional_embedding_type {
+                PositionalEmbedding::Rotary => Some(self.rotary_dim.unwrap_or(d_head)),
+                _ => self.rotary_dim,
+            },
+            rotary_base: self.rotary_base,
+            rotary_adjacent_pairs: self.rotary_adjacent_pairs,
+            smear_keys: self.smear_keys,
         };
         cfg.validate("model.")?;
         Ok(std::sync::Arc::new(cfg))

@@ -6,7 +6,9 @@
 //! workspace for the backward to follow.
 
 use super::prefix::RowDst;
-use super::{buf, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
+use super::{
+    buf, positions, LayerBufs, LnBufs, Plan, PositionalEmbedding, Site, Transformer, Workspace,
+};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::matmul::{linear, matmul, matmul_threads, view, view_mut};
@@ -245,7 +247,16 @@ impl Transformer {
             let (res_lo, res_hi) = ws.resid.split_at_mut(l + 1);
             let res_in = &mut res_lo[l][..rows.n_rows * cfg.d_model];
             let lb = &mut ws.layers[l];
-            self.attention_forward(l, lb, res_in, rows, &mut ws.head_tmp, &plan, &mut hk);
+            let shortformer_pos = cfg.shortformer().then_some(&ws.pos[..]);
+            self.attention_forward(
+                l,
+                lb,
+                (res_in, shortformer_pos),
+                rows,
+                &mut ws.head_tmp,
+                &plan,
+                &mut hk,
+            );
             self.mlp_forward(l, lb, res_in, &mut res_hi[0], rows, &plan, &mut hk);
         }
         self.unembed_forward(ws, &mut hk);
@@ -283,10 +294,14 @@ impl Transformer {
         }
         let n_rows0 = ws.uniq.len();
         let w_e = lay.get(w, lay.w_e);
-        let w_pos = lay.get(w, lay.w_pos);
+        let w_pos = lay.w_pos.map(|id| lay.get(w, id));
+        // Standard models add W_pos to the residual stream; shortformer ones keep it (hooked) in
+        // `ws.pos` for every block's queries and keys; rotary ones have none.
+        let pos_in_resid = cfg.positional_embedding_type == PositionalEmbedding::Standard;
         let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
         if ws.plan.dedup_layer0 {
             // No hooks on this path: the cache gets the full tensors, gathered.
+            let w_pos = w_pos.expect("deduplicated rows are standard positions");
             let shape = [b_n, p_n, d];
             cache_gathered(
                 hk,
@@ -300,23 +315,37 @@ impl Transformer {
             let pos: Vec<u32> = (0..b_n * p_n).map(|i| (i % p_n) as u32).collect();
             cache_gathered(hk, Site::PosEmbed, w_pos, &pos, cfg.n_ctx, None, &shape);
         }
-        if !ws.plan.dedup_layer0 && (wants(hk, Site::Embed) || wants(hk, Site::PosEmbed)) {
+        let hooked = wants(hk, Site::Embed) || wants(hk, Site::PosEmbed);
+        if !ws.plan.dedup_layer0 && (hooked || cfg.shortformer()) {
             let emb = buf(&mut ws.embed, n_rows0 * d);
-            let pos = buf(&mut ws.pos, n_rows0 * d);
-            for (r, &(t, p)) in ws.uniq.iter().enumerate() {
+            for (r, &(t, _)) in ws.uniq.iter().enumerate() {
                 emb[r * d..][..d].copy_from_slice(&w_e[t as usize * d..][..d]);
-                pos[r * d..][..d].copy_from_slice(&w_pos[p as usize * d..][..d]);
             }
             intercept(hk, Site::Embed, emb, &[b_n, p_n, d]);
-            intercept(hk, Site::PosEmbed, pos, &[b_n, p_n, d]);
-            for ((o, e), p) in resid0.iter_mut().zip(&ws.embed).zip(&ws.pos) {
-                *o = e + p;
+            resid0.copy_from_slice(&ws.embed);
+            if let Some(w_pos) = w_pos {
+                let pos = buf(&mut ws.pos, n_rows0 * d);
+                for (r, &(_, p)) in ws.uniq.iter().enumerate() {
+                    pos[r * d..][..d].copy_from_slice(&w_pos[p as usize * d..][..d]);
+                }
+                intercept(hk, Site::PosEmbed, pos, &[b_n, p_n, d]);
+                if pos_in_resid {
+                    for (o, p) in resid0.iter_mut().zip(&ws.pos) {
+                        *o += p;
+                    }
+                }
             }
         } else {
             for (r, &(t, p)) in ws.uniq.iter().enumerate() {
-                let (e, q) = (&w_e[t as usize * d..][..d], &w_pos[p as usize * d..][..d]);
-                for ((o, e), q) in resid0[r * d..][..d].iter_mut().zip(e).zip(q) {
-                    *o = e + q;
+                let e = &w_e[t as usize * d..][..d];
+                let o = &mut resid0[r * d..][..d];
+                match w_pos.filter(|_| pos_in_resid) {
+                    Some(w_pos) => {
+                        for ((o, e), q) in o.iter_mut().zip(e).zip(&w_pos[p as usize * d..][..d]) {
+                            *o = e + q;
+                        }
+                    }
+                    None => o.copy_from_slice(e),
                 }
             }
         }
@@ -324,13 +353,14 @@ impl Transformer {
 
     /// Block `l`'s attention: `res_in [r, d]` → LN1 → q, k, v `[h, r, d_head]` → scores and pattern
     /// `[b, h, q, p]` → z `[b·q, h·d_head]` (or, folded, v·W_O `[h, r, d]`) → attn_out `[b·q, d]`,
-    /// and `resid_mid [b·q, d]` = res_in at the query positions + attn_out.
+    /// and `resid_mid [b·q, d]` = res_in at the query positions + attn_out. Shortformer models
+    /// add `shortformer_pos [r, d]` to LN1's output for the queries and keys.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
         l: usize,
         lb: &mut LayerBufs,
-        res_in: &mut [f32],
+        (res_in, shortformer_pos): (&mut [f32], Option<&[f32]>),
         rows: BlockRows,
         head_tmp: &mut Vec<f32>,
         plan: &Plan,
@@ -382,19 +412,27 @@ impl Transformer {
             }
             None => res_in,
         };
+        let qk_in: &[f32] = match shortformer_pos {
+            Some(pos) => {
+                let o = buf(&mut lb.qk_in, n_rows * d);
+                simd::add(o, x1, &pos[..n_rows * d]);
+                &lb.qk_in
+            }
+            None => x1,
+        };
         // Q, K, V: head-major [h, r, d_head].
         let blk = n_rows * dh;
-        for (dst, wid, bid) in [
-            (&mut lb.q, ids.w_q, ids.b_q),
-            (&mut lb.k, ids.w_k, ids.b_k),
-            (&mut lb.v, ids.w_v, ids.b_v),
+        for (dst, wid, bid, x) in [
+            (&mut lb.q, ids.w_q, ids.b_q, qk_in),
+            (&mut lb.k, ids.w_k, ids.b_k, qk_in),
+            (&mut lb.v, ids.w_v, ids.b_v, x1),
         ] {
             let out = buf(dst, h_n * blk);
             let (wq, bq) = (lay.get(w, wid), lay.get(w, bid));
             for h in 0..h_n {
                 linear(
                     &mut out[h * blk..(h + 1) * blk],
-                    x1,
+                    x,
                     &wq[h * d * dh..(h + 1) * d * dh],
                     Some(&bq[h * dh..(h + 1) * dh]),
                     n_rows,
@@ -417,6 +455,17 @@ impl Transformer {
             intercept_heads(hk, Site::Q(l), &mut lb.q, head_tmp, shape);
             intercept_heads(hk, Site::K(l), &mut lb.k, head_tmp, shape);
             intercept_heads(hk, Site::V(l), &mut lb.v, head_tmp, shape);
+            if let Some(rot) = &self.rotary {
+                rot.rotate(&mut lb.q, n_rows, p_n, dh, false);
+                rot.rotate(&mut lb.k, n_rows, p_n, dh, false);
+                intercept_heads(hk, Site::RotQ(l), &mut lb.q, head_tmp, shape);
+                intercept_heads(hk, Site::RotK(l), &mut lb.k, head_tmp, shape);
+            }
+            if let Some(alpha) = ids.smear {
+                let alpha = lay.get(w, alpha);
+                positions::smear_forward(&mut lb.k, &mut lb.k_raw, alpha, n_rows, p_n, dh);
+                intercept_heads(hk, Site::SmearedK(l), &mut lb.k, head_tmp, shape);
+            }
         }
 
         let g = rows.geometry(h_n, dh);
@@ -804,10 +853,11 @@ impl Plan {
             };
         }
         Plan {
-            dedup_layer0: unhooked || cache_only,
+            dedup_layer0: (unhooked || cache_only) && cfg.rows_by_token_and_position(),
             fold_wo_layer0: unhooked || cache_only,
             fused_bias_relu: unhooked && cfg.has_mlp() && cfg.act() == ActFn::Relu,
             fold_w_in_layer0: cfg.has_mlp()
+                && cfg.rows_by_token_and_position()
                 && (cache_only || (unhooked && w_in_fold != Some(false))),
             differentiable: unhooked,
         }

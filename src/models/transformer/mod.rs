@@ -18,10 +18,13 @@ mod backward;
 mod config;
 mod forward;
 mod params;
+mod positions;
 mod prefix;
 mod sites;
 
-pub use config::{InitScheme, Normalization, TransformerConfig, TransformerSection};
+pub use config::{
+    InitScheme, Normalization, PositionalEmbedding, TransformerConfig, TransformerSection,
+};
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 pub use sites::{patch_axes, Site};
 
@@ -57,6 +60,8 @@ pub struct Transformer {
     pub cfg: TransformerConfig,
     pub layout: Layout,
     pub params: Vec<f32>,
+    /// Rotary models' tables, made once from the config.
+    rotary: Option<positions::Rotary>,
 }
 
 /// One LayerNorm's buffers, `[rows, d]` (scale `[rows]`).
@@ -76,6 +81,10 @@ struct LayerBufs {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Smeared keys: the keys before smearing, `[h, r, d_head]`.
+    k_raw: Vec<f32>,
+    /// Shortformer: the queries' and keys' input, ln1's output + W_pos, `[r, d]`.
+    qk_in: Vec<f32>,
     /// `[b, h, q, p]` each.
     scores: Vec<f32>,
     pattern: Vec<f32>,
@@ -246,6 +255,7 @@ impl Transformer {
         let layout = Layout::new(&cfg);
         let params = layout.init(&cfg);
         Ok(Transformer {
+            rotary: cfg.rotary().then(|| positions::Rotary::new(&cfg)),
             cfg,
             layout,
             params,
@@ -264,6 +274,7 @@ impl Transformer {
             )));
         }
         Ok(Transformer {
+            rotary: cfg.rotary().then(|| positions::Rotary::new(&cfg)),
             cfg,
             layout,
             params,
@@ -485,7 +496,10 @@ impl Transformer {
                 Site::ResidPre(l) => {
                     if l == 0 {
                         put(&mut grads, Site::Embed, &[b, p, d], data.clone());
-                        put(&mut grads, Site::PosEmbed, &[b, p, d], data.clone());
+                        // (Shortformer's W_pos feeds every block's queries and keys instead.)
+                        if self.cfg.positional_embedding_type == PositionalEmbedding::Standard {
+                            put(&mut grads, Site::PosEmbed, &[b, p, d], data.clone());
+                        }
                     }
                     put(&mut grads, site, &[b, p, d], data);
                 }
@@ -524,7 +538,10 @@ impl Transformer {
                 | Site::Ln1Normalized(l)
                 | Site::Q(l)
                 | Site::K(l)
-                | Site::V(l),
+                | Site::V(l)
+                | Site::RotQ(l)
+                | Site::RotK(l)
+                | Site::SmearedK(l),
             ) => l <= last,
             Ok(site) => site.layer().is_some_and(|l| l < last),
             Err(_) => false,

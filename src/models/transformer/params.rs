@@ -50,6 +50,8 @@ pub struct BlockIds {
     pub b_v: usize,
     pub w_o: usize,
     pub b_o: usize,
+    /// Smeared keys: α per head, `blocks.L.attn.smear_alpha [n_heads]` (σ(α) is the key's own share).
+    pub smear: Option<usize>,
     pub ln2: Option<LnIds>,
     pub mlp: Option<MlpIds>,
 }
@@ -60,7 +62,8 @@ pub struct Layout {
     pub specs: Vec<ParamSpec>,
     pub total: usize,
     pub w_e: usize,
-    pub w_pos: usize,
+    /// Absent in rotary models.
+    pub w_pos: Option<usize>,
     pub blocks: Vec<BlockIds>,
     pub ln_final: Option<LnIds>,
     pub w_u: usize,
@@ -100,7 +103,9 @@ impl Layout {
             total: 0,
         };
         let w_e = bld.add("embed.W_E".into(), &[cfg.d_vocab, d], true);
-        let w_pos = bld.add("pos_embed.W_pos".into(), &[cfg.n_ctx, d], true);
+        let w_pos = cfg
+            .has_w_pos()
+            .then(|| bld.add("pos_embed.W_pos".into(), &[cfg.n_ctx, d], true));
         let mut blocks = Vec::new();
         for l in 0..cfg.n_layers {
             let p = format!("blocks.{l}");
@@ -114,6 +119,10 @@ impl Layout {
             let b_k = bld.add(format!("{p}.attn.b_K"), &[h, dh], ab);
             let b_v = bld.add(format!("{p}.attn.b_V"), &[h, dh], ab);
             let b_o = bld.add(format!("{p}.attn.b_O"), &[d], ab);
+            // α = 0 at init: every key half its own, half its predecessor's.
+            let smear = cfg
+                .smear_keys
+                .then(|| bld.add(format!("{p}.attn.smear_alpha"), &[h], true));
             let (ln2, mlp) = if cfg.has_mlp() {
                 let ln2 = cfg.has_ln().then(|| bld.ln(&format!("{p}.ln2"), d));
                 let m = cfg.d_mlp();
@@ -137,6 +146,7 @@ impl Layout {
                 b_v,
                 w_o,
                 b_o,
+                smear,
                 ln2,
                 mlp,
             });

@@ -8,11 +8,15 @@
 //! | `blocks.L.ln1.hook_scale`, `ln2.hook_scale`, `ln_final.hook_scale` | `[b, p, 1]` |
 //! | `blocks.L.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | `[b, p, d_model]` (before gain and bias) |
 //! | `blocks.L.attn.hook_q`, `hook_k`, `hook_v`, `hook_z` | `[b, p, h, d_head]` |
+//! | `blocks.L.attn.hook_rot_q`, `hook_rot_k` (rotary models) | `[b, p, h, d_head]` |
+//! | `blocks.L.attn.hook_smeared_k` (smeared keys, toylens's own) | `[b, p, h, d_head]` |
 //! | `blocks.L.attn.hook_attn_scores`, `hook_pattern` | `[b, h, q, p]` |
 //! | `blocks.L.mlp.hook_pre`, `hook_post` | `[b, p, d_mlp]` |
 //! | `unembed.hook_in` | `[b, p, d_model]`; `unembed.hook_out`: `[b, p, d_vocab_out]` |
 //!
-//! LayerNorm points exist only in models with LayerNorm, MLP points only in models with an MLP.
+//! LayerNorm points exist only in models with LayerNorm, MLP points only in models with an MLP,
+//! `hook_pos_embed` in every model but rotary ones. The keys that meet the queries are the last of
+//! `hook_k`, `hook_rot_k`, `hook_smeared_k` that the model has.
 
 use super::TransformerConfig;
 use crate::error::{closest, Error, Result};
@@ -28,6 +32,9 @@ pub enum Site {
     Q(usize),
     K(usize),
     V(usize),
+    RotQ(usize),
+    RotK(usize),
+    SmearedK(usize),
     AttnScores(usize),
     Pattern(usize),
     Z(usize),
@@ -57,6 +64,9 @@ impl Site {
             Q(l) => format!("blocks.{l}.attn.hook_q"),
             K(l) => format!("blocks.{l}.attn.hook_k"),
             V(l) => format!("blocks.{l}.attn.hook_v"),
+            RotQ(l) => format!("blocks.{l}.attn.hook_rot_q"),
+            RotK(l) => format!("blocks.{l}.attn.hook_rot_k"),
+            SmearedK(l) => format!("blocks.{l}.attn.hook_smeared_k"),
             AttnScores(l) => format!("blocks.{l}.attn.hook_attn_scores"),
             Pattern(l) => format!("blocks.{l}.attn.hook_pattern"),
             Z(l) => format!("blocks.{l}.attn.hook_z"),
@@ -79,9 +89,10 @@ impl Site {
     pub fn layer(&self) -> Option<usize> {
         use Site::*;
         match *self {
-            ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | AttnScores(l)
-            | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l)
-            | MlpPre(l) | MlpPost(l) | MlpOut(l) | ResidPost(l) => Some(l),
+            ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
+            | RotK(l) | SmearedK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l)
+            | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPost(l) | MlpOut(l)
+            | ResidPost(l) => Some(l),
             Embed | PosEmbed | LnFinalScale | LnFinalNormalized | UnembedIn | UnembedOut => None,
         }
     }
@@ -89,21 +100,23 @@ impl Site {
     /// Every hook point of a model with this config, in the order the forward pass reaches them.
     pub fn all(cfg: &TransformerConfig) -> Vec<Site> {
         use Site::*;
-        let mut v = vec![Embed, PosEmbed];
+        let mut v = vec![Embed];
+        if cfg.has_w_pos() {
+            v.push(PosEmbed);
+        }
         for l in 0..cfg.n_layers {
             v.push(ResidPre(l));
             if cfg.has_ln() {
                 v.extend([Ln1Scale(l), Ln1Normalized(l)]);
             }
-            v.extend([
-                Q(l),
-                K(l),
-                V(l),
-                AttnScores(l),
-                Pattern(l),
-                Z(l),
-                AttnOut(l),
-            ]);
+            v.extend([Q(l), K(l), V(l)]);
+            if cfg.rotary() {
+                v.extend([RotQ(l), RotK(l)]);
+            }
+            if cfg.smear_keys {
+                v.push(SmearedK(l));
+            }
+            v.extend([AttnScores(l), Pattern(l), Z(l), AttnOut(l)]);
             if cfg.has_mlp() {
                 v.push(ResidMid(l));
                 if cfg.has_ln() {
@@ -137,7 +150,13 @@ impl Site {
 /// (position axis, head axis) of a hook point's activation in TransformerLens layout.
 pub fn patch_axes(site: Site) -> (usize, Option<usize>) {
     match site {
-        Site::Q(_) | Site::K(_) | Site::V(_) | Site::Z(_) => (1, Some(2)),
+        Site::Q(_)
+        | Site::K(_)
+        | Site::V(_)
+        | Site::RotQ(_)
+        | Site::RotK(_)
+        | Site::SmearedK(_)
+        | Site::Z(_) => (1, Some(2)),
         Site::AttnScores(_) | Site::Pattern(_) => (2, Some(1)),
         _ => (1, None),
     }
