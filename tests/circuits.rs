@@ -509,7 +509,7 @@ fn weight_processing_keeps_the_function() {
         let m = model(cfg.clone());
         let t = tokens(&cfg, 3, cfg.n_ctx.min(6), 11);
         let before = m.forward(t.view()).unwrap();
-        let p = process(&m, Processing::default());
+        let p = process(&m, Processing::default()).unwrap();
         let after = p.forward(t.view()).unwrap();
         // Logits up to a constant per position (the centred unembedding).
         let centre = |x: &Array3<f32>| {
@@ -529,7 +529,7 @@ fn weight_processing_keeps_the_function() {
         }
         let b_v = p.param("blocks.0.attn.b_V").unwrap();
         assert!(b_v.iter().all(|&x| x == 0.0), "value biases folded");
-        let nothing = process(&m, Processing::NONE);
+        let nothing = process(&m, Processing::NONE).unwrap();
         assert_eq!(nothing.params, m.params);
     }
 }

@@ -134,19 +134,84 @@ fn bad_induction_sizes_are_refused_naming_the_key() {
     assert!(e.contains("data.n_ctx") && e.contains("at least 4"), "{e}");
 }
 
+#[test]
+fn bad_model_options_are_refused_naming_the_key() {
+    let refused = |preset: &str, o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        config::resolve(preset, &o)
+            .and_then(|c| c.resolve().map(|_| ()))
+            .unwrap_err()
+            .to_string()
+    };
+    // Smeared keys in a model that has no keys to smear.
+    let e = refused("toy-mlp", &["model.smear_keys=true"]);
+    assert!(e.contains("model.smear_keys") && e.contains("unknown key"), "{e}");
+    let e = refused("induction", &["model.positional_embedding_type=rotary", "model.rotary_dim=3"]);
+    assert!(e.contains("model.rotary_dim") && e.contains("even"), "{e}");
+    let e = refused("induction", &["model.positional_embedding_type=rotary", "model.rotary_dim=32"]);
+    assert!(e.contains("model.rotary_dim") && e.contains("d_head 16"), "{e}");
+    let e = refused("induction", &["model.rotary_dim=8"]);
+    assert!(e.contains("model.rotary_dim") && e.contains("only with"), "{e}");
+    let e = refused("induction", &["model.positional_embedding_type=sinusoidal"]);
+    assert!(e.contains("model.positional_embedding_type") && e.contains("shortformer"), "{e}");
+}
+
+/// `analyze` on an induction run: the phase change and the heads from its metric rows, the figure,
+/// and its last checkpoint's attention pictures, in RUN/analysis/.
+#[test]
+fn analyze_on_an_induction_run_writes_the_phase_change_and_its_figure() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("run");
+    short_run(&dir, "induction", 50);
+    let report = toylens::commands::analyze(&dir, None, toylens::commands::KeyRule::WL).unwrap();
+    let toylens::commands::AnalyzeReport::Induction { phase, files, .. } = report else {
+        panic!("not an induction report");
+    };
+    // Fifty steps: no phase change yet (too few evaluations to call one).
+    assert_eq!(phase, None);
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["induction.json", "induction.png", "induction.svg"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert!(json["phase_change"].is_null(), "{json}");
+    assert!(dir.join("analysis/attention_L1.png").exists());
+}
+
 /// The phase change (minutes: `cargo test --release -- --ignored phase_change`): over the preset's
 /// 3000 steps the two-layer model's loss on repeats falls from the no-context level to under 1
-/// nat, and the one-layer model's stays above 3.
+/// nat in a phase change a layer-1 head's induction score rises through; the one-layer model's
+/// stays above 3 with none; the smeared-key one-layer model has its phase change before the
+/// two-layer one's.
 #[test]
 #[ignore]
 fn the_two_layer_preset_goes_through_the_phase_change_and_the_one_layer_does_not() {
+    use toylens::analysis::induction as ind;
     let d = tempfile::tempdir().unwrap();
-    for (preset, below, above) in [("induction", 1.0, 0.0), ("induction-1l", 99.0, 3.0)] {
+    let mut middles = Vec::new();
+    for (preset, below, above) in [
+        ("induction", 1.0, 0.0),
+        ("induction-1l", 99.0, 3.0),
+        ("induction-smeared", 1.0, 0.0),
+    ] {
         let dir = d.path().join(preset);
         let cfg = config::resolve(preset, &[]).unwrap();
         train(&cfg, &dir, RunMode::New, Progress::Quiet).unwrap();
         let rows = run::read_metrics(&dir).unwrap();
         let last = rows.last().unwrap().get("test_loss_repeat").unwrap();
         assert!(last < below && last > above, "{preset}: {last}");
+        let phase = ind::run_phase_change(&rows);
+        assert_eq!(phase.is_some(), preset != "induction-1l", "{preset}: {phase:?}");
+        if let Some(p) = phase {
+            let layers = if preset == "induction" { 2 } else { 1 };
+            let heads = ind::induction_heads(&rows, &p, layers, 4).unwrap();
+            assert_eq!(heads.induction_head.0, layers - 1, "{preset}");
+            let s = heads.induction_score;
+            assert!(s.onset < 0.15 && s.end > 0.25, "{preset}: {s:?}");
+            middles.push(p.middle);
+        }
     }
+    assert!(middles[1] < middles[0], "smeared keys' phase change first: {middles:?}");
 }

@@ -181,7 +181,8 @@ fn _process_weights(
         center_unembed,
         fold_value_biases,
     };
-    Ok(model.with_model(Box::new(process::process(m, steps))))
+    let processed = process::process(m, steps).map_err(crate::py_err)?;
+    Ok(model.with_model(Box::new(processed)))
 }
 
 fn tokens_2d(x: &Bound<'_, PyAny>, what: &str) -> PyResult<Array2<u32>> {
@@ -397,6 +398,15 @@ fn _path_patch<'py>(
     }
 }
 
+/// The sequences the `heads` monitor and `toylens circuits` detect heads on, `[16, 2·half]`.
+#[pyfunction]
+fn _detector_tokens(py: Python<'_>, n_ctx: usize, d_vocab: usize) -> PyResult<Bound<'_, PyAny>> {
+    let tokens = detect::detector_tokens(n_ctx, d_vocab).ok_or_else(|| {
+        PyValueError::new_err(format!("head detection needs n_ctx >= 4 (got {n_ctx})"))
+    })?;
+    Ok(tokens.mapv(i64::from).into_pyarray(py).into_any())
+}
+
 /// Head detection scores `[n_layers, n_heads]` on `tokens` for a named pattern or an array;
 /// with `cache`, from its attention patterns (TransformerLens's `cache=`) instead of a new run.
 #[pyfunction]
@@ -497,5 +507,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_attribution_patch, m)?)?;
     m.add_function(wrap_pyfunction!(_path_patch, m)?)?;
     m.add_function(wrap_pyfunction!(_detect_head, m)?)?;
+    m.add_function(wrap_pyfunction!(_detector_tokens, m)?)?;
     Ok(())
 }

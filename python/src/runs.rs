@@ -307,6 +307,9 @@ fn _analyze<'py>(
             }
             AnalyzeReport::Digits { report, .. } => json!({"kind": "digits", "report": report}),
             AnalyzeReport::Generic { report, .. } => json!({"kind": "generic", "report": report}),
+            AnalyzeReport::Induction { phase, heads, .. } => {
+                json!({"kind": "induction_run", "phase_change": phase, "heads": heads})
+            }
             AnalyzeReport::Superposition {
                 instances,
                 n_features,

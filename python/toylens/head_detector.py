@@ -15,6 +15,13 @@ from . import _toylens
 HEAD_NAMES = ["previous_token_head", "duplicate_token_head", "induction_head"]
 
 
+def detector_tokens(n_ctx: int, d_vocab: int) -> np.ndarray:
+    """The sequences the ``heads`` monitor and ``toylens circuits`` score heads on: ``[16, 2·half]``
+    int64, ``half = min((n_ctx - 1) // 2, 20)`` random tokens (seed 0) each followed by their
+    copy (shorter than the context, as TransformerLens's ``detect_head`` needs)."""
+    return _toylens._detector_tokens(n_ctx, d_vocab)
+
+
 def _pattern(kind: str, tokens: Any) -> np.ndarray:
     t = np.asarray(tokens).reshape(-1)
     n = len(t)

@@ -41,6 +41,12 @@ def to_transformer_lens(model: Any) -> Any:
         raise TypeError(
             f"only transformers have a TransformerLens counterpart; this model is a `{model.arch}`"
         )
+    if model.cfg.get("smear_keys"):
+        raise ValueError(
+            "this model has smeared keys (model.smear_keys, toylens's own option: "
+            "blocks.L.attn.smear_alpha): no TransformerLens version has them, so it cannot be "
+            "exported; toylens's own run_with_cache, hooks and analyses take it"
+        )
     torch, tl = _import()
     cfg = tl_config(model)
     state = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
@@ -51,8 +57,19 @@ def to_transformer_lens(model: Any) -> Any:
             # 3.x's notice that HookedTransformer goes in 4.0: on 4.x we use the bridge.
             warnings.simplefilter("ignore", DeprecationWarning)
             tl_model = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+        # Rotary models: TransformerLens keeps its sin/cos tables as buffers in the state dict;
+        # toylens computes its own from the config and saves none.
+        for k, v in tl_model.state_dict().items():
+            if k.endswith((".rotary_sin", ".rotary_cos")):
+                state.setdefault(k, v)
         tl_model.load_state_dict(state, strict=True)
         return tl_model.eval()
+    if cfg.get("positional_embedding_type") == "rotary" and not cfg.get("rotary_adjacent_pairs"):
+        raise ValueError(
+            "TransformerLens 4.x's native model rotates adjacent pairs (GPT-J/Llama) only; this "
+            "model rotates halves (GPT-NeoX, rotary_adjacent_pairs false): load it with "
+            "TransformerLens 3.9, or train with model.rotary_adjacent_pairs=true"
+        )
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint

@@ -20,6 +20,7 @@ pub mod circuits;
 pub mod digits;
 pub mod fourier;
 pub mod generic;
+pub mod induction;
 pub mod llc;
 pub mod neurons;
 pub mod patching;

@@ -401,6 +401,52 @@ fn main() {
     }
 }
 
+/// What `analyze` found on an induction run.
+fn print_induction(
+    phase: Option<&toylens::analysis::induction::PhaseChange>,
+    heads: Option<&toylens::analysis::induction::InductionHeads>,
+) {
+    let Some(p) = phase else {
+        println!(
+            "no phase change: the loss on repeats never fell abruptly by 0.5 nats and a quarter of \
+             its plateau (definition in `toylens::analysis::induction`)"
+        );
+        return;
+    };
+    println!(
+        "phase change: loss on repeats {:.3} on the plateau → {:.3} at the end; a tenth of the fall \
+         by step {}, half by {}, three quarters by {}",
+        p.plateau, p.last, p.onset, p.middle, p.end
+    );
+    let Some(h) = heads else { return };
+    let ((il, ih), s) = (h.induction_head, h.induction_score);
+    println!(
+        "induction head L{il}H{ih}: induction score {:.2} → {:.2} → {:.2} (onset, middle, end)",
+        s.onset, s.middle, s.end
+    );
+    let s = h.copying_score;
+    println!(
+        "its copying score {:.2} → {:.2} → {:.2}",
+        s.onset, s.middle, s.end
+    );
+    let Some(((pl, ph), s)) = h.previous_token_head else {
+        return;
+    };
+    println!(
+        "previous-token head L{pl}H{ph}: previous-token score {:.2} → {:.2} → {:.2}",
+        s.onset, s.middle, s.end
+    );
+    let ks: Vec<String> = h
+        .k_composition
+        .iter()
+        .map(|((l, hh), k)| format!("L{l}H{hh} {k:.3}"))
+        .collect();
+    println!(
+        "K-composition of L{il}H{ih} with each earlier head at the end: {}",
+        ks.join(", ")
+    );
+}
+
 /// What `analyze` found on a task without analyses of its own.
 fn print_generic_report(target: &std::path::Path, r: &toylens::analysis::generic::GenericReport) {
     println!("{}: a {} on {}", target.display(), r.arch, r.task);
@@ -941,6 +987,27 @@ fn run(cmd: Cmd) -> Result<()> {
                         show(ph.cleanup_end)
                     );
                 }
+            }
+            AnalyzeReport::Induction {
+                phase,
+                heads,
+                last,
+                files,
+            } => {
+                if let AnalyzeReport::Generic { files, .. } = last.as_ref() {
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+                for f in &files {
+                    eprintln!("wrote {}", f.display());
+                }
+                if json {
+                    let v = serde_json::json!({"phase_change": phase, "heads": heads});
+                    println!("{v}");
+                    return Ok(());
+                }
+                print_induction(phase.as_ref(), heads.as_ref());
             }
             AnalyzeReport::Generic { report, files } => {
                 for f in &files {

@@ -7,7 +7,7 @@ pub mod spikes;
 pub mod train;
 
 use crate::analysis::{
-    self, ablation, digits, neurons, superposition as sp, toy_mlp, Analysis, Phases,
+    self, ablation, digits, induction, neurons, superposition as sp, toy_mlp, Analysis, Phases,
 };
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, write_atomic};
@@ -113,6 +113,14 @@ pub enum AnalyzeReport {
         report: analysis::generic::GenericReport,
         files: Vec<PathBuf>,
     },
+    /// An induction run: the phase change of its loss on repeats and the heads that formed across
+    /// it (from the metric rows), and its last checkpoint's generic analysis.
+    Induction {
+        phase: Option<induction::PhaseChange>,
+        heads: Option<induction::InductionHeads>,
+        last: Box<AnalyzeReport>,
+        files: Vec<PathBuf>,
+    },
     /// A superposition checkpoint: each instance's geometry.
     Superposition {
         instances: Vec<sp::InstanceGeometry>,
@@ -186,6 +194,49 @@ fn analyze_into(
         files.extend(figures::digits_run(&rows, &dir)?);
         files.extend(figures::digits_checkpoint(&last, &dir)?);
         return Ok(AnalyzeReport::DigitsRun { rows, last, files });
+    }
+    if run_task.as_ref().is_some_and(|t| {
+        t.downcast::<crate::tasks::induction::InductionTask>()
+            .is_some()
+    }) {
+        let rows = run::read_metrics(target)?;
+        let cfg = run::run_config(target)?.resolve()?;
+        let shape = cfg
+            .model
+            .downcast::<crate::models::transformer::TransformerConfig>()
+            .map(|c| (c.n_layers, c.n_heads));
+        let phase = induction::run_phase_change(&rows);
+        let heads = phase
+            .as_ref()
+            .zip(shape)
+            .and_then(|(ph, (l, h))| induction::induction_heads(&rows, ph, l, h));
+        let dir = run_dir(target)?;
+        let last = run::last_checkpoint(target)?;
+        let last = Box::new(analyze_into(&last, files.map(|_| dir.as_deref()), rule)?);
+        let Some(dir) = dir else {
+            return Ok(AnalyzeReport::Induction {
+                phase,
+                heads,
+                last,
+                files: Vec::new(),
+            });
+        };
+        let json = dir.join("induction.json");
+        let body = serde_json::json!({"phase_change": phase, "heads": heads});
+        write_atomic(&json, body.to_string().as_bytes())?;
+        let mut out = vec![json];
+        out.extend(figures::induction_run(
+            &rows,
+            phase.as_ref(),
+            heads.as_ref(),
+            &dir,
+        )?);
+        return Ok(AnalyzeReport::Induction {
+            phase,
+            heads,
+            last,
+            files: out,
+        });
     }
     if let Some(task) = &run_task {
         if !own_analysis(task.as_ref()) {

@@ -4,12 +4,14 @@
 
 use crate::analysis::ablation::{AblationRow, Unit};
 use crate::analysis::circuits::factored::dot;
+use crate::analysis::induction::{InductionHeads, PhaseChange};
 use crate::analysis::neurons::NeuronFrequencies;
 use crate::analysis::superposition::{geometry, InstanceGeometry};
 use crate::analysis::toy_mlp::neuron_grids;
 use crate::analysis::{Analysis, Phases, ProgressRow};
 use crate::error::{Error, Result};
 use crate::hooks::CacheFilter;
+use crate::io::run::MetricRow;
 use crate::models::superposition::Superposition;
 use crate::models::toy_mlp::ToyMlp;
 use crate::models::transformer::Transformer;
@@ -366,6 +368,94 @@ pub fn progress(rows: &[ProgressRow], phases: Option<&Phases>, dir: &Path) -> Re
                     color: plot::GREEN_,
                 },
             ],
+            &bands,
+        )
+    })
+}
+
+/// A line's name, points and colour, owned (for series whose names are made at run time).
+type OwnedSeries = (String, Vec<(f64, f64)>, RGBColor);
+
+fn named_series(v: &[OwnedSeries]) -> Vec<Series<'_>> {
+    v.iter()
+        .map(|(n, p, c)| Series {
+            name: n,
+            points: p,
+            color: *c,
+        })
+        .collect()
+}
+
+/// An induction run over training (`induction.png`/`.svg`): the losses on repeats and on first
+/// occurrences (log scale) above; below, each head's induction score (the later layers' heads, or
+/// every head of a one-layer model), the previous-token score of the head the induction head
+/// K-composes with most, and that K-composition; the phase change shaded.
+pub fn induction_run(
+    rows: &[MetricRow],
+    phase: Option<&PhaseChange>,
+    heads: Option<&InductionHeads>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let column = |name: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| r.get(name).map(|v| (r.step as f64, v)))
+            .collect()
+    };
+    let columns: Vec<String> = rows
+        .first()
+        .map(|r| r.values.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let is_later = |c: &&String| c.starts_with("heads_L") && !c.starts_with("heads_L0");
+    let any_later = columns
+        .iter()
+        .any(|c| is_later(&c) && c.ends_with("_induction"));
+    let mut lower: Vec<(String, Vec<(f64, f64)>)> = columns
+        .iter()
+        .filter(|c| c.ends_with("_induction") && (!any_later || is_later(c)))
+        .map(|c| (c.trim_start_matches("heads_").replace('_', " "), column(c)))
+        .collect();
+    if let Some(h) = heads {
+        let (il, ih) = h.induction_head;
+        if let Some(((pl, ph), _)) = h.previous_token_head {
+            let prev = format!("heads_L{pl}H{ph}_prev");
+            lower.push((format!("L{pl}H{ph} previous-token"), column(&prev)));
+        }
+        if let Some(&((kl, kh), _)) = h.k_composition.first() {
+            let k = format!("heads_kcomp_L{kl}H{kh}_L{il}H{ih}");
+            lower.push((format!("K-comp L{kl}H{kh}→L{il}H{ih}"), column(&k)));
+        }
+    }
+    let upper = [
+        ("loss on repeats", column("test_loss_repeat")),
+        ("loss on first occurrences", column("test_loss_first")),
+    ];
+    let x_max = rows.last().map_or(1.0, |r| r.step as f64).max(1.0);
+    let bands: Vec<Band> = phase
+        .map(|p| Band {
+            from: p.onset as f64,
+            to: p.end as f64,
+            label: "phase change",
+            color: plot::ORANGE_,
+        })
+        .into_iter()
+        .collect();
+    let series = |v: &'_ [(String, Vec<(f64, f64)>)], offset: usize| -> Vec<OwnedSeries> {
+        v.iter()
+            .enumerate()
+            .map(|(i, (n, p))| (n.clone(), p.clone(), plot::PALETTE[(i + offset) % 10]))
+            .collect()
+    };
+    let upper: Vec<(String, Vec<(f64, f64)>)> =
+        upper.into_iter().map(|(n, p)| (n.to_string(), p)).collect();
+    let (up, low) = (series(&upper, 0), series(&lower, 2));
+    both(dir, "induction", |f| {
+        plot::progress_panels(
+            f,
+            "In-context learning over training: losses; head scores (heads monitor)",
+            x_max,
+            &named_series(&up),
+            &named_series(&low),
             &bands,
         )
     })

@@ -170,9 +170,10 @@ pub fn scores(
 }
 
 /// The sequences `toylens circuits` and the `heads` monitor detect heads on: 16 of up to 20 random
-/// tokens (half the context at most) each followed by its copy, seed 0. None below a context of 4.
+/// tokens each followed by its copy, seed 0, shorter than the context (TransformerLens's
+/// `detect_head` takes no sequence of n_ctx tokens). None below a context of 4.
 pub fn detector_tokens(n_ctx: usize, d_vocab: usize) -> Option<Array2<u32>> {
-    (n_ctx >= 4).then(|| repeated_random_tokens(0, 16, (n_ctx / 2).min(20), d_vocab))
+    (n_ctx >= 4).then(|| repeated_random_tokens(0, 16, ((n_ctx - 1) / 2).min(20), d_vocab))
 }
 
 /// `batch` sequences of `half` random tokens (below `d_vocab`) each followed by a copy of itself,

@@ -5,7 +5,8 @@
 //! into the output bias (each pattern row sums to 1). The processed model keeps its LayerNorms,
 //! with unit gain and zero bias: the same parameter names, loadable by TransformerLens.
 
-use crate::models::transformer::Transformer;
+use crate::error::{Error, Result};
+use crate::models::transformer::{PositionalEmbedding, Transformer};
 use serde::Serialize;
 
 /// Which steps to take (all by default, as TransformerLens).
@@ -107,8 +108,16 @@ fn center_last(p: &mut Params, name: &str) {
 }
 
 /// A copy of `model` processed by `steps`: the same function (logits up to a constant per
-/// position where the unembedding is centred), up to float rounding.
-pub fn process(model: &Transformer, steps: Processing) -> Transformer {
+/// position where the unembedding is centred), up to float rounding. A shortformer model's LN1
+/// cannot fold (W_pos joins the queries' and keys' input after it), so `fold_ln` is refused there.
+pub fn process(model: &Transformer, steps: Processing) -> Result<Transformer> {
+    if steps.fold_ln && model.cfg.has_ln() && model.cfg.shortformer() {
+        return Err(Error::Input(
+            "fold_ln: a shortformer model adds W_pos to the queries' and keys' input after ln1, \
+             so ln1 cannot fold into W_Q and W_K (process with fold_ln=False)"
+                .into(),
+        ));
+    }
     let mut out = model.clone();
     let cfg = model.cfg.clone();
     let mut p = Params(&mut out);
@@ -139,7 +148,10 @@ pub fn process(model: &Transformer, steps: Processing) -> Transformer {
     }
     if steps.center_writing_weights && has_ln {
         center_last(&mut p, "embed.W_E");
-        center_last(&mut p, "pos_embed.W_pos");
+        // (Only a standard W_pos writes to the residual stream.)
+        if cfg.positional_embedding_type == PositionalEmbedding::Standard {
+            center_last(&mut p, "pos_embed.W_pos");
+        }
         for l in 0..n_l {
             center_last(&mut p, &format!("blocks.{l}.attn.W_O"));
             center_last(&mut p, &format!("blocks.{l}.attn.b_O"));
@@ -170,5 +182,5 @@ pub fn process(model: &Transformer, steps: Processing) -> Transformer {
             p.set(&format!("blocks.{l}.attn.b_V"), &vec![0.0; b_v.len()]);
         }
     }
-    out
+    Ok(out)
 }

@@ -295,7 +295,7 @@ pub fn summarize(model: &Transformer, inputs: &CircuitInputs) -> Result<CircuitS
         None
     };
 
-    let processed = process(model, Processing::default());
+    let processed = process(model, Processing::default())?;
     let composition = if two_layers {
         let of = |m: &Transformer| -> Result<Grids> {
             Composition::ALL

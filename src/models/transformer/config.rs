@@ -346,18 +346,18 @@ pub struct TransformerSection {
     pub attn_bias: bool,
     pub unembed_bias: bool,
     /// `standard` (the default), `shortformer` or `rotary`.
-    #[serde(default, skip_serializing_if = "PositionalEmbedding::is_standard")]
+    #[serde(default)]
     pub positional_embedding_type: PositionalEmbedding,
     /// Rotary only: null means d_head.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rotary_dim: Option<usize>,
     /// Rotary only: null means 10000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rotary_base: Option<f64>,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub rotary_adjacent_pairs: bool,
     /// Smeared keys (Olsson et al. 2022), a learned mix of each key with the previous one.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub smear_keys: bool,
 }
 
