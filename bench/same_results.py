@@ -24,7 +24,7 @@ RUNS = [
     ("grokking-tiny", 5000),
     ("digits3", 300),
     ("linear", 400),
-    ("induction", 300),
+    ("induction", 300), ("induction-smeared", 300),
 ]
 # (name, command and arguments; RUN stands for a run's directory). Each prints JSON.
 COMMANDS = [

@@ -243,28 +243,46 @@ impl W2 {
     }
 }
 
-/// W3: one training step of the `digits5` preset: 5-digit addition, batch 64 (the preset's fresh
-/// batch of step 1, fixed here so the PyTorch side trains on the same one), 18 tokens, loss at the 6
-/// answer positions; d_model 512, 4 heads × 128, d_mlp 2048; AdamW lr 1e-4, wd 0.1, betas 0.9/0.98.
-pub struct W3 {
+/// One training step of a transformer preset on its batch of step 1 (fixed, so the PyTorch side
+/// of bench/ trains on the same one), with the preset's AdamW. W3 is `digits5`'s: 5-digit addition,
+/// batch 64, 18 tokens, loss at the 6 answer positions; d_model 512, 4 heads × 128, d_mlp 2048;
+/// lr 1e-4, wd 0.1, betas 0.9/0.98. W4 is `induction`'s: batch 64 of 32 random tokens with a
+/// repeated segment, loss at all 31 next-token positions; 2 attention-only layers with LayerNorm,
+/// d_model 64, 4 heads × 16; lr 1e-3, wd 0.01, betas 0.9/0.99.
+pub struct PresetStep {
     pub model: Transformer,
     pub batch: TokenBatch,
     pub optim: AdamWConfig,
 }
 
-impl W3 {
+/// The digits5 step.
+pub type W3 = PresetStep;
+
+impl PresetStep {
+    /// W3's step (`digits5`).
     pub fn new(seed: u64) -> Result<Self> {
-        let exp = crate::config::resolve("digits5", &[format!("seed={seed}")])?.resolve()?;
-        let (Some(cfg), Some(task)) = (
-            exp.model
-                .downcast::<crate::models::transformer::TransformerConfig>(),
-            exp.task.downcast::<crate::tasks::digits::DigitsTask>(),
-        ) else {
-            unreachable!("the digits5 preset is a transformer on digits");
+        Self::of("digits5", seed)
+    }
+
+    pub fn of(preset: &str, seed: u64) -> Result<Self> {
+        let exp = crate::config::resolve(preset, &[format!("seed={seed}")])?.resolve()?;
+        let Some(cfg) = exp
+            .model
+            .downcast::<crate::models::transformer::TransformerConfig>()
+        else {
+            return Err(crate::error::Error::Input(format!(
+                "{preset}: not a transformer preset"
+            )));
         };
-        Ok(W3 {
+        let mut data = exp.task.make_data(exp.config.train.batch_size)?;
+        let crate::batch::Batch::Tokens(batch) = data.train_batch(1).into_owned() else {
+            return Err(crate::error::Error::Input(format!(
+                "{preset}: not a token task"
+            )));
+        };
+        Ok(PresetStep {
             model: Transformer::new(cfg.clone())?,
-            batch: task.fresh_batch(1, exp.config.train.batch_size.unwrap_or(64)),
+            batch,
             optim: exp.optim,
         })
     }
@@ -291,6 +309,8 @@ pub enum Workload {
     W2,
     /// A digits5 step.
     W3,
+    /// An induction step (the `induction` preset).
+    W4,
 }
 
 /// A forced choice, on or off.
@@ -349,7 +369,9 @@ impl BenchRequest {
             )));
         }
         if self.trace && self.workload == Workload::W2 {
-            return Err(Error::Input("--trace: W1 and W3 take it, not W2".into()));
+            return Err(Error::Input(
+                "--trace: W1, W3 and W4 take it, not W2".into(),
+            ));
         }
         let (name, about, r, extra) = match self.workload {
             Workload::W2 => {
@@ -363,9 +385,14 @@ impl BenchRequest {
                     serde_json::json!({}),
                 )
             }
-            Workload::W3 => {
-                let mut w3 = W3::new(self.seed)?;
-                save("init_w3.safetensors", &w3.model, None)?;
+            Workload::W3 | Workload::W4 => {
+                let (preset, name, about) = match self.workload {
+                    Workload::W3 => ("digits5", "W3", "digits5 step, batch 64"),
+                    _ => ("induction", "W4", "induction step, batch 64"),
+                };
+                let mut w3 = PresetStep::of(preset, self.seed)?;
+                let file = format!("init_{}.safetensors", name.to_lowercase());
+                save(&file, &w3.model, None)?;
                 let r = train_steps_traced_in(
                     &mut Workspace::new(),
                     &mut w3.model,
@@ -382,7 +409,7 @@ impl BenchRequest {
                     "targets": rows(&w3.batch.targets),
                     "loss_pos": w3.batch.loss_pos,
                 });
-                ("W3", "digits5 step, batch 64".to_string(), r, batch)
+                (name, about.to_string(), r, batch)
             }
             Workload::W1 => return self.w1(steps, &save),
         };

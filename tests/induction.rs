@@ -145,15 +145,39 @@ fn bad_model_options_are_refused_naming_the_key() {
     };
     // Smeared keys in a model that has no keys to smear.
     let e = refused("toy-mlp", &["model.smear_keys=true"]);
-    assert!(e.contains("model.smear_keys") && e.contains("unknown key"), "{e}");
-    let e = refused("induction", &["model.positional_embedding_type=rotary", "model.rotary_dim=3"]);
+    assert!(
+        e.contains("model.smear_keys") && e.contains("unknown key"),
+        "{e}"
+    );
+    let e = refused(
+        "induction",
+        &[
+            "model.positional_embedding_type=rotary",
+            "model.rotary_dim=3",
+        ],
+    );
     assert!(e.contains("model.rotary_dim") && e.contains("even"), "{e}");
-    let e = refused("induction", &["model.positional_embedding_type=rotary", "model.rotary_dim=32"]);
-    assert!(e.contains("model.rotary_dim") && e.contains("d_head 16"), "{e}");
+    let e = refused(
+        "induction",
+        &[
+            "model.positional_embedding_type=rotary",
+            "model.rotary_dim=32",
+        ],
+    );
+    assert!(
+        e.contains("model.rotary_dim") && e.contains("d_head 16"),
+        "{e}"
+    );
     let e = refused("induction", &["model.rotary_dim=8"]);
-    assert!(e.contains("model.rotary_dim") && e.contains("only with"), "{e}");
+    assert!(
+        e.contains("model.rotary_dim") && e.contains("only with"),
+        "{e}"
+    );
     let e = refused("induction", &["model.positional_embedding_type=sinusoidal"]);
-    assert!(e.contains("model.positional_embedding_type") && e.contains("shortformer"), "{e}");
+    assert!(
+        e.contains("model.positional_embedding_type") && e.contains("shortformer"),
+        "{e}"
+    );
 }
 
 /// `analyze` on an induction run: the phase change and the heads from its metric rows, the figure,
@@ -203,7 +227,11 @@ fn the_two_layer_preset_goes_through_the_phase_change_and_the_one_layer_does_not
         let last = rows.last().unwrap().get("test_loss_repeat").unwrap();
         assert!(last < below && last > above, "{preset}: {last}");
         let phase = ind::run_phase_change(&rows);
-        assert_eq!(phase.is_some(), preset != "induction-1l", "{preset}: {phase:?}");
+        assert_eq!(
+            phase.is_some(),
+            preset != "induction-1l",
+            "{preset}: {phase:?}"
+        );
         if let Some(p) = phase {
             let layers = if preset == "induction" { 2 } else { 1 };
             let heads = ind::induction_heads(&rows, &p, layers, 4).unwrap();
@@ -213,5 +241,8 @@ fn the_two_layer_preset_goes_through_the_phase_change_and_the_one_layer_does_not
             middles.push(p.middle);
         }
     }
-    assert!(middles[1] < middles[0], "smeared keys' phase change first: {middles:?}");
+    assert!(
+        middles[1] < middles[0],
+        "smeared keys' phase change first: {middles:?}"
+    );
 }

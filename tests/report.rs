@@ -193,6 +193,19 @@ fn every_task_has_a_report_that_draws() {
             7,
             "Feature directions, per instance",
         ),
+        (
+            "induction",
+            &[
+                "induction",
+                "train.steps=50",
+                "train.eval_every=25",
+                "data.n_eval=64",
+            ][..],
+            // Loss and accuracy, 3 of its own, the circuits section's 8 (2 layers), watching
+            // training's 4 (the trace's two, spikes, the heads monitor).
+            17,
+            "In-context learning: attention on a repeated sequence",
+        ),
     ] {
         let run = d.path().join(name);
         let mut a = vec!["train"];

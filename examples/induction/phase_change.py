@@ -4,9 +4,14 @@
 
     toylens train induction --out runs/induction
     toylens train induction-1l --out runs/induction-1l
-    python examples/induction/phase_change.py runs/induction runs/induction-1l out.png
+    toylens train induction-smeared --out runs/induction-smeared
+    toylens analyze runs/induction; toylens analyze runs/induction-smeared   # the phase changes
+    python examples/induction/phase_change.py runs/induction runs/induction-1l out.png \
+        [runs/induction-smeared]
+
+The phase change `toylens analyze` found (RUN/analysis/induction.json) is shaded.
 """
-import csv, math, sys
+import csv, json, math, os, sys
 
 import matplotlib
 
@@ -19,14 +24,29 @@ def columns(run):
     return {k: [float(r[k]) for r in rows] for k in rows[0]}
 
 
+def shade(axis, run, color):
+    path = f"{run}/analysis/induction.json"
+    if os.path.exists(path):
+        p = json.load(open(path))["phase_change"]
+        if p:
+            axis.axvspan(p["onset"], p["end"], color=color, alpha=0.15, lw=0)
+
+
 two, one, out = sys.argv[1:4]
+smeared = sys.argv[4] if len(sys.argv) > 4 else None
 a, b = columns(two), columns(one)
 heads = sorted({k.split("_")[1] for k in a if k.startswith("heads_L")} - {"kcomp"})
 fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
 ax[0].plot(a["step"], a["test_loss_repeat"], label="2 layers: repeated tokens")
 ax[0].plot(a["step"], a["test_loss_first"], label="2 layers: first occurrences")
 ax[0].plot(b["step"], b["test_loss_repeat"], "--", label="1 layer: repeated tokens")
+if smeared:
+    c = columns(smeared)
+    ax[0].plot(c["step"], c["test_loss_repeat"], ":", label="1 layer, smeared keys: repeated tokens")
+    shade(ax[0], smeared, "green")
 ax[0].axhline(math.log(64), color="grey", lw=0.8, label="ln 64 (no context)")
+for axis in ax:
+    shade(axis, two, "orange")
 ax[0].set(xlabel="step", ylabel="test loss (nats)", title="loss")
 ax[0].legend(fontsize=8)
 for h in heads:

@@ -338,9 +338,10 @@ enum Cmd {
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch; W2: a
-    /// ToyMLP step at batch 64; W3: a digits5 step).
+    /// ToyMLP step at batch 64; W3: a digits5 step; W4: an induction step).
     Bench {
-        /// `w1`, `w2` or `w3` (one step of the digits5 preset: batch 64, 18 tokens, d_model 512).
+        /// `w1`, `w2`, `w3` (one step of the digits5 preset: batch 64, 18 tokens, d_model 512) or
+        /// `w4` (one step of the induction preset: batch 64, 32 tokens, 2 attention-only layers).
         #[arg(long, value_enum, default_value_t = Workload::W1)]
         workload: Workload,
         /// Steps to run (the first one, warm-up, is not timed).

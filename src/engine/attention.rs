@@ -144,12 +144,20 @@ pub fn softmax(scores: &[f32], pattern: &mut [f32], n_keys: usize) {
                             p.fill(0.0);
                             continue;
                         }
-                        let mut sum = 0.0f32;
-                        for (p, &s) in p.iter_mut().zip(s) {
+                        // The causal mask's trailing keys give exp = 0, which adds nothing to the
+                        // sum: left out, with the same bits. The exponentials in a loop of their
+                        // own (it vectorises), then the sum in key order.
+                        let n = s.len() - s.iter().rev().take_while(|&&x| x == IGNORE).count();
+                        let (live, masked) = p.split_at_mut(n);
+                        for (p, &s) in live.iter_mut().zip(s) {
                             *p = exp_f32(s - m);
-                            sum += *p;
                         }
-                        for p in p.iter_mut() {
+                        masked.fill(0.0);
+                        let mut sum = 0.0f32;
+                        for &e in live.iter() {
+                            sum += e;
+                        }
+                        for p in live.iter_mut() {
                             *p /= sum;
                         }
                     }

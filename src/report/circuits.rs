@@ -21,7 +21,7 @@ fn bars(labels: &[String], values: &[f64], x: &str, y: &str) -> Value {
 
 /// Heat maps on a grid of `cols` columns, each `(title, z)`, a diverging scale centred on 0 per
 /// panel.
-fn heat_grid(panels: &[(String, Value)], cols: usize, x: &str, y: &str) -> Value {
+pub(crate) fn heat_grid(panels: &[(String, Value)], cols: usize, x: &str, y: &str) -> Value {
     let rows = panels.len().div_ceil(cols);
     let mut data = Vec::new();
     let mut annotations = Vec::new();

@@ -17,6 +17,7 @@ use crate::models::superposition::{Superposition, SuperpositionConfig};
 use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
 use crate::models::transformer::{Transformer, TransformerConfig};
 use crate::tasks::digits::DigitsTask;
+use crate::tasks::induction::InductionTask;
 use crate::tasks::modular::{ModularTask, Op};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -112,15 +113,23 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
         generic_figures(run_dir, &cfg, &metrics)?
     };
     let mut page = page;
+    let induction = cfg.task.downcast::<InductionTask>().is_some();
     if transformer.is_some() {
         let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
         if let Some(t) = ck.model.as_any().downcast_ref::<Transformer>() {
+            if induction {
+                page.figs.extend(super::induction::figures(t, &metrics)?);
+            }
             page.figs.extend(super::circuits::figures(t, &cfg)?);
         }
     }
     page.figs
         .extend(super::watching::figures(run_dir, &metrics)?);
-    page.figs.extend(llc_figure(run_dir)?);
+    // An induction run's λ̂ with its phase change shaded.
+    let phase = induction
+        .then(|| crate::analysis::induction::run_phase_change(&metrics))
+        .flatten();
+    page.figs.extend(llc_figure(run_dir, phase.as_ref())?);
     write_page(run_dir, page)
 }
 
@@ -187,7 +196,10 @@ fn ablation_bars(top: &[&ablation::AblationRow]) -> Value {
 }
 
 /// λ̂ over training, when `toylens llc RUN` has written `RUN/analysis/llc.csv`.
-fn llc_figure(run_dir: &Path) -> Result<Option<Figure>> {
+fn llc_figure(
+    run_dir: &Path,
+    phase: Option<&crate::analysis::induction::PhaseChange>,
+) -> Result<Option<Figure>> {
     let p = run_dir.join(run::ANALYSIS).join("llc.csv");
     let Ok(text) = std::fs::read_to_string(&p) else {
         return Ok(None);
@@ -211,7 +223,11 @@ fn llc_figure(run_dir: &Path) -> Result<Option<Figure>> {
         id: "llc".into(),
         title: "Local learning coefficient",
         caption: "λ̂ at every checkpoint, estimated by SGLD on the training set (toylens llc; error bars: the standard deviation over chains). A rise marks the model taking on structure; devinterp's grokking example shows λ̂ rising during memorisation and falling as the model generalises.".into(),
-        spec: json!({"data": [trace], "layout": layout("step", "λ̂", false)}),
+        spec: {
+            let mut lay = layout("step", "λ̂", false);
+            lay["shapes"] = super::induction::phase_shapes(phase);
+            json!({"data": [trace], "layout": lay})
+        },
     }))
 }
 

@@ -4,6 +4,7 @@
 pub mod circuits;
 pub mod figures;
 pub mod html;
+pub mod induction;
 pub mod pictures;
 pub mod plot;
 pub mod watching;

@@ -69,6 +69,12 @@ fn shaped<'a>(acts: &'a dyn Acts, name: &str, want: &[usize]) -> Result<ArrayVie
 
 /// A `[batch, pos, width]` entry: width 1 for a LayerNorm scale, d_mlp for an MLP's neurons,
 /// d_model for the rest; batch and positions those of the cache's `hook_embed`.
+/// Whether `hook_pos_embed` is a term of the residual stream: in standard models only (shortformer
+/// models add it to the queries' and keys' input, rotary ones have none).
+fn pos_in_resid(model: &Transformer) -> bool {
+    model.cfg.positional_embedding_type == crate::models::transformer::PositionalEmbedding::Standard
+}
+
 fn act3<'a>(model: &Transformer, acts: &'a dyn Acts, name: &str) -> Result<ArrayView3<'a, f32>> {
     let (b, p, _) = resid_shape(model, acts)?;
     let width = if name.ends_with("hook_scale") {
@@ -184,10 +190,12 @@ pub fn decompose_resid(
     let mut parts = Vec::new();
     if incl_embeds {
         parts.push(("embed".into(), act3(model, acts, "hook_embed")?.to_owned()));
-        parts.push((
-            "pos_embed".into(),
-            act3(model, acts, "hook_pos_embed")?.to_owned(),
-        ));
+        if pos_in_resid(model) {
+            parts.push((
+                "pos_embed".into(),
+                act3(model, acts, "hook_pos_embed")?.to_owned(),
+            ));
+        }
     }
     let attn =
         |l: usize| act3(model, acts, &format!("blocks.{l}.hook_attn_out")).map(|a| a.to_owned());
@@ -351,7 +359,9 @@ fn set_remainder(
     stack: &mut Stack,
     layer: usize,
 ) -> Result<()> {
-    let mut rest = if layer == 0 {
+    let mut rest = if layer == 0 && !pos_in_resid(model) {
+        act3(model, acts, "hook_embed")?.to_owned()
+    } else if layer == 0 {
         act3(model, acts, "hook_embed")?.to_owned() + act3(model, acts, "hook_pos_embed")?
     } else {
         act3(
@@ -477,10 +487,12 @@ pub fn full_resid_decomposition(
         }
     }
     parts.push(("embed".into(), Part::Copy(act3(model, acts, "hook_embed")?)));
-    parts.push((
-        "pos_embed".into(),
-        Part::Copy(act3(model, acts, "hook_pos_embed")?),
-    ));
+    if pos_in_resid(model) {
+        parts.push((
+            "pos_embed".into(),
+            Part::Copy(act3(model, acts, "hook_pos_embed")?),
+        ));
+    }
     let bias = accumulated_bias(model, layer, mlp_input, expand_neurons);
     parts.push(("bias".into(), Part::Bias(bias)));
     let mut stack = build(parts, resid_shape(model, acts)?);

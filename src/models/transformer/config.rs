@@ -447,7 +447,11 @@ impl crate::models::ModelPlan for TransformerConfig {
         };
         // Attention works at every position; the last block's MLP and the unembedding on the fast
         // path only where loss is taken, but hooked runs and evaluation may ask for all.
-        let per_position = (8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm) * self.n_layers as f64
+        // (Shortformer keeps each block's query/key input, smeared keys the keys before smearing.)
+        let options =
+            if self.shortformer() { d } else { 0.0 } + if self.smear_keys { hd } else { 0.0 };
+        let per_position = (8.0 * hd + 2.0 * h * ctx + 14.0 * d + 3.0 * dm + options)
+            * self.n_layers as f64
             + 2.0 * self.d_vocab_out() as f64;
         crate::models::ModelMemory {
             parameters: self.parameter_count(),

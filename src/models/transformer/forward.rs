@@ -224,6 +224,16 @@ impl Transformer {
             };
             ws.plan.fold_w_in_layer0 &= self.w_in_fold_pays(b_n, q0, &ws.uniq);
         }
+        if ws.plan.differentiable && !self.folds_w_in(0, &ws.plan) {
+            // W_O into v where that is less work than z·W_O (the W_in fold needs it, so it stays
+            // with that fold), by the same kind of count, from the shapes alone.
+            let q0 = if cfg.n_layers == 1 {
+                last_q
+            } else {
+                &ws.all_pos
+            };
+            ws.plan.fold_wo_layer0 &= self.wo_fold_pays(b_n, q0, ws.uniq.len());
+        }
         let plan = ws.plan;
         ws.w_in_folded = self.folds_w_in(0, &plan);
         // A pass resumed at a block: its residual stream given, the blocks before it skipped.
@@ -890,6 +900,19 @@ impl Transformer {
         let keys: usize = q_pos.iter().map(|&q| h * (q + 1) + 1).sum::<usize>() * b_n;
         let fold = h * dh * d + h * rows.len() * dh + own * d + FOLD_GATHER_COST * keys;
         fold < rq * d
+    }
+
+    /// Whether projecting layer 0's `n_rows` value rows through W_O first (then mixing d_model-wide
+    /// rows) does fewer multiply-adds than mixing d_head-wide rows and multiplying z by W_O: Nanda's
+    /// model (227 rows, one query row per input) folds, the induction preset (2048 rows, 32 query
+    /// rows per input) does not.
+    pub(super) fn wo_fold_pays(&self, b_n: usize, q_pos: &[usize], n_rows: usize) -> bool {
+        let cfg = &self.cfg;
+        let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
+        let keys: usize = q_pos.iter().map(|&q| q + 1).sum::<usize>() * b_n * h;
+        let fold = h * n_rows * dh * d + keys * d;
+        let plain = keys * dh + b_n * q_pos.len() * h * dh * d;
+        fold < plain
     }
 
     /// Whether block `l`'s MLP takes its input through the W_in fold in a pass with `plan`: layer
