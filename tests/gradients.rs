@@ -676,6 +676,31 @@ fn positional_options_and_smeared_keys_match_finite_differences() {
     }
 }
 
+/// A cache pass over inputs whose first tokens repeat splits by prefix (prefix.rs); with these
+/// options it takes no layer-0 fold, and its logits and cache are the full forward's.
+#[test]
+fn positional_options_cache_inputs_with_repeated_prefixes() {
+    use toylens::hooks::CacheFilter;
+    for (name, cfg) in position_variants() {
+        let p = cfg.n_ctx.min(3);
+        let mut b = batch(&cfg, 8, p, vec![p - 1], 23);
+        b.tokens.column_mut(0).fill(1);
+        let model = Transformer::new(cfg).unwrap();
+        let full = model.forward(b.tokens.view()).unwrap();
+        let (logits, cache) = model
+            .run_with_cache(b.tokens.view(), CacheFilter::All)
+            .unwrap();
+        let diff = (&logits - &full)
+            .mapv(f32::abs)
+            .fold(0.0f32, |m, &x| m.max(x));
+        assert!(diff < 1e-5, "{name}: logits differ by {diff}");
+        assert!(
+            cache.map.contains_key("blocks.0.attn.hook_pattern"),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn fast_path_logits_equal_full_forward() {
     let variants = position_variants().into_iter().map(|(_, c)| c);

@@ -6,7 +6,7 @@ use toylens::batch::Batch;
 use toylens::config;
 use toylens::io::{checkpoint, run};
 use toylens::models::Scratch;
-use toylens::tasks::induction::{self, InductionTask};
+use toylens::tasks::induction::{self, InductionTask, SequenceSource};
 use toylens::train::{train, Progress, RunMode};
 
 fn short_run(dir: &std::path::Path, preset: &str, steps: u64) {
@@ -49,8 +49,8 @@ fn the_loss_on_repeats_and_first_occurrences_adds_up_to_the_loss() {
     );
     assert!((s.accuracy - e.accuracy).abs() < 1e-9);
     let positions = task.n_ctx - 1;
-    let n_repeat: usize = seqs.repeats.iter().map(|r| r.len - 1).sum();
-    let n_all = seqs.repeats.len() * positions;
+    let n_repeat: usize = seqs.predictable.iter().filter(|&&p| p).count();
+    let n_all = seqs.predictable.nrows() * positions;
     let mixed =
         (s.loss_repeat * n_repeat as f64 + s.loss_first * (n_all - n_repeat) as f64) / n_all as f64;
     assert!((mixed - s.loss).abs() < 1e-9 * s.loss, "{mixed} {}", s.loss);

@@ -88,7 +88,7 @@ pub fn phase_change(steps: &[u64], loss: &[f64]) -> Option<PhaseChange> {
         return None;
     }
     let crossing = |share: f64| {
-        (steepest - tenth..n)
+        (steepest..n)
             .find(|&i| loss[i] <= plateau - share * fall)
             .map(|i| steps[i])
     };

@@ -388,8 +388,9 @@ fn named_series(v: &[OwnedSeries]) -> Vec<Series<'_>> {
 
 /// An induction run over training (`induction.png`/`.svg`): the losses on repeats and on first
 /// occurrences (log scale) above; below, each head's induction score (the later layers' heads, or
-/// every head of a one-layer model), the previous-token score of the head the induction head
-/// K-composes with most, and that K-composition; the phase change shaded.
+/// every head of a one-layer model), the previous-token score of the earlier head with the highest
+/// one, and the K-composition into the induction head from the head it K-composes with most; the
+/// phase change shaded.
 pub fn induction_run(
     rows: &[MetricRow],
     phase: Option<&PhaseChange>,

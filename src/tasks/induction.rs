@@ -84,11 +84,36 @@ impl Repeat {
     }
 }
 
-/// Sequences with their copies.
+/// Sequences, and which of their loss positions only the context predicts.
 #[derive(Clone, Debug)]
 pub struct Sequences {
     pub batch: TokenBatch,
-    pub repeats: Vec<Repeat>,
+    /// `[sequences, loss positions]`: the next token is predictable in context (a copy's tokens
+    /// after its first; a trigger's output after the trigger's first occurrence).
+    pub predictable: Array2<bool>,
+}
+
+/// A task of token sequences some of whose next tokens only the context predicts: it draws them,
+/// and a run of it ([`InductionRun`]) trains on fresh ones and measures on a fixed set.
+pub trait SequenceSource: Clone + Send + Sync + 'static {
+    /// `n` sequences drawn from `rng`.
+    fn sample(&self, rng: &mut Rng, n: usize) -> Sequences;
+    /// The data's seed.
+    fn data_seed(&self) -> u64;
+    /// Sequences in the evaluation set.
+    fn eval_size(&self) -> usize;
+
+    /// The batch of update `step`: a pure function of (seed, step).
+    fn fresh_batch(&self, step: u64, batch_size: usize) -> TokenBatch {
+        let mut rng = Rng::new(self.data_seed() ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        self.sample(&mut rng, batch_size).batch
+    }
+
+    /// The fixed evaluation set.
+    fn eval_set(&self) -> Sequences {
+        let mut rng = Rng::new(self.data_seed() ^ 0x7E57_0000_0000_0001);
+        self.sample(&mut rng, self.eval_size())
+    }
 }
 
 impl InductionTask {
@@ -169,8 +194,8 @@ impl InductionTask {
         (0..self.n_ctx - 1).collect()
     }
 
-    /// `n` sequences drawn from `rng`.
-    pub fn sample(&self, rng: &mut Rng, n: usize) -> Sequences {
+    /// Each sequence's copy, and the sequences (as [`SequenceSource::sample`]).
+    pub fn sample_with_repeats(&self, rng: &mut Rng, n: usize) -> (Sequences, Vec<Repeat>) {
         let (t, v) = (self.n_ctx, self.d_vocab as u64);
         let mut tokens = Array2::<u32>::zeros((n, t));
         let mut repeats = Vec::with_capacity(n);
@@ -190,27 +215,37 @@ impl InductionTask {
             repeats.push(Repeat { from, to, len });
         }
         let loss_pos = self.loss_positions();
-        let targets = Array2::from_shape_fn((n, loss_pos.len()), |(e, j)| tokens[[e, j + 1]]);
-        Sequences {
-            batch: TokenBatch {
-                tokens,
-                loss_pos,
-                targets,
-            },
-            repeats,
-        }
+        let predictable =
+            Array2::from_shape_fn((n, loss_pos.len()), |(e, j)| repeats[e].predictable(j));
+        let seqs = sequences(tokens, predictable);
+        (seqs, repeats)
     }
+}
 
-    /// The batch of update `step`: a pure function of (seed, step).
-    pub fn fresh_batch(&self, step: u64, batch_size: usize) -> TokenBatch {
-        let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        self.sample(&mut rng, batch_size).batch
+/// Sequences predicting every next token (loss at every position but the last).
+pub(crate) fn sequences(tokens: Array2<u32>, predictable: Array2<bool>) -> Sequences {
+    let (n, t) = tokens.dim();
+    let loss_pos: Vec<usize> = (0..t - 1).collect();
+    let targets = Array2::from_shape_fn((n, t - 1), |(e, j)| tokens[[e, j + 1]]);
+    Sequences {
+        batch: TokenBatch {
+            tokens,
+            loss_pos,
+            targets,
+        },
+        predictable,
     }
+}
 
-    /// The fixed evaluation set.
-    pub fn eval_set(&self) -> Sequences {
-        let mut rng = Rng::new(self.seed ^ 0x7E57_0000_0000_0001);
-        self.sample(&mut rng, self.n_eval)
+impl SequenceSource for InductionTask {
+    fn sample(&self, rng: &mut Rng, n: usize) -> Sequences {
+        self.sample_with_repeats(rng, n).0
+    }
+    fn data_seed(&self) -> u64 {
+        self.seed
+    }
+    fn eval_size(&self) -> usize {
+        self.n_eval
     }
 }
 
@@ -227,11 +262,7 @@ impl Task for InductionTask {
         true
     }
     fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
-        Ok(Box::new(InductionRun {
-            task: self.clone(),
-            eval: self.eval_set(),
-            batch_size,
-        }))
+        Ok(Box::new(InductionRun::new(self.clone(), batch_size)))
     }
     fn info(&self) -> Option<super::TaskInfo> {
         None
@@ -264,8 +295,8 @@ pub const INDUCTION_COLUMNS: [&str; 4] = [
 ];
 
 /// A run's data: fresh sequences every step, one fixed evaluation set.
-pub struct InductionRun {
-    task: InductionTask,
+pub struct InductionRun<S: SequenceSource = InductionTask> {
+    task: S,
     eval: Sequences,
     /// None where the data only evaluates (analyses, the report).
     batch_size: Option<usize>,
@@ -328,7 +359,7 @@ pub fn measure(model: &dyn Model, seqs: &Sequences) -> Result<InductionStats> {
             let hit = argmax == target;
             per_position[j] += loss;
             right += usize::from(hit);
-            if seqs.repeats[e].predictable(p) {
+            if seqs.predictable[[e, j]] {
                 repeat += loss;
                 n_repeat += 1;
                 right_repeat += usize::from(hit);
@@ -360,7 +391,17 @@ pub fn measure(model: &dyn Model, seqs: &Sequences) -> Result<InductionStats> {
     })
 }
 
-impl TaskData for InductionRun {
+impl<S: SequenceSource> InductionRun<S> {
+    pub fn new(task: S, batch_size: Option<usize>) -> Self {
+        InductionRun {
+            eval: task.eval_set(),
+            task,
+            batch_size,
+        }
+    }
+}
+
+impl<S: SequenceSource> TaskData for InductionRun<S> {
     fn columns(&self) -> Vec<String> {
         LOSS_ACC_COLUMNS
             .iter()
@@ -421,10 +462,10 @@ mod tests {
     #[test]
     fn copies_lie_at_random_offsets_and_are_exact() {
         let t = task();
-        let s = t.sample(&mut Rng::new(1), 2000);
+        let (s, repeats) = t.sample_with_repeats(&mut Rng::new(1), 2000);
         let mut offsets = std::collections::HashSet::new();
         let mut lens = std::collections::HashSet::new();
-        for (e, r) in s.repeats.iter().enumerate() {
+        for (e, r) in repeats.iter().enumerate() {
             assert!((4..=20).contains(&r.len));
             assert!(r.from + r.len <= r.to && r.to + r.len <= t.n_ctx, "{r:?}");
             let row = s.batch.tokens.row(e);
@@ -438,6 +479,9 @@ mod tests {
                 (0..t.n_ctx - 1).filter(|&j| r.predictable(j)).count(),
                 r.len - 1
             );
+            for j in 0..t.n_ctx - 1 {
+                assert_eq!(s.predictable[[e, j]], r.predictable(j));
+            }
             offsets.insert(r.to - r.from);
             lens.insert(r.len);
         }
@@ -449,8 +493,8 @@ mod tests {
             min_repeat: 20,
             ..task()
         };
-        let s = full.sample(&mut Rng::new(2), 10);
-        assert!(s.repeats.iter().all(|r| r.from == 0 && r.to == 20));
+        let (_, repeats) = full.sample_with_repeats(&mut Rng::new(2), 10);
+        assert!(repeats.iter().all(|r| r.from == 0 && r.to == 20));
         // Fresh batches are a function of the step.
         assert_eq!(t.fresh_batch(3, 8).tokens, t.fresh_batch(3, 8).tokens);
         assert_ne!(t.fresh_batch(3, 8).tokens, t.fresh_batch(4, 8).tokens);

@@ -6,7 +6,7 @@
 //! with unit gain and zero bias: the same parameter names, loadable by TransformerLens.
 
 use crate::error::{Error, Result};
-use crate::models::transformer::{PositionalEmbedding, Transformer};
+use crate::models::transformer::Transformer;
 use serde::Serialize;
 
 /// Which steps to take (all by default, as TransformerLens).
@@ -149,7 +149,7 @@ pub fn process(model: &Transformer, steps: Processing) -> Result<Transformer> {
     if steps.center_writing_weights && has_ln {
         center_last(&mut p, "embed.W_E");
         // (Only a standard W_pos writes to the residual stream.)
-        if cfg.positional_embedding_type == PositionalEmbedding::Standard {
+        if cfg.pos_in_resid() {
             center_last(&mut p, "pos_embed.W_pos");
         }
         for l in 0..n_l {

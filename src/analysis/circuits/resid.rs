@@ -67,14 +67,14 @@ fn shaped<'a>(acts: &'a dyn Acts, name: &str, want: &[usize]) -> Result<ArrayVie
     Ok(a)
 }
 
-/// A `[batch, pos, width]` entry: width 1 for a LayerNorm scale, d_mlp for an MLP's neurons,
-/// d_model for the rest; batch and positions those of the cache's `hook_embed`.
-/// Whether `hook_pos_embed` is a term of the residual stream: in standard models only (shortformer
-/// models add it to the queries' and keys' input, rotary ones have none).
+/// Whether `hook_pos_embed` is a term of the residual stream (TransformerLens's decompositions
+/// include it whenever it is cached, a shortformer model's too).
 fn pos_in_resid(model: &Transformer) -> bool {
-    model.cfg.positional_embedding_type == crate::models::transformer::PositionalEmbedding::Standard
+    model.cfg.pos_in_resid()
 }
 
+/// A `[batch, pos, width]` entry: width 1 for a LayerNorm scale, d_mlp for an MLP's neurons,
+/// d_model for the rest; batch and positions those of the cache's `hook_embed`.
 fn act3<'a>(model: &Transformer, acts: &'a dyn Acts, name: &str) -> Result<ArrayView3<'a, f32>> {
     let (b, p, _) = resid_shape(model, acts)?;
     let width = if name.ends_with("hook_scale") {

@@ -295,7 +295,15 @@ pub fn summarize(model: &Transformer, inputs: &CircuitInputs) -> Result<CircuitS
         None
     };
 
-    let processed = process(model, Processing::default())?;
+    // (A shortformer model's ln1 cannot fold: W_pos joins after it. TransformerLens skips the
+    // fold there too.)
+    let processed = process(
+        model,
+        Processing {
+            fold_ln: !model.cfg.shortformer(),
+            ..Processing::default()
+        },
+    )?;
     let composition = if two_layers {
         let of = |m: &Transformer| -> Result<Grids> {
             Composition::ALL

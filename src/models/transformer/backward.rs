@@ -5,7 +5,7 @@
 //! `[b·q, d]` of the block being differentiated.
 
 use super::forward::BlockRows;
-use super::{buf, positions, PositionalEmbedding, Site, Transformer, Workspace};
+use super::{buf, positions, Site, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
@@ -638,9 +638,7 @@ impl Transformer {
         let ge = &mut grads[lay.specs[lay.w_e].range()];
         scatter_add_rows(ge, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].0 as usize);
         // Only standard models' W_pos is in the residual stream (shortformer's: attention_backward).
-        if let (PositionalEmbedding::Standard, Some(w_pos)) =
-            (self.cfg.positional_embedding_type, lay.w_pos)
-        {
+        if let (true, Some(w_pos)) = (self.cfg.pos_in_resid(), lay.w_pos) {
             let gp = &mut grads[lay.specs[w_pos].range()];
             scatter_add_rows(gp, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].1 as usize);
         }

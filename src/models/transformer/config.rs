@@ -155,6 +155,12 @@ impl TransformerConfig {
         self.positional_embedding_type == PositionalEmbedding::Rotary
     }
 
+    /// Whether `W_pos` is added to the residual stream (standard models only: shortformer ones add
+    /// it to the queries' and keys' input, rotary ones have none).
+    pub fn pos_in_resid(&self) -> bool {
+        self.positional_embedding_type == PositionalEmbedding::Standard
+    }
+
     /// Whether the model has `W_pos` (every kind but rotary).
     pub fn has_w_pos(&self) -> bool {
         !self.rotary()

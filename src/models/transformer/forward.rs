@@ -6,9 +6,7 @@
 //! workspace for the backward to follow.
 
 use super::prefix::RowDst;
-use super::{
-    buf, positions, LayerBufs, LnBufs, Plan, PositionalEmbedding, Site, Transformer, Workspace,
-};
+use super::{buf, positions, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::matmul::{linear, matmul, matmul_threads, view, view_mut};
@@ -307,7 +305,7 @@ impl Transformer {
         let w_pos = lay.w_pos.map(|id| lay.get(w, id));
         // Standard models add W_pos to the residual stream; shortformer ones keep it (hooked) in
         // `ws.pos` for every block's queries and keys; rotary ones have none.
-        let pos_in_resid = cfg.positional_embedding_type == PositionalEmbedding::Standard;
+        let pos_in_resid = cfg.pos_in_resid();
         let resid0 = buf(&mut ws.resid[0], n_rows0 * d);
         if ws.plan.dedup_layer0 {
             // No hooks on this path: the cache gets the full tensors, gathered.

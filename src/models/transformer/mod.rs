@@ -403,7 +403,9 @@ impl Transformer {
     /// value and the gradient of the metric with respect to every activation TransformerLens's
     /// backward hooks see (`hook_embed`, `hook_pos_embed`, each block's residual points,
     /// `hook_attn_out`, `hook_mlp_out`, q, k, v, z and the pattern), under the same names and in
-    /// the same shapes. No shortcut is taken in this pass.
+    /// the same shapes. No shortcut is taken in this pass. Not yet for the options TransformerLens's
+    /// standard model lacks: no gradient for `hook_pos_embed` in shortformer models, nor for
+    /// `hook_rot_q`, `hook_rot_k` or `hook_smeared_k` (q and k's are those of `hook_q`, `hook_k`).
     #[allow(clippy::type_complexity)]
     pub fn run_with_grads(
         &self,
@@ -497,7 +499,7 @@ impl Transformer {
                     if l == 0 {
                         put(&mut grads, Site::Embed, &[b, p, d], data.clone());
                         // (Shortformer's W_pos feeds every block's queries and keys instead.)
-                        if self.cfg.positional_embedding_type == PositionalEmbedding::Standard {
+                        if self.cfg.pos_in_resid() {
                             put(&mut grads, Site::PosEmbed, &[b, p, d], data.clone());
                         }
                     }

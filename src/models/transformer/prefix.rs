@@ -196,10 +196,11 @@ impl Transformer {
 
     /// Whether a split pass's forward writes the last block's rows straight into the cache's
     /// arrays: one block on the W_O and W_in folds' path (an MLP and no LayerNorm after the
-    /// attention), as [`DirectRows`] supposes.
+    /// attention; rows by token and position, which those folds need), as [`DirectRows`] supposes.
     fn writes_split_rows_directly(&self) -> bool {
         let blk = &self.layout.blocks[0];
         self.cfg.n_layers == 1
+            && self.cfg.rows_by_token_and_position()
             && blk.mlp.is_some()
             && blk.ln2.is_none()
             && self.layout.ln_final.is_none()
