@@ -72,6 +72,11 @@ pub const PRESETS: &[Preset] = &[
         yaml: include_str!("../presets/induction-smeared.yaml"),
     },
     Preset {
+        name: "triggers",
+        about: "Bietti et al.'s triggers: a random bigram in the weights, trigger-output pairs only in context, 2 attention-only layers",
+        yaml: include_str!("../presets/triggers.yaml"),
+    },
+    Preset {
         name: "linear",
         about: "linear regression on Gaussian inputs (4 in, 2 out, noise 0.1): the smallest model, for trying the tools",
         yaml: include_str!("../presets/linear.yaml"),

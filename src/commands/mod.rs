@@ -195,10 +195,10 @@ fn analyze_into(
         files.extend(figures::digits_checkpoint(&last, &dir)?);
         return Ok(AnalyzeReport::DigitsRun { rows, last, files });
     }
-    if run_task.as_ref().is_some_and(|t| {
-        t.downcast::<crate::tasks::induction::InductionTask>()
-            .is_some()
-    }) {
+    if run_task
+        .as_ref()
+        .is_some_and(|t| crate::tasks::in_context(t.as_ref()))
+    {
         let rows = run::read_metrics(target)?;
         let cfg = run::run_config(target)?.resolve()?;
         let shape = cfg

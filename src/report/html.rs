@@ -17,7 +17,6 @@ use crate::models::superposition::{Superposition, SuperpositionConfig};
 use crate::models::toy_mlp::{ToyMlp, ToyMlpConfig};
 use crate::models::transformer::{Transformer, TransformerConfig};
 use crate::tasks::digits::DigitsTask;
-use crate::tasks::induction::InductionTask;
 use crate::tasks::modular::{ModularTask, Op};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -113,7 +112,7 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
         generic_figures(run_dir, &cfg, &metrics)?
     };
     let mut page = page;
-    let induction = cfg.task.downcast::<InductionTask>().is_some();
+    let induction = crate::tasks::in_context(cfg.task.as_ref());
     if transformer.is_some() {
         let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
         if let Some(t) = ck.model.as_any().downcast_ref::<Transformer>() {

@@ -10,6 +10,7 @@ pub mod induction;
 pub mod modular;
 pub mod regression;
 pub mod superposition;
+pub mod triggers;
 
 use crate::batch::{Batch, LossStats, TaskIo};
 use crate::engine::rng::Rng;
@@ -25,6 +26,13 @@ use std::sync::Arc;
 
 /// Every task kind, as `data.task` names them: the one registration point. A task is its own file
 /// with a [`TaskSection`] and a [`Task`], plus its line here.
+/// Whether a task is one of the in-context tasks whose runs `analyze` reads for a phase change
+/// (their metric columns are [`induction::INDUCTION_COLUMNS`]).
+pub fn in_context(task: &dyn Task) -> bool {
+    task.downcast::<induction::InductionTask>().is_some()
+        || task.downcast::<triggers::TriggersTask>().is_some()
+}
+
 pub const TASKS: &[TaskKind] = &[
     TaskKind::of::<modular::ModularSection>(),
     TaskKind::of::<digits::DigitsSection>(),
@@ -32,6 +40,7 @@ pub const TASKS: &[TaskKind] = &[
     TaskKind::of::<regression::RegressionSection>(),
     TaskKind::of::<files::FilesSection>(),
     TaskKind::of::<induction::InductionSection>(),
+    TaskKind::of::<triggers::TriggersSection>(),
 ];
 
 /// A task's config section (`data:` without its `task` tag), as YAML holds it: a serde struct
