@@ -6,9 +6,10 @@
 //! `n_triggers` fixed trigger tokens (also drawn once): a trigger is followed by an output token
 //! drawn per sequence and trigger, the same at every occurrence of that trigger in the sequence.
 //! Outputs and the first token are drawn from the bigram's stationary (unigram) distribution, as
-//! Bietti et al. do: drawn uniformly, outputs would be rarer than the bigram's usual tokens, and
-//! one attention layer could find them in the context by their rarity alone (tried: a one-layer
-//! model then predicts half of them within 200 steps, with no induction head). The model predicts every next token: the bigram's part
+//! Bietti et al. do, outputs among the tokens that are not triggers: a trigger's output that is a
+//! trigger would lock the rest of the sequence into a cycle (q q q …, or q q′ q q′ …) that one
+//! attention layer predicts by copying the last token or the one before (tried: a one-layer model
+//! then got 43% of the "in-context" outputs right within 200 steps). The model predicts every next token: the bigram's part
 //! is learnable in the weights, a trigger's output only in context, from its earlier occurrence
 //! (an induction head's job). The measured columns are the induction task's: `test_loss_repeat`
 //! on outputs of triggers seen before in the sequence, `test_loss_first` on every other token.
@@ -180,7 +181,13 @@ impl SequenceSource for TriggersTask {
         let mut outputs = vec![0u32; k_n];
         for (e, mut row) in tokens.rows_mut().into_iter().enumerate() {
             for (o, s) in outputs.iter_mut().zip(seen.iter_mut()) {
-                *o = draw(&self.unigram, rng.uniform());
+                // Redrawn until not a trigger (triggers are fewer than the vocabulary).
+                *o = loop {
+                    let t = draw(&self.unigram, rng.uniform());
+                    if self.trigger_of[t as usize] == usize::MAX {
+                        break t;
+                    }
+                };
                 *s = false;
             }
             row[0] = draw(&self.unigram, rng.uniform());
@@ -281,6 +288,7 @@ mod tests {
                 let k = t.triggers.iter().position(|&x| x == row[j]);
                 let expect_predictable = match k {
                     Some(k) => {
+                        assert!(!t.triggers.contains(&row[j + 1]), "an output is no trigger");
                         let known = out[k].is_some();
                         if let Some(o) = out[k] {
                             assert_eq!(row[j + 1], o, "the same output at every occurrence");
