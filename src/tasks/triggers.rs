@@ -25,6 +25,9 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The largest vocabulary: the bigram's table holds d_vocab² numbers (32 GB at this size).
+pub const MAX_VOCAB: usize = 1 << 16;
+
 /// `data:` of `task: triggers`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,10 +50,13 @@ impl TaskSection for TriggersSection {
     const NAME: &'static str = "triggers";
     fn configure(self, seed: u64) -> Result<Arc<dyn Task>> {
         let key = |k: &str| format!("data.{k}");
-        if self.d_vocab < 2 || self.d_vocab > u32::MAX as usize {
+        if !(2..=MAX_VOCAB).contains(&self.d_vocab) {
             return Err(Error::config(
                 key("d_vocab"),
-                format!("must be at least 2 (got {})", self.d_vocab),
+                format!(
+                    "must be 2 to {MAX_VOCAB} tokens (the bigram is a table of d_vocab² numbers; got {})",
+                    self.d_vocab
+                ),
             ));
         }
         if self.n_triggers == 0 || self.n_triggers >= self.d_vocab {
@@ -80,13 +86,24 @@ impl TaskSection for TriggersSection {
         if self.n_eval == 0 {
             return Err(Error::config(key("n_eval"), "must be at least 1"));
         }
-        Ok(Arc::new(TriggersTask::new(self, seed)))
+        Ok(Arc::new(TriggersTask {
+            seed: self.seed.unwrap_or(seed),
+            section: self,
+        }))
     }
 }
 
-/// The task, with its bigram and triggers drawn.
+/// The task as configured; its tables ([`TriggerSource`]) are drawn only when a run makes its
+/// data, after the memory check (d_vocab² of them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TriggersTask {
+    pub section: TriggersSection,
+    pub seed: u64,
+}
+
+/// The task with its bigram, unigram and triggers drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriggerSource {
     pub section: TriggersSection,
     pub seed: u64,
     /// `[d_vocab, d_vocab]`: each row's cumulative distribution of the next token.
@@ -99,8 +116,9 @@ pub struct TriggersTask {
 }
 
 impl TriggersTask {
-    pub fn new(section: TriggersSection, seed: u64) -> TriggersTask {
-        let seed = section.seed.unwrap_or(seed);
+    /// The tables, drawn from the data seed.
+    pub fn source(&self) -> TriggerSource {
+        let (section, seed) = (self.section.clone(), self.seed);
         let v = section.d_vocab;
         let mut rng = Rng::new(seed ^ 0xB16A_0000_0000_0001);
         let mut cumulative = Vec::with_capacity(v * v);
@@ -146,7 +164,7 @@ impl TriggersTask {
         for (k, &t) in triggers.iter().enumerate() {
             trigger_of[t as usize] = k;
         }
-        TriggersTask {
+        TriggerSource {
             section,
             seed,
             cumulative,
@@ -155,7 +173,9 @@ impl TriggersTask {
             trigger_of,
         }
     }
+}
 
+impl TriggerSource {
     /// The next token after `t` under the bigram, from a uniform draw `u` in [0, 1).
     fn bigram_next(&self, t: usize, u: f64) -> u32 {
         let v = self.section.d_vocab;
@@ -171,7 +191,7 @@ fn draw(cumulative: &[f64], u: f64) -> u32 {
         .unwrap_or(cumulative.len() - 1) as u32
 }
 
-impl SequenceSource for TriggersTask {
+impl SequenceSource for TriggerSource {
     fn sample(&self, rng: &mut Rng, n: usize) -> Sequences {
         let t_n = self.section.n_ctx;
         let k_n = self.triggers.len();
@@ -227,7 +247,7 @@ impl Task for TriggersTask {
         true
     }
     fn make_data(&self, batch_size: Option<usize>) -> Result<Box<dyn TaskData>> {
-        Ok(Box::new(InductionRun::new(self.clone(), batch_size)))
+        Ok(Box::new(InductionRun::new(self.source(), batch_size)))
     }
     fn info(&self) -> Option<super::TaskInfo> {
         None
@@ -256,7 +276,7 @@ impl Task for TriggersTask {
 mod tests {
     use super::*;
 
-    fn task() -> TriggersTask {
+    fn task() -> TriggerSource {
         let s = TriggersSection {
             d_vocab: 20,
             n_ctx: 64,
@@ -271,7 +291,7 @@ mod tests {
             .as_any()
             .downcast_ref::<TriggersTask>()
         {
-            Some(t) => t.clone(),
+            Some(t) => t.source(),
             None => unreachable!(),
         }
     }
