@@ -390,14 +390,14 @@ impl BenchRequest {
                     Workload::W3 => ("digits5", "W3", "digits5 step, batch 64"),
                     _ => ("induction", "W4", "induction step, batch 64"),
                 };
-                let mut w3 = PresetStep::of(preset, self.seed)?;
+                let mut step = PresetStep::of(preset, self.seed)?;
                 let file = format!("init_{}.safetensors", name.to_lowercase());
-                save(&file, &w3.model, None)?;
+                save(&file, &step.model, None)?;
                 let r = train_steps_traced_in(
                     &mut Workspace::new(),
-                    &mut w3.model,
-                    &w3.batch,
-                    w3.optim,
+                    &mut step.model,
+                    &step.batch,
+                    step.optim,
                     steps,
                     self.trace,
                 )?;
@@ -405,9 +405,9 @@ impl BenchRequest {
                     a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>()
                 };
                 let batch = serde_json::json!({
-                    "tokens": rows(&w3.batch.tokens),
-                    "targets": rows(&w3.batch.targets),
-                    "loss_pos": w3.batch.loss_pos,
+                    "tokens": rows(&step.batch.tokens),
+                    "targets": rows(&step.batch.targets),
+                    "loss_pos": step.batch.loss_pos,
                 });
                 (name, about.to_string(), r, batch)
             }

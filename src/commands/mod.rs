@@ -155,10 +155,11 @@ fn analyze_into(
         Ok(Some(dir))
     };
     // A run directory's task decides: digits and modular arithmetic have measures over training.
-    let run_task = match target.is_dir() {
-        true => Some(run::run_config(target)?.resolve()?.task),
+    let run_exp = match target.is_dir() {
+        true => Some(run::run_config(target)?.resolve()?),
         false => None,
     };
+    let run_task = run_exp.as_ref().map(|e| e.task.clone());
     let own_analysis = |task: &dyn crate::tasks::Task| {
         task.downcast::<crate::tasks::modular::ModularTask>()
             .is_some()
@@ -200,8 +201,9 @@ fn analyze_into(
         .is_some_and(|t| crate::tasks::in_context(t.as_ref()))
     {
         let rows = run::read_metrics(target)?;
-        let cfg = run::run_config(target)?.resolve()?;
-        let shape = cfg
+        let shape = run_exp
+            .as_ref()
+            .expect("a run directory")
             .model
             .downcast::<crate::models::transformer::TransformerConfig>()
             .map(|c| (c.n_layers, c.n_heads));

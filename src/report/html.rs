@@ -113,21 +113,22 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
     };
     let mut page = page;
     let induction = crate::tasks::in_context(cfg.task.as_ref());
+    // An induction run's phase change, for its section and its λ̂ (shaded).
+    let phase = induction
+        .then(|| crate::analysis::induction::run_phase_change(&metrics))
+        .flatten();
     if transformer.is_some() {
         let ck = checkpoint::load(&run::last_checkpoint(run_dir)?)?;
         if let Some(t) = ck.model.as_any().downcast_ref::<Transformer>() {
             if induction {
-                page.figs.extend(super::induction::figures(t, &metrics)?);
+                page.figs
+                    .extend(super::induction::figures(t, &metrics, phase.clone())?);
             }
             page.figs.extend(super::circuits::figures(t, &cfg)?);
         }
     }
     page.figs
         .extend(super::watching::figures(run_dir, &metrics)?);
-    // An induction run's λ̂ with its phase change shaded.
-    let phase = induction
-        .then(|| crate::analysis::induction::run_phase_change(&metrics))
-        .flatten();
     page.figs.extend(llc_figure(run_dir, phase.as_ref())?);
     write_page(run_dir, page)
 }

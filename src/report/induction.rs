@@ -31,9 +31,12 @@ fn column(metrics: &[MetricRow], name: &str) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// The section's figures for `model` (the run's last checkpoint) and the run's metric rows.
-pub(crate) fn figures(model: &Transformer, metrics: &[MetricRow]) -> Result<Vec<Figure>> {
+pub(crate) fn figures(
+    model: &Transformer,
+    metrics: &[MetricRow],
+    phase: Option<PhaseChange>,
+) -> Result<Vec<Figure>> {
     let cfg = &model.cfg;
-    let phase = induction::run_phase_change(metrics);
     let heads = phase
         .as_ref()
         .and_then(|p| induction::induction_heads(metrics, p, cfg.n_layers, cfg.n_heads));
