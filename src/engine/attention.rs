@@ -58,6 +58,16 @@ impl<'a> Geometry<'a> {
     pub(crate) fn row(&self, b: usize, p: usize) -> usize {
         self.row_of[b * self.n_pos + p] as usize
     }
+
+    /// Whether a query's products with the keys (rows of `width`) are taken with the keys in
+    /// lanes, from a transposed tile ([`dot_keys`]), rather than one dot product per key: where
+    /// rows are narrow and keys many (W4, d_head 16 and 32 keys: a dot product of 16 is one
+    /// multiply and a horizontal sum). With 3 keys (Nanda's) or rows of 128 (digits5) the tile
+    /// costs more than it saves. Either way the same bits at every vector width, but not the
+    /// same bits as each other: the choice depends on the shapes alone.
+    pub(crate) fn keys_in_lanes(&self, width: usize) -> bool {
+        width <= 2 * KEY_LANES && self.n_pos >= KEY_LANES / 2
+    }
 }
 
 /// Dot product in 16 independent lanes summed in a fixed tree: vectorises (a plain `.sum()` is a
@@ -95,75 +105,211 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Keys taken at a time by the key-parallel kernels: one lane per key, the sum over the head's
+/// dimensions in order within each lane, so the bits do not depend on the vector width (a dot
+/// product per key would sum 16-wide rows across lanes, with a horizontal sum per key).
+const KEY_LANES: usize = 16;
+
+/// The row length of a transposed tile over `n_pos` keys: whole groups of [`KEY_LANES`].
+fn tile_stride(n_pos: usize) -> usize {
+    n_pos.next_multiple_of(KEY_LANES)
+}
+
+/// `tile[e · stride + j] = rows[row(b, j), e]` for the keys j of batch `b` (`rows` one head's
+/// `[n_rows, width]`): that batch's keys (or values) transposed, so that a query's products with
+/// all of them run across lanes. The columns after `n_pos` are left as they are.
+#[inline(always)]
+fn gather_transposed(g: &Geometry, b: usize, rows: &[f32], width: usize, tile: &mut [f32]) {
+    let stride = tile_stride(g.n_pos);
+    for j in 0..g.n_pos {
+        let r = g.row(b, j);
+        for (e, &x) in rows[r * width..(r + 1) * width].iter().enumerate() {
+            tile[e * stride + j] = x;
+        }
+    }
+}
+
+/// `out[j] = Σ_e x[e] · tile[e · stride + j]` for every `j < out.len()` (whole lane groups), the
+/// sum in order of e.
+#[inline(always)]
+fn dot_keys(x: &[f32], tile: &[f32], stride: usize, out: &mut [f32]) {
+    for (c, o) in out.chunks_exact_mut(KEY_LANES).enumerate() {
+        let mut acc = [0.0f32; KEY_LANES];
+        for (e, &a) in x.iter().enumerate() {
+            let t: &[f32; KEY_LANES] = tile[e * stride + c * KEY_LANES..][..KEY_LANES]
+                .try_into()
+                .expect("tile rows are whole lane groups");
+            for l in 0..KEY_LANES {
+                acc[l] += a * t[l];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
+/// The first `n` keys rounded up to whole lane groups: the kernels work on padded rows so that
+/// every loop runs whole vectors (a remainder loop of up to 15 exponentials, one at a time, cost
+/// more than the vectors).
+#[inline(always)]
+fn padded(n: usize) -> usize {
+    n.next_multiple_of(KEY_LANES)
+}
+
+/// `out += Σ_t w_t · x_t` over `terms` in order: each lane's sum kept in a register from zero,
+/// [`KEY_LANES`] lanes at a time, then added to `out` (one store per output instead of one per term).
+#[inline(always)]
+fn add_weighted_rows<'a>(out: &mut [f32], terms: impl Iterator<Item = (f32, &'a [f32])> + Clone) {
+    let n = out.len();
+    let mut c0 = 0;
+    while c0 + KEY_LANES <= n {
+        let mut acc = [0.0f32; KEY_LANES];
+        for (w, x) in terms.clone() {
+            let x: &[f32; KEY_LANES] = x[c0..c0 + KEY_LANES].try_into().expect("a whole group");
+            for l in 0..KEY_LANES {
+                acc[l] += w * x[l];
+            }
+        }
+        for (o, a) in out[c0..c0 + KEY_LANES].iter_mut().zip(acc) {
+            *o += a;
+        }
+        c0 += KEY_LANES;
+    }
+    if c0 < n {
+        let mut acc = [0.0f32; KEY_LANES];
+        for (w, x) in terms {
+            for (a, &x) in acc.iter_mut().zip(&x[c0..n]) {
+                *a += w * x;
+            }
+        }
+        for (o, a) in out[c0..].iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+}
+
 /// `scores[b, h, i, j] = q[b, q_pos[i]] · k[b, j] / attn_scale`, or `IGNORE` for keys after the query.
 pub fn scores(g: &Geometry, q: &[f32], k: &[f32], scores: &mut [f32]) {
+    scores_rows(g, q, k, scores, false);
+}
+
+/// [`scores`], each row then turned into its softmax where `softmax`.
+fn scores_rows(g: &Geometry, q: &[f32], k: &[f32], scores: &mut [f32], softmax: bool) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let per_b = h_n * nq * p_n;
+    let stride = tile_stride(p_n);
     scores[..g.batch * per_b]
         .par_chunks_mut(per_b)
         .enumerate()
         .for_each(|(b, sb)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for h in 0..h_n {
-                        let qh = &q[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                        let kh = &k[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                        for (i, &qp) in g.q_pos.iter().enumerate() {
-                            let qr = g.row(b, qp);
-                            let qv = &qh[qr * dh..(qr + 1) * dh];
-                            let out = &mut sb[(h * nq + i) * p_n..(h * nq + i + 1) * p_n];
-                            for (j, o) in out.iter_mut().enumerate() {
-                                *o = if j > qp {
-                                    IGNORE
+            with_scratch(dh * stride + stride, |scratch| {
+                let (tile, row) = scratch.split_at_mut(dh * stride);
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for h in 0..h_n {
+                            let qh = &q[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                            let kh = &k[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
+                            let lanes = g.keys_in_lanes(dh);
+                            if lanes {
+                                gather_transposed(g, b, kh, dh, tile);
+                            }
+                            for (i, &qp) in g.q_pos.iter().enumerate() {
+                                let qr = g.row(b, qp);
+                                let out = &mut sb[(h * nq + i) * p_n..(h * nq + i + 1) * p_n];
+                                let row = &mut row[..padded(qp + 1)];
+                                let qv = &qh[qr * dh..(qr + 1) * dh];
+                                if lanes {
+                                    dot_keys(qv, tile, stride, row);
                                 } else {
-                                    let kr = g.row(b, j);
-                                    dot(qv, &kh[kr * dh..(kr + 1) * dh]) / g.attn_scale
-                                };
+                                    for (j, o) in row[..=qp].iter_mut().enumerate() {
+                                        let kr = g.row(b, j);
+                                        *o = dot(qv, &kh[kr * dh..(kr + 1) * dh]);
+                                    }
+                                }
+                                for o in row.iter_mut() {
+                                    *o /= g.attn_scale;
+                                }
+                                row[qp + 1..].fill(IGNORE);
+                                if softmax {
+                                    softmax_padded(row);
+                                    out[qp + 1..].fill(0.0);
+                                } else {
+                                    out[qp + 1..].fill(IGNORE);
+                                }
+                                out[..=qp].copy_from_slice(&row[..=qp]);
                             }
                         }
-                    }
-                },
-            )
+                    },
+                )
+            })
         });
 }
 
-/// Row-wise softmax over keys. A row with no finite score gives zeros (TransformerLens turns the
-/// NaN it gets there into 0).
+/// Softmax in place over a padded row (whole lane groups, the causal mask's keys at `IGNORE`,
+/// exp = 0): each lane's maximum and sum over the groups, then the 16 lanes in a fixed tree (the
+/// same bits at any vector width). A row with no finite score gives zeros (TransformerLens turns
+/// the NaN it gets there into 0).
+#[inline(always)]
+fn softmax_padded(x: &mut [f32]) {
+    let mut m16 = [f32::NEG_INFINITY; KEY_LANES];
+    for c in x.chunks_exact(KEY_LANES) {
+        for l in 0..KEY_LANES {
+            m16[l] = m16[l].max(c[l]);
+        }
+    }
+    // The maximum does not depend on the order it is taken in.
+    let m = m16.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return;
+    }
+    let mut acc = [0.0f32; KEY_LANES];
+    for c in x.chunks_exact_mut(KEY_LANES) {
+        for l in 0..KEY_LANES {
+            c[l] = exp_f32(c[l] - m);
+            acc[l] += c[l];
+        }
+    }
+    let a8: [f32; 8] = std::array::from_fn(|i| acc[i] + acc[i + 8]);
+    let a4: [f32; 4] = std::array::from_fn(|i| a8[i] + a8[i + 4]);
+    let a2 = [a4[0] + a4[2], a4[1] + a4[3]];
+    let sum = a2[0] + a2[1];
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Row-wise softmax over keys (see [`softmax_padded`]); the causal mask's trailing keys
+/// (`IGNORE`) are found from each row's end.
 pub fn softmax(scores: &[f32], pattern: &mut [f32], n_keys: usize) {
     pattern
         .par_chunks_mut(n_keys * 64)
         .zip(scores.par_chunks(n_keys * 64))
         .for_each(|(p, s)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
-                        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        if m == f32::NEG_INFINITY {
-                            p.fill(0.0);
-                            continue;
+            with_scratch(padded(n_keys), |row| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (p, s) in p.chunks_exact_mut(n_keys).zip(s.chunks_exact(n_keys)) {
+                            let live =
+                                s.len() - s.iter().rev().take_while(|&&x| x == IGNORE).count();
+                            let row = &mut row[..padded(live)];
+                            row[..live].copy_from_slice(&s[..live]);
+                            row[live..].fill(IGNORE);
+                            softmax_padded(row);
+                            p[..live].copy_from_slice(&row[..live]);
+                            p[live..].fill(0.0);
                         }
-                        // The causal mask's trailing keys give exp = 0, which adds nothing to the
-                        // sum: left out, with the same bits. The exponentials in a loop of their
-                        // own (it vectorises), then the sum in key order.
-                        let n = s.len() - s.iter().rev().take_while(|&&x| x == IGNORE).count();
-                        let (live, masked) = p.split_at_mut(n);
-                        for (p, &s) in live.iter_mut().zip(s) {
-                            *p = exp_f32(s - m);
-                        }
-                        masked.fill(0.0);
-                        let mut sum = 0.0f32;
-                        for &e in live.iter() {
-                            sum += e;
-                        }
-                        for p in live.iter_mut() {
-                            *p /= sum;
-                        }
-                    }
-                },
-            )
+                    },
+                )
+            })
         });
+}
+
+/// [`scores`] then [`softmax`] in one pass, for a forward that keeps no scores: the same bits in
+/// `pattern`.
+pub fn scores_softmax(g: &Geometry, q: &[f32], k: &[f32], pattern: &mut [f32]) {
+    scores_rows(g, q, k, pattern, true);
 }
 
 /// `z[b, i, h, :] = Σ_j pattern[b, h, i, j] · v[b, j, h, :]`.
@@ -180,17 +326,14 @@ pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
                     zb.fill(0.0);
                     for h in 0..h_n {
                         let vh = &v[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                        for i in 0..nq {
-                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                        for (i, &qp) in g.q_pos.iter().enumerate() {
+                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..=qp];
                             let out = &mut zb[(i * h_n + h) * dh..][..dh];
-                            for (j, &w) in pat.iter().enumerate() {
-                                if w != 0.0 {
-                                    let vr = g.row(b, j);
-                                    for (o, &x) in out.iter_mut().zip(&vh[vr * dh..(vr + 1) * dh]) {
-                                        *o += w * x;
-                                    }
-                                }
-                            }
+                            let terms = pat.iter().enumerate().map(|(j, &w)| {
+                                let vr = g.row(b, j);
+                                (w, &vh[vr * dh..(vr + 1) * dh])
+                            });
+                            add_weighted_rows(out, terms);
                         }
                     }
                 },
@@ -338,9 +481,126 @@ pub fn backward_projected(
 /// `fold_dpattern` (`[b, h, q, p]`) the pattern also mixed a second set of values (layer 0's W_in
 /// fold, `fold.rs`), whose share of d pattern joins this mix's. Split by head: each head owns
 /// disjoint slices of `dq/dk/dvals`, and within a head the batch is walked in order, so the sums
-/// are identical for any thread count.
+/// are identical for any thread count. With the keys in lanes: d pattern from the values' tile,
+/// then each row of d values, keys and queries summed in a register and added once per example.
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
+    g: &Geometry,
+    q: &[f32],
+    k: &[f32],
+    vals: &[f32],
+    width: usize,
+    pattern: &[f32],
+    out_at: impl Fn(usize, usize, usize) -> usize + Sync,
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvals: &mut [f32],
+    fold_dpattern: Option<&[f32]>,
+) {
+    if !g.keys_in_lanes(width) {
+        return backward_by_key(
+            g,
+            q,
+            k,
+            vals,
+            width,
+            pattern,
+            out_at,
+            dout,
+            dq,
+            dk,
+            dvals,
+            fold_dpattern,
+        );
+    }
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
+    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
+    assert!(fold_dpattern.is_none_or(|f| f.len() >= g.batch * h_n * nq * p_n));
+    let (dqp, dkp, dvp) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dvals.as_mut_ptr()),
+    );
+    (0..h_n).into_par_iter().for_each(|h| {
+        // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
+        let (dqh, dkh, dvh) = unsafe {
+            (
+                std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
+            )
+        };
+        let qh = &q[h * blk..(h + 1) * blk];
+        let kh = &k[h * blk..(h + 1) * blk];
+        let vh = &vals[h * vblk..(h + 1) * vblk];
+        let stride = tile_stride(p_n);
+        // Scratch: the values' tile, d scores `[q, stride]` (padded rows), one padded pattern row.
+        with_scratch(width * stride + nq * stride + stride, |scratch| {
+            let (tile, rest) = scratch.split_at_mut(width * stride);
+            let (ds, pp) = rest.split_at_mut(nq * stride);
+            vectorized(
+                #[inline(always)]
+                || {
+                    for b in 0..g.batch {
+                        let pat = |i: usize| &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                        let di = |i: usize| &dout[out_at(b, i, h)..][..width];
+                        // d scores, query by query: d pattern, then back through the softmax
+                        // (padded rows: the pattern is 0 after the query).
+                        gather_transposed(g, b, vh, width, tile);
+                        for (i, &qp) in g.q_pos.iter().enumerate() {
+                            let n = padded(qp + 1);
+                            let dsi = &mut ds[i * stride..][..n];
+                            dot_keys(di(i), tile, stride, dsi);
+                            if let Some(f) = fold_dpattern {
+                                let df = &f[((b * h_n + h) * nq + i) * p_n..][..=qp];
+                                for (d, &x) in dsi.iter_mut().zip(df) {
+                                    *d += x;
+                                }
+                            }
+                            let p = &mut pp[..n];
+                            let live = n.min(p_n);
+                            p[..live].copy_from_slice(&pat(i)[..live]);
+                            p[live..].fill(0.0);
+                            let s = dot(p, dsi);
+                            for (d, &pj) in dsi.iter_mut().zip(p.iter()) {
+                                *d = pj * (*d - s) / g.attn_scale;
+                            }
+                        }
+                        // Each output row once per example: d values and d keys key by key (over
+                        // the queries at or after it), d queries query by query.
+                        for j in 0..p_n {
+                            let from = g.q_pos.partition_point(|&qp| qp < j);
+                            let r = g.row(b, j);
+                            let terms = (from..nq).map(|i| (pat(i)[j], di(i)));
+                            add_weighted_rows(&mut dvh[r * width..(r + 1) * width], terms);
+                            let terms = (from..nq).map(|i| {
+                                let qr = g.row(b, g.q_pos[i]);
+                                (ds[i * stride + j], &qh[qr * dh..(qr + 1) * dh])
+                            });
+                            add_weighted_rows(&mut dkh[r * dh..(r + 1) * dh], terms);
+                        }
+                        for (i, &qp) in g.q_pos.iter().enumerate() {
+                            let qr = g.row(b, qp);
+                            let terms =
+                                ds[i * stride..][..=qp].iter().enumerate().map(|(j, &w)| {
+                                    let kr = g.row(b, j);
+                                    (w, &kh[kr * dh..(kr + 1) * dh])
+                                });
+                            add_weighted_rows(&mut dqh[qr * dh..(qr + 1) * dh], terms);
+                        }
+                    }
+                },
+            )
+        });
+    });
+}
+
+/// [`backward_impl`] with one dot product per key (where [`Geometry::keys_in_lanes`] says no),
+/// d values, keys and queries added term by term into their rows.
+#[allow(clippy::too_many_arguments)]
+fn backward_by_key(
     g: &Geometry,
     q: &[f32],
     k: &[f32],

@@ -5,7 +5,7 @@
 //! `[b·q, d]` of the block being differentiated.
 
 use super::forward::BlockRows;
-use super::{buf, positions, Site, Transformer, Workspace};
+use super::{buf, positions, projections, Site, Transformer, Workspace};
 use crate::engine::attention;
 use crate::engine::matmul::{linear_backward, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
@@ -27,7 +27,7 @@ fn scatter_add_rows(dst: &mut [f32], src: &[f32], d: usize, map: impl Fn(usize) 
 }
 
 /// Two disjoint mutable sub-slices of one buffer.
-fn two_mut(
+pub(super) fn two_mut(
     data: &mut [f32],
     a: std::ops::Range<usize>,
     b: std::ops::Range<usize>,
@@ -521,37 +521,66 @@ impl Transformer {
             rot.rotate(&mut ws.dk[..h_n * blk], n_rows, p_n, dh, true);
         }
 
-        // Q/K/V projections, per head, into d x1 `[r, d]` (shortformer: q and k from x1 + W_pos).
+        // Q/K/V projections into d x1 `[r, d]`, those that share an input in one product
+        // (shortformer: q and k from x1 + W_pos, whose share of d x1 goes to W_pos).
         let x1: &[f32] = if ids.ln1.is_some() { &lb.ln1.y } else { res_in };
-        let qk_in: &[f32] = if cfg.shortformer() { &lb.qk_in } else { x1 };
         let dx1 = buf(&mut ws.dx, n_rows * d);
-        let mut first = true;
-        for (dsrc, wid, bid, x) in [
-            (&ws.dq, ids.w_q, ids.b_q, qk_in),
-            (&ws.dk, ids.w_k, ids.b_k, qk_in),
-            (&ws.dv, ids.w_v, ids.b_v, x1),
-        ] {
-            if let (true, Some(w_pos)) = (wid == ids.w_v && cfg.shortformer(), lay.w_pos) {
+        let proj = |wid: usize, bid: usize| projections::ProjectionIds {
+            w: lay.specs[wid].range(),
+            b: lay.specs[bid].range(),
+        };
+        let (pq, pk, pv) = (
+            proj(ids.w_q, ids.b_q),
+            proj(ids.w_k, ids.b_k),
+            proj(ids.w_v, ids.b_v),
+        );
+        let (dq, dk, dv) = (
+            &ws.dq[..h_n * blk],
+            &ws.dk[..h_n * blk],
+            &ws.dv[..h_n * blk],
+        );
+        let shape = (n_rows, d, h_n, dh);
+        let bias = cfg.attn_bias;
+        if cfg.shortformer() {
+            let qk_in = &lb.qk_in;
+            projections::project_backward(
+                &mut ws.packed,
+                qk_in,
+                w,
+                grads,
+                &[pq, pk],
+                &[dq, dk],
+                bias,
+                (dx1, false),
+                shape,
+            );
+            if let Some(w_pos) = lay.w_pos {
                 // So far dx1 is d (x1 + W_pos): W_pos's share, row r at position r % p.
                 scatter_add_rows(&mut grads[lay.specs[w_pos].range()], dx1, d, |r| r % p_n);
             }
-            let wfull = lay.get(w, wid);
-            let (gw, gb) = two_mut(grads, lay.specs[wid].range(), lay.specs[bid].range());
-            for h in 0..h_n {
-                let gbh = cfg.attn_bias.then_some(&mut gb[h * dh..(h + 1) * dh]);
-                linear_backward(
-                    &dsrc[h * blk..(h + 1) * blk],
-                    x,
-                    &wfull[h * d * dh..(h + 1) * d * dh],
-                    &mut gw[h * d * dh..(h + 1) * d * dh],
-                    gbh,
-                    Some((&mut *dx1, !first)),
-                    n_rows,
-                    d,
-                    dh,
-                );
-                first = false;
-            }
+            projections::project_backward(
+                &mut ws.packed,
+                x1,
+                w,
+                grads,
+                &[pv],
+                &[dv],
+                bias,
+                (dx1, true),
+                shape,
+            );
+        } else {
+            projections::project_backward(
+                &mut ws.packed,
+                x1,
+                w,
+                grads,
+                &[pq, pk, pv],
+                &[dq, dk, dv],
+                bias,
+                (dx1, false),
+                shape,
+            );
         }
         // d resid_pre (physical rows) = LN1 backward + the residual path from resid_mid.
         let dpre = buf(dpre, n_rows * d);

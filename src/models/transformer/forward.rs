@@ -6,7 +6,7 @@
 //! workspace for the backward to follow.
 
 use super::prefix::RowDst;
-use super::{buf, positions, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
+use super::{buf, positions, projections, LayerBufs, LnBufs, Plan, Site, Transformer, Workspace};
 use crate::engine::activation::ActFn;
 use crate::engine::attention::{self, Geometry};
 use crate::engine::matmul::{linear, matmul, matmul_threads, view, view_mut};
@@ -261,7 +261,7 @@ impl Transformer {
                 lb,
                 (res_in, shortformer_pos),
                 rows,
-                &mut ws.head_tmp,
+                (&mut ws.head_tmp, &mut ws.packed),
                 &plan,
                 &mut hk,
             );
@@ -370,7 +370,7 @@ impl Transformer {
         lb: &mut LayerBufs,
         (res_in, shortformer_pos): (&mut [f32], Option<&[f32]>),
         rows: BlockRows,
-        head_tmp: &mut Vec<f32>,
+        (head_tmp, packed): (&mut Vec<f32>, &mut projections::Packed),
         plan: &Plan,
         hk: &mut Option<&mut Interceptor>,
     ) {
@@ -428,26 +428,25 @@ impl Transformer {
             }
             None => x1,
         };
-        // Q, K, V: head-major [h, r, d_head].
+        // Q, K, V: head-major [h, r, d_head], the projections that share an input in one product.
         let blk = n_rows * dh;
-        for (dst, wid, bid, x) in [
-            (&mut lb.q, ids.w_q, ids.b_q, qk_in),
-            (&mut lb.k, ids.w_k, ids.b_k, qk_in),
-            (&mut lb.v, ids.w_v, ids.b_v, x1),
-        ] {
-            let out = buf(dst, h_n * blk);
-            let (wq, bq) = (lay.get(w, wid), lay.get(w, bid));
-            for h in 0..h_n {
-                linear(
-                    &mut out[h * blk..(h + 1) * blk],
-                    x,
-                    &wq[h * d * dh..(h + 1) * d * dh],
-                    Some(&bq[h * dh..(h + 1) * dh]),
-                    n_rows,
-                    d,
-                    dh,
-                );
-            }
+        let (q, k, v) = (
+            buf(&mut lb.q, h_n * blk),
+            buf(&mut lb.k, h_n * blk),
+            buf(&mut lb.v, h_n * blk),
+        );
+        let wb = |wid, bid| (lay.get(w, wid), lay.get(w, bid));
+        let (pq, pk, pv) = (
+            wb(ids.w_q, ids.b_q),
+            wb(ids.w_k, ids.b_k),
+            wb(ids.w_v, ids.b_v),
+        );
+        let shape = (n_rows, d, h_n, dh);
+        if shortformer_pos.is_some() {
+            projections::project(packed, qk_in, &[pq, pk], &mut [q, k], shape);
+            projections::project(packed, x1, &[pv], &mut [v], shape);
+        } else {
+            projections::project(packed, x1, &[pq, pk, pv], &mut [q, k, v], shape);
         }
         if dedup {
             let shape = [b_n, p_n, h_n, dh];
@@ -478,14 +477,19 @@ impl Transformer {
 
         let g = rows.geometry(h_n, dh);
         let n_scores = b_n * h_n * nq * p_n;
-        attention::scores(&g, &lb.q, &lb.k, buf(&mut lb.scores, n_scores));
-        intercept(
-            hk,
-            Site::AttnScores(l),
-            &mut lb.scores,
-            &[b_n, h_n, nq, p_n],
-        );
-        attention::softmax(&lb.scores, buf(&mut lb.pattern, n_scores), p_n);
+        if lb.keep_scores || wants(hk, Site::AttnScores(l)) {
+            attention::scores(&g, &lb.q, &lb.k, buf(&mut lb.scores, n_scores));
+            intercept(
+                hk,
+                Site::AttnScores(l),
+                &mut lb.scores,
+                &[b_n, h_n, nq, p_n],
+            );
+            attention::softmax(&lb.scores, buf(&mut lb.pattern, n_scores), p_n);
+        } else {
+            // Nothing reads the scores: the softmax taken row by row as they are computed.
+            attention::scores_softmax(&g, &lb.q, &lb.k, buf(&mut lb.pattern, n_scores));
+        }
         intercept(hk, Site::Pattern(l), &mut lb.pattern, &[b_n, h_n, nq, p_n]);
         let attn_out = buf(&mut lb.attn_out, rq * d);
         if l == 0 && plan.fold_wo_layer0 {

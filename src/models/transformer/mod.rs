@@ -20,6 +20,7 @@ mod forward;
 mod params;
 mod positions;
 mod prefix;
+mod projections;
 mod sites;
 
 pub use config::{
@@ -85,7 +86,8 @@ struct LayerBufs {
     k_raw: Vec<f32>,
     /// Shortformer: the queries' and keys' input, ln1's output + W_pos, `[r, d]`.
     qk_in: Vec<f32>,
-    /// `[b, h, q, p]` each.
+    /// `[b, h, q, p]` each. The scores are written only where something reads them (a hook, the
+    /// cache, or `keep_scores`).
     scores: Vec<f32>,
     pattern: Vec<f32>,
     /// `[b·q, h·d_head]` (not computed where W_O is folded into v).
@@ -117,6 +119,8 @@ struct LayerBufs {
     /// A split cache pass's arrays that this block writes its rows straight into, instead of
     /// into the buffers above (prefix.rs).
     direct: prefix::DirectRows,
+    /// Write `scores` though no hook wants them (a split cache pass reads them after the forward).
+    keep_scores: bool,
 }
 
 /// The exact shortcuts a forward pass took, recorded for its backward to follow.
@@ -166,6 +170,8 @@ pub struct Workspace {
     pos: Vec<f32>,
     /// `[b·p·h·d_head]`: q/k/v in TransformerLens' order for their hooks.
     head_tmp: Vec<f32>,
+    /// The Q/K/V projections' packed operands (`projections.rs`).
+    packed: projections::Packed,
     lnf: LnBufs,
     /// `[b·q, v]`.
     logits: Vec<f32>,

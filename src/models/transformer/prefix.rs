@@ -138,7 +138,9 @@ impl Transformer {
             direct.logits = Some(CacheRows::prefilled(&side_logits, split, (b, p)));
         }
         let last_q: Vec<usize> = (split.len..p).collect();
+        ws.layers[last].keep_scores = query_side.contains(&Site::AttnScores(last));
         self.forward_impl(ws, tokens, &last_q, Some(&mut icpt));
+        ws.layers[last].keep_scores = false;
         icpt.finish()?;
         if query_side.contains(&Site::Z(last)) && last == 0 && ws.plan.fold_wo_layer0 {
             // W_O was folded into v, so z was not formed: form it for the cache.
