@@ -201,8 +201,9 @@ fn scores_rows(g: &Geometry, q: &[f32], k: &[f32], scores: &mut [f32], softmax: 
         .par_chunks_mut(per_b)
         .enumerate()
         .for_each(|(b, sb)| {
-            with_scratch(dh * stride + stride, |scratch| {
-                let (tile, row) = scratch.split_at_mut(dh * stride);
+            let tile_len = if g.keys_in_lanes(dh) { dh * stride } else { 0 };
+            with_scratch(tile_len + stride, |scratch| {
+                let (tile, row) = scratch.split_at_mut(tile_len);
                 vectorized(
                     #[inline(always)]
                     || {
@@ -326,8 +327,12 @@ pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
                     zb.fill(0.0);
                     for h in 0..h_n {
                         let vh = &v[h * g.n_rows * dh..(h + 1) * g.n_rows * dh];
-                        for (i, &qp) in g.q_pos.iter().enumerate() {
-                            let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..=qp];
+                        for i in 0..nq {
+                            // Up to the row's last non-zero weight: the query's position where the
+                            // causal mask holds, the whole row where a hook wrote past it.
+                            let row = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                            let live = p_n - row.iter().rev().take_while(|&&w| w == 0.0).count();
+                            let pat = &row[..live];
                             let out = &mut zb[(i * h_n + h) * dh..][..dh];
                             let terms = pat.iter().enumerate().map(|(j, &w)| {
                                 let vr = g.row(b, j);
