@@ -25,9 +25,18 @@ fn regression_data(n: usize, d: usize, w: &[f32], sigma: f64, seed: u64) -> Batc
 
 /// The least-squares weights of a dense batch (normal equations, Gaussian elimination in f64).
 fn least_squares(b: &Batch) -> Vec<f32> {
+    let Batch::Dense(DenseBatch { x, .. }) = b else {
+        unreachable!()
+    };
+    least_squares_on(b, &(0..x.ncols()).collect::<Vec<_>>())
+}
+
+/// The least-squares weights using only the columns `cols` (the others 0).
+fn least_squares_on(b: &Batch, cols: &[usize]) -> Vec<f32> {
     let Batch::Dense(DenseBatch { x, y: Some(y) }) = b else {
         unreachable!()
     };
+    let x = x.select(ndarray::Axis(1), cols);
     let d = x.ncols();
     let mut a = vec![vec![0.0f64; d + 1]; d];
     for (r, t) in x.rows().into_iter().zip(y.iter()) {
@@ -51,7 +60,18 @@ fn least_squares(b: &Batch) -> Vec<f32> {
             }
         }
     }
-    a.iter().map(|row| row[d] as f32).collect()
+    let mut w = vec![0.0f32; x_width(b)];
+    for (&c, row) in cols.iter().zip(&a) {
+        w[c] = row[d] as f32;
+    }
+    w
+}
+
+fn x_width(b: &Batch) -> usize {
+    let Batch::Dense(DenseBatch { x, .. }) = b else {
+        unreachable!()
+    };
+    x.ncols()
 }
 
 fn settings() -> LlcConfig {
@@ -66,6 +86,7 @@ fn settings() -> LlcConfig {
         batch_size: Some(500),
         seed: 1,
         init_loss: InitLoss::Full,
+        ..LlcConfig::default()
     }
 }
 
@@ -142,12 +163,13 @@ impl Model for Quadratic {
         &mut self.w
     }
     fn tensors(&self) -> Vec<TensorSpec> {
-        vec![TensorSpec {
-            name: "w".into(),
-            shape: vec![2],
-            range: 0..2,
+        let one = |name: &str, at: usize| TensorSpec {
+            name: name.into(),
+            shape: vec![1],
+            range: at..at + 1,
             trainable: true,
-        }]
+        };
+        vec![one("a", 0), one("b", 1)]
     }
     fn hook_names(&self) -> Vec<String> {
         Vec::new()
@@ -395,6 +417,15 @@ fn bad_command_lines_are_clear_errors() {
             vec!["--nbeta", "hot"],
             "nβ is `batch`, `dataset` or a number",
         ),
+        (
+            vec!["--restrict", "blocks.7.*"],
+            "`blocks.7.*` matches no trainable parameter",
+        ),
+        (
+            vec!["--restrict", "blocks.0.attn.head.9"],
+            "`blocks.0.attn.W_Q` has 4 heads (0 to 3)",
+        ),
+        (vec!["--per-head", "--restrict", "embed.W_E"], "--restrict"),
     ] {
         let mut args = vec!["llc", grokked.as_str()];
         args.extend(extra);
@@ -463,6 +494,26 @@ fn every_checkpoint_of_a_run_and_every_model_kind() {
     assert_eq!(code, 0, "{err}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(html.contains("fig-llc"));
+    // Every head's weight-restricted λ̂ at every checkpoint.
+    let mut args = vec!["llc", r, "--per-head"];
+    args.extend(small);
+    let (code, out, err) = toylens_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("blocks.0.attn.head.1: λ̂"), "{out}");
+    let heads = std::fs::read_to_string(run.join("analysis/llc_heads.csv")).unwrap();
+    assert_eq!(heads.lines().count(), 1 + steps.len() * 2, "{heads}");
+    assert!(run.join("analysis/llc_heads.png").exists());
+    // One restriction over the run: files of its own, the model's λ̂ (the report's) left alone.
+    let mut args = vec!["llc", r, "--restrict", "blocks.0.attn.head.1"];
+    args.extend(small);
+    let (code, _, err) = toylens_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    let restricted = std::fs::read_to_string(run.join("analysis/llc_restricted.csv")).unwrap();
+    assert!(restricted.starts_with("# sampled only: blocks.0.attn.head.1\n"));
+    assert_eq!(
+        std::fs::read_to_string(run.join("analysis/llc.csv")).unwrap(),
+        csv
+    );
 
     // The ToyMLP and superposition (fresh samples: the first training batches) take it too.
     for (preset, steps) in [
@@ -474,6 +525,9 @@ fn every_checkpoint_of_a_run_and_every_model_kind() {
         let (code, _, err) = toylens_cmd(&["train", preset, steps, "--quiet", "--out", p]);
         assert_eq!(code, 0, "{err}");
         let ck = dir.join("final.safetensors");
+        let (code, _, err) = toylens_cmd(&["llc", ck.to_str().unwrap(), "--per-head"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("needs a model with attention heads"), "{err}");
         let mut args = vec!["llc", ck.to_str().unwrap(), "--json"];
         args.extend(small);
         let (code, out, err) = toylens_cmd(&args);
@@ -481,5 +535,131 @@ fn every_checkpoint_of_a_run_and_every_model_kind() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(v["llc_mean"].as_f64().unwrap().is_finite(), "{preset}: {v}");
         assert!(v["n_train"].as_u64().unwrap() >= 64, "{preset}: {v}");
+    }
+}
+
+/// λ̂ at `model`'s weights, sampling only `restrict`.
+fn restricted(model: &dyn Model, data: &Batch, cfg: &LlcConfig, restrict: &[&str]) -> f64 {
+    let cfg = LlcConfig {
+        restrict: restrict.iter().map(|s| s.to_string()).collect(),
+        ..cfg.clone()
+    };
+    let e = estimate(model, data, &cfg).unwrap();
+    eprintln!(
+        "restricted to {restrict:?}: λ̂ {:.3} ± {:.3} (warnings {:?})",
+        e.llc_mean, e.llc_std, e.warnings
+    );
+    e.llc_mean
+}
+
+#[test]
+fn restricting_the_sampler_to_a_group_gives_that_groups_share() {
+    // A regular model: λ = (its parameters) / 2, and each group's share is its count / 2.
+    let d = 10;
+    let mut rng = Rng::new(7);
+    let w_true: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+    let data = regression_data(10_000, d, &w_true, 1.0, 3);
+    let cfg = LinearConfig {
+        n_in: d,
+        n_out: 1,
+        bias: true,
+        seed: 0,
+    };
+    // w* with the bias at 0: the least-squares weights are the minimum along the weights, and
+    // (the inputs' mean being near 0) near it along the bias.
+    let mut w = least_squares(&data);
+    w.push(0.0);
+    let model = Linear::from_params(cfg, w).unwrap();
+    let weight = restricted(&model, &data, &settings(), &["weight"]);
+    assert!((weight - 5.0).abs() < 0.5, "weight: λ̂ {weight}, theory 5");
+    let bias = restricted(&model, &data, &settings(), &["bias"]);
+    assert!((bias - 0.5).abs() < 0.075, "bias: λ̂ {bias}, theory 0.5");
+    // A pattern naming both is the whole model.
+    let both = restricted(&model, &data, &settings(), &["*"]);
+    let all = estimate(&model, &data, &settings()).unwrap().llc_mean;
+    assert_eq!(both, all, "`*` samples what no restriction samples");
+    // The singular model: a alone is regular (1/2), b alone has K = 3b⁴/2: λ = 1/4.
+    let data = regression_data(10_000, 1, &[0.0], 0.1, 5);
+    let model = Quadratic { w: vec![0.0, 0.0] };
+    let cfg = LlcConfig {
+        localization: 0.1,
+        draws: 4000,
+        ..settings()
+    };
+    let a = restricted(&model, &data, &cfg, &["a"]);
+    assert!((a - 0.5).abs() < 0.05, "a: λ̂ {a}, theory 0.5");
+    let b = restricted(&model, &data, &cfg, &["b"]);
+    assert!((b - 0.25).abs() < 0.05, "b: λ̂ {b}, theory 0.25");
+}
+
+#[test]
+fn a_pruned_models_dead_weights_are_never_sampled() {
+    // Four of ten weights pruned (and 0 in the truth): the live six give λ = 3, and the sampler
+    // moves nothing else.
+    let d = 10;
+    let dead = [1usize, 4, 7, 8];
+    let live: Vec<usize> = (0..d).filter(|c| !dead.contains(c)).collect();
+    let mut rng = Rng::new(9);
+    let w_true: Vec<f32> = (0..d)
+        .map(|c| {
+            if dead.contains(&c) {
+                0.0
+            } else {
+                rng.normal() as f32
+            }
+        })
+        .collect();
+    let data = regression_data(10_000, d, &w_true, 1.0, 4);
+    let cfg = LinearConfig {
+        n_in: d,
+        n_out: 1,
+        bias: false,
+        seed: 0,
+    };
+    let model = Linear::from_params(cfg, least_squares_on(&data, &live)).unwrap();
+    let mut mask = toylens::models::mask::Mask::full(d);
+    for &c in &dead {
+        mask.live[c] = false;
+    }
+    let ranges = toylens::analysis::components::select_ranges(&model, &[], Some(&mask)).unwrap();
+    assert_eq!(ranges, vec![0..1, 2..4, 5..7, 9..10]);
+    let mut none_live = mask.clone();
+    none_live.live.fill(false);
+    let err =
+        toylens::analysis::components::select_ranges(&model, &["weight".into()], Some(&none_live))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("every weight of --restrict `weight` is pruned"),
+        "{err}"
+    );
+    let e =
+        toylens::analysis::llc::estimate_many_masked(&[&model], &data, &settings(), Some(&mask))
+            .unwrap()
+            .remove(0);
+    assert!(
+        (e.llc_mean - 3.0).abs() < 0.3,
+        "λ̂ {:.3} ± {:.3}, theory 3 (warnings {:?})",
+        e.llc_mean,
+        e.llc_std,
+        e.warnings
+    );
+}
+
+#[test]
+fn a_restriction_that_picks_nothing_is_an_error_naming_it() {
+    let model = Quadratic { w: vec![0.0, 0.0] };
+    let data = regression_data(1000, 1, &[0.0], 0.1, 5);
+    for (sel, says) in [
+        ("c", "`c` matches no trainable parameter"),
+        ("blocks.0.attn.head.0", "`blocks.0.attn.head.0` matches no"),
+    ] {
+        let cfg = LlcConfig {
+            restrict: vec![sel.into()],
+            ..settings()
+        };
+        let err = estimate(&model, &data, &cfg).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("a, b"), "names what there is: {err}");
     }
 }

@@ -371,7 +371,7 @@ fn _spikes<'py>(
 
 /// λ̂ by SGLD (`toylens llc`), of one checkpoint or of every checkpoint of a run.
 #[pyfunction]
-#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss))]
+#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss, restrict, per_head, mask))]
 #[allow(clippy::too_many_arguments)]
 fn _llc<'py>(
     py: Python<'py>,
@@ -386,8 +386,17 @@ fn _llc<'py>(
     batch_size: Option<usize>,
     seed: u64,
     init_loss: &str,
+    restrict: Vec<String>,
+    per_head: bool,
+    mask: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use toylens::analysis::llc::{InitLoss, LlcConfig, NBeta};
+    if per_head && !restrict.is_empty() {
+        return Err(PyValueError::new_err(
+            "per_head estimates each head in turn: give it or restrict, not both",
+        ));
+    }
+    let mask = mask.map(path_of).transpose()?;
     let path = path_of(target)?;
     let nbeta = match nbeta.extract::<f64>() {
         Ok(x) => NBeta::Value(x),
@@ -406,9 +415,16 @@ fn _llc<'py>(
         batch_size,
         seed,
         init_loss,
+        restrict,
+        mask,
     };
     let v = compute(py, || {
-        Ok(match commands::llc_data(&path, &cfg)? {
+        let report = if per_head {
+            commands::llc_heads_data(&path, &cfg)?
+        } else {
+            commands::llc_data(&path, &cfg)?
+        };
+        Ok(match report {
             LlcReport::Checkpoint {
                 estimate, n_train, ..
             } => json!({"kind": "checkpoint", "estimate": estimate, "n_train": n_train}),
@@ -420,6 +436,15 @@ fn _llc<'py>(
             } => json!({"kind": "run", "steps": steps, "estimates": estimates, "n_train": n_train}),
             LlcReport::Calibration { cells, n_train, .. } => {
                 json!({"kind": "calibration", "cells": cells, "n_train": n_train})
+            }
+            LlcReport::Heads {
+                steps,
+                heads,
+                estimates,
+                n_train,
+                ..
+            } => {
+                json!({"kind": "heads", "steps": steps, "heads": heads, "estimates": estimates, "n_train": n_train})
             }
         })
     })?;

@@ -79,6 +79,25 @@ def test_llc_is_the_cli_estimate(tiny_run, cli):
     assert e["llc_mean"] == pytest.approx(theirs["llc_mean"], rel=0, abs=0)
 
 
+def test_a_heads_restricted_llc_is_the_clis(tiny_run, cli):
+    final = tiny_run.dir / "final.safetensors"
+    args = dict(chains=2, draws=20, burnin=5, batch_size=64, seed=3)
+    one = toylens.llc(final, restrict=["blocks.0.attn.head.1"], **args)["estimate"]
+    theirs = cli_json(
+        cli, "llc", final, "--chains", 2, "--draws", 20, "--burnin", 5, "--batch-size", 64,
+        "--seed", 3, "--restrict", "blocks.0.attn.head.1",
+    )
+    assert one["llc_mean"] == pytest.approx(theirs["llc_mean"], rel=0, abs=0)
+    every = toylens.llc(final, per_head=True, **args)
+    assert every["kind"] == "heads"
+    assert every["heads"] == [f"blocks.0.attn.head.{h}" for h in range(len(every["heads"]))]
+    assert every["estimates"][0][1]["llc_mean"] == one["llc_mean"]
+    whole = toylens.llc(final, **args)["estimate"]["llc_mean"]
+    assert one["llc_mean"] != whole
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        toylens.llc(final, restrict=["blocks.9.*"], **args)
+
+
 def test_prune_gives_the_mask(tiny_run):
     r = toylens.prune(tiny_run.load(), 0.75)
     mask = r["mask"]

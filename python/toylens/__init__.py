@@ -307,18 +307,26 @@ def llc(
     batch_size: Optional[int] = None,
     seed: int = 0,
     init_loss: str = "full",
+    restrict: Iterable[str] = (),
+    per_head: bool = False,
+    mask: Any = None,
 ) -> Dict[str, Any]:
     """The local learning coefficient λ̂ by SGLD (``toylens llc``, devinterp's estimator), of one
     checkpoint (``kind`` ``checkpoint``: ``estimate`` with ``llc_mean``, ``llc_std``, the chains'
     loss traces...) or of every checkpoint of a run (``kind`` ``run``: ``steps`` and
     ``estimates``). nbeta: ``"batch"`` (m / ln m, devinterp's default), ``"dataset"`` or a number.
     batch_size: None for 512, or the whole training set where that is smaller (the estimate's
-    ``warnings`` then say so).
+    ``warnings`` then say so). restrict: sample only these components (names, ``*`` patterns,
+    ``blocks.L.attn.head.H``), the weight-restricted LLC; per_head: every head's (``kind``
+    ``heads``: ``steps``, ``heads`` and ``estimates[checkpoint][head]``); mask: a pruning mask
+    file whose dead weights stay zero (default: a run directory's own ``mask.safetensors``).
     """
     return _arrays(
         _toylens._llc(
             _path(target), lr, localization, nbeta, chains, draws, burnin,
             steps_between_draws, batch_size, seed, init_loss,
+            [restrict] if isinstance(restrict, str) else list(restrict), per_head,
+            None if mask is None else _path(mask),
         )
     )
 

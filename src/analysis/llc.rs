@@ -24,10 +24,11 @@
 //! Chains run in parallel, each seeded from (seed, chain) alone: results do not depend on the thread
 //! count.
 
+use crate::analysis::components::select_ranges;
 use crate::batch::Batch;
 use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
-use crate::models::{Model, Scratch};
+use crate::models::{mask::Mask, Model, Scratch};
 use crate::tasks::EpochOrder;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -81,6 +82,15 @@ pub struct LlcConfig {
     pub batch_size: Option<usize>,
     pub seed: u64,
     pub init_loss: InitLoss,
+    /// Sample only these components (names, `*` patterns or `blocks.L.attn.head.H`, see
+    /// [`crate::analysis::components`]), every other weight held at w*: the weight-restricted LLC
+    /// (Wang et al. 2024). Empty: every trainable weight.
+    pub restrict: Vec<String>,
+    /// A pruning mask (safetensors of 0/1 by parameter name) whose dead weights are never moved;
+    /// None: a run directory's own `mask.safetensors` where it has one. Read by the commands that
+    /// load checkpoints (`commands::llc`); a library caller hands the loaded mask to
+    /// [`estimate_many_masked`].
+    pub mask: Option<std::path::PathBuf>,
 }
 
 impl Default for LlcConfig {
@@ -96,6 +106,8 @@ impl Default for LlcConfig {
             batch_size: None,
             seed: 0,
             init_loss: InitLoss::Full,
+            restrict: Vec::new(),
+            mask: None,
         }
     }
 }
@@ -238,11 +250,10 @@ fn run_chain(
     data: &Batch,
     cfg: &LlcConfig,
     nbeta: f64,
-    chain: usize,
+    (chain, sampled): (usize, &[std::ops::Range<usize>]),
 ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let mut m = model.clone_box();
     let w_star = model.params().to_vec();
-    let trainable = model.trainable_ranges();
     let mut scratch = Scratch::new();
     let mut order = EpochOrder::new(
         data.len(),
@@ -272,7 +283,7 @@ fn run_chain(
         }
         let w = m.params_mut();
         let mut dist2 = 0.0f64;
-        for r in &trainable {
+        for r in sampled {
             rng.fill_normal_f32(&mut noise[r.clone()]);
             for j in r.clone() {
                 let delta = w[j] - w_star[j];
@@ -300,7 +311,7 @@ fn run_chain(
                     &dws,
                     u,
                     cfg.lr,
-                    &trainable,
+                    sampled,
                 ));
             }
             std::mem::swap(&mut prev_point, &mut point);
@@ -422,17 +433,32 @@ pub fn estimate_many(
     data: &Batch,
     cfg: &LlcConfig,
 ) -> Result<Vec<LlcEstimate>> {
+    estimate_many_masked(models, data, cfg, None)
+}
+
+/// [`estimate_many`] for pruned models: the dead entries of `mask` are never moved (they stay
+/// exactly zero in every draw).
+pub fn estimate_many_masked(
+    models: &[&dyn Model],
+    data: &Batch,
+    cfg: &LlcConfig,
+    mask: Option<&Mask>,
+) -> Result<Vec<LlcEstimate>> {
     cfg.validate(data.len())?;
     crate::engine::threads::init(0);
     crate::engine::threads::flush_subnormals();
     let nbeta = cfg.nbeta_value(data.len());
     let minibatch = cfg.minibatch(data.len());
+    let sampled = models
+        .iter()
+        .map(|m| select_ranges(*m, &cfg.restrict, mask))
+        .collect::<Result<Vec<_>>>()?;
     let jobs: Vec<(usize, usize)> = (0..models.len())
         .flat_map(|k| (0..cfg.chains).map(move |c| (k, c)))
         .collect();
     let mut results = jobs
         .par_iter()
-        .map(|&(k, c)| run_chain(models[k], data, cfg, nbeta, c))
+        .map(|&(k, c)| run_chain(models[k], data, cfg, nbeta, (c, &sampled[k])))
         .collect::<Result<Vec<_>>>()?
         .into_iter();
     models
@@ -469,14 +495,13 @@ pub struct CalibrationCell {
 }
 
 /// λ̂ over a grid of step sizes × nβ × γ (as devinterp's `EpsilonBetaAnalyzer`), every cell with
-/// `base`'s other settings.
+/// `base`'s other settings (and `mask`'s dead weights held at zero, as the estimate holds them).
 pub fn calibrate(
     model: &dyn Model,
     data: &Batch,
     base: &LlcConfig,
-    lrs: &[f64],
-    nbetas: &[NBeta],
-    localizations: &[f64],
+    (lrs, nbetas, localizations): (&[f64], &[NBeta], &[f64]),
+    mask: Option<&Mask>,
 ) -> Result<Vec<CalibrationCell>> {
     let mut cells = Vec::new();
     for &lr in lrs {
@@ -488,7 +513,7 @@ pub fn calibrate(
                     localization,
                     ..base.clone()
                 };
-                let estimate = estimate(model, data, &cfg)?;
+                let estimate = estimate_many_masked(&[model], data, &cfg, mask)?.remove(0);
                 cells.push(CalibrationCell {
                     lr,
                     nbeta: estimate.nbeta,

@@ -17,6 +17,7 @@
 
 pub mod ablation;
 pub mod circuits;
+pub mod components;
 pub mod digits;
 pub mod fourier;
 pub mod generic;

@@ -275,6 +275,19 @@ enum Cmd {
         nbetas: Vec<toylens::analysis::llc::NBeta>,
         #[arg(long, value_delimiter = ',', default_values_t = [100.0])]
         localizations: Vec<f64>,
+        /// Sample only these components, every other weight held at w* (the weight-restricted
+        /// LLC): parameter names, patterns with `*` (`blocks.1.*`) or heads
+        /// (`blocks.L.attn.head.H`: its Q/K/V/O slices), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        restrict: Vec<String>,
+        /// Each head's weight-restricted λ̂, one estimate per head (at the checkpoint, or at every
+        /// checkpoint of a run: llc_heads.csv).
+        #[arg(long, conflicts_with_all = ["restrict", "calibrate"])]
+        per_head: bool,
+        /// A pruning mask (safetensors of 0/1) whose dead weights stay exactly zero while sampling
+        /// (default: a run directory's own mask.safetensors, a lottery ticket's).
+        #[arg(long)]
+        mask: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         /// Write traces and pictures here (for a run directory: default RUN/analysis/).
@@ -1292,11 +1305,16 @@ fn run(cmd: Cmd) -> Result<()> {
             lrs,
             nbetas,
             localizations,
+            restrict,
+            per_head,
+            mask,
             json,
             out,
         } => {
             use toylens::analysis::llc::LlcConfig;
             let cfg = LlcConfig {
+                restrict,
+                mask,
                 lr,
                 localization,
                 nbeta,
@@ -1309,7 +1327,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 init_loss,
             };
             let t0 = std::time::Instant::now();
-            let report = if calibrate {
+            let report = if per_head {
+                commands::llc_heads(&target, &cfg, out.as_deref())?
+            } else if calibrate {
                 commands::llc_calibrate(
                     &target,
                     &cfg,
@@ -1394,6 +1414,49 @@ fn run(cmd: Cmd) -> Result<()> {
                                 e.mean_acceptance,
                                 e.warnings.len()
                             );
+                        }
+                        println!("  {n_train} training examples, {secs:.1} s");
+                    }
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+                commands::LlcReport::Heads {
+                    steps,
+                    heads,
+                    estimates,
+                    n_train,
+                    files,
+                } => {
+                    if json {
+                        let rows: Vec<serde_json::Value> = steps
+                            .iter()
+                            .zip(&estimates)
+                            .map(|(s, row)| {
+                                let per: serde_json::Map<String, serde_json::Value> = heads
+                                    .iter()
+                                    .zip(row)
+                                    .map(|(h, e)| {
+                                        let v = serde_json::json!({"llc_mean": e.llc_mean, "llc_std": e.llc_std, "warnings": e.warnings});
+                                        (h.clone(), v)
+                                    })
+                                    .collect();
+                                serde_json::json!({"step": s, "heads": per})
+                            })
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::json!({"checkpoints": rows, "n_train": n_train, "seconds": secs})
+                        );
+                    } else {
+                        let run = target.is_dir();
+                        for (s, row) in steps.iter().zip(&estimates) {
+                            if run {
+                                println!("step {s}:");
+                            }
+                            for (h, e) in heads.iter().zip(row) {
+                                print_llc(&format!("  {h}"), e);
+                            }
                         }
                         println!("  {n_train} training examples, {secs:.1} s");
                     }

@@ -501,6 +501,14 @@ pub enum LlcReport {
         n_train: usize,
         files: Vec<PathBuf>,
     },
+    /// Every head's weight-restricted λ̂ (`--per-head`): `estimates[checkpoint][head]`.
+    Heads {
+        steps: Vec<u64>,
+        heads: Vec<String>,
+        estimates: Vec<Vec<crate::analysis::llc::LlcEstimate>>,
+        n_train: usize,
+        files: Vec<PathBuf>,
+    },
 }
 
 fn trace_csv(rows: &[(u64, &crate::analysis::llc::LlcEstimate)]) -> String {
@@ -562,7 +570,8 @@ fn llc_into(
         let data = training_set(&loaded[0])?;
         let models: Vec<&dyn crate::models::Model> =
             loaded.iter().map(|l| l.model.as_ref()).collect();
-        let estimates = llc::estimate_many(&models, &data, cfg)?;
+        let mask = llc_mask(target, cfg, models[0])?;
+        let estimates = llc::estimate_many_masked(&models, &data, cfg, mask.as_ref())?;
         let Some(out) = files else {
             return Ok(LlcReport::Run {
                 steps,
@@ -573,7 +582,18 @@ fn llc_into(
         };
         let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let mut csv = String::from("step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance");
+        // A weight-restricted estimate is not the model's λ̂ (which the report shows): files of
+        // its own, the components named in the CSV.
+        let stem = if cfg.restrict.is_empty() {
+            "llc"
+        } else {
+            "llc_restricted"
+        };
+        let mut csv = String::new();
+        if !cfg.restrict.is_empty() {
+            csv += &format!("# sampled only: {}\n", cfg.restrict.join(", "));
+        }
+        csv += "step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance";
         for c in 0..cfg.chains {
             csv += &format!(",llc_chain{c}");
         }
@@ -588,7 +608,10 @@ fn llc_into(
             }
             csv.push('\n');
         }
-        let (p_csv, p_trace) = (dir.join("llc.csv"), dir.join("llc_trace.csv"));
+        let (p_csv, p_trace) = (
+            dir.join(format!("{stem}.csv")),
+            dir.join(format!("{stem}_trace.csv")),
+        );
         write_atomic(&p_csv, csv.as_bytes())?;
         let rows: Vec<(u64, &llc::LlcEstimate)> = steps.iter().copied().zip(&estimates).collect();
         write_atomic(&p_trace, trace_csv(&rows).as_bytes())?;
@@ -603,7 +626,7 @@ fn llc_into(
             &estimates,
             &metrics,
             phases.as_ref(),
-            &dir,
+            (&dir, stem),
         )?);
         return Ok(LlcReport::Run {
             steps,
@@ -614,7 +637,9 @@ fn llc_into(
     }
     let l = load_any(target)?;
     let data = training_set(&l)?;
-    let estimate = llc::estimate(l.model.as_ref(), &data, cfg)?;
+    let mask = llc_mask(target, cfg, l.model.as_ref())?;
+    let estimate =
+        llc::estimate_many_masked(&[l.model.as_ref()], &data, cfg, mask.as_ref())?.remove(0);
     let mut files = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -638,6 +663,116 @@ fn llc_into(
     })
 }
 
+/// The pruning mask an estimate keeps: `--mask`'s file, else a run directory's own
+/// `mask.safetensors` (a lottery ticket's), else none.
+fn llc_mask(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    model: &dyn crate::models::Model,
+) -> Result<Option<crate::models::mask::Mask>> {
+    let own = target.join("mask.safetensors");
+    let path = match &cfg.mask {
+        Some(p) => p.clone(),
+        None if target.is_dir() && own.is_file() => own,
+        None => return Ok(None),
+    };
+    Ok(Some(crate::io::checkpoint::load_mask(&path, model)?.0))
+}
+
+/// `toylens llc --per-head`: each head's weight-restricted λ̂ (Wang et al. 2024: only that head's
+/// Q/K/V/O slices sampled, everything else at w*), at one checkpoint or every checkpoint of a
+/// run; `llc_heads.csv` into `out` (for a run directory, by default `RUN/analysis/`).
+pub fn llc_heads(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    out: Option<&Path>,
+) -> Result<LlcReport> {
+    llc_heads_into(target, cfg, Some(out))
+}
+
+/// What `llc_heads` finds, with no file written: for the Python bindings.
+pub fn llc_heads_data(target: &Path, cfg: &crate::analysis::llc::LlcConfig) -> Result<LlcReport> {
+    llc_heads_into(target, cfg, None)
+}
+
+/// `files`: None writes nothing; `Some(out)` writes as `llc_heads` does.
+fn llc_heads_into(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    files: Option<Option<&Path>>,
+) -> Result<LlcReport> {
+    use crate::analysis::{components, llc};
+    let (steps, loaded) = if target.is_dir() {
+        let r = run::Run::open(target)?;
+        let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
+        (r.steps.clone(), loaded)
+    } else {
+        (vec![0], vec![load_any(target)?])
+    };
+    let data = training_set(&loaded[0])?;
+    let models: Vec<&dyn crate::models::Model> = loaded.iter().map(|l| l.model.as_ref()).collect();
+    let heads = components::heads(models[0]);
+    if heads.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: --per-head needs a model with attention heads (this is a `{}` model)",
+            target.display(),
+            models[0].arch()
+        )));
+    }
+    let mask = llc_mask(target, cfg, models[0])?;
+    let mut by_head = Vec::new();
+    for head in &heads {
+        let one = llc::LlcConfig {
+            restrict: vec![head.clone()],
+            ..cfg.clone()
+        };
+        by_head.push(llc::estimate_many_masked(
+            &models,
+            &data,
+            &one,
+            mask.as_ref(),
+        )?);
+    }
+    // [checkpoint][head]
+    let estimates: Vec<Vec<llc::LlcEstimate>> = (0..models.len())
+        .map(|k| by_head.iter().map(|e| e[k].clone()).collect())
+        .collect();
+    let dir = match files {
+        None => None,
+        Some(Some(d)) => Some(d.to_path_buf()),
+        Some(None) => target.is_dir().then(|| target.join(run::ANALYSIS)),
+    };
+    let mut files = Vec::new();
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut csv = String::from("step,head,llc_mean,llc_std,init_loss,nbeta,mean_acceptance\n");
+        for (s, row) in steps.iter().zip(&estimates) {
+            for (h, e) in heads.iter().zip(row) {
+                csv += &format!(
+                    "{s},{h},{:e},{:e},{:e},{:e},{}\n",
+                    e.llc_mean, e.llc_std, e.init_loss, e.nbeta, e.mean_acceptance
+                );
+            }
+        }
+        let p = dir.join("llc_heads.csv");
+        write_atomic(&p, csv.as_bytes())?;
+        files.push(p);
+        if target.is_dir() {
+            let metrics = run::read_metrics(target)?;
+            files.extend(figures::llc_heads(
+                &steps, &heads, &estimates, &metrics, &dir,
+            )?);
+        }
+    }
+    Ok(LlcReport::Heads {
+        steps,
+        heads,
+        estimates,
+        n_train: data.len(),
+        files,
+    })
+}
+
 /// `toylens llc --calibrate`: λ̂ over a grid of ε × nβ × γ, with the mean trace of each cell.
 pub fn llc_calibrate(
     target: &Path,
@@ -649,8 +784,10 @@ pub fn llc_calibrate(
 ) -> Result<LlcReport> {
     let l = load_any(target)?;
     let data = training_set(&l)?;
+    let mask = llc_mask(target, base, l.model.as_ref())?;
+    let grid = (lrs, nbetas, localizations);
     let cells =
-        crate::analysis::llc::calibrate(l.model.as_ref(), &data, base, lrs, nbetas, localizations)?;
+        crate::analysis::llc::calibrate(l.model.as_ref(), &data, base, grid, mask.as_ref())?;
     let mut files = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -63,13 +63,13 @@ fn phase_bands(phases: Option<&Phases>, x_max: f64) -> Vec<Band<'static>> {
 }
 
 /// λ̂ (mean ± std over chains) at each checkpoint below the run's train and test loss, with the
-/// grokking phases shaded where the run has them: `llc.png` and `llc.svg` in `dir`.
+/// grokking phases shaded where the run has them: `{stem}.png` and `.svg` in `dir`.
 pub fn llc(
     steps: &[u64],
     estimates: &[crate::analysis::llc::LlcEstimate],
     metrics: &[crate::io::run::MetricRow],
     phases: Option<&Phases>,
-    dir: &Path,
+    (dir, stem): (&Path, &str),
 ) -> Result<Vec<PathBuf>> {
     let pts = |k: &str| -> Vec<(f64, f64)> {
         metrics
@@ -97,7 +97,7 @@ pub fn llc(
         range: (lo * 1.1, hi),
         error_bars: &bars,
     };
-    both(dir, "llc", |f| {
+    both(dir, stem, |f| {
         plot::panels_with_errors(
             f,
             "Local learning coefficient over training (mean ± std over chains)",
@@ -119,6 +119,96 @@ pub fn llc(
                 points: &mean,
                 color: plot::GREEN_,
             }],
+            &bands,
+            &lower,
+        )
+    })
+}
+
+/// Each head's weight-restricted λ̂ over a run (`llc_heads.png` and `.svg` in `dir`): the run's
+/// training loss (and loss on repeats, where the task has it) above, one line per head below, an
+/// induction run's phase change shaded.
+pub fn llc_heads(
+    steps: &[u64],
+    heads: &[String],
+    estimates: &[Vec<crate::analysis::llc::LlcEstimate>],
+    metrics: &[MetricRow],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let pts = |k: &str| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .filter_map(|r| Some((r.step as f64, r.get(k)?)))
+            .collect()
+    };
+    let (train, repeats) = (pts("train_loss"), pts("test_loss_repeat"));
+    let mut losses = vec![Series {
+        name: "train loss",
+        points: &train,
+        color: plot::BLUE_,
+    }];
+    if !repeats.is_empty() {
+        losses.push(Series {
+            name: "test loss on repeats",
+            points: &repeats,
+            color: plot::ORANGE_,
+        });
+    }
+    let lines: Vec<Vec<(f64, f64)>> = (0..heads.len())
+        .map(|h| {
+            steps
+                .iter()
+                .zip(estimates)
+                .map(|(&s, row)| (s as f64, row[h].llc_mean))
+                .collect()
+        })
+        .collect();
+    let names: Vec<String> = heads
+        .iter()
+        .map(|h| {
+            // blocks.L.attn.head.H → LxHy
+            let mut it = h.split('.');
+            match (it.nth(1), it.nth(2)) {
+                (Some(l), Some(hh)) => format!("L{l}H{hh}"),
+                _ => h.clone(),
+            }
+        })
+        .collect();
+    let series: Vec<Series> = lines
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (p, n))| Series {
+            name: n,
+            points: p,
+            color: plot::PALETTE[i % plot::PALETTE.len()],
+        })
+        .collect();
+    let x_max = steps.last().copied().unwrap_or(1).max(1) as f64;
+    let change = crate::analysis::induction::run_phase_change(metrics);
+    let bands: Vec<Band> = change
+        .iter()
+        .map(|c| Band {
+            from: c.onset as f64,
+            to: c.end as f64,
+            label: "phase change",
+            color: plot::ORANGE_,
+        })
+        .collect();
+    let values = lines.iter().flatten().map(|p| p.1);
+    let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let lower = plot::Lower {
+        label: "weight-restricted λ̂",
+        range: (lo * 1.1, hi * 1.1 + 1e-9),
+        error_bars: &[],
+    };
+    both(dir, "llc_heads", |f| {
+        plot::panels_with_errors(
+            f,
+            "Each head's weight-restricted λ̂ (only its Q/K/V/O slices sampled)",
+            x_max,
+            &losses,
+            &series,
             &bands,
             &lower,
         )
