@@ -4,9 +4,10 @@
 //! head-major (`[h, r, d_head]`, what the attention kernels read); a product per head was
 //! `[r, d] · [d, d_head]`, too narrow for the matrix kernels (W4's step: 12 products of
 //! 2048 × 64 × 16 per layer). Here the projections that share an input are packed side by side
-//! into `[d, n·h·d_head]`, multiplied once, and the result unpacked. Each output is still one
-//! multiply-add chain over d from its bias (the same bits as a product per head); the input's
-//! gradient is one chain over n·h·d_head instead of a sum of per-head chains.
+//! into `[d, n·h·d_head]`, multiplied once, and the result unpacked. Each output is still its bias
+//! plus one multiply-add chain over d (the same bits as a product per head, which adds its chain
+//! to rows holding the bias); the input's gradient is one chain over n·h·d_head instead of a sum
+//! of per-head chains. Only where heads are narrow ([`packs`]).
 //!
 //! Shapes: r rows, d the input's width, h heads, e = d_head, c = n·h·e packed columns, where
 //! column `(i·h + hh)·e + j` is projection i's head hh, dimension j.
