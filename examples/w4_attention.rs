@@ -39,7 +39,7 @@ fn main() {
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
     rayon::scope(|_| {
         let t_scores = time(|| attention::scores_softmax(&g, &q, &k, &mut pattern));
-        let t_mix = time(|| attention::mix(&g, &pattern, &v, &mut z));
+        let t_mix = time(|| attention::mix_causal(&g, &pattern, &v, &mut z));
         let t_back =
             time(|| attention::backward(&g, &q, &k, &v, &pattern, &dz, &mut dq, &mut dk, &mut dv));
         println!("scores+softmax {t_scores:.3} ms, mix {t_mix:.3} ms, backward {t_back:.3} ms (medians of 200)");

@@ -835,3 +835,20 @@ fn bench_steps_in_a_folding_workspace_take_the_fold_and_train_alike() {
         );
     }
 }
+
+#[test]
+fn the_mix_honours_weights_a_hook_wrote_after_the_query() {
+    // TransformerLens mixes whatever pattern a hook leaves, causal or not.
+    let (q_pos, row_of) = (vec![0usize, 1, 2, 3], (0..4).collect::<Vec<u32>>());
+    let g = Geometry::new(1, 4, 1, 3, &q_pos, &row_of, 4);
+    let v: Vec<f32> = (0..12).map(|x| x as f32).collect();
+    let mut pattern = vec![0.0f32; 16];
+    pattern[3] = 1.0; // query 0 on key 3
+    pattern[4] = 1.0; // query 1 on key 0
+    let mut z = vec![0.0f32; 12];
+    attention::mix(&g, &pattern, &v, &mut z);
+    assert_eq!(&z[..6], &[9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
+    // The unhooked forward's mix reads rows up to the query only.
+    attention::mix_causal(&g, &pattern, &v, &mut z);
+    assert_eq!(&z[..6], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0]);
+}

@@ -315,6 +315,17 @@ pub fn scores_softmax(g: &Geometry, q: &[f32], k: &[f32], pattern: &mut [f32]) {
 
 /// `z[b, i, h, :] = Σ_j pattern[b, h, i, j] · v[b, j, h, :]`.
 pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
+    mix_rows(g, pattern, v, z, false);
+}
+
+/// [`mix`] of a pattern that no hook has written: every weight after its query is 0 (as the
+/// softmax leaves them), so each row is read only up to the query.
+pub fn mix_causal(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
+    mix_rows(g, pattern, v, z, true);
+}
+
+/// `causal`: rows read up to the query; else up to their last non-zero weight.
+fn mix_rows(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32], causal: bool) {
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
     let per_b = nq * h_n * dh;
     z[..g.batch * per_b]
@@ -331,7 +342,11 @@ pub fn mix(g: &Geometry, pattern: &[f32], v: &[f32], z: &mut [f32]) {
                             // Up to the row's last non-zero weight: the query's position where the
                             // causal mask holds, the whole row where a hook wrote past it.
                             let row = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                            let live = p_n - row.iter().rev().take_while(|&&w| w == 0.0).count();
+                            let live = if causal {
+                                g.q_pos[i] + 1
+                            } else {
+                                p_n - row.iter().rev().take_while(|&&w| w == 0.0).count()
+                            };
                             let pat = &row[..live];
                             let out = &mut zb[(i * h_n + h) * dh..][..dh];
                             let terms = pat.iter().enumerate().map(|(j, &w)| {

@@ -544,7 +544,12 @@ impl Transformer {
                 intercept(hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
             }
         } else {
-            attention::mix(&g, &lb.pattern, &lb.v, buf(&mut lb.z, rq * h_n * dh));
+            let z = buf(&mut lb.z, rq * h_n * dh);
+            if wants(hk, Site::AttnScores(l)) || wants(hk, Site::Pattern(l)) {
+                attention::mix(&g, &lb.pattern, &lb.v, z);
+            } else {
+                attention::mix_causal(&g, &lb.pattern, &lb.v, z);
+            }
             intercept(hk, Site::Z(l), &mut lb.z, &[b_n, nq, h_n, dh]);
             linear(
                 attn_out,
