@@ -419,12 +419,7 @@ fn _llc<'py>(
         mask,
     };
     let v = compute(py, || {
-        let report = if per_head {
-            commands::llc_heads_data(&path, &cfg)?
-        } else {
-            commands::llc_data(&path, &cfg)?
-        };
-        Ok(match report {
+        Ok(match commands::llc_data(&path, &cfg, per_head)? {
             LlcReport::Checkpoint {
                 estimate, n_train, ..
             } => json!({"kind": "checkpoint", "estimate": estimate, "n_train": n_train}),

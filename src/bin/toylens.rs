@@ -1327,9 +1327,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 init_loss,
             };
             let t0 = std::time::Instant::now();
-            let report = if per_head {
-                commands::llc_heads(&target, &cfg, out.as_deref())?
-            } else if calibrate {
+            let report = if calibrate {
                 commands::llc_calibrate(
                     &target,
                     &cfg,
@@ -1339,7 +1337,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     out.as_deref(),
                 )?
             } else {
-                commands::llc(&target, &cfg, out.as_deref())?
+                commands::llc(&target, &cfg, per_head, out.as_deref())?
             };
             let secs = t0.elapsed().as_secs_f64();
             match report {

@@ -541,18 +541,32 @@ fn chain_lines(e: &crate::analysis::llc::LlcEstimate) -> Vec<(String, Vec<(f64, 
 }
 
 /// `toylens llc`: λ̂ of one checkpoint (traces into `out` when given), or of every checkpoint of a
-/// run (`llc.csv`, `llc_trace.csv` and `llc.png` into `out`, by default `RUN/analysis/`).
+/// run (`llc.csv`, `llc_trace.csv` and `llc.png` into `out`, by default `RUN/analysis/`); with
+/// `per_head`, every head's weight-restricted λ̂ ([`llc_heads_into`]).
 pub fn llc(
     target: &Path,
     cfg: &crate::analysis::llc::LlcConfig,
+    per_head: bool,
     out: Option<&Path>,
 ) -> Result<LlcReport> {
-    llc_into(target, cfg, Some(out))
+    if per_head {
+        llc_heads_into(target, cfg, Some(out))
+    } else {
+        llc_into(target, cfg, Some(out))
+    }
 }
 
 /// What `llc` finds, with no file written (`files` empty): for the Python bindings.
-pub fn llc_data(target: &Path, cfg: &crate::analysis::llc::LlcConfig) -> Result<LlcReport> {
-    llc_into(target, cfg, None)
+pub fn llc_data(
+    target: &Path,
+    cfg: &crate::analysis::llc::LlcConfig,
+    per_head: bool,
+) -> Result<LlcReport> {
+    if per_head {
+        llc_heads_into(target, cfg, None)
+    } else {
+        llc_into(target, cfg, None)
+    }
 }
 
 /// `files`: None writes nothing; `Some(out)` writes as `llc` does.
@@ -681,21 +695,8 @@ fn llc_mask(
 
 /// `toylens llc --per-head`: each head's weight-restricted λ̂ (Wang et al. 2024: only that head's
 /// Q/K/V/O slices sampled, everything else at w*), at one checkpoint or every checkpoint of a
-/// run; `llc_heads.csv` into `out` (for a run directory, by default `RUN/analysis/`).
-pub fn llc_heads(
-    target: &Path,
-    cfg: &crate::analysis::llc::LlcConfig,
-    out: Option<&Path>,
-) -> Result<LlcReport> {
-    llc_heads_into(target, cfg, Some(out))
-}
-
-/// What `llc_heads` finds, with no file written: for the Python bindings.
-pub fn llc_heads_data(target: &Path, cfg: &crate::analysis::llc::LlcConfig) -> Result<LlcReport> {
-    llc_heads_into(target, cfg, None)
-}
-
-/// `files`: None writes nothing; `Some(out)` writes as `llc_heads` does.
+/// run; `llc_heads.csv` (and for a run `llc_heads.png`) into `out`, by default `RUN/analysis/`.
+/// `files`: None writes nothing.
 fn llc_heads_into(
     target: &Path,
     cfg: &crate::analysis::llc::LlcConfig,

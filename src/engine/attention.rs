@@ -501,8 +501,8 @@ pub fn backward_projected(
 /// `fold_dpattern` (`[b, h, q, p]`) the pattern also mixed a second set of values (layer 0's W_in
 /// fold, `fold.rs`), whose share of d pattern joins this mix's. Split by head: each head owns
 /// disjoint slices of `dq/dk/dvals`, and within a head the batch is walked in order, so the sums
-/// are identical for any thread count. With the keys in lanes: d pattern from the values' tile,
-/// then each row of d values, keys and queries summed in a register and added once per example.
+/// are identical for any thread count. Each head by [`head_in_lanes`] or [`head_by_key`], as
+/// [`Geometry::keys_in_lanes`] says.
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
     g: &Geometry,
@@ -518,193 +518,222 @@ fn backward_impl(
     dvals: &mut [f32],
     fold_dpattern: Option<&[f32]>,
 ) {
-    if !g.keys_in_lanes(width) {
-        return backward_by_key(
-            g,
-            q,
-            k,
-            vals,
-            width,
-            pattern,
-            out_at,
-            dout,
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
+    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
+    assert!(fold_dpattern.is_none_or(|f| f.len() >= g.batch * h_n * nq * p_n));
+    let (dqp, dkp, dvp) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dvals.as_mut_ptr()),
+    );
+    let shared = Shared {
+        g,
+        width,
+        pattern,
+        out_at: &out_at,
+        dout,
+        fold_dpattern,
+    };
+    let lanes = g.keys_in_lanes(width);
+    (0..h_n).into_par_iter().for_each(|h| {
+        // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
+        let (dq, dk, dvals) = unsafe {
+            (
+                std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
+                std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
+            )
+        };
+        let head = Head {
+            h,
+            q: &q[h * blk..(h + 1) * blk],
+            k: &k[h * blk..(h + 1) * blk],
+            vals: &vals[h * vblk..(h + 1) * vblk],
             dq,
             dk,
             dvals,
-            fold_dpattern,
-        );
-    }
-    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
-    let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
-    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
-    assert!(fold_dpattern.is_none_or(|f| f.len() >= g.batch * h_n * nq * p_n));
-    let (dqp, dkp, dvp) = (
-        SendPtr(dq.as_mut_ptr()),
-        SendPtr(dk.as_mut_ptr()),
-        SendPtr(dvals.as_mut_ptr()),
-    );
-    (0..h_n).into_par_iter().for_each(|h| {
-        // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
-        let (dqh, dkh, dvh) = unsafe {
-            (
-                std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
-                std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
-                std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
-            )
         };
-        let qh = &q[h * blk..(h + 1) * blk];
-        let kh = &k[h * blk..(h + 1) * blk];
-        let vh = &vals[h * vblk..(h + 1) * vblk];
-        let stride = tile_stride(p_n);
-        // Scratch: the values' tile, d scores `[q, stride]` (padded rows), one padded pattern row.
-        with_scratch(width * stride + nq * stride + stride, |scratch| {
-            let (tile, rest) = scratch.split_at_mut(width * stride);
-            let (ds, pp) = rest.split_at_mut(nq * stride);
-            vectorized(
-                #[inline(always)]
-                || {
-                    for b in 0..g.batch {
-                        let pat = |i: usize| &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                        let di = |i: usize| &dout[out_at(b, i, h)..][..width];
-                        // d scores, query by query: d pattern, then back through the softmax
-                        // (padded rows: the pattern is 0 after the query).
-                        gather_transposed(g, b, vh, width, tile);
-                        for (i, &qp) in g.q_pos.iter().enumerate() {
-                            let n = padded(qp + 1);
-                            let dsi = &mut ds[i * stride..][..n];
-                            dot_keys(di(i), tile, stride, dsi);
-                            if let Some(f) = fold_dpattern {
-                                let df = &f[((b * h_n + h) * nq + i) * p_n..][..=qp];
-                                for (d, &x) in dsi.iter_mut().zip(df) {
-                                    *d += x;
-                                }
-                            }
-                            let p = &mut pp[..n];
-                            let live = n.min(p_n);
-                            p[..live].copy_from_slice(&pat(i)[..live]);
-                            p[live..].fill(0.0);
-                            let s = dot(p, dsi);
-                            for (d, &pj) in dsi.iter_mut().zip(p.iter()) {
-                                *d = pj * (*d - s) / g.attn_scale;
-                            }
-                        }
-                        // Each output row once per example: d values and d keys key by key (over
-                        // the queries at or after it), d queries query by query.
-                        for j in 0..p_n {
-                            let from = g.q_pos.partition_point(|&qp| qp < j);
-                            let r = g.row(b, j);
-                            let terms = (from..nq).map(|i| (pat(i)[j], di(i)));
-                            add_weighted_rows(&mut dvh[r * width..(r + 1) * width], terms);
-                            let terms = (from..nq).map(|i| {
-                                let qr = g.row(b, g.q_pos[i]);
-                                (ds[i * stride + j], &qh[qr * dh..(qr + 1) * dh])
-                            });
-                            add_weighted_rows(&mut dkh[r * dh..(r + 1) * dh], terms);
-                        }
-                        for (i, &qp) in g.q_pos.iter().enumerate() {
-                            let qr = g.row(b, qp);
-                            let terms =
-                                ds[i * stride..][..=qp].iter().enumerate().map(|(j, &w)| {
-                                    let kr = g.row(b, j);
-                                    (w, &kh[kr * dh..(kr + 1) * dh])
-                                });
-                            add_weighted_rows(&mut dqh[qr * dh..(qr + 1) * dh], terms);
-                        }
-                    }
-                },
-            )
-        });
+        if lanes {
+            head_in_lanes(&shared, head);
+        } else {
+            head_by_key(&shared, head);
+        }
     });
 }
 
-/// [`backward_impl`] with one dot product per key (where [`Geometry::keys_in_lanes`] says no),
-/// d values, keys and queries added term by term into their rows.
-#[allow(clippy::too_many_arguments)]
-fn backward_by_key(
-    g: &Geometry,
-    q: &[f32],
-    k: &[f32],
-    vals: &[f32],
+/// What every head of [`backward_impl`] reads.
+struct Shared<'a, F> {
+    g: &'a Geometry<'a>,
     width: usize,
-    pattern: &[f32],
-    out_at: impl Fn(usize, usize, usize) -> usize + Sync,
-    dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dvals: &mut [f32],
-    fold_dpattern: Option<&[f32]>,
-) {
+    pattern: &'a [f32],
+    out_at: &'a F,
+    dout: &'a [f32],
+    fold_dpattern: Option<&'a [f32]>,
+}
+
+/// One head's blocks of q, k and the values, and of their gradients.
+struct Head<'a> {
+    h: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    vals: &'a [f32],
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dvals: &'a mut [f32],
+}
+
+/// One head's backward with the keys in lanes: d pattern from the values' tile, then each row of
+/// d values, keys and queries summed in a register and added once per example.
+fn head_in_lanes<F: Fn(usize, usize, usize) -> usize>(sh: &Shared<F>, head: Head) {
+    let Shared {
+        g,
+        width,
+        pattern,
+        out_at,
+        dout,
+        fold_dpattern,
+    } = *sh;
     let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
-    let (blk, vblk) = (g.n_rows * dh, g.n_rows * width);
-    assert!(dq.len() >= h_n * blk && dk.len() >= h_n * blk && dvals.len() >= h_n * vblk);
-    assert!(fold_dpattern.is_none_or(|f| f.len() >= g.batch * h_n * nq * p_n));
-    let (dqp, dkp, dvp) = (
-        SendPtr(dq.as_mut_ptr()),
-        SendPtr(dk.as_mut_ptr()),
-        SendPtr(dvals.as_mut_ptr()),
-    );
-    (0..h_n).into_par_iter().for_each(|h| {
-        // SAFETY: head h touches only its own block of each gradient buffer (bounds asserted above).
-        let (dqh, dkh, dvh) = unsafe {
-            (
-                std::slice::from_raw_parts_mut({ dqp }.0.add(h * blk), blk),
-                std::slice::from_raw_parts_mut({ dkp }.0.add(h * blk), blk),
-                std::slice::from_raw_parts_mut({ dvp }.0.add(h * vblk), vblk),
-            )
-        };
-        let qh = &q[h * blk..(h + 1) * blk];
-        let kh = &k[h * blk..(h + 1) * blk];
-        let vh = &vals[h * vblk..(h + 1) * vblk];
-        // Scratch for one query's d pattern: on the stack for any realistic context.
-        let mut stack = [0.0f32; 256];
-        let mut heap = Vec::new();
-        let dp: &mut [f32] = if p_n <= stack.len() {
-            &mut stack[..p_n]
-        } else {
-            heap.resize(p_n, 0.0);
-            &mut heap
-        };
+    let Head {
+        h,
+        q: qh,
+        k: kh,
+        vals: vh,
+        dq: dqh,
+        dk: dkh,
+        dvals: dvh,
+    } = head;
+    let stride = tile_stride(p_n);
+    // Scratch: the values' tile, d scores `[q, stride]` (padded rows), one padded pattern row.
+    with_scratch(width * stride + nq * stride + stride, |scratch| {
+        let (tile, rest) = scratch.split_at_mut(width * stride);
+        let (ds, pp) = rest.split_at_mut(nq * stride);
         vectorized(
             #[inline(always)]
             || {
                 for b in 0..g.batch {
+                    let pat = |i: usize| &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                    let di = |i: usize| &dout[out_at(b, i, h)..][..width];
+                    // d scores, query by query: d pattern, then back through the softmax
+                    // (padded rows: the pattern is 0 after the query).
+                    gather_transposed(g, b, vh, width, tile);
                     for (i, &qp) in g.q_pos.iter().enumerate() {
-                        let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
-                        let di = &dout[out_at(b, i, h)..][..width];
-                        let dfold = fold_dpattern.map(|f| &f[((b * h_n + h) * nq + i) * p_n..]);
-                        // d pattern and d values
-                        let mut s = 0.0f32;
-                        for j in 0..=qp {
-                            let r = g.row(b, j);
-                            dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
-                            if let Some(df) = dfold {
-                                dp[j] += df[j];
+                        let n = padded(qp + 1);
+                        let dsi = &mut ds[i * stride..][..n];
+                        dot_keys(di(i), tile, stride, dsi);
+                        if let Some(f) = fold_dpattern {
+                            let df = &f[((b * h_n + h) * nq + i) * p_n..][..=qp];
+                            for (d, &x) in dsi.iter_mut().zip(df) {
+                                *d += x;
                             }
-                            s += pat[j] * dp[j];
-                            axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);
                         }
-                        // softmax backward, then scores backward
+                        let p = &mut pp[..n];
+                        let live = n.min(p_n);
+                        p[..live].copy_from_slice(&pat(i)[..live]);
+                        p[live..].fill(0.0);
+                        let s = dot(p, dsi);
+                        for (d, &pj) in dsi.iter_mut().zip(p.iter()) {
+                            *d = pj * (*d - s) / g.attn_scale;
+                        }
+                    }
+                    // Each output row once per example: d values and d keys key by key (over
+                    // the queries at or after it), d queries query by query.
+                    for j in 0..p_n {
+                        let from = g.q_pos.partition_point(|&qp| qp < j);
+                        let r = g.row(b, j);
+                        let terms = (from..nq).map(|i| (pat(i)[j], di(i)));
+                        add_weighted_rows(&mut dvh[r * width..(r + 1) * width], terms);
+                        let terms = (from..nq).map(|i| {
+                            let qr = g.row(b, g.q_pos[i]);
+                            (ds[i * stride + j], &qh[qr * dh..(qr + 1) * dh])
+                        });
+                        add_weighted_rows(&mut dkh[r * dh..(r + 1) * dh], terms);
+                    }
+                    for (i, &qp) in g.q_pos.iter().enumerate() {
                         let qr = g.row(b, qp);
-                        for j in 0..=qp {
-                            let ds = pat[j] * (dp[j] - s) / g.attn_scale;
-                            if ds == 0.0 {
-                                continue;
-                            }
+                        let terms = ds[i * stride..][..=qp].iter().enumerate().map(|(j, &w)| {
                             let kr = g.row(b, j);
-                            axpy(
-                                &mut dqh[qr * dh..(qr + 1) * dh],
-                                ds,
-                                &kh[kr * dh..(kr + 1) * dh],
-                            );
-                            axpy(
-                                &mut dkh[kr * dh..(kr + 1) * dh],
-                                ds,
-                                &qh[qr * dh..(qr + 1) * dh],
-                            );
-                        }
+                            (w, &kh[kr * dh..(kr + 1) * dh])
+                        });
+                        add_weighted_rows(&mut dqh[qr * dh..(qr + 1) * dh], terms);
                     }
                 }
             },
-        );
+        )
     });
+}
+
+/// One head's backward with one dot product per key, d values, keys and queries added term by
+/// term into their rows.
+fn head_by_key<F: Fn(usize, usize, usize) -> usize>(sh: &Shared<F>, head: Head) {
+    let Shared {
+        g,
+        width,
+        pattern,
+        out_at,
+        dout,
+        fold_dpattern,
+    } = *sh;
+    let (h_n, dh, p_n, nq) = (g.n_heads, g.d_head, g.n_pos, g.nq());
+    let Head {
+        h,
+        q: qh,
+        k: kh,
+        vals: vh,
+        dq: dqh,
+        dk: dkh,
+        dvals: dvh,
+    } = head;
+    // Scratch for one query's d pattern: on the stack for any realistic context.
+    let mut stack = [0.0f32; 256];
+    let mut heap = Vec::new();
+    let dp: &mut [f32] = if p_n <= stack.len() {
+        &mut stack[..p_n]
+    } else {
+        heap.resize(p_n, 0.0);
+        &mut heap
+    };
+    vectorized(
+        #[inline(always)]
+        || {
+            for b in 0..g.batch {
+                for (i, &qp) in g.q_pos.iter().enumerate() {
+                    let pat = &pattern[((b * h_n + h) * nq + i) * p_n..][..p_n];
+                    let di = &dout[out_at(b, i, h)..][..width];
+                    let dfold = fold_dpattern.map(|f| &f[((b * h_n + h) * nq + i) * p_n..]);
+                    // d pattern and d values
+                    let mut s = 0.0f32;
+                    for j in 0..=qp {
+                        let r = g.row(b, j);
+                        dp[j] = dot(di, &vh[r * width..(r + 1) * width]);
+                        if let Some(df) = dfold {
+                            dp[j] += df[j];
+                        }
+                        s += pat[j] * dp[j];
+                        axpy(&mut dvh[r * width..(r + 1) * width], pat[j], di);
+                    }
+                    // softmax backward, then scores backward
+                    let qr = g.row(b, qp);
+                    for j in 0..=qp {
+                        let ds = pat[j] * (dp[j] - s) / g.attn_scale;
+                        if ds == 0.0 {
+                            continue;
+                        }
+                        let kr = g.row(b, j);
+                        axpy(
+                            &mut dqh[qr * dh..(qr + 1) * dh],
+                            ds,
+                            &kh[kr * dh..(kr + 1) * dh],
+                        );
+                        axpy(
+                            &mut dkh[kr * dh..(kr + 1) * dh],
+                            ds,
+                            &qh[qr * dh..(qr + 1) * dh],
+                        );
+                    }
+                }
+            }
+        },
+    );
 }

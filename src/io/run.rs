@@ -123,6 +123,13 @@ pub struct MetricRow {
     pub values: Vec<(String, f64)>,
 }
 
+/// `(step, value)` of the metric `name` over `rows`, where it was recorded.
+pub fn column_points(rows: &[MetricRow], name: &str) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| Some((r.step as f64, r.get(name)?)))
+        .collect()
+}
+
 impl MetricRow {
     /// The value of column `name`.
     pub fn get(&self, name: &str) -> Option<f64> {

@@ -71,12 +71,7 @@ pub fn llc(
     phases: Option<&Phases>,
     (dir, stem): (&Path, &str),
 ) -> Result<Vec<PathBuf>> {
-    let pts = |k: &str| -> Vec<(f64, f64)> {
-        metrics
-            .iter()
-            .filter_map(|r| Some((r.step as f64, r.get(k)?)))
-            .collect()
-    };
+    let pts = |k: &str| crate::io::run::column_points(metrics, k);
     let (train, test) = (pts("train_loss"), pts("test_loss"));
     let mean: Vec<(f64, f64)> = steps
         .iter()
@@ -135,12 +130,7 @@ pub fn llc_heads(
     metrics: &[MetricRow],
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
-    let pts = |k: &str| -> Vec<(f64, f64)> {
-        metrics
-            .iter()
-            .filter_map(|r| Some((r.step as f64, r.get(k)?)))
-            .collect()
-    };
+    let pts = |k: &str| crate::io::run::column_points(metrics, k);
     let (train, repeats) = (pts("train_loss"), pts("test_loss_repeat"));
     let mut losses = vec![Series {
         name: "train loss",
@@ -174,16 +164,12 @@ pub fn llc_heads(
             }
         })
         .collect();
-    let series: Vec<Series> = lines
-        .iter()
-        .zip(&names)
-        .enumerate()
-        .map(|(i, (p, n))| Series {
-            name: n,
-            points: p,
-            color: plot::PALETTE[i % plot::PALETTE.len()],
-        })
-        .collect();
+    let series = plot::palette_series(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(lines.iter().map(Vec::as_slice)),
+    );
     let x_max = steps.last().copied().unwrap_or(1).max(1) as f64;
     let change = crate::analysis::induction::run_phase_change(metrics);
     let bands: Vec<Band> = change
@@ -222,15 +208,7 @@ pub fn llc_traces(
     dir: &Path,
     stem: &str,
 ) -> Result<Vec<PathBuf>> {
-    let series: Vec<Series> = traces
-        .iter()
-        .enumerate()
-        .map(|(i, (n, p))| Series {
-            name: n,
-            points: p,
-            color: plot::PALETTE[i % plot::PALETTE.len()],
-        })
-        .collect();
+    let series = plot::palette_series(traces.iter().map(|(n, p)| (n.as_str(), p.as_slice())));
     both(dir, stem, |f| {
         plot::log_y_lines(f, title, "draw", "minibatch loss", &series)
     })

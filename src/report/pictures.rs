@@ -16,11 +16,7 @@ use std::path::{Path, PathBuf};
 pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Result<Vec<PathBuf>> {
     let ext = if svg { "svg" } else { "png" };
     let mut out = Vec::new();
-    let pts = |k: &str| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter_map(|r| Some((r.step as f64, r.get(k)?)))
-            .collect()
-    };
+    let pts = |k: &str| run::column_points(rows, k);
     let (train_pts, test_pts) = (pts("train_loss"), pts("test_loss"));
     let title = format!("{}: loss", exp.task.describe());
     let path = dir.join(format!("loss.{ext}"));
@@ -50,16 +46,12 @@ pub fn draw(exp: &Experiment, rows: &[MetricRow], dir: &Path, svg: bool) -> Resu
             .iter()
             .map(|(k, _)| pts(&format!("test_loss_d{k}")))
             .collect();
-        let series: Vec<Series> = lines
-            .iter()
-            .zip(&names)
-            .enumerate()
-            .map(|(i, (p, n))| Series {
-                name: n,
-                points: p,
-                color: plot::PALETTE[i % plot::PALETTE.len()],
-            })
-            .collect();
+        let series = plot::palette_series(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(lines.iter().map(Vec::as_slice)),
+        );
         let path = dir.join(format!("digit_loss.{ext}"));
         plot::log_y_lines(
             &path,

@@ -22,6 +22,21 @@ pub struct Series<'a> {
     pub color: RGBColor,
 }
 
+/// One series per (name, points), coloured from [`PALETTE`] in order.
+pub fn palette_series<'a>(
+    lines: impl IntoIterator<Item = (&'a str, &'a [(f64, f64)])>,
+) -> Vec<Series<'a>> {
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, points))| Series {
+            name,
+            points,
+            color: PALETTE[i % PALETTE.len()],
+        })
+        .collect()
+}
+
 pub const BLUE_: RGBColor = RGBColor(31, 119, 180);
 pub const ORANGE_: RGBColor = RGBColor(255, 127, 14);
 pub const GREEN_: RGBColor = RGBColor(44, 160, 44);
