@@ -9,70 +9,9 @@ use toylens::hooks::{ActivationCache, CacheFilter, Hooks};
 use toylens::models::linear::{Linear, LinearConfig};
 use toylens::models::{Model, Scratch, TensorSpec};
 
-/// x ~ N(0, I) `[n, d]`, y = x·w + σ·ε.
-fn regression_data(n: usize, d: usize, w: &[f32], sigma: f64, seed: u64) -> Batch {
-    let mut rng = Rng::new(seed);
-    let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
-    let y: Vec<f32> = x
-        .chunks_exact(d)
-        .map(|r| r.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + (sigma * rng.normal()) as f32)
-        .collect();
-    Batch::Dense(DenseBatch {
-        x: ndarray::Array2::from_shape_vec((n, d), x).unwrap(),
-        y: Some(ndarray::Array2::from_shape_vec((n, 1), y).unwrap()),
-    })
-}
-
-/// The least-squares weights of a dense batch (normal equations, Gaussian elimination in f64).
-fn least_squares(b: &Batch) -> Vec<f32> {
-    let Batch::Dense(DenseBatch { x, .. }) = b else {
-        unreachable!()
-    };
-    least_squares_on(b, &(0..x.ncols()).collect::<Vec<_>>())
-}
-
-/// The least-squares weights using only the columns `cols` (the others 0).
-fn least_squares_on(b: &Batch, cols: &[usize]) -> Vec<f32> {
-    let Batch::Dense(DenseBatch { x, y: Some(y) }) = b else {
-        unreachable!()
-    };
-    let x = x.select(ndarray::Axis(1), cols);
-    let d = x.ncols();
-    let mut a = vec![vec![0.0f64; d + 1]; d];
-    for (r, t) in x.rows().into_iter().zip(y.iter()) {
-        for i in 0..d {
-            for j in 0..d {
-                a[i][j] += f64::from(r[i]) * f64::from(r[j]);
-            }
-            a[i][d] += f64::from(r[i]) * f64::from(*t);
-        }
-    }
-    for c in 0..d {
-        let piv = a[c][c];
-        a[c][c..].iter_mut().for_each(|v| *v /= piv);
-        let pivot_row = a[c].clone();
-        for (r, row) in a.iter_mut().enumerate() {
-            if r != c {
-                let f = row[c];
-                for (x, p) in row[c..].iter_mut().zip(&pivot_row[c..]) {
-                    *x -= f * p;
-                }
-            }
-        }
-    }
-    let mut w = vec![0.0f32; x_width(b)];
-    for (&c, row) in cols.iter().zip(&a) {
-        w[c] = row[d] as f32;
-    }
-    w
-}
-
-fn x_width(b: &Batch) -> usize {
-    let Batch::Dense(DenseBatch { x, .. }) = b else {
-        unreachable!()
-    };
-    x.ncols()
-}
+#[path = "common/regression.rs"]
+mod regression;
+use regression::{least_squares, least_squares_on, regression_data};
 
 fn settings() -> LlcConfig {
     LlcConfig {

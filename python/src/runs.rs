@@ -371,7 +371,7 @@ fn _spikes<'py>(
 
 /// λ̂ by SGLD (`toylens llc`), of one checkpoint or of every checkpoint of a run.
 #[pyfunction]
-#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss, restrict, per_head, mask))]
+#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss, restrict, per_head, mask, sampler, rmsprop_alpha, rmsprop_eps, diffusion, sample_on, observe, observe_examples))]
 #[allow(clippy::too_many_arguments)]
 fn _llc<'py>(
     py: Python<'py>,
@@ -389,8 +389,15 @@ fn _llc<'py>(
     restrict: Vec<String>,
     per_head: bool,
     mask: Option<&Bound<'py, PyAny>>,
+    sampler: &str,
+    rmsprop_alpha: f64,
+    rmsprop_eps: f64,
+    diffusion: f64,
+    sample_on: Option<String>,
+    observe: Vec<String>,
+    observe_examples: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    use toylens::analysis::llc::{InitLoss, LlcConfig, NBeta};
+    use toylens::analysis::llc::{InitLoss, LlcConfig, NBeta, Sampler};
     if per_head && !restrict.is_empty() {
         return Err(PyValueError::new_err(
             "per_head estimates each head in turn: give it or restrict, not both",
@@ -404,7 +411,15 @@ fn _llc<'py>(
             .map_err(|e| PyValueError::new_err(format!("nbeta: {e}")))?,
     };
     let init_loss: InitLoss = toylens::error::choice("init_loss", init_loss).map_err(py_err)?;
+    let sampler: Sampler = toylens::error::choice("sampler", sampler).map_err(py_err)?;
     let cfg = LlcConfig {
+        sampler,
+        rmsprop_alpha,
+        rmsprop_eps,
+        diffusion,
+        sample_on,
+        observe,
+        observe_examples,
         lr,
         localization,
         nbeta,
@@ -444,6 +459,13 @@ fn _llc<'py>(
         })
     })?;
     to_py(py, &v)
+}
+
+/// The named sets `llc(sample_on=, observe=)` can name at a checkpoint or run: (name, what it holds).
+#[pyfunction]
+fn _llc_sets(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
+    let path = path_of(target)?;
+    compute(py, || commands::llc_set_names(&path))
 }
 
 /// A pruning mask of a checkpoint's weights (`toylens prune` without the file): the live
@@ -542,6 +564,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_ablate, m)?)?;
     m.add_function(wrap_pyfunction!(_eval, m)?)?;
     m.add_function(wrap_pyfunction!(_llc, m)?)?;
+    m.add_function(wrap_pyfunction!(_llc_sets, m)?)?;
     m.add_function(wrap_pyfunction!(_spikes, m)?)?;
     m.add_function(wrap_pyfunction!(_prune, m)?)?;
     m.add_function(wrap_pyfunction!(_ticket, m)?)?;

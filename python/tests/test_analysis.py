@@ -98,6 +98,29 @@ def test_a_heads_restricted_llc_is_the_clis(tiny_run, cli):
         toylens.llc(final, restrict=["blocks.9.*"], **args)
 
 
+def test_samplers_and_observed_sets_are_the_clis(tiny_run, cli):
+    final = tiny_run.dir / "final.safetensors"
+    names = [name for name, _ in toylens.llc_sets(final)]
+    assert names[:2] == ["train", "test"]
+    args = dict(chains=2, draws=20, burnin=5, batch_size=64, seed=3)
+    e = toylens.llc(
+        final, sampler="sgnht", localization=0.0, lr=1e-5, observe=["test"], **args
+    )["estimate"]
+    assert e["sampler"] == "sgnht" and np.isnan(e["mean_acceptance"])
+    assert [o["set"] for o in e["observed"]] == ["test"]
+    assert len(e["chains"][0]["norms"]) == 25
+    theirs = cli_json(
+        cli, "llc", final, "--chains", 2, "--draws", 20, "--burnin", 5, "--batch-size", 64,
+        "--seed", 3, "--sampler", "sgnht", "--localization", 0, "--lr", 1e-5, "--observe", "test",
+    )
+    assert e["llc_mean"] == theirs["llc_mean"]
+    assert e["observed"][0]["llc_mean"] == theirs["observed"][0]["llc_mean"]
+    with pytest.raises(ValueError, match="sampler: `hmc` is one of sgld, rmsprop-sgld, sgnht"):
+        toylens.llc(final, sampler="hmc", **args)
+    with pytest.raises(ValueError, match="has no set `repeats`"):
+        toylens.llc(final, observe="repeats", **args)
+
+
 def test_prune_gives_the_mask(tiny_run):
     r = toylens.prune(tiny_run.load(), 0.75)
     mask = r["mask"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,6 +44,7 @@ __all__ = [
     "head_detector",
     "hooks",
     "llc",
+    "llc_sets",
     "load",
     "patching",
     "presets",
@@ -310,6 +311,13 @@ def llc(
     restrict: Iterable[str] = (),
     per_head: bool = False,
     mask: Any = None,
+    sampler: str = "sgld",
+    rmsprop_alpha: float = 0.99,
+    rmsprop_eps: float = 0.1,
+    diffusion: float = 0.01,
+    sample_on: Optional[str] = None,
+    observe: Iterable[str] = (),
+    observe_examples: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The local learning coefficient λ̂ by SGLD (``toylens llc``, devinterp's estimator), of one
     checkpoint (``kind`` ``checkpoint``: ``estimate`` with ``llc_mean``, ``llc_std``, the chains'
@@ -320,15 +328,29 @@ def llc(
     ``blocks.L.attn.head.H``), the weight-restricted LLC; per_head: every head's (``kind``
     ``heads``: ``steps``, ``heads`` and ``estimates[checkpoint][head]``); mask: a pruning mask
     file whose dead weights stay zero (default: a run directory's own ``mask.safetensors``).
+    sampler: ``"sgld"``, ``"rmsprop-sgld"`` (rmsprop_alpha, rmsprop_eps) or ``"sgnht"``
+    (diffusion; devinterp's SGNHT has no localization: pass ``localization=0`` to match it); each
+    chain's ``norms`` hold every step's norms of the update's terms. sample_on: a named set of the
+    task to sample on instead of the training set; observe: named sets whose loss is recorded at
+    every draw, giving ``estimate["observed"]`` (one λ̂ per set; ``llc_sets`` lists them).
     """
     return _arrays(
         _toylens._llc(
             _path(target), lr, localization, nbeta, chains, draws, burnin,
             steps_between_draws, batch_size, seed, init_loss,
             [restrict] if isinstance(restrict, str) else list(restrict), per_head,
-            None if mask is None else _path(mask),
+            None if mask is None else _path(mask), sampler, rmsprop_alpha, rmsprop_eps,
+            diffusion, sample_on, [observe] if isinstance(observe, str) else list(observe),
+            observe_examples,
         )
     )
+
+
+def llc_sets(target: Any) -> List[Tuple[str, str]]:
+    """The named sets of a checkpoint's (or run's) task that ``llc(sample_on=, observe=)`` can
+    name, each with what it holds: ``train`` and ``test``, and the task's own (``test_d{place}``
+    for the digit adders, ``test_first`` and ``test_repeat`` for in-context tasks)."""
+    return [tuple(s) for s in _toylens._llc_sets(_path(target))]
 
 
 def prune(

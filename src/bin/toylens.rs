@@ -288,6 +288,30 @@ enum Cmd {
         /// (default: a run directory's own mask.safetensors, a lottery ticket's).
         #[arg(long)]
         mask: Option<PathBuf>,
+        /// The sampler: SGLD, RMSprop-preconditioned SGLD or SGNHT (devinterp's definitions).
+        #[arg(long, value_enum, default_value_t = toylens::analysis::llc::Sampler::Sgld)]
+        sampler: toylens::analysis::llc::Sampler,
+        /// RMSprop-SGLD: the decay α of the running mean of squared gradients, in [0, 1).
+        #[arg(long, default_value_t = 0.99, allow_negative_numbers = true)]
+        rmsprop_alpha: f64,
+        /// RMSprop-SGLD: eps in the preconditioner 1 / (√v + eps).
+        #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+        rmsprop_eps: f64,
+        /// SGNHT: the diffusion factor A, in (0, 1). SGNHT as devinterp has it takes no
+        /// localization: give --localization 0 to match it.
+        #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+        diffusion: f64,
+        /// Sample on this named set of the task instead of the training set (the data-refined
+        /// LLC); `--observe list` names the task's sets.
+        #[arg(long)]
+        sample_on: Option<String>,
+        /// Record the loss on these named sets of the task at every draw: one λ̂ per set
+        /// (comma-separated; `list` prints the task's sets).
+        #[arg(long, value_delimiter = ',')]
+        observe: Vec<String>,
+        /// Examples of each observed set evaluated at a draw (default: the minibatch size).
+        #[arg(long)]
+        observe_examples: Option<usize>,
         #[arg(long)]
         json: bool,
         /// Write traces and pictures here (for a run directory: default RUN/analysis/).
@@ -692,15 +716,26 @@ fn print_digits_report(r: &toylens::analysis::digits::CheckpointReport) {
 }
 
 fn print_llc(what: &str, e: &toylens::analysis::llc::LlcEstimate) {
+    let acceptance = if e.mean_acceptance.is_finite() {
+        format!(", MALA acceptance {:.2}", e.mean_acceptance)
+    } else {
+        String::new()
+    };
     println!(
-        "{what}: λ̂ {:.4} ± {:.4} over {} chains (nβ {:.3}, L(w*) {:.4e}, MALA acceptance {:.2})",
+        "{what}: λ̂ {:.4} ± {:.4} over {} chains ({}, nβ {:.3}, L(w*) {:.4e}{acceptance})",
         e.llc_mean,
         e.llc_std,
         e.llc_per_chain.len(),
+        e.sampler.name(),
         e.nbeta,
         e.init_loss,
-        e.mean_acceptance
     );
+    for o in &e.observed {
+        println!(
+            "  observed {}: λ̂ {:.4} ± {:.4} (L(w*) {:.4e})",
+            o.set, o.llc_mean, o.llc_std, o.init_loss
+        );
+    }
     for w in &e.warnings {
         println!("  warning: {w}");
     }
@@ -1308,13 +1343,33 @@ fn run(cmd: Cmd) -> Result<()> {
             restrict,
             per_head,
             mask,
+            sampler,
+            rmsprop_alpha,
+            rmsprop_eps,
+            diffusion,
+            sample_on,
+            observe,
+            observe_examples,
             json,
             out,
         } => {
             use toylens::analysis::llc::LlcConfig;
+            if observe.iter().any(|o| o == "list") {
+                for (name, about) in commands::llc_set_names(&target)? {
+                    println!("{name:<16} {about}");
+                }
+                return Ok(());
+            }
             let cfg = LlcConfig {
                 restrict,
                 mask,
+                sampler,
+                rmsprop_alpha,
+                rmsprop_eps,
+                diffusion,
+                sample_on,
+                observe,
+                observe_examples,
                 lr,
                 localization,
                 nbeta,

@@ -483,6 +483,82 @@ pub fn training_set(l: &Loaded) -> Result<crate::batch::Batch> {
     ))
 }
 
+/// The set a λ̂ samples on (`--sample-on`, by default the training set) and the sets it observes
+/// (`--observe`), from the checkpoint's task; an unknown name is an error listing the task's sets.
+fn llc_sets(
+    l: &Loaded,
+    cfg: &crate::analysis::llc::LlcConfig,
+) -> Result<(crate::batch::Batch, Vec<crate::tasks::NamedSet>)> {
+    if cfg.sample_on.is_none() && cfg.observe.is_empty() {
+        return Ok((training_set(l)?, Vec::new()));
+    }
+    let named = named_sets(l)?;
+    let find = |flag: &str, name: &str| {
+        named
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                let known: Vec<String> = named
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.about))
+                    .collect();
+                Error::Input(format!(
+                    "--{flag} {name}: {} has no set `{name}`; its sets: {}",
+                    l.path.display(),
+                    known.join(", ")
+                ))
+            })
+    };
+    let sampling = match &cfg.sample_on {
+        None => find("sample-on", "train")?,
+        Some(name) => find("sample-on", name)?,
+    };
+    if sampling.positions.is_some() {
+        return Err(Error::Input(format!(
+            "--sample-on {}: that set counts only some loss positions of each example, and SGLD needs a set whose every position counts; observe it instead (--observe {})",
+            sampling.name, sampling.name
+        )));
+    }
+    let observed = cfg
+        .observe
+        .iter()
+        .map(|name| find("observe", name))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((sampling.batch, observed))
+}
+
+/// The named sets `--sample-on` and `--observe` can name at `target` (a checkpoint or a run's
+/// last), with what each holds.
+pub fn llc_set_names(target: &Path) -> Result<Vec<(String, String)>> {
+    let path = if target.is_dir() {
+        run::last_checkpoint(target)?
+    } else {
+        target.to_path_buf()
+    };
+    Ok(named_sets(&load_any(&path)?)?
+        .into_iter()
+        .map(|s| (s.name, s.about))
+        .collect())
+}
+
+/// The task's named sets at a checkpoint: its own, and `train` always (rebuilt where the task
+/// draws fresh samples).
+fn named_sets(l: &Loaded) -> Result<Vec<crate::tasks::NamedSet>> {
+    use crate::tasks::NamedSet;
+    let mut named: Vec<NamedSet> = match l.experiment()? {
+        Some(exp) => exp.data()?.named_sets(),
+        None => Vec::new(),
+    };
+    if !named.iter().any(|s| s.name == "train") {
+        named.insert(
+            0,
+            NamedSet::whole("train", "the training set", training_set(l)?),
+        );
+    }
+    Ok(named)
+}
+
 /// What `toylens llc` found.
 pub enum LlcReport {
     Checkpoint {
@@ -518,6 +594,26 @@ fn trace_csv(rows: &[(u64, &crate::analysis::llc::LlcEstimate)]) -> String {
             for (d, (l, dist)) in t.losses.iter().zip(&t.distances).enumerate() {
                 csv += &format!("{step},{c},{d},{l:e},{dist:e}\n");
             }
+        }
+    }
+    csv
+}
+
+/// Every step's norms of the sampler's terms, one row per (chain, step).
+fn norms_csv(e: &crate::analysis::llc::LlcEstimate) -> String {
+    use crate::analysis::llc::StepNorms;
+    let mut csv = format!("# sampler: {}\nchain,step", e.sampler.name());
+    for c in StepNorms::COLUMNS {
+        csv += &format!(",{c}");
+    }
+    csv.push('\n');
+    for (c, t) in e.chains.iter().enumerate() {
+        for (i, n) in t.norms.iter().enumerate() {
+            csv += &format!("{c},{i}");
+            for v in n.values() {
+                csv += &format!(",{v:e}");
+            }
+            csv.push('\n');
         }
     }
     csv
@@ -581,11 +677,11 @@ fn llc_into(
         let r = run::Run::open(target)?;
         let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
         let steps = r.steps.clone();
-        let data = training_set(&loaded[0])?;
+        let (data, observed) = llc_sets(&loaded[0], cfg)?;
         let models: Vec<&dyn crate::models::Model> =
             loaded.iter().map(|l| l.model.as_ref()).collect();
         let mask = llc_mask(target, cfg, models[0])?;
-        let estimates = llc::estimate_many_masked(&models, &data, cfg, mask.as_ref())?;
+        let estimates = llc::estimate_observed(&models, (&data, &observed), cfg, mask.as_ref())?;
         let Some(out) = files else {
             return Ok(LlcReport::Run {
                 steps,
@@ -598,18 +694,30 @@ fn llc_into(
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         // A weight-restricted estimate is not the model's λ̂ (which the report shows): files of
         // its own, the components named in the CSV.
-        let stem = if cfg.restrict.is_empty() {
-            "llc"
+        let stem = if !cfg.restrict.is_empty() {
+            "llc_restricted".to_string()
+        } else if let Some(set) = &cfg.sample_on {
+            format!("llc_on_{set}")
         } else {
-            "llc_restricted"
+            "llc".to_string()
         };
+        let stem = stem.as_str();
         let mut csv = String::new();
         if !cfg.restrict.is_empty() {
             csv += &format!("# sampled only: {}\n", cfg.restrict.join(", "));
         }
+        if cfg.sampler != llc::Sampler::Sgld {
+            csv += &format!("# sampler: {}\n", cfg.sampler.name());
+        }
+        if let Some(set) = &cfg.sample_on {
+            csv += &format!("# sampled on: {set}\n");
+        }
         csv += "step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance";
         for c in 0..cfg.chains {
             csv += &format!(",llc_chain{c}");
+        }
+        for set in &cfg.observe {
+            csv += &format!(",llc_{set},llc_std_{set},init_loss_{set}");
         }
         csv.push('\n');
         for (s, e) in steps.iter().zip(&estimates) {
@@ -619,6 +727,9 @@ fn llc_into(
             );
             for x in &e.llc_per_chain {
                 csv += &format!(",{x:e}");
+            }
+            for o in &e.observed {
+                csv += &format!(",{:e},{:e},{:e}", o.llc_mean, o.llc_std, o.init_loss);
             }
             csv.push('\n');
         }
@@ -650,16 +761,21 @@ fn llc_into(
         });
     }
     let l = load_any(target)?;
-    let data = training_set(&l)?;
+    let (data, observed) = llc_sets(&l, cfg)?;
     let mask = llc_mask(target, cfg, l.model.as_ref())?;
     let estimate =
-        llc::estimate_many_masked(&[l.model.as_ref()], &data, cfg, mask.as_ref())?.remove(0);
+        llc::estimate_observed(&[l.model.as_ref()], (&data, &observed), cfg, mask.as_ref())?
+            .remove(0);
     let mut files = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let p = dir.join("llc_trace.csv");
         write_atomic(&p, trace_csv(&[(0, &estimate)]).as_bytes())?;
         files.push(p);
+        let p = dir.join("llc_norms.csv");
+        write_atomic(&p, norms_csv(&estimate).as_bytes())?;
+        files.push(p);
+        files.extend(figures::llc_norms(&estimate, dir)?);
         files.extend(figures::llc_traces(
             &chain_lines(&estimate),
             &format!(
@@ -710,7 +826,7 @@ fn llc_heads_into(
     } else {
         (vec![0], vec![load_any(target)?])
     };
-    let data = training_set(&loaded[0])?;
+    let (data, observed) = llc_sets(&loaded[0], cfg)?;
     let models: Vec<&dyn crate::models::Model> = loaded.iter().map(|l| l.model.as_ref()).collect();
     let heads = components::heads(models[0]);
     if heads.is_empty() {
@@ -727,9 +843,9 @@ fn llc_heads_into(
             restrict: vec![head.clone()],
             ..cfg.clone()
         };
-        by_head.push(llc::estimate_many_masked(
+        by_head.push(llc::estimate_observed(
             &models,
-            &data,
+            (&data, &observed),
             &one,
             mask.as_ref(),
         )?);
@@ -784,7 +900,7 @@ pub fn llc_calibrate(
     out: Option<&Path>,
 ) -> Result<LlcReport> {
     let l = load_any(target)?;
-    let data = training_set(&l)?;
+    let (data, _) = llc_sets(&l, base)?;
     let mask = llc_mask(target, base, l.model.as_ref())?;
     let grid = (lrs, nbetas, localizations);
     let cells =

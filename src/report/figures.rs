@@ -214,6 +214,39 @@ pub fn llc_traces(
     })
 }
 
+/// Each step's norms of the sampler's terms, averaged over the chains (log scale), into `dir`.
+pub fn llc_norms(e: &crate::analysis::llc::LlcEstimate, dir: &Path) -> Result<Vec<PathBuf>> {
+    let steps = e.chains.iter().map(|c| c.norms.len()).min().unwrap_or(0);
+    let k = e.chains.len().max(1) as f64;
+    let terms = ["scaled_grad", "localization", "noise", "distance"];
+    let lines: Vec<(String, Vec<(f64, f64)>)> = terms
+        .iter()
+        .enumerate()
+        .map(|(t, name)| {
+            let points = (0..steps)
+                .map(|i| {
+                    let v: f64 = e
+                        .chains
+                        .iter()
+                        .map(|c| c.norms[i].values()[[0, 2, 3, 4][t]])
+                        .sum();
+                    (i as f64, v / k)
+                })
+                .filter(|&(_, v)| v > 0.0 && v.is_finite())
+                .collect();
+            (name.to_string(), points)
+        })
+        .collect();
+    let series = plot::palette_series(lines.iter().map(|(n, p)| (n.as_str(), p.as_slice())));
+    let title = format!(
+        "{}: norms of each step's terms (mean over chains)",
+        e.sampler.name()
+    );
+    both(dir, "llc_norms", |f| {
+        plot::log_y_lines(f, &title, "step", "norm", &series)
+    })
+}
+
 /// Pictures of one checkpoint into `dir`; returns the files written.
 pub fn checkpoint(
     model: &Transformer,

@@ -409,6 +409,32 @@ impl TaskData for DigitsRun {
     fn test_set(&self) -> Option<Batch> {
         Some(Batch::Tokens(self.data.test.clone()))
     }
+    /// `train` and `test`, and each answer digit's (`test_d{place}`, as the metric columns):
+    /// the loss at that digit alone.
+    fn named_sets(&self) -> Vec<super::NamedSet> {
+        let mut sets = Vec::new();
+        let places = self.task.places();
+        let mut splits = vec![("test", self.data.test.clone())];
+        if !self.task.infinite {
+            splits.insert(0, ("train", self.task.batch(&self.data.train)));
+        }
+        for (split, b) in splits {
+            sets.push(super::NamedSet::whole(split, split, b.clone().into()));
+            for (i, k) in places.iter().enumerate() {
+                let one = TokenBatch {
+                    tokens: b.tokens.clone(),
+                    loss_pos: vec![b.loss_pos[i]],
+                    targets: b.targets.slice(ndarray::s![.., i..=i]).to_owned(),
+                };
+                sets.push(super::NamedSet::whole(
+                    &format!("{split}_d{k}"),
+                    &format!("the {split} set's answer digit of place {k}"),
+                    one.into(),
+                ));
+            }
+        }
+        sets
+    }
 }
 
 #[cfg(test)]

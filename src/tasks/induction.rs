@@ -333,15 +333,7 @@ pub fn measure(model: &dyn Model, seqs: &Sequences) -> Result<InductionStats> {
         for (j, &p) in b.loss_pos.iter().enumerate() {
             let row = logits.slice(ndarray::s![e, p, ..]);
             let target = b.targets[[e, j]] as usize;
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-            // libm's exp and log: the same bits on every machine (the platform's may differ).
-            let lse = f64::from(max)
-                + libm::log(
-                    row.iter()
-                        .map(|&x| libm::exp(f64::from(x) - f64::from(max)))
-                        .sum::<f64>(),
-                );
-            let loss = lse - f64::from(row[target]);
+            let loss = super::token_loss(row, target);
             let argmax = row
                 .iter()
                 .enumerate()
@@ -441,6 +433,28 @@ impl<S: SequenceSource> TaskData for InductionRun<S> {
     }
     fn test_set(&self) -> Option<Batch> {
         Some(Batch::Tokens(self.eval.batch.clone()))
+    }
+    fn named_sets(&self) -> Vec<super::NamedSet> {
+        let batch = Batch::Tokens(self.eval.batch.clone());
+        let marked = |name: &str, about: &str, positions| super::NamedSet {
+            name: name.into(),
+            about: about.into(),
+            batch: batch.clone(),
+            positions: Some(positions),
+        };
+        vec![
+            super::NamedSet::whole("test", "the evaluation set", batch.clone()),
+            marked(
+                "test_first",
+                "the evaluation set's tokens no context predicts",
+                self.eval.predictable.mapv(|p| !p),
+            ),
+            marked(
+                "test_repeat",
+                "the evaluation set's tokens predictable in context",
+                self.eval.predictable.clone(),
+            ),
+        ]
     }
 }
 

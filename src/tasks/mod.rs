@@ -154,6 +154,105 @@ pub trait TaskData: Send {
     fn train_set(&self) -> Option<Batch>;
     /// The held-out set the metrics' "test" columns are evaluated on.
     fn test_set(&self) -> Option<Batch>;
+    /// The named example sets a λ̂ can be sampled on or observed on (the data-refined LLC), named
+    /// as the metric columns name them: `train` and `test` where the task has them; tasks add
+    /// their own (each digit, first occurrences and repeats).
+    fn named_sets(&self) -> Vec<NamedSet> {
+        let mut sets = Vec::new();
+        if let Some(b) = self.train_set() {
+            sets.push(NamedSet::whole("train", "the training set", b));
+        }
+        if let Some(b) = self.test_set() {
+            sets.push(NamedSet::whole("test", "the held-out set", b));
+        }
+        sets
+    }
+}
+
+/// A named set of examples whose loss can be measured: all of a batch's loss positions, or only
+/// those `positions` marks in each example.
+#[derive(Clone, Debug)]
+pub struct NamedSet {
+    pub name: String,
+    pub about: String,
+    pub batch: Batch,
+    /// `[examples, loss positions]`: the positions that count (token batches only); None: all.
+    pub positions: Option<ndarray::Array2<bool>>,
+}
+
+impl NamedSet {
+    pub fn whole(name: &str, about: &str, batch: Batch) -> Self {
+        NamedSet {
+            name: name.into(),
+            about: about.into(),
+            batch,
+            positions: None,
+        }
+    }
+
+    /// The first `n` examples.
+    pub fn head(&self, n: usize) -> NamedSet {
+        let n = n.min(self.batch.len());
+        NamedSet {
+            batch: self.batch.head(n),
+            positions: self
+                .positions
+                .as_ref()
+                .map(|p| p.slice(ndarray::s![..n, ..]).to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The mean loss of `model` on the set: the model's own loss where every position counts,
+    /// else the mean cross-entropy over the marked positions (from the logits, in f64).
+    pub fn loss(&self, model: &dyn Model, scratch: &mut Scratch) -> Result<f64> {
+        let Some(marks) = &self.positions else {
+            return Ok(model.evaluate(scratch, &self.batch)?.loss);
+        };
+        let Batch::Tokens(b) = &self.batch else {
+            return Err(Error::Input(format!(
+                "the set `{}` marks loss positions but holds no tokens",
+                self.name
+            )));
+        };
+        let logits = model.forward(crate::batch::Input::Tokens(b.tokens.view()))?;
+        if logits.ndim() != 3 {
+            return Err(Error::Input(format!(
+                "the set `{}` needs per-position logits; a `{}` model gives one output per example",
+                self.name,
+                model.arch()
+            )));
+        }
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for e in 0..b.tokens.nrows() {
+            for (j, &p) in b.loss_pos.iter().enumerate() {
+                if marks[[e, j]] {
+                    let row = logits.slice(ndarray::s![e, p, ..]);
+                    total += token_loss(row, b.targets[[e, j]] as usize);
+                    count += 1;
+                }
+            }
+        }
+        if count == 0 {
+            return Err(Error::Input(format!(
+                "the set `{}` marks no loss position in its examples",
+                self.name
+            )));
+        }
+        Ok(total / count as f64)
+    }
+}
+
+/// −log softmax(row)[target], in f64 with libm's exp and log (the same bits on every machine).
+pub(crate) fn token_loss(row: ndarray::ArrayView1<f32>, target: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let lse = f64::from(max)
+        + libm::log(
+            row.iter()
+                .map(|&x| libm::exp(f64::from(x) - f64::from(max)))
+                .sum::<f64>(),
+        );
+    lse - f64::from(row[target])
 }
 
 /// Minibatch order over a fixed train set: each epoch is a shuffle of `0..n` seeded by (seed, epoch),

@@ -1,9 +1,11 @@
 //! The local learning coefficient λ̂ (Lau et al., "Quantifying degeneracy in singular models via the
 //! learning coefficient", arXiv 2308.12108), estimated by SGLD exactly as devinterp 1.x defines it
-//! (`estimate_learning_coeff_with_summary` with `SGMCMC.sgld`), for any model through [`Model`].
+//! (`estimate_learning_coeff_with_summary` with `SGMCMC.sgld`), for any model through [`Model`];
+//! RMSprop-preconditioned SGLD and SGNHT beside it ([`chain`] has the updates and their per-step
+//! norms).
 //!
-//! Per chain, from w₀ = w*: at every step t a minibatch of m training examples (an epoch-wise shuffle
-//! seeded by (seed, chain), cycled) gives L_m(w_t) and its gradient, then
+//! Per chain, from w₀ = w*: at every step t a minibatch of m examples of the sampling set (an
+//! epoch-wise shuffle seeded by (seed, chain), cycled) gives L_m(w_t) and its gradient, then (SGLD)
 //!
 //! ```text
 //! w_{t+1} = w_t − (ε/2)·(nβ·∇L_m(w_t) + γ·(w_t − w*)) + √ε·σ·N(0, I)        (σ = 1)
@@ -20,16 +22,27 @@
 //! Diagnostics per chain: the loss trace, ‖w_t − w*‖, and the MALA acceptance probability of each
 //! move between consecutive draws as devinterp's `MalaAcceptanceRate` computes it, with the
 //! potential U(w) = nβ·L_m(w) + (γ/2)·‖w − w*‖² (meaningful for K = 1; devinterp leaves the first
-//! transition of each chain at 0 in its mean, toylens averages the transitions it computes).
+//! transition of each chain at 0 in its mean, toylens averages the transitions it computes; SGLD
+//! only: the other samplers' proposals are not Langevin's).
+//!
+//! Refined LLCs (Wang et al. 2024, "Differentiation and specialization of attention heads via the
+//! refined local learning coefficient"): `restrict` samples only some weights (the
+//! weight-restricted LLC); the sampling set may be any named set of the task (sampled and
+//! measured on a set q′, the data-refined LLC of the paper); and at every draw the loss on each
+//! observed set S is recorded, as devinterp 2.x's observables record it, giving
+//! λ̂_S = nβ·(mean over draws of L_S(w_t) − L_S(w*)) per chain: how far the posterior sampled on the
+//! sampling set rises in S's loss.
 //! Chains run in parallel, each seeded from (seed, chain) alone: results do not depend on the thread
 //! count.
 
+pub mod chain;
+
 use crate::analysis::components::select_ranges;
 use crate::batch::Batch;
-use crate::engine::rng::Rng;
 use crate::error::{Error, Result};
 use crate::models::{mask::Mask, Model, Scratch};
-use crate::tasks::EpochOrder;
+use crate::tasks::{EpochOrder, NamedSet};
+pub use chain::{Sampler, StepNorms};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -91,6 +104,21 @@ pub struct LlcConfig {
     /// load checkpoints (`commands::llc`); a library caller hands the loaded mask to
     /// [`estimate_many_masked`].
     pub mask: Option<std::path::PathBuf>,
+    pub sampler: Sampler,
+    /// RMSprop-SGLD's decay α of the mean of squared gradients, in [0, 1).
+    pub rmsprop_alpha: f64,
+    /// RMSprop-SGLD's eps in G = 1 / (√v + eps), > 0.
+    pub rmsprop_eps: f64,
+    /// SGNHT's diffusion factor A (and the thermostat's start), > 0.
+    pub diffusion: f64,
+    /// The task's named set the chains sample on (None: the training set). Read by the commands,
+    /// which resolve names into sets.
+    pub sample_on: Option<String>,
+    /// The task's named sets whose loss is recorded at every draw (λ̂ per set).
+    pub observe: Vec<String>,
+    /// Examples of each observed set evaluated at a draw (the first ones, the same every draw);
+    /// None: the minibatch size m.
+    pub observe_examples: Option<usize>,
 }
 
 impl Default for LlcConfig {
@@ -108,6 +136,13 @@ impl Default for LlcConfig {
             init_loss: InitLoss::Full,
             restrict: Vec::new(),
             mask: None,
+            sampler: Sampler::Sgld,
+            rmsprop_alpha: 0.99,
+            rmsprop_eps: 0.1,
+            diffusion: 0.01,
+            sample_on: None,
+            observe: Vec::new(),
+            observe_examples: None,
         }
     }
 }
@@ -135,6 +170,30 @@ impl LlcConfig {
                 "localization",
                 format!("γ must be ≥ 0 (got {})", self.localization),
             );
+        }
+        if !(0.0..1.0).contains(&self.rmsprop_alpha) {
+            return bad(
+                "rmsprop-alpha",
+                format!("the decay α must be in [0, 1) (got {})", self.rmsprop_alpha),
+            );
+        }
+        if !(self.rmsprop_eps > 0.0 && self.rmsprop_eps.is_finite()) {
+            return bad(
+                "rmsprop-eps",
+                format!("must be positive (got {})", self.rmsprop_eps),
+            );
+        }
+        if !(self.diffusion > 0.0 && self.diffusion < 1.0) {
+            return bad(
+                "diffusion",
+                format!(
+                    "SGNHT's diffusion factor A must be in (0, 1): it starts the thermostat ξ, and ξ ≥ 1 reverses the momentum (got {})",
+                    self.diffusion
+                ),
+            );
+        }
+        if self.observe_examples == Some(0) {
+            return bad("observe-examples", "must be at least 1 (got 0)".into());
         }
         if let NBeta::Value(b) = self.nbeta {
             if !(b > 0.0 && b.is_finite()) {
@@ -196,8 +255,23 @@ pub struct ChainTrace {
     pub losses: Vec<f64>,
     /// ‖w_t − w*‖ of each draw.
     pub distances: Vec<f64>,
-    /// MALA acceptance probability of each move between consecutive draws.
+    /// MALA acceptance probability of each move between consecutive draws (SGLD only).
     pub acceptance: Vec<f64>,
+    /// Every step's norms of the update's terms, burn-in included.
+    pub norms: Vec<StepNorms>,
+    /// `[set][draw]`: each observed set's loss at each draw.
+    pub observed: Vec<Vec<f64>>,
+}
+
+/// λ̂ measured on one observed set: nβ·(mean over draws of L_S(w_t) − L_S(w*)).
+#[derive(Clone, Debug, Serialize)]
+pub struct ObservedLlc {
+    pub set: String,
+    pub llc_mean: f64,
+    pub llc_std: f64,
+    pub llc_per_chain: Vec<f64>,
+    /// L_S(w*).
+    pub init_loss: f64,
 }
 
 /// The estimate at one set of weights.
@@ -209,13 +283,17 @@ pub struct LlcEstimate {
     /// L(w*).
     pub init_loss: f64,
     pub nbeta: f64,
+    /// NaN where the sampler is not SGLD.
     pub mean_acceptance: f64,
+    pub sampler: Sampler,
+    /// The observed sets' λ̂, in the order asked.
+    pub observed: Vec<ObservedLlc>,
     /// Calibration problems seen (empty when none).
     pub warnings: Vec<String>,
     pub chains: Vec<ChainTrace>,
 }
 
-fn chain_seed(seed: u64, chain: usize, stream: u64) -> u64 {
+pub(super) fn chain_seed(seed: u64, chain: usize, stream: u64) -> u64 {
     let mut z = seed
         ^ (chain as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
@@ -244,126 +322,33 @@ fn init_loss(model: &dyn Model, data: &Batch, cfg: &LlcConfig) -> Result<f64> {
     }
 }
 
-/// One SGLD chain from `model`'s weights (w*).
-fn run_chain(
-    model: &dyn Model,
-    data: &Batch,
-    cfg: &LlcConfig,
-    nbeta: f64,
-    (chain, sampled): (usize, &[std::ops::Range<usize>]),
-) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-    let mut m = model.clone_box();
-    let w_star = model.params().to_vec();
-    let mut scratch = Scratch::new();
-    let mut order = EpochOrder::new(
-        data.len(),
-        cfg.minibatch(data.len()),
-        chain_seed(cfg.seed, chain, 0),
-    );
-    let mut rng = Rng::new(chain_seed(cfg.seed, chain, 1));
-    let n = w_star.len();
-    let mut grads = vec![0.0f32; n];
-    let mut dws = vec![0.0f32; n];
-    let mut noise = vec![0.0f32; n];
-    let (lr, gamma, nb) = (cfg.lr as f32, cfg.localization as f32, nbeta as f32);
-    let sqrt_lr = (cfg.lr as f32).sqrt();
-    let (mut losses, mut distances, mut acceptance) = (Vec::new(), Vec::new(), Vec::new());
-    // The point of this draw, and (point, ∇U there, U there) of the previous one, for the
-    // acceptance probability: buffers reused across draws.
-    let (mut point, mut prev_point, mut prev_dws) =
-        (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
-    let mut prev_u: Option<f64> = None;
-    let steps = cfg.burnin + cfg.draws * cfg.steps_between_draws;
-    for i in 0..steps {
-        let batch = data.select(order.batch(i as u64 + 1));
-        let loss = m.loss_and_grad(&mut scratch, &batch, &mut grads)?.loss;
-        let drawn = i >= cfg.burnin && (i + 1 - cfg.burnin) % cfg.steps_between_draws == 0;
-        if drawn {
-            point.copy_from_slice(m.params());
-        }
-        let w = m.params_mut();
-        let mut dist2 = 0.0f64;
-        for r in sampled {
-            rng.fill_normal_f32(&mut noise[r.clone()]);
-            for j in r.clone() {
-                let delta = w[j] - w_star[j];
-                dist2 += f64::from(delta) * f64::from(delta);
-                let d_p = nb * grads[j] + gamma * delta;
-                dws[j] = d_p;
-                w[j] += -0.5 * lr * d_p + sqrt_lr * noise[j];
-            }
-        }
-        if !loss.is_finite() {
-            losses.push(loss);
-            distances.push(dist2.sqrt());
-            break;
-        }
-        if drawn {
-            losses.push(loss);
-            distances.push(dist2.sqrt());
-            let u = nbeta * loss + 0.5 * cfg.localization * dist2;
-            if let Some(pu) = prev_u {
-                acceptance.push(mala_acceptance(
-                    &prev_point,
-                    &prev_dws,
-                    pu,
-                    &point,
-                    &dws,
-                    u,
-                    cfg.lr,
-                    sampled,
-                ));
-            }
-            std::mem::swap(&mut prev_point, &mut point);
-            prev_dws.copy_from_slice(&dws);
-            prev_u = Some(u);
-        }
-    }
-    Ok((losses, distances, acceptance))
+/// Mean and standard deviation (n − 1 in the denominator, as torch's `std`) of per-chain values.
+fn mean_std(per: &[f64]) -> (f64, f64) {
+    let k = per.len() as f64;
+    let mean = per.iter().sum::<f64>() / k;
+    let var = per.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0).max(1.0);
+    (mean, var.sqrt())
 }
 
-/// min(1, q(prev | cur) / q(cur | prev) · exp(U(prev) − U(cur))) for Langevin proposals of step ε.
-#[allow(clippy::too_many_arguments)]
-fn mala_acceptance(
-    prev: &[f32],
-    prev_grad: &[f32],
-    prev_u: f64,
-    cur: &[f32],
-    cur_grad: &[f32],
-    cur_u: f64,
-    lr: f64,
-    ranges: &[std::ops::Range<usize>],
-) -> f64 {
-    let (mut to_prev, mut to_cur) = (0.0f64, 0.0f64);
-    for r in ranges {
-        for j in r.clone() {
-            let (p, c) = (f64::from(prev[j]), f64::from(cur[j]));
-            let a = p - c + 0.5 * lr * f64::from(cur_grad[j]);
-            let b = c - p + 0.5 * lr * f64::from(prev_grad[j]);
-            to_prev += a * a;
-            to_cur += b * b;
-        }
-    }
-    let log_ratio = (-to_prev + to_cur) / (2.0 * lr) + prev_u - cur_u;
-    if log_ratio.is_nan() {
-        return f64::NAN;
-    }
-    log_ratio.exp().min(1.0)
+fn mean_of(s: &[f64]) -> f64 {
+    s.iter().sum::<f64>() / s.len().max(1) as f64
 }
 
+/// The estimate from its chains' records; `observed` names each observed set with L_S(w*).
 fn summarize(
-    chains: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>,
-    init: f64,
-    nbeta: f64,
+    chains: Vec<chain::ChainRecord>,
+    (init, nbeta): (f64, f64),
+    observed: &[(String, f64)],
+    cfg: &LlcConfig,
     full_batch: bool,
 ) -> LlcEstimate {
     let mut warnings = Vec::new();
     let traces: Vec<ChainTrace> = chains
         .into_iter()
         .enumerate()
-        .map(|(c, (losses, distances, acceptance))| {
-            let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-            let llc = nbeta * (mean - init);
+        .map(|(c, rec)| {
+            let losses = &rec.losses;
+            let llc = nbeta * (mean_of(losses) - init);
             if losses.iter().any(|l| !l.is_finite()) {
                 warnings.push(format!(
                     "chain {c} diverged (its loss became {}): take a smaller --lr or a larger --localization",
@@ -371,7 +356,6 @@ fn summarize(
                 ));
             } else {
                 let q = losses.len() / 4;
-                let mean_of = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
                 if q >= 2 {
                     let (early, late) = (mean_of(&losses[q..2 * q]), mean_of(&losses[3 * q..]));
                     if late - init > 2.0 * (early - init).max(0.0) + 1.0 {
@@ -388,16 +372,34 @@ fn summarize(
             }
             ChainTrace {
                 llc,
-                losses,
-                distances,
-                acceptance,
+                losses: rec.losses,
+                distances: rec.distances,
+                acceptance: rec.acceptance,
+                norms: rec.norms,
+                observed: rec.observed,
             }
         })
         .collect();
     let per: Vec<f64> = traces.iter().map(|t| t.llc).collect();
-    let k = per.len() as f64;
-    let mean = per.iter().sum::<f64>() / k;
-    let std = (per.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0).max(1.0)).sqrt();
+    let (mean, std) = mean_std(&per);
+    let observed = observed
+        .iter()
+        .enumerate()
+        .map(|(k, (set, init))| {
+            let per: Vec<f64> = traces
+                .iter()
+                .map(|t| nbeta * (mean_of(&t.observed[k]) - init))
+                .collect();
+            let (llc_mean, llc_std) = mean_std(&per);
+            ObservedLlc {
+                set: set.clone(),
+                llc_mean,
+                llc_std,
+                llc_per_chain: per,
+                init_loss: *init,
+            }
+        })
+        .collect();
     let acc: Vec<f64> = traces
         .iter()
         .flat_map(|t| t.acceptance.iter().copied())
@@ -406,7 +408,7 @@ fn summarize(
     let mean_acceptance = if acc.is_empty() {
         f64::NAN
     } else {
-        acc.iter().sum::<f64>() / acc.len() as f64
+        mean_of(&acc)
     };
     // With minibatches U itself is noisy (nβ times the batch-to-batch spread of L_m), which lowers
     // the acceptance whatever the step; the warning is for full-batch sampling only.
@@ -415,6 +417,20 @@ fn summarize(
             "mean MALA acceptance {mean_acceptance:.2} with full-batch gradients (good sampling gives 0.9 or more): take a smaller --lr"
         ));
     }
+    if cfg.sampler == Sampler::Sgnht {
+        // The thermostat holds the momentum's mean square at ε; a ξ that keeps growing means the
+        // gradient kicks outrun it.
+        for (c, t) in traces.iter().enumerate() {
+            if let Some(last) = t.norms.last() {
+                if last.thermostat.is_finite() && last.thermostat > 0.5 {
+                    warnings.push(format!(
+                        "chain {c}'s SGNHT thermostat ended at ξ = {:.3} (near 1 it cancels the momentum): take a smaller --lr",
+                        last.thermostat
+                    ));
+                }
+            }
+        }
+    }
     LlcEstimate {
         llc_mean: mean,
         llc_std: std,
@@ -422,6 +438,8 @@ fn summarize(
         init_loss: init,
         nbeta,
         mean_acceptance,
+        sampler: cfg.sampler,
+        observed,
         warnings,
         chains: traces,
     }
@@ -444,11 +462,27 @@ pub fn estimate_many_masked(
     cfg: &LlcConfig,
     mask: Option<&Mask>,
 ) -> Result<Vec<LlcEstimate>> {
+    estimate_observed(models, (data, &[]), cfg, mask)
+}
+
+/// λ̂ at each of `models`' weights, sampling on `data` (a task's training set, or any of its named
+/// sets), with the loss on each `observed` set recorded at every draw (its first
+/// `cfg.observe_examples` examples, default m); `mask`'s dead entries never move.
+pub fn estimate_observed(
+    models: &[&dyn Model],
+    (data, observed): (&Batch, &[NamedSet]),
+    cfg: &LlcConfig,
+    mask: Option<&Mask>,
+) -> Result<Vec<LlcEstimate>> {
     cfg.validate(data.len())?;
     crate::engine::threads::init(0);
     crate::engine::threads::flush_subnormals();
     let nbeta = cfg.nbeta_value(data.len());
     let minibatch = cfg.minibatch(data.len());
+    let observed: Vec<NamedSet> = observed
+        .iter()
+        .map(|s| s.head(cfg.observe_examples.unwrap_or(minibatch)))
+        .collect();
     let sampled = models
         .iter()
         .map(|m| select_ranges(*m, &cfg.restrict, mask))
@@ -458,15 +492,26 @@ pub fn estimate_many_masked(
         .collect();
     let mut results = jobs
         .par_iter()
-        .map(|&(k, c)| run_chain(models[k], data, cfg, nbeta, (c, &sampled[k])))
+        .map(|&(k, c)| chain::run_chain(models[k], (data, &observed), cfg, nbeta, (c, &sampled[k])))
         .collect::<Result<Vec<_>>>()?
         .into_iter();
     models
         .iter()
         .map(|m| {
             let init = init_loss(*m, data, cfg)?;
+            let mut scratch = Scratch::new();
+            let observed_init = observed
+                .iter()
+                .map(|s| Ok((s.name.clone(), s.loss(*m, &mut scratch)?)))
+                .collect::<Result<Vec<_>>>()?;
             let chains: Vec<_> = results.by_ref().take(cfg.chains).collect();
-            let mut estimate = summarize(chains, init, nbeta, minibatch == data.len());
+            let mut estimate = summarize(
+                chains,
+                (init, nbeta),
+                &observed_init,
+                cfg,
+                minibatch == data.len(),
+            );
             if cfg.batch_size.is_none() && minibatch < DEFAULT_BATCH_SIZE {
                 estimate.warnings.insert(
                     0,
