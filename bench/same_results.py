@@ -47,6 +47,8 @@ COMMANDS = [
     ("llc induction observed", ["llc", "RUN:induction/final.safetensors", "--json", "--chains", "2",
                                 "--draws", "10", "--burnin", "5", "--batch-size", "64",
                                 "--observe", "test_first,test_repeat", "--observe-examples", "32"]),
+    ("dynamics induction", ["dynamics", "RUN:induction", "--json", "--examples", "16",
+                            "--out", "TMP:dyn-ind"]),
     ("circuits grokking-tiny", ["circuits", "RUN:grokking-tiny/final.safetensors", "--json",
                                 "--examples", "16"]),
     ("circuits digits3", ["circuits", "RUN:digits3/final.safetensors", "--json", "--examples", "16"]),

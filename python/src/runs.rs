@@ -468,6 +468,41 @@ fn _llc_sets(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<Vec<(String,
     compute(py, || commands::llc_set_names(&path))
 }
 
+/// One named set of a checkpoint's task as arrays: tokens, loss positions, targets and the
+/// positions that count (token tasks), or x and y (dense ones).
+#[pyfunction]
+fn _named_set<'py>(
+    py: Python<'py>,
+    target: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    use toylens::batch::Batch;
+    let path = path_of(target)?;
+    let set = compute(py, || commands::named_set(&path, name))?;
+    let d = PyDict::new(py);
+    d.set_item("name", &set.name)?;
+    d.set_item("about", &set.about)?;
+    match set.batch {
+        Batch::Tokens(b) => {
+            d.set_item("tokens", b.tokens.mapv(i64::from).into_pyarray(py))?;
+            d.set_item("loss_pos", b.loss_pos)?;
+            d.set_item("targets", b.targets.mapv(i64::from).into_pyarray(py))?;
+            match set.positions {
+                Some(p) => d.set_item("positions", p.into_pyarray(py))?,
+                None => d.set_item("positions", py.None())?,
+            }
+        }
+        Batch::Dense(b) => {
+            d.set_item("x", b.x.into_pyarray(py))?;
+            match b.y {
+                Some(y) => d.set_item("y", y.into_pyarray(py))?,
+                None => d.set_item("y", py.None())?,
+            }
+        }
+    }
+    Ok(d)
+}
+
 /// A pruning mask of a checkpoint's weights (`toylens prune` without the file): the live
 /// weights as boolean arrays by tensor name, and the counts.
 #[pyfunction]
@@ -565,6 +600,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_eval, m)?)?;
     m.add_function(wrap_pyfunction!(_llc, m)?)?;
     m.add_function(wrap_pyfunction!(_llc_sets, m)?)?;
+    m.add_function(wrap_pyfunction!(_named_set, m)?)?;
     m.add_function(wrap_pyfunction!(_spikes, m)?)?;
     m.add_function(wrap_pyfunction!(_prune, m)?)?;
     m.add_function(wrap_pyfunction!(_ticket, m)?)?;

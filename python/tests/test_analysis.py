@@ -106,7 +106,7 @@ def test_samplers_and_observed_sets_are_the_clis(tiny_run, cli):
     e = toylens.llc(
         final, sampler="sgnht", localization=0.0, lr=1e-5, observe=["test"], **args
     )["estimate"]
-    assert e["sampler"] == "sgnht" and np.isnan(e["mean_acceptance"])
+    assert e["sampler"] == "sgnht" and e["mean_acceptance"] is None
     assert [o["set"] for o in e["observed"]] == ["test"]
     assert len(e["chains"][0]["norms"]) == 25
     theirs = cli_json(
@@ -119,6 +119,11 @@ def test_samplers_and_observed_sets_are_the_clis(tiny_run, cli):
         toylens.llc(final, sampler="hmc", **args)
     with pytest.raises(ValueError, match="has no set `repeats`"):
         toylens.llc(final, observe="repeats", **args)
+    test = toylens.named_set(final, "test")
+    assert test["tokens"].dtype == np.int64 and test["positions"] is None
+    assert test["targets"].shape == (test["tokens"].shape[0], len(test["loss_pos"]))
+    with pytest.raises(ValueError, match="no set `nope`"):
+        toylens.named_set(final, "nope")
 
 
 def test_prune_gives_the_mask(tiny_run):

@@ -45,6 +45,7 @@ __all__ = [
     "hooks",
     "llc",
     "llc_sets",
+    "named_set",
     "load",
     "patching",
     "presets",
@@ -351,6 +352,14 @@ def llc_sets(target: Any) -> List[Tuple[str, str]]:
     name, each with what it holds: ``train`` and ``test``, and the task's own (``test_d{place}``
     for the digit adders, ``test_first`` and ``test_repeat`` for in-context tasks)."""
     return [tuple(s) for s in _toylens._llc_sets(_path(target))]
+
+
+def named_set(target: Any, name: str) -> Dict[str, Any]:
+    """One of ``llc_sets``'s named sets as toylens builds it: for token tasks ``tokens``
+    [examples, context], ``loss_pos``, ``targets`` [examples, loss positions] (the answer at each)
+    and ``positions`` (the positions that count, or None for all); for dense tasks ``x`` and ``y``.
+    The same examples ``llc`` samples on or observes, to hand to another tool."""
+    return _toylens._named_set(_path(target), name)
 
 
 def prune(

@@ -19,6 +19,7 @@ pub mod ablation;
 pub mod circuits;
 pub mod components;
 pub mod digits;
+pub mod dynamics;
 pub mod fourier;
 pub mod generic;
 pub mod induction;

@@ -318,6 +318,32 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Essential dynamics (Hoogland et al. 2024): a run's outputs on a fixed set at every
+    /// checkpoint, projected on their principal components, with the trajectory's turns
+    /// (dynamics.csv and dynamics.png into RUN/analysis/, beside λ̂ where `llc RUN` has run).
+    Dynamics {
+        run: PathBuf,
+        /// The task's named set the outputs are on (`toylens llc CKPT --observe list` names them).
+        #[arg(long, default_value = "test")]
+        set: String,
+        /// Its first N examples.
+        #[arg(long, default_value_t = 64)]
+        examples: usize,
+        /// Principal components kept.
+        #[arg(long, default_value_t = 3)]
+        components: usize,
+        /// The turn window, a fraction of the trajectory's length in (0, 0.5).
+        #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+        window: f64,
+        /// The least turning angle of a turn, in degrees.
+        #[arg(long, default_value_t = 45.0, allow_negative_numbers = true)]
+        min_angle: f64,
+        #[arg(long)]
+        json: bool,
+        /// Write dynamics.csv and dynamics.png here (default RUN/analysis/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A pruning mask from a checkpoint's weights: remove the fraction S (in [0, 1)) of the chosen
     /// tensors' entries, by magnitude (the smallest |w|; equal ones in parameter order) or at random
     /// with the same per-tensor counts. Default tensors: every matrix but the positional embedding
@@ -1517,6 +1543,57 @@ fn run(cmd: Cmd) -> Result<()> {
                         eprintln!("wrote {}", f.display());
                     }
                 }
+            }
+        }
+        Cmd::Dynamics {
+            run,
+            set,
+            examples,
+            components,
+            window,
+            min_angle,
+            json,
+            out,
+        } => {
+            let cfg = toylens::analysis::dynamics::DynamicsConfig {
+                components,
+                window,
+                min_angle,
+                turn_components: components.min(3),
+            };
+            let t0 = std::time::Instant::now();
+            let r = commands::dynamics(&run, (&set, examples), &cfg, Some(out.as_deref()))?;
+            let d = &r.dynamics;
+            if json {
+                let mut v = serde_json::to_value(d)?;
+                v["set"] = r.set.clone().into();
+                v["examples"] = r.examples.into();
+                v["seconds"] = t0.elapsed().as_secs_f64().into();
+                println!("{v}");
+            } else {
+                println!(
+                    "{} checkpoints, outputs on `{}` ({} examples, {} values each); explained: {}",
+                    d.steps.len(),
+                    r.set,
+                    r.examples,
+                    d.dims,
+                    d.explained
+                        .iter()
+                        .enumerate()
+                        .map(|(k, e)| format!("PC{} {:.1}%", k + 1, 100.0 * e))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if d.turns.is_empty() {
+                    println!("  no turn of {min_angle}° or more");
+                }
+                for t in &d.turns {
+                    println!("  turn at step {} ({:.0}°)", t.step, t.angle);
+                }
+                println!("  {:.1} s", t0.elapsed().as_secs_f64());
+            }
+            for f in r.files {
+                eprintln!("wrote {}", f.display());
             }
         }
         Cmd::Prune {

@@ -542,6 +542,25 @@ pub fn llc_set_names(target: &Path) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// One named set of the task at `target` (a checkpoint or a run's last): the examples a λ̂ samples
+/// on or observes, as toylens builds them.
+pub fn named_set(target: &Path, name: &str) -> Result<crate::tasks::NamedSet> {
+    let path = if target.is_dir() {
+        run::last_checkpoint(target)?
+    } else {
+        target.to_path_buf()
+    };
+    let sets = named_sets(&load_any(&path)?)?;
+    let known: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
+    sets.into_iter().find(|s| s.name == name).ok_or_else(|| {
+        Error::Input(format!(
+            "{}: no set `{name}`; its sets: {}",
+            target.display(),
+            known.join(", ")
+        ))
+    })
+}
+
 /// The task's named sets at a checkpoint: its own, and `train` always (rebuilt where the task
 /// draws fresh samples).
 fn named_sets(l: &Loaded) -> Result<Vec<crate::tasks::NamedSet>> {
@@ -557,6 +576,104 @@ fn named_sets(l: &Loaded) -> Result<Vec<crate::tasks::NamedSet>> {
         );
     }
     Ok(named)
+}
+
+/// What `toylens dynamics` found.
+pub struct DynamicsReport {
+    pub dynamics: crate::analysis::dynamics::Dynamics,
+    /// The set the outputs are on, and how many of its examples.
+    pub set: String,
+    pub examples: usize,
+    pub files: Vec<PathBuf>,
+}
+
+/// `toylens dynamics RUN`: essential dynamics of a run's outputs on one named set of its task (the
+/// first `examples` examples, the same at every checkpoint): `dynamics.csv` (each checkpoint's PC
+/// scores and turning angle) and `dynamics.png` into `out`, by default `RUN/analysis/`; None
+/// writes nothing.
+pub fn dynamics(
+    run_dir: &Path,
+    (set, examples): (&str, usize),
+    cfg: &crate::analysis::dynamics::DynamicsConfig,
+    out: Option<Option<&Path>>,
+) -> Result<DynamicsReport> {
+    use crate::analysis::dynamics;
+    cfg.validate()?;
+    if !run_dir.is_dir() {
+        return Err(Error::Input(format!(
+            "{}: essential dynamics reads a run directory (every checkpoint), not one file",
+            run_dir.display()
+        )));
+    }
+    if examples == 0 {
+        return Err(Error::Input(
+            "--examples: must be at least 1 (got 0)".into(),
+        ));
+    }
+    let r = run::Run::open(run_dir)?;
+    if r.steps.len() < 3 {
+        return Err(Error::Input(format!(
+            "{}: essential dynamics needs at least 3 checkpoints (this run has {})",
+            run_dir.display(),
+            r.steps.len()
+        )));
+    }
+    let last = load_any(&r.checkpoint(r.last_step()))?;
+    let named = named_sets(&last)?;
+    let Some(chosen) = named.iter().find(|s| s.name == set) else {
+        let known: Vec<&str> = named.iter().map(|s| s.name.as_str()).collect();
+        return Err(Error::Input(format!(
+            "--set {set}: {} has no set `{set}`; its sets: {}",
+            run_dir.display(),
+            known.join(", ")
+        )));
+    };
+    let batch = chosen.batch.head(examples);
+    let outputs: Vec<Vec<f32>> =
+        r.map_checkpoints(|_, path| dynamics::outputs(load_any(path)?.model.as_ref(), &batch))?;
+    let d = dynamics::essential_dynamics(&r.steps, &outputs, cfg)?;
+    let mut files = Vec::new();
+    if let Some(out) = out {
+        let dir = out.map_or_else(|| run_dir.join(run::ANALYSIS), Path::to_path_buf);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut csv = format!(
+            "# outputs on `{set}` (first {} examples, {} values each); explained:{}; turns: angle ≥ {}° over a window of {} of the path in the top {} PCs\nstep",
+            batch.len(),
+            d.dims,
+            d.explained
+                .iter()
+                .enumerate()
+                .map(|(k, e)| format!(" PC{} {:.4}", k + 1, e))
+                .collect::<String>(),
+            cfg.min_angle,
+            cfg.window,
+            cfg.turn_components.min(d.explained.len())
+        );
+        for k in 0..d.explained.len() {
+            csv += &format!(",pc{}", k + 1);
+        }
+        csv += ",angle,turn\n";
+        for (i, s) in d.steps.iter().enumerate() {
+            csv += &format!("{s}");
+            for v in &d.scores[i] {
+                csv += &format!(",{v:e}");
+            }
+            let turn = d.turns.iter().any(|t| t.index == i);
+            csv += &format!(",{},{}\n", d.angles[i], u8::from(turn));
+        }
+        let p = dir.join("dynamics.csv");
+        write_atomic(&p, csv.as_bytes())?;
+        files.push(p);
+        let metrics = run::read_metrics(run_dir)?;
+        let llc = run::read_llc(run_dir)?;
+        files.extend(figures::dynamics(&d, set, &metrics, llc.as_deref(), &dir)?);
+    }
+    Ok(DynamicsReport {
+        dynamics: d,
+        set: set.to_string(),
+        examples: batch.len(),
+        files,
+    })
 }
 
 /// What `toylens llc` found.

@@ -123,6 +123,28 @@ pub struct MetricRow {
     pub values: Vec<(String, f64)>,
 }
 
+/// `(step, λ̂ mean, λ̂ std)` of each checkpoint in the run's `analysis/llc.csv` (what `toylens llc
+/// RUN` writes; `#` lines are notes); None where there is none.
+pub fn read_llc(run_dir: &Path) -> Result<Option<Vec<(u64, f64, f64)>>> {
+    let p = run_dir.join(ANALYSIS).join("llc.csv");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.starts_with("step,") {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || Error::format(&p, format!("line {}: not an llc.csv row", i + 1));
+        let num =
+            |k: usize| -> Result<f64> { f.get(k).and_then(|v| v.parse().ok()).ok_or_else(bad) };
+        let step = f.first().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        rows.push((step, num(1)?, num(2)?));
+    }
+    Ok(Some(rows))
+}
+
 /// `(step, value)` of the metric `name` over `rows`, where it was recorded.
 pub fn column_points(rows: &[MetricRow], name: &str) -> Vec<(f64, f64)> {
     rows.iter()

@@ -247,6 +247,70 @@ pub fn llc_norms(e: &crate::analysis::llc::LlcEstimate, dir: &Path) -> Result<Ve
     })
 }
 
+/// Essential dynamics (`dynamics.png` and `.svg` in `dir`): the trajectory in PC1–PC2, PC1–PC3
+/// and PC2–PC3 with its turns, the run's losses below and λ̂ where `llc` has estimated it.
+pub fn dynamics(
+    d: &crate::analysis::dynamics::Dynamics,
+    set: &str,
+    metrics: &[MetricRow],
+    llc: Option<&[(u64, f64, f64)]>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    use super::trajectory::{draw_dynamics, Curves, View};
+    let pcs = d.explained.len();
+    let pairs: Vec<(usize, usize)> = if pcs >= 3 {
+        vec![(0, 1), (0, 2), (1, 2)]
+    } else {
+        vec![(0, 1)]
+    };
+    let views: Vec<View> = pairs
+        .iter()
+        .map(|&(a, b)| View {
+            x_label: format!("PC{} ({:.0}%)", a + 1, 100.0 * d.explained[a]),
+            y_label: format!("PC{} ({:.0}%)", b + 1, 100.0 * d.explained[b]),
+            points: d.scores.iter().map(|s| (s[a], s[b])).collect(),
+        })
+        .collect();
+    let pts = |k: &str| crate::io::run::column_points(metrics, k);
+    let losses: Vec<(&str, Vec<(f64, f64)>)> = ["train_loss", "test_loss", "test_loss_repeat"]
+        .into_iter()
+        .map(|k| (k, pts(k)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    let mut panels = vec![Curves {
+        title: "loss".into(),
+        y_label: "loss".into(),
+        series: plot::palette_series(losses.iter().map(|(n, p)| (*n, p.as_slice()))),
+        log: true,
+    }];
+    let llc_points: Vec<(f64, f64)> = llc
+        .unwrap_or_default()
+        .iter()
+        .map(|&(s, m, _)| (s as f64, m))
+        .collect();
+    if !llc_points.is_empty() {
+        panels.push(Curves {
+            title: "local learning coefficient (toylens llc RUN)".into(),
+            y_label: "λ̂".into(),
+            series: vec![Series {
+                name: "λ̂",
+                points: &llc_points,
+                color: plot::GREEN_,
+            }],
+            log: false,
+        });
+    }
+    let steps: Vec<usize> = d.turns.iter().map(|t| t.index).collect();
+    let title = format!(
+        "Essential dynamics: outputs on {set} ({} values) at {} checkpoints; turns circled",
+        d.dims,
+        d.steps.len()
+    );
+    both(dir, "dynamics", |f| {
+        draw_dynamics(f, &title, (&views, &d.steps, &steps), &panels)
+    })
+}
+
 /// Pictures of one checkpoint into `dir`; returns the files written.
 pub fn checkpoint(
     model: &Transformer,

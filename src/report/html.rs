@@ -9,7 +9,7 @@
 
 use crate::analysis::{self, ablation, neurons};
 use crate::config::Experiment;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hooks::CacheFilter;
 use crate::io::checkpoint;
 use crate::io::run::{self, MetricRow};
@@ -130,6 +130,7 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
     page.figs
         .extend(super::watching::figures(run_dir, &metrics)?);
     page.figs.extend(llc_figure(run_dir, phase.as_ref())?);
+    page.figs.extend(dynamics_figure(run_dir)?);
     write_page(run_dir, page)
 }
 
@@ -200,22 +201,12 @@ fn llc_figure(
     run_dir: &Path,
     phase: Option<&crate::analysis::induction::PhaseChange>,
 ) -> Result<Option<Figure>> {
-    let p = run_dir.join(run::ANALYSIS).join("llc.csv");
-    let Ok(text) = std::fs::read_to_string(&p) else {
+    let Some(rows) = run::read_llc(run_dir)? else {
         return Ok(None);
     };
-    let (mut x, mut y, mut e) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let num = |k: usize| -> Result<f64> {
-            f.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| Error::format(&p, format!("line {}: not an llc.csv row", i + 1)))
-        };
-        x.push(num(0)?);
-        y.push(num(1)?);
-        e.push(num(2)?);
-    }
+    let x: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    let e: Vec<f64> = rows.iter().map(|r| r.2).collect();
     let mut trace = line("λ̂ (mean over chains)", &x, &y);
     trace["mode"] = json!("lines+markers");
     trace["error_y"] = json!({"type": "data", "array": e, "visible": true});
@@ -228,6 +219,57 @@ fn llc_figure(
             lay["shapes"] = super::induction::phase_shapes(phase);
             json!({"data": [trace], "layout": lay})
         },
+    }))
+}
+
+/// Essential dynamics, when `toylens dynamics RUN` has written `RUN/analysis/dynamics.csv`: the
+/// trajectory in PC1–PC2, coloured by step, its turns circled.
+fn dynamics_figure(run_dir: &Path) -> Result<Option<Figure>> {
+    let p = run_dir.join(run::ANALYSIS).join("dynamics.csv");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let about = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .unwrap_or_default()
+        .to_string();
+    let (mut steps, mut x, mut y, mut turns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.starts_with("step,") {
+            continue;
+        }
+        let f: Vec<f64> = line.split(',').filter_map(|v| v.parse().ok()).collect();
+        if f.len() < 5 {
+            return Err(crate::error::Error::format(
+                &p,
+                format!("line {}: not a dynamics.csv row", i + 1),
+            ));
+        }
+        steps.push(f[0]);
+        x.push(f[1]);
+        y.push(f[2]);
+        if f[f.len() - 1] == 1.0 {
+            turns.push((f[0], f[1], f[2]));
+        }
+    }
+    let path = json!({"type": "scatter", "mode": "lines+markers", "name": "checkpoints", "x": x, "y": y,
+        "text": steps.iter().map(|s| format!("step {s}")).collect::<Vec<_>>(),
+        "marker": {"color": steps, "colorscale": "Viridis", "reversescale": true, "size": 8, "showscale": true, "colorbar": {"title": {"text": "step"}}},
+        "line": {"color": "rgba(120,120,120,0.5)"},
+        "hovertemplate": "%{text}: PC1 %{x:.3g}, PC2 %{y:.3g}<extra></extra>"});
+    let marks = json!({"type": "scatter", "mode": "markers+text", "name": "turns",
+        "x": turns.iter().map(|t| t.1).collect::<Vec<_>>(), "y": turns.iter().map(|t| t.2).collect::<Vec<_>>(),
+        "text": turns.iter().map(|t| format!("{}", t.0)).collect::<Vec<_>>(), "textposition": "top center",
+        "marker": {"size": 16, "color": "rgba(0,0,0,0)", "line": {"color": "red", "width": 2}}});
+    let mut lay = layout("PC1", "PC2", false);
+    lay["hovermode"] = json!("closest");
+    Ok(Some(Figure {
+        id: "dynamics".into(),
+        title: "Essential dynamics",
+        caption: format!("The model's outputs on a fixed set at every checkpoint, projected on their top two principal components (toylens dynamics; {about}). Turns (circled, with their steps) are candidate developmental stage boundaries, to read beside the loss and λ̂; dynamics.png has PC3 too."),
+        spec: json!({"data": [path, marks], "layout": lay}),
     }))
 }
 

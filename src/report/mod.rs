@@ -7,4 +7,5 @@ pub mod html;
 pub mod induction;
 pub mod pictures;
 pub mod plot;
+pub mod trajectory;
 pub mod watching;

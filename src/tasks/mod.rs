@@ -243,16 +243,20 @@ impl NamedSet {
     }
 }
 
-/// −log softmax(row)[target], in f64 with libm's exp and log (the same bits on every machine).
+/// −log softmax(row)[target], in f64.
 pub(crate) fn token_loss(row: ndarray::ArrayView1<f32>, target: usize) -> f64 {
+    log_sum_exp(row) - f64::from(row[target])
+}
+
+/// log Σ exp(row), in f64 with libm's exp and log (the same bits on every machine).
+pub fn log_sum_exp(row: ndarray::ArrayView1<f32>) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-    let lse = f64::from(max)
+    f64::from(max)
         + libm::log(
             row.iter()
                 .map(|&x| libm::exp(f64::from(x) - f64::from(max)))
                 .sum::<f64>(),
-        );
-    lse - f64::from(row[target])
+        )
 }
 
 /// Minibatch order over a fixed train set: each epoch is a shuffle of `0..n` seeded by (seed, epoch),
