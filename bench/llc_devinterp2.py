@@ -7,7 +7,10 @@ strict=True), the same examples (toylens's own training set, `toylens.named_set(
 the same ε, γ, nβ, minibatch size, chains and draws. devinterp 2.x averages the loss over every
 step (its `compute_llc`), so both sides run without burn-in; its L(w*) is the mean over
 `num_init_loss_batches` minibatches, set here to cover the whole training set (what toylens's
-`--init-loss full` measures). Each side's λ̂ is the mean over chains with the standard deviation
+`--init-loss full` measures). devinterp's default `match_sampling_input_ids_across_chains=True`
+gives every chain the same minibatches in the same order, which correlates the chains (their
+spread then understates the estimate's error); this script turns it off, so that each chain draws
+its own order, as toylens's do. Each side's λ̂ is the mean over chains with the standard deviation
 over chains (n − 1); they agree when the difference is within two standard errors
 (√(std₁²/k + std₂²/k), k chains). Wall times are whole estimates (toylens: the whole command,
 loading included; devinterp: `llc()` or the chains' loop).
@@ -101,8 +104,10 @@ def mean_std(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (k - 1))
 
 
-def toylens_llc(ckpt, args, extra):
-    cmd = [TOYLENS, "llc", ckpt, "--json", "--lr", str(args.lr), "--localization", str(args.localization),
+def toylens_llc(ckpt, args, extra, lr=None, localization=None):
+    lr = args.lr if lr is None else lr
+    localization = args.localization if localization is None else localization
+    cmd = [TOYLENS, "llc", ckpt, "--json", "--lr", str(lr), "--localization", str(localization),
            "--nbeta", str(args.nbeta), "--chains", str(args.chains), "--draws", str(args.draws),
            "--burnin", "0", "--batch-size", str(args.batch_size), "--seed", str(args.seed)] + extra
     t0 = time.perf_counter()
@@ -120,6 +125,7 @@ def devinterp_restricted(model, ds, loss_fn, n, masks, args):
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         r = di_llc(model, ds, {}, lr=args.lr, n_beta=args.nbeta, param_masks=masks,
+                   match_sampling_input_ids_across_chains=False,
                    localization=args.localization, num_chains=args.chains, num_draws=args.draws,
                    batch_size=args.batch_size, num_burnin_steps=0,
                    num_init_loss_batches=n // args.batch_size, init_seed=args.seed,
@@ -162,7 +168,7 @@ def devinterp_sgnht(model, ds, loss_fn, n, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--heads", default="all")
+    ap.add_argument("--heads", default="all", help="all, none, or blocks.L.attn.head.H,...")
     ap.add_argument("--sgnht", action="store_true")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--localization", type=float, default=100.0)
@@ -184,7 +190,7 @@ def main():
     if n % args.batch_size:
         sys.exit(f"--batch-size {args.batch_size} must divide the training set ({n}) for L(w*) to match")
     heads = ([f"blocks.{l}.attn.head.{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
-             if args.heads == "all" else args.heads.split(","))
+             if args.heads == "all" else [] if args.heads == "none" else args.heads.split(","))
     rows = []
     print(f"{args.checkpoint}: {n} training examples, ε {args.lr}, γ {args.localization}, "
           f"nβ {args.nbeta:.3f}, {args.chains} chains × {args.draws} draws, m {args.batch_size}, "
@@ -207,9 +213,8 @@ def main():
             print(f"  note: L(w*) differs: toylens {v['init_loss']:.6g}, devinterp {di_init:.6g}")
         report(head, v["llc_per_chain"], tl_secs, di, di_secs)
     if args.sgnht:
-        v, tl_secs = toylens_llc(args.checkpoint, args, [
-            "--sampler", "sgnht", "--localization", "0", "--lr", str(args.sgnht_lr),
-            "--diffusion", str(args.diffusion)])
+        v, tl_secs = toylens_llc(args.checkpoint, args, ["--sampler", "sgnht", "--diffusion",
+                                 str(args.diffusion)], lr=args.sgnht_lr, localization=0.0)
         di, _, di_secs = devinterp_sgnht(model, ds, loss_fn, n, args)
         report("SGNHT (whole model)", v["llc_per_chain"], tl_secs, di, di_secs)
     if args.json:

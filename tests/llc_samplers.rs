@@ -311,6 +311,18 @@ fn a_tasks_named_sets_are_observed_through_the_command_line() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["llc_mean"].as_f64().unwrap().is_finite());
+    // Over the run: a column per observed set in llc.csv.
+    let mut args = vec!["llc", r, "--observe", "test_repeat", "--batch-size", "64"];
+    args.extend(small);
+    let (code, _, err) = toylens_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    let csv = std::fs::read_to_string(run.join("analysis/llc.csv")).unwrap();
+    let header = csv.lines().find(|l| l.starts_with("step,")).unwrap();
+    assert!(
+        header.ends_with(",llc_test_repeat,llc_std_test_repeat,init_loss_test_repeat"),
+        "{header}"
+    );
+    assert!(run.join("analysis/llc.png").exists());
     for (extra, needle) in [
         (
             vec!["--observe", "repeats"],

@@ -83,8 +83,38 @@ pub fn llc(
         .zip(estimates)
         .map(|(&s, e)| (s as f64, e.llc_mean, e.llc_std))
         .collect();
-    let lo = bars.iter().map(|b| b.1 - b.2).fold(0.0f64, f64::min);
-    let hi = bars.iter().map(|b| b.1 + b.2).fold(0.0f64, f64::max) * 1.1 + 1e-9;
+    // Each observed set's λ̂ (`--observe`), beside the sampling set's.
+    let sets: Vec<String> = estimates
+        .first()
+        .map(|e| {
+            e.observed
+                .iter()
+                .map(|o| format!("λ̂ on {}", o.set))
+                .collect()
+        })
+        .unwrap_or_default();
+    let observed: Vec<Vec<(f64, f64)>> = (0..sets.len())
+        .map(|k| {
+            steps
+                .iter()
+                .zip(estimates)
+                .map(|(&s, e)| (s as f64, e.observed[k].llc_mean))
+                .collect()
+        })
+        .collect();
+    let extremes = observed.iter().flatten().map(|p| p.1);
+    let lo = bars
+        .iter()
+        .map(|b| b.1 - b.2)
+        .chain(extremes.clone())
+        .fold(0.0f64, f64::min);
+    let hi = bars
+        .iter()
+        .map(|b| b.1 + b.2)
+        .chain(extremes)
+        .fold(0.0f64, f64::max)
+        * 1.1
+        + 1e-9;
     let x_max = steps.last().copied().unwrap_or(1).max(1) as f64;
     let bands = phase_bands(phases, x_max);
     let lower = plot::Lower {
@@ -109,11 +139,22 @@ pub fn llc(
                     color: plot::ORANGE_,
                 },
             ],
-            &[Series {
+            &std::iter::once(Series {
                 name: "λ̂",
                 points: &mean,
                 color: plot::GREEN_,
-            }],
+            })
+            .chain(
+                sets.iter()
+                    .zip(&observed)
+                    .enumerate()
+                    .map(|(k, (n, p))| Series {
+                        name: n,
+                        points: p,
+                        color: plot::PALETTE[(k + 3) % plot::PALETTE.len()],
+                    }),
+            )
+            .collect::<Vec<_>>(),
             &bands,
             &lower,
         )
