@@ -72,6 +72,26 @@ fn a_runs_outputs_trace_a_trajectory_with_its_files_and_report_figure() {
     let (_, again, _) = toylens_cmd(&["dynamics", r, "--json", "--examples", "16"]);
     let w: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(w["scores"], v["scores"]);
+    // A set that counts some positions: only those, the same at every checkpoint.
+    let (code, out, err) = toylens_cmd(&[
+        "dynamics",
+        r,
+        "--json",
+        "--examples",
+        "16",
+        "--set",
+        "test_repeat",
+        "--out",
+        d.path().join("repeat").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let repeat: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let repeat_dims = repeat["dims"].as_u64().unwrap();
+    assert!(
+        repeat_dims > 0 && repeat_dims < dims,
+        "{repeat_dims} vs {dims}"
+    );
+    assert_ne!(repeat["scores"], v["scores"]);
     // The report shows it.
     let (code, _, err) = toylens_cmd(&["report", r]);
     assert_eq!(code, 0, "{err}");
@@ -109,7 +129,7 @@ fn too_few_checkpoints_a_missing_set_and_bad_settings_are_clear_errors() {
     let (code, _, err) = toylens_cmd(&["dynamics", long.to_str().unwrap(), "--set", "nope"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("has no set `nope`; its sets: train, test, test_first, test_repeat"),
+        err.contains("has no set `nope`; its sets: train (the training set), test ("),
         "{err}"
     );
 }

@@ -323,7 +323,23 @@ fn a_tasks_named_sets_are_observed_through_the_command_line() {
         "{header}"
     );
     assert!(run.join("analysis/llc.png").exists());
+    // Another sampler's estimate over the run has files of its own: llc.csv stays the SGLD one.
+    let mut args = vec!["llc", r, "--sampler", "sgnht", "--localization", "0"];
+    args.extend(["--batch-size", "64"]);
+    args.extend(small);
+    let (code, _, err) = toylens_cmd(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(run.join("analysis/llc.csv")).unwrap(),
+        csv
+    );
+    let sgnht = std::fs::read_to_string(run.join("analysis/llc_sgnht.csv")).unwrap();
+    assert!(sgnht.starts_with("# sampler: sgnht\nstep,"), "{sgnht}");
     for (extra, needle) in [
+        (
+            vec!["--per-head", "--observe", "test"],
+            "--observe records each set beside one estimate; --per-head gives many",
+        ),
         (
             vec!["--observe", "repeats"],
             "has no set `repeats`; its sets: train (",

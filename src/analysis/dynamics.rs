@@ -21,6 +21,7 @@
 use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::models::Model;
+use crate::tasks::NamedSet;
 use ndarray::Array2;
 use serde::Serialize;
 
@@ -110,20 +111,22 @@ pub struct Dynamics {
     pub dims: usize,
 }
 
-/// `model`'s outputs on `set` as one vector: log-probabilities at every loss position for token
-/// batches, the outputs for dense ones.
-pub fn outputs(model: &dyn Model, set: &Batch) -> Result<Vec<f32>> {
-    let out = model.forward(set.input())?;
-    let Batch::Tokens(b) = set else {
+/// `model`'s outputs on `set` as one vector: log-probabilities at every loss position the set
+/// counts for token batches (the same positions at every checkpoint), the outputs for dense ones.
+pub fn outputs(model: &dyn Model, set: &NamedSet) -> Result<Vec<f32>> {
+    let out = model.forward(set.batch.input())?;
+    let Batch::Tokens(b) = &set.batch else {
         return Ok(out.iter().copied().collect());
     };
     let rows: Vec<ndarray::ArrayView1<f32>> = match out.ndim() {
-        // [batch, pos, vocab]: the loss positions.
+        // [batch, pos, vocab]: the loss positions (those the set marks).
         3 => {
             let mut rows = Vec::new();
             for e in 0..b.tokens.nrows() {
-                for &p in &b.loss_pos {
-                    rows.push(out.slice(ndarray::s![e, p, ..]));
+                for (j, &p) in b.loss_pos.iter().enumerate() {
+                    if set.positions.as_ref().is_none_or(|m| m[[e, j]]) {
+                        rows.push(out.slice(ndarray::s![e, p, ..]));
+                    }
                 }
             }
             rows
@@ -162,6 +165,11 @@ pub fn essential_dynamics(
         )));
     }
     let dims = outputs[0].len();
+    if dims == 0 {
+        return Err(Error::Input(
+            "the outputs are empty: the set counts no loss position".into(),
+        ));
+    }
     if outputs.iter().any(|o| o.len() != dims) {
         return Err(Error::Input(
             "the checkpoints' outputs differ in length: the runs' models differ".into(),

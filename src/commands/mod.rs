@@ -493,23 +493,8 @@ fn llc_sets(
         return Ok((training_set(l)?, Vec::new()));
     }
     let named = named_sets(l)?;
-    let find = |flag: &str, name: &str| {
-        named
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                let known: Vec<String> = named
-                    .iter()
-                    .map(|s| format!("{} ({})", s.name, s.about))
-                    .collect();
-                Error::Input(format!(
-                    "--{flag} {name}: {} has no set `{name}`; its sets: {}",
-                    l.path.display(),
-                    known.join(", ")
-                ))
-            })
-    };
+    let find =
+        |flag: &str, name: &str| find_set(&named, name, &format!("--{flag} {name}"), &l.path);
     let sampling = match &cfg.sample_on {
         None => find("sample-on", "train")?,
         Some(name) => find("sample-on", name)?,
@@ -531,34 +516,49 @@ fn llc_sets(
 /// The named sets `--sample-on` and `--observe` can name at `target` (a checkpoint or a run's
 /// last), with what each holds.
 pub fn llc_set_names(target: &Path) -> Result<Vec<(String, String)>> {
-    let path = if target.is_dir() {
-        run::last_checkpoint(target)?
-    } else {
-        target.to_path_buf()
-    };
-    Ok(named_sets(&load_any(&path)?)?
+    Ok(named_sets(&load_latest(target)?)?
         .into_iter()
         .map(|s| (s.name, s.about))
         .collect())
 }
 
+/// A checkpoint, or a run directory's last one.
+fn load_latest(target: &Path) -> Result<Loaded> {
+    if target.is_dir() {
+        load_any(&run::last_checkpoint(target)?)
+    } else {
+        load_any(target)
+    }
+}
+
+/// The set `name` among `named`, or an error (`what` and `path` say who asked) listing them.
+fn find_set(
+    named: &[crate::tasks::NamedSet],
+    name: &str,
+    what: &str,
+    path: &Path,
+) -> Result<crate::tasks::NamedSet> {
+    named
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<String> = named
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.about))
+                .collect();
+            Error::Input(format!(
+                "{what}: {} has no set `{name}`; its sets: {}",
+                path.display(),
+                known.join(", ")
+            ))
+        })
+}
+
 /// One named set of the task at `target` (a checkpoint or a run's last): the examples a λ̂ samples
 /// on or observes, as toylens builds them.
 pub fn named_set(target: &Path, name: &str) -> Result<crate::tasks::NamedSet> {
-    let path = if target.is_dir() {
-        run::last_checkpoint(target)?
-    } else {
-        target.to_path_buf()
-    };
-    let sets = named_sets(&load_any(&path)?)?;
-    let known: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
-    sets.into_iter().find(|s| s.name == name).ok_or_else(|| {
-        Error::Input(format!(
-            "{}: no set `{name}`; its sets: {}",
-            target.display(),
-            known.join(", ")
-        ))
-    })
+    find_set(&named_sets(&load_latest(target)?)?, name, name, target)
 }
 
 /// The task's named sets at a checkpoint: its own, and `train` always (rebuilt where the task
@@ -618,19 +618,10 @@ pub fn dynamics(
             r.steps.len()
         )));
     }
-    let last = load_any(&r.checkpoint(r.last_step()))?;
-    let named = named_sets(&last)?;
-    let Some(chosen) = named.iter().find(|s| s.name == set) else {
-        let known: Vec<&str> = named.iter().map(|s| s.name.as_str()).collect();
-        return Err(Error::Input(format!(
-            "--set {set}: {} has no set `{set}`; its sets: {}",
-            run_dir.display(),
-            known.join(", ")
-        )));
-    };
-    let batch = chosen.batch.head(examples);
+    let named = named_sets(&load_any(&r.checkpoint(r.last_step()))?)?;
+    let chosen = find_set(&named, set, &format!("--set {set}"), run_dir)?.head(examples);
     let outputs: Vec<Vec<f32>> =
-        r.map_checkpoints(|_, path| dynamics::outputs(load_any(path)?.model.as_ref(), &batch))?;
+        r.map_checkpoints(|_, path| dynamics::outputs(load_any(path)?.model.as_ref(), &chosen))?;
     let d = dynamics::essential_dynamics(&r.steps, &outputs, cfg)?;
     let mut files = Vec::new();
     if let Some(out) = out {
@@ -638,7 +629,7 @@ pub fn dynamics(
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut csv = format!(
             "# outputs on `{set}` (first {} examples, {} values each); explained:{}; turns: angle ≥ {}° over a window of {} of the path in the top {} PCs\nstep",
-            batch.len(),
+            chosen.batch.len(),
             d.dims,
             d.explained
                 .iter()
@@ -671,7 +662,7 @@ pub fn dynamics(
     Ok(DynamicsReport {
         dynamics: d,
         set: set.to_string(),
-        examples: batch.len(),
+        examples: chosen.batch.len(),
         files,
     })
 }
@@ -809,26 +800,11 @@ fn llc_into(
         };
         let dir = out.map_or_else(|| target.join(run::ANALYSIS), Path::to_path_buf);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        // A weight-restricted estimate is not the model's λ̂ (which the report shows): files of
-        // its own, the components named in the CSV.
-        let stem = if !cfg.restrict.is_empty() {
-            "llc_restricted".to_string()
-        } else if let Some(set) = &cfg.sample_on {
-            format!("llc_on_{set}")
-        } else {
-            "llc".to_string()
-        };
+        // Any estimate but the model's λ̂ by SGLD (which the report shows) gets files of its own,
+        // its settings noted in the CSV.
+        let stem = llc_stem(cfg);
         let stem = stem.as_str();
-        let mut csv = String::new();
-        if !cfg.restrict.is_empty() {
-            csv += &format!("# sampled only: {}\n", cfg.restrict.join(", "));
-        }
-        if cfg.sampler != llc::Sampler::Sgld {
-            csv += &format!("# sampler: {}\n", cfg.sampler.name());
-        }
-        if let Some(set) = &cfg.sample_on {
-            csv += &format!("# sampled on: {set}\n");
-        }
+        let mut csv = llc_notes(cfg);
         csv += "step,llc_mean,llc_std,init_loss,nbeta,mean_acceptance";
         for c in 0..cfg.chains {
             csv += &format!(",llc_chain{c}");
@@ -896,8 +872,11 @@ fn llc_into(
         files.extend(figures::llc_traces(
             &chain_lines(&estimate),
             &format!(
-                "SGLD chains: λ̂ = {:.3} ± {:.3}, L(w*) = {:.3e}",
-                estimate.llc_mean, estimate.llc_std, estimate.init_loss
+                "{} chains: λ̂ = {:.3} ± {:.3}, L(w*) = {:.3e}",
+                estimate.sampler.name(),
+                estimate.llc_mean,
+                estimate.llc_std,
+                estimate.init_loss
             ),
             dir,
             "llc_trace",
@@ -908,6 +887,50 @@ fn llc_into(
         n_train: data.len(),
         files,
     })
+}
+
+/// The file stem of a run's estimates: `llc` for the model's λ̂ by SGLD on its training set (the
+/// one the report and `dynamics` read), and a name of their own for every other estimate
+/// (`llc_restricted`, `_on_SET`, `_SAMPLER`), so that no estimate overwrites another kind.
+fn llc_stem(cfg: &crate::analysis::llc::LlcConfig) -> String {
+    let mut stem = String::from(if cfg.restrict.is_empty() {
+        "llc"
+    } else {
+        "llc_restricted"
+    });
+    if let Some(set) = cfg.sample_on.as_deref().filter(|s| *s != "train") {
+        stem += &format!("_on_{set}");
+    }
+    if cfg.sampler != crate::analysis::llc::Sampler::Sgld {
+        stem += &format!("_{}", cfg.sampler.name().replace('-', "_"));
+    }
+    stem
+}
+
+/// `#` lines naming what sets an estimate apart from the model's λ̂ by SGLD on its training set.
+fn llc_notes(cfg: &crate::analysis::llc::LlcConfig) -> String {
+    let mut notes = String::new();
+    if !cfg.restrict.is_empty() {
+        notes += &format!("# sampled only: {}\n", cfg.restrict.join(", "));
+    }
+    if cfg.sampler != crate::analysis::llc::Sampler::Sgld {
+        notes += &format!("# sampler: {}\n", cfg.sampler.name());
+    }
+    if let Some(set) = &cfg.sample_on {
+        notes += &format!("# sampled on: {set}\n");
+    }
+    notes
+}
+
+/// `--observe` records sets at each draw of one estimate: per head and in a calibration grid there
+/// is no column for them, so it is refused rather than ignored.
+fn refuse_observe(cfg: &crate::analysis::llc::LlcConfig, with: &str) -> Result<()> {
+    if cfg.observe.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "--observe records each set beside one estimate; {with} gives many: run it without --observe"
+    )))
 }
 
 /// The pruning mask an estimate keeps: `--mask`'s file, else a run directory's own
@@ -943,6 +966,7 @@ fn llc_heads_into(
     } else {
         (vec![0], vec![load_any(target)?])
     };
+    refuse_observe(cfg, "--per-head")?;
     let (data, observed) = llc_sets(&loaded[0], cfg)?;
     let models: Vec<&dyn crate::models::Model> = loaded.iter().map(|l| l.model.as_ref()).collect();
     let heads = components::heads(models[0]);
@@ -979,7 +1003,8 @@ fn llc_heads_into(
     let mut files = Vec::new();
     if let Some(dir) = dir {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let mut csv = String::from("step,head,llc_mean,llc_std,init_loss,nbeta,mean_acceptance\n");
+        let mut csv = llc_notes(cfg);
+        csv += "step,head,llc_mean,llc_std,init_loss,nbeta,mean_acceptance\n";
         for (s, row) in steps.iter().zip(&estimates) {
             for (h, e) in heads.iter().zip(row) {
                 csv += &format!(
@@ -1016,6 +1041,7 @@ pub fn llc_calibrate(
     localizations: &[f64],
     out: Option<&Path>,
 ) -> Result<LlcReport> {
+    refuse_observe(base, "--calibrate")?;
     let l = load_any(target)?;
     let (data, _) = llc_sets(&l, base)?;
     let mask = llc_mask(target, base, l.model.as_ref())?;
@@ -1025,9 +1051,8 @@ pub fn llc_calibrate(
     let mut files = Vec::new();
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut csv = String::from(
-            "lr,nbeta,localization,llc_mean,llc_std,init_loss,mean_acceptance,warnings\n",
-        );
+        let mut csv = llc_notes(base);
+        csv += "lr,nbeta,localization,llc_mean,llc_std,init_loss,mean_acceptance,warnings\n";
         for c in &cells {
             let e = &c.estimate;
             csv += &format!(

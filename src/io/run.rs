@@ -145,6 +145,50 @@ pub fn read_llc(run_dir: &Path) -> Result<Option<Vec<(u64, f64, f64)>>> {
     Ok(Some(rows))
 }
 
+/// One checkpoint's row of `analysis/dynamics.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DynamicsRow {
+    pub step: u64,
+    /// Its scores on the kept principal components.
+    pub scores: Vec<f64>,
+    pub turn: bool,
+}
+
+/// The run's `analysis/dynamics.csv` (what `toylens dynamics RUN` writes): its note (the set and
+/// the rule) and its rows; None where there is none.
+pub fn read_dynamics(run_dir: &Path) -> Result<Option<(String, Vec<DynamicsRow>)>> {
+    let p = run_dir.join(ANALYSIS).join("dynamics.csv");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(None);
+    };
+    let mut note = String::new();
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if let Some(n) = line.strip_prefix("# ") {
+            note = n.to_string();
+            continue;
+        }
+        if line.starts_with("step,") {
+            continue;
+        }
+        let bad = || Error::format(&p, format!("line {}: not a dynamics.csv row", i + 1));
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 5 {
+            return Err(bad());
+        }
+        let scores = f[1..f.len() - 2]
+            .iter()
+            .map(|v| v.parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(DynamicsRow {
+            step: f[0].parse().map_err(|_| bad())?,
+            scores,
+            turn: f[f.len() - 1] == "1",
+        });
+    }
+    Ok(Some((note, rows)))
+}
+
 /// `(step, value)` of the metric `name` over `rows`, where it was recorded.
 pub fn column_points(rows: &[MetricRow], name: &str) -> Vec<(f64, f64)> {
     rows.iter()

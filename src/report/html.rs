@@ -225,35 +225,16 @@ fn llc_figure(
 /// Essential dynamics, when `toylens dynamics RUN` has written `RUN/analysis/dynamics.csv`: the
 /// trajectory in PC1–PC2, coloured by step, its turns circled.
 fn dynamics_figure(run_dir: &Path) -> Result<Option<Figure>> {
-    let p = run_dir.join(run::ANALYSIS).join("dynamics.csv");
-    let Ok(text) = std::fs::read_to_string(&p) else {
+    let Some((about, rows)) = run::read_dynamics(run_dir)? else {
         return Ok(None);
     };
-    let about = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("# "))
-        .unwrap_or_default()
-        .to_string();
-    let (mut steps, mut x, mut y, mut turns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
-        if line.starts_with('#') || line.starts_with("step,") {
-            continue;
-        }
-        let f: Vec<f64> = line.split(',').filter_map(|v| v.parse().ok()).collect();
-        if f.len() < 5 {
-            return Err(crate::error::Error::format(
-                &p,
-                format!("line {}: not a dynamics.csv row", i + 1),
-            ));
-        }
-        steps.push(f[0]);
-        x.push(f[1]);
-        y.push(f[2]);
-        if f[f.len() - 1] == 1.0 {
-            turns.push((f[0], f[1], f[2]));
-        }
-    }
+    let steps: Vec<f64> = rows.iter().map(|r| r.step as f64).collect();
+    let (x, y): (Vec<f64>, Vec<f64>) = rows.iter().map(|r| (r.scores[0], r.scores[1])).unzip();
+    let turns: Vec<(f64, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.turn)
+        .map(|r| (r.step as f64, r.scores[0], r.scores[1]))
+        .collect();
     let path = json!({"type": "scatter", "mode": "lines+markers", "name": "checkpoints", "x": x, "y": y,
         "text": steps.iter().map(|s| format!("step {s}")).collect::<Vec<_>>(),
         "marker": {"color": steps, "colorscale": "Viridis", "reversescale": true, "size": 8, "showscale": true, "colorbar": {"title": {"text": "step"}}},

@@ -202,7 +202,8 @@ impl LlcConfig {
         }
         if n_train == 0 {
             return Err(Error::Input(
-                "the training set is empty: no λ̂ to estimate".into(),
+                "the sampling set (the training set, or --sample-on's) is empty: no λ̂ to estimate"
+                    .into(),
             ));
         }
         for (k, v) in [
@@ -386,9 +387,13 @@ fn summarize(
         .iter()
         .enumerate()
         .map(|(k, (set, init))| {
+            // A chain that diverged before its first draw observed nothing: NaN, not 0.
             let per: Vec<f64> = traces
                 .iter()
-                .map(|t| nbeta * (mean_of(&t.observed[k]) - init))
+                .map(|t| match t.observed[k].as_slice() {
+                    [] => f64::NAN,
+                    draws => nbeta * (mean_of(draws) - init),
+                })
                 .collect();
             let (llc_mean, llc_std) = mean_std(&per);
             ObservedLlc {
