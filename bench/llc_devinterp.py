@@ -29,7 +29,8 @@ TOYLENS_ONLY = {"init", "attn_bias", "unembed_bias"}
 
 
 def load_tl(path):
-    """The checkpoint in TransformerLens (strict=True) and its modulus."""
+    """The checkpoint in TransformerLens (strict=True) and its task record (None where the
+    checkpoint has none)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -39,7 +40,7 @@ def load_tl(path):
     cfg = {k: v for k, v in json.loads(meta["toylens.model"]).items() if k not in TOYLENS_ONLY}
     model = HookedTransformer(HookedTransformerConfig(**cfg))
     model.load_state_dict(load_file(path), strict=True)
-    task = json.loads(meta["toylens.task"])
+    task = json.loads(meta["toylens.task"]) if "toylens.task" in meta else None
     return model, task
 
 

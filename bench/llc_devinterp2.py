@@ -38,20 +38,8 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOYLENS = os.path.join(HERE, "..", "target", "release", "toylens")
-TOYLENS_ONLY = {"init", "attn_bias", "unembed_bias", "smeared_keys"}
-
-
-def load_tl(path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    with safe_open(path, "pt") as f:
-        meta = f.metadata()
-    cfg = {k: v for k, v in json.loads(meta["toylens.model"]).items() if k not in TOYLENS_ONLY}
-    model = HookedTransformer(HookedTransformerConfig(**cfg))
-    model.load_state_dict(load_file(path), strict=True)
-    return model
+sys.path.insert(0, HERE)
+from llc_devinterp import load_tl  # noqa: E402  (the same TransformerLens loading)
 
 
 def dataset_and_loss(ckpt):
@@ -185,7 +173,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     args.nbeta = args.batch_size / math.log(args.batch_size)
-    model = load_tl(args.checkpoint)
+    model, _ = load_tl(args.checkpoint)
     ds, loss_fn, n = dataset_and_loss(args.checkpoint)
     if n % args.batch_size:
         sys.exit(f"--batch-size {args.batch_size} must divide the training set ({n}) for L(w*) to match")

@@ -1,17 +1,9 @@
 //! `toylens dynamics RUN`: essential dynamics of a run's outputs, its files, its figure in the
 //! report, and its errors.
 
-fn toylens_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::toylens_cmd;
 
 fn train(dir: &std::path::Path, steps: u64, every: u64) {
     let (code, _, err) = toylens_cmd(&[

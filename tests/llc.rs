@@ -9,9 +9,12 @@ use toylens::hooks::{ActivationCache, CacheFilter, Hooks};
 use toylens::models::linear::{Linear, LinearConfig};
 use toylens::models::{Model, Scratch, TensorSpec};
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/regression.rs"]
 mod regression;
-use regression::{least_squares, least_squares_on, regression_data};
+use cli::toylens_cmd;
+use regression::{fitted_regression, least_squares_on, regression_data};
 
 fn settings() -> LlcConfig {
     LlcConfig {
@@ -32,16 +35,7 @@ fn settings() -> LlcConfig {
 #[test]
 fn linear_regression_has_half_its_parameter_count() {
     let d = 10;
-    let mut rng = Rng::new(7);
-    let w_true: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
-    let data = regression_data(10_000, d, &w_true, 1.0, 3);
-    let cfg = LinearConfig {
-        n_in: d,
-        n_out: 1,
-        bias: false,
-        seed: 0,
-    };
-    let model = Linear::from_params(cfg, least_squares(&data)).unwrap();
+    let (model, data) = fitted_regression(10_000, d, false);
     let e = estimate(&model, &data, &settings()).unwrap();
     let theory = d as f64 / 2.0;
     assert!(
@@ -321,18 +315,6 @@ fn bad_settings_are_errors_that_name_them() {
     }
 }
 
-fn toylens_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn fixture(name: &str) -> String {
     format!(
         "{}/../shared/fixtures/progress-measures/{name}",
@@ -494,21 +476,7 @@ fn restricted(model: &dyn Model, data: &Batch, cfg: &LlcConfig, restrict: &[&str
 #[test]
 fn restricting_the_sampler_to_a_group_gives_that_groups_share() {
     // A regular model: λ = (its parameters) / 2, and each group's share is its count / 2.
-    let d = 10;
-    let mut rng = Rng::new(7);
-    let w_true: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
-    let data = regression_data(10_000, d, &w_true, 1.0, 3);
-    let cfg = LinearConfig {
-        n_in: d,
-        n_out: 1,
-        bias: true,
-        seed: 0,
-    };
-    // w* with the bias at 0: the least-squares weights are the minimum along the weights, and
-    // (the inputs' mean being near 0) near it along the bias.
-    let mut w = least_squares(&data);
-    w.push(0.0);
-    let model = Linear::from_params(cfg, w).unwrap();
+    let (model, data) = fitted_regression(10_000, 10, true);
     let weight = restricted(&model, &data, &settings(), &["weight"]);
     assert!((weight - 5.0).abs() < 0.5, "weight: λ̂ {weight}, theory 5");
     let bias = restricted(&model, &data, &settings(), &["bias"]);

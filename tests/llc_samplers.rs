@@ -3,31 +3,20 @@
 //! norms, and the task's named sets through the command line.
 
 use toylens::analysis::llc::{estimate, estimate_observed, LlcConfig, NBeta, Sampler};
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/regression.rs"]
 #[allow(dead_code)]
 mod regression;
-use regression::{least_squares, regression_data};
+use cli::toylens_cmd;
+use regression::fitted_regression;
 use toylens::batch::Batch;
-use toylens::engine::rng::Rng;
-use toylens::models::linear::{Linear, LinearConfig};
+use toylens::models::linear::Linear;
 use toylens::models::Model;
 use toylens::tasks::NamedSet;
 
-/// Linear regression in `d` inputs at its least-squares weights, on `n` examples.
 fn regression(n: usize, d: usize) -> (Linear, Batch) {
-    let mut rng = Rng::new(7);
-    let w: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
-    let data = regression_data(n, d, &w, 1.0, 3);
-    let cfg = LinearConfig {
-        n_in: d,
-        n_out: 1,
-        bias: false,
-        seed: 0,
-    };
-    (
-        Linear::from_params(cfg, least_squares(&data)).unwrap(),
-        data,
-    )
+    fitted_regression(n, d, false)
 }
 
 fn settings(sampler: Sampler) -> LlcConfig {
@@ -245,18 +234,6 @@ fn sampler_settings_out_of_range_are_errors_that_name_them() {
         let e = estimate(&model, &data, &cfg).unwrap_err().to_string();
         assert!(e.contains(needle), "{needle}: {e}");
     }
-}
-
-fn toylens_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toylens"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -260,6 +260,10 @@ fn distance(a: &[f64], b: &[f64]) -> f64 {
         .sqrt()
 }
 
+fn norm(a: &[f64]) -> f64 {
+    a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
 /// The point at arc length `t` along the polyline.
 fn at_length(points: &[Vec<f64>], s: &[f64], t: f64) -> Vec<f64> {
     let i = s.partition_point(|&x| x < t).clamp(1, points.len() - 1);
@@ -291,10 +295,7 @@ fn turning_angles(points: &[Vec<f64>], window: f64) -> Vec<f64> {
             let here = &points[i];
             let u: Vec<f64> = here.iter().zip(&before).map(|(a, b)| a - b).collect();
             let v: Vec<f64> = after.iter().zip(here).map(|(a, b)| a - b).collect();
-            let (nu, nv) = (
-                distance(&u, &vec![0.0; u.len()]),
-                distance(&v, &vec![0.0; v.len()]),
-            );
+            let (nu, nv) = (norm(&u), norm(&v));
             if nu == 0.0 || nv == 0.0 {
                 return f64::NAN;
             }

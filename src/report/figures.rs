@@ -259,18 +259,19 @@ pub fn llc_traces(
 pub fn llc_norms(e: &crate::analysis::llc::LlcEstimate, dir: &Path) -> Result<Vec<PathBuf>> {
     let steps = e.chains.iter().map(|c| c.norms.len()).min().unwrap_or(0);
     let k = e.chains.len().max(1) as f64;
-    let terms = ["scaled_grad", "localization", "noise", "distance"];
+    type Term = fn(&crate::analysis::llc::StepNorms) -> f64;
+    let terms: [(&str, Term); 4] = [
+        ("scaled_grad", |n| n.scaled_grad),
+        ("localization", |n| n.localization),
+        ("noise", |n| n.noise),
+        ("distance", |n| n.distance),
+    ];
     let lines: Vec<(String, Vec<(f64, f64)>)> = terms
         .iter()
-        .enumerate()
-        .map(|(t, name)| {
+        .map(|(name, term)| {
             let points = (0..steps)
                 .map(|i| {
-                    let v: f64 = e
-                        .chains
-                        .iter()
-                        .map(|c| c.norms[i].values()[[0, 2, 3, 4][t]])
-                        .sum();
+                    let v: f64 = e.chains.iter().map(|c| term(&c.norms[i])).sum();
                     (i as f64, v / k)
                 })
                 .filter(|&(_, v)| v > 0.0 && v.is_finite())

@@ -2,6 +2,27 @@
 
 use toylens::batch::{Batch, DenseBatch};
 use toylens::engine::rng::Rng;
+use toylens::models::linear::{Linear, LinearConfig};
+
+/// Linear regression in `d` inputs (true weights N(0, 1) from seed 7, noise σ = 1, data seed 3)
+/// at its least-squares weights on `n` examples; with `bias`, a bias of 0 after them (the
+/// minimum along the weights, and near it along the bias since the inputs' mean is near 0).
+pub fn fitted_regression(n: usize, d: usize, bias: bool) -> (Linear, Batch) {
+    let mut rng = Rng::new(7);
+    let w_true: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+    let data = regression_data(n, d, &w_true, 1.0, 3);
+    let mut w = least_squares(&data);
+    if bias {
+        w.push(0.0);
+    }
+    let cfg = LinearConfig {
+        n_in: d,
+        n_out: 1,
+        bias,
+        seed: 0,
+    };
+    (Linear::from_params(cfg, w).unwrap(), data)
+}
 
 /// x ~ N(0, I) `[n, d]`, y = x·w + σ·ε.
 pub fn regression_data(n: usize, d: usize, w: &[f32], sigma: f64, seed: u64) -> Batch {

@@ -205,7 +205,10 @@ pub(super) fn run_chain(
         let loss = m.loss_and_grad(&mut scratch, &batch, &mut grads)?.loss;
         let drawn = i >= cfg.burnin && (i + 1 - cfg.burnin) % cfg.steps_between_draws == 0;
         if drawn {
-            point.copy_from_slice(m.params());
+            if let State::Sgld = state {
+                // Only the MALA acceptance (SGLD's) needs the draw's point.
+                point.copy_from_slice(m.params());
+            }
             if loss.is_finite() {
                 for (set, losses) in observed.iter().zip(&mut rec.observed) {
                     losses.push(set.loss(m.as_ref(), &mut scratch)?);
