@@ -2,7 +2,7 @@
 //! loss statistics. Neither side needs to know the other's kind.
 
 use crate::engine::rng::Rng;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 
 /// Token inputs with classification targets. `targets[b, i]` is the answer at position `loss_pos[i]`
 /// (increasing). A model without positions (the ToyMLP) reads one row of tokens per example and
@@ -22,11 +22,22 @@ pub struct DenseBatch {
     pub y: Option<Array2<f32>>,
 }
 
+/// Sequences of real vectors `x [batch, pos, d_in]` with real targets `y [batch, i, d_out]` at the
+/// positions `loss_pos[i]` (increasing), scored by squared error: in-context regression, where each
+/// token is a vector.
+#[derive(Clone, Debug)]
+pub struct SequenceBatch {
+    pub x: Array3<f32>,
+    pub loss_pos: Vec<usize>,
+    pub y: Array3<f32>,
+}
+
 /// A batch of any task.
 #[derive(Clone, Debug)]
 pub enum Batch {
     Tokens(TokenBatch),
     Dense(DenseBatch),
+    Sequences(SequenceBatch),
 }
 
 impl From<TokenBatch> for Batch {
@@ -41,12 +52,19 @@ impl From<DenseBatch> for Batch {
     }
 }
 
+impl From<SequenceBatch> for Batch {
+    fn from(b: SequenceBatch) -> Self {
+        Batch::Sequences(b)
+    }
+}
+
 impl Batch {
     /// Examples in the batch.
     pub fn len(&self) -> usize {
         match self {
             Batch::Tokens(b) => b.tokens.nrows(),
             Batch::Dense(b) => b.x.nrows(),
+            Batch::Sequences(b) => b.x.dim().0,
         }
     }
 
@@ -59,6 +77,7 @@ impl Batch {
         match self {
             Batch::Tokens(b) => Input::Tokens(b.tokens.view()),
             Batch::Dense(b) => Input::Dense(b.x.view()),
+            Batch::Sequences(b) => Input::Sequences(b.x.view()),
         }
     }
 
@@ -76,6 +95,11 @@ impl Batch {
                 y: b.y
                     .as_ref()
                     .map(|y| y.slice(ndarray::s![..n, ..]).to_owned()),
+            }),
+            Batch::Sequences(b) => Batch::Sequences(SequenceBatch {
+                x: b.x.slice(ndarray::s![..n, .., ..]).to_owned(),
+                loss_pos: b.loss_pos.clone(),
+                y: b.y.slice(ndarray::s![..n, .., ..]).to_owned(),
             }),
         }
     }
@@ -120,6 +144,23 @@ impl Batch {
                     },
                 })
             }
+            Batch::Sequences(s0) => {
+                let mut xs = Vec::new();
+                let mut ys = Vec::new();
+                for p in parts {
+                    let Batch::Sequences(s) = p else { return None };
+                    if s.loss_pos != s0.loss_pos {
+                        return None;
+                    }
+                    xs.push(s.x.view());
+                    ys.push(s.y.view());
+                }
+                Batch::Sequences(SequenceBatch {
+                    x: ndarray::concatenate(ax, &xs).ok()?,
+                    loss_pos: s0.loss_pos.clone(),
+                    y: ndarray::concatenate(ax, &ys).ok()?,
+                })
+            }
         })
     }
 
@@ -136,15 +177,22 @@ impl Batch {
                 x: b.x.select(ax, rows),
                 y: b.y.as_ref().map(|y| y.select(ax, rows)),
             }),
+            Batch::Sequences(b) => Batch::Sequences(SequenceBatch {
+                x: b.x.select(ax, rows),
+                loss_pos: b.loss_pos.clone(),
+                y: b.y.select(ax, rows),
+            }),
         }
     }
 }
 
-/// The inputs of a forward pass: tokens `[batch, pos]` or features `[batch, n_in]`.
+/// The inputs of a forward pass: tokens `[batch, pos]`, features `[batch, n_in]` or vector
+/// tokens `[batch, pos, d_in]`.
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
     Tokens(ArrayView2<'a, u32>),
     Dense(ArrayView2<'a, f32>),
+    Sequences(ArrayView3<'a, f32>),
 }
 
 /// Mean loss and accuracy over all loss positions, and per loss position (per instance for the
@@ -175,6 +223,13 @@ pub enum TaskIo {
     },
     /// Real vectors in, real vectors out (regression: squared error).
     Vectors { n_in: usize, n_out: usize },
+    /// Sequences of `n_ctx` real vectors of width `d_in`, with real targets of width `d_out` at the
+    /// loss positions (in-context regression: squared error).
+    VectorSequences {
+        d_in: usize,
+        d_out: usize,
+        n_ctx: usize,
+    },
     /// Sparse features to reconstruct through a bottleneck, one model per instance (Toy Models of
     /// Superposition): the data's own parameters, which the model's loss weights by.
     SparseFeatures(FeatureSpec),
@@ -286,6 +341,7 @@ impl TaskIo {
         match self {
             TaskIo::Tokens { .. } => "token sequences",
             TaskIo::Vectors { .. } => "real vectors with real targets",
+            TaskIo::VectorSequences { .. } => "sequences of real vectors with real targets",
             TaskIo::SparseFeatures(_) => "sparse features to reconstruct",
         }
     }

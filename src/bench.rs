@@ -86,7 +86,8 @@ pub fn train_steps_in(
     optim: AdamWConfig,
     steps: usize,
 ) -> Result<StepTimes> {
-    train_steps_traced_in(ws, model, batch, optim, steps, false)
+    let batch = crate::batch::Batch::Tokens(batch.clone());
+    train_steps_traced_in(ws, model, &batch, optim, steps, false)
 }
 
 /// [`train_steps_in`], each update traced as training traces it (`train.trace_every: 1`) when
@@ -94,7 +95,7 @@ pub fn train_steps_in(
 pub fn train_steps_traced_in(
     ws: &mut Workspace,
     model: &mut Transformer,
-    batch: &TokenBatch,
+    batch: &crate::batch::Batch,
     optim: AdamWConfig,
     steps: usize,
     trace: bool,
@@ -114,7 +115,15 @@ pub fn train_steps_traced_in(
     let mut traced = Vec::with_capacity(tensors.len());
     for _ in 0..steps {
         let t0 = Instant::now();
-        let stats = model.loss_and_grad(ws, batch, &mut grads)?;
+        let stats = match batch {
+            crate::batch::Batch::Tokens(b) => model.loss_and_grad(ws, b, &mut grads)?,
+            crate::batch::Batch::Sequences(b) => model.squared_error(ws, b, Some(&mut grads))?,
+            crate::batch::Batch::Dense(_) => {
+                return Err(crate::error::Error::Input(
+                    "a transformer step takes tokens or vector tokens".into(),
+                ))
+            }
+        };
         if trace {
             opt.update_traced(
                 &mut model.params,
@@ -248,10 +257,13 @@ impl W2 {
 /// batch 64, 18 tokens, loss at the 6 answer positions; d_model 512, 4 heads × 128, d_mlp 2048;
 /// lr 1e-4, wd 0.1, betas 0.9/0.98. W4 is `induction`'s: batch 64 of 32 random tokens with a
 /// repeated segment, loss at all 31 next-token positions; 2 attention-only layers with LayerNorm,
-/// d_model 64, 4 heads × 16; lr 1e-3, wd 0.01, betas 0.9/0.99.
+/// d_model 64, 4 heads × 16; lr 1e-3, wd 0.01, betas 0.9/0.99. W5 is `icl-regression`'s: batch
+/// 128 of 16 (x, y) pairs as 32 vector tokens of width 5, squared error at the 16 x tokens; 2
+/// layers with LayerNorm and MLPs, d_model 64, 4 heads × 16, d_mlp 64; Adam lr 0.003 (the
+/// schedule's peak), betas 0.9/0.999.
 pub struct PresetStep {
     pub model: Transformer,
-    pub batch: TokenBatch,
+    pub batch: crate::batch::Batch,
     pub optim: AdamWConfig,
 }
 
@@ -275,11 +287,12 @@ impl PresetStep {
             )));
         };
         let mut data = exp.task.make_data(exp.config.train.batch_size)?;
-        let crate::batch::Batch::Tokens(batch) = data.train_batch(1).into_owned() else {
+        let batch = data.train_batch(1).into_owned();
+        if let crate::batch::Batch::Dense(_) = batch {
             return Err(crate::error::Error::Input(format!(
-                "{preset}: not a token task"
+                "{preset}: not a sequence task"
             )));
-        };
+        }
         Ok(PresetStep {
             model: Transformer::new(cfg.clone())?,
             batch,
@@ -300,6 +313,29 @@ mod tests {
     }
 }
 
+/// A step's batch for the PyTorch side: tokens and targets, or vectors and targets (nested lists).
+fn batch_json(batch: &crate::batch::Batch) -> serde_json::Value {
+    let rows = |a: &ndarray::Array2<u32>| a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+    let cube = |a: &ndarray::Array3<f32>| {
+        a.outer_iter()
+            .map(|m| m.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    match batch {
+        crate::batch::Batch::Tokens(b) => serde_json::json!({
+            "tokens": rows(&b.tokens),
+            "targets": rows(&b.targets),
+            "loss_pos": b.loss_pos,
+        }),
+        crate::batch::Batch::Sequences(b) => serde_json::json!({
+            "x": cube(&b.x),
+            "y": cube(&b.y),
+            "loss_pos": b.loss_pos,
+        }),
+        crate::batch::Batch::Dense(_) => serde_json::json!({}),
+    }
+}
+
 /// The benchmark workloads (docs/PERFORMANCE.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -311,6 +347,8 @@ pub enum Workload {
     W3,
     /// An induction step (the `induction` preset).
     W4,
+    /// An in-context regression step (the `icl-regression` preset).
+    W5,
 }
 
 /// A forced choice, on or off.
@@ -385,10 +423,15 @@ impl BenchRequest {
                     serde_json::json!({}),
                 )
             }
-            Workload::W3 | Workload::W4 => {
+            Workload::W3 | Workload::W4 | Workload::W5 => {
                 let (preset, name, about) = match self.workload {
                     Workload::W3 => ("digits5", "W3", "digits5 step, batch 64"),
-                    _ => ("induction", "W4", "induction step, batch 64"),
+                    Workload::W4 => ("induction", "W4", "induction step, batch 64"),
+                    _ => (
+                        "icl-regression",
+                        "W5",
+                        "in-context regression step, batch 128",
+                    ),
                 };
                 let mut step = PresetStep::of(preset, self.seed)?;
                 let file = format!("init_{}.safetensors", name.to_lowercase());
@@ -401,14 +444,7 @@ impl BenchRequest {
                     steps,
                     self.trace,
                 )?;
-                let rows = |a: &ndarray::Array2<u32>| {
-                    a.outer_iter().map(|r| r.to_vec()).collect::<Vec<_>>()
-                };
-                let batch = serde_json::json!({
-                    "tokens": rows(&step.batch.tokens),
-                    "targets": rows(&step.batch.targets),
-                    "loss_pos": step.batch.loss_pos,
-                });
+                let batch = batch_json(&step.batch);
                 (name, about.to_string(), r, batch)
             }
             Workload::W1 => return self.w1(steps, &save),
@@ -449,7 +485,7 @@ impl BenchRequest {
         let r = train_steps_traced_in(
             &mut ws,
             &mut w1.model,
-            &w1.batch,
+            &crate::batch::Batch::Tokens(w1.batch.clone()),
             w1.optim,
             steps,
             self.trace,

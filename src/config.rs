@@ -77,6 +77,11 @@ pub const PRESETS: &[Preset] = &[
         yaml: include_str!("../presets/triggers.yaml"),
     },
     Preset {
+        name: "icl-regression",
+        about: "in-context linear regression (Hoogland et al. 2024's L2H4Minf): vector tokens, 2 layers, the one-cycle schedule to 40k of its 500k steps",
+        yaml: include_str!("../presets/icl-regression.yaml"),
+    },
+    Preset {
         name: "linear",
         about: "linear regression on Gaussian inputs (4 in, 2 out, noise 0.1): the smallest model, for trying the tools",
         yaml: include_str!("../presets/linear.yaml"),
@@ -171,6 +176,40 @@ pub struct OptimConfig {
     /// Linear warm-up as the original code's `LambdaLR(lambda s: min(s / warmup, 1))`: update t
     /// (counting from 1) uses lr · min((t − 1) / warmup_steps, 1); 0 turns it off.
     pub warmup_steps: u64,
+    /// PyTorch's `OneCycleLR` with linear annealing instead (timaeus-research/icl's schedule),
+    /// peaking at `lr`; absent: the warm-up schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_cycle: Option<OneCycle>,
+}
+
+/// PyTorch's `OneCycleLR(max_lr=lr, total_steps, pct_start, div_factor, final_div_factor,
+/// anneal_strategy="linear")`: update t (from 1) is the scheduler's step s = t − 1; the rate
+/// climbs linearly from lr/div_factor at s = 0 to lr at s = pct_start·total_steps − 1, then falls
+/// linearly to lr/(div_factor·final_div_factor) at s = total_steps − 1. A run may stop before
+/// `total_steps` (the paper's schedule, trained part of the way); it may not go past it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneCycle {
+    pub total_steps: u64,
+    pub pct_start: f64,
+    pub div_factor: f64,
+    pub final_div_factor: f64,
+}
+
+impl OneCycle {
+    /// The rate of update `t` (1-based) at peak `max_lr`.
+    pub fn lr_at(&self, max_lr: f64, t: u64) -> f64 {
+        let s = (t - 1) as f64;
+        let initial = max_lr / self.div_factor;
+        let min = initial / self.final_div_factor;
+        let peak_at = self.pct_start * self.total_steps as f64 - 1.0;
+        let end_at = self.total_steps as f64 - 1.0;
+        if s <= peak_at {
+            initial + (max_lr - initial) * s / peak_at
+        } else {
+            max_lr + (min - max_lr) * (s - peak_at) / (end_at - peak_at)
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -342,6 +381,54 @@ impl ExperimentConfig {
                     .and_then(|t| lookup(&t, k).cloned())
                     .unwrap_or(Value::Null);
                 return Err(Error::config(k, format!("{msg} (got {v})")));
+            }
+        }
+        if let Some(c) = &o.one_cycle {
+            let steps = self.train.steps;
+            let bad = if c.total_steps < steps.max(2) {
+                Some((
+                    "total_steps",
+                    format!(
+                        "must be at least 2 and train.steps {steps} (got {})",
+                        c.total_steps
+                    ),
+                ))
+            } else if !(c.pct_start > 0.0 && c.pct_start < 1.0)
+                || c.pct_start * (c.total_steps as f64) < 2.0
+                || c.pct_start * (c.total_steps as f64) > c.total_steps as f64 - 1.0
+            {
+                Some((
+                    "pct_start",
+                    format!(
+                        "must be in (0, 1), with both phases at least a step long (got {})",
+                        c.pct_start
+                    ),
+                ))
+            } else if !(c.div_factor > 0.0 && c.div_factor.is_finite()) {
+                Some((
+                    "div_factor",
+                    format!("must be a positive number (got {})", c.div_factor),
+                ))
+            } else if !(c.final_div_factor > 0.0 && c.final_div_factor.is_finite()) {
+                Some((
+                    "final_div_factor",
+                    format!("must be a positive number (got {})", c.final_div_factor),
+                ))
+            } else if o.warmup_steps > 0 {
+                Some((
+                    "warmup_steps",
+                    "must be 0 with optim.one_cycle, which has its own warm-up".into(),
+                ))
+            } else {
+                None
+            };
+            if let Some((k, msg)) = bad {
+                let key = if k == "warmup_steps" {
+                    "optim.warmup_steps".to_string()
+                } else {
+                    format!("optim.one_cycle.{k}")
+                };
+                return Err(Error::config(key, msg));
             }
         }
         let t = &self.train;

@@ -595,7 +595,10 @@ fn the_w_in_fold_is_taken_where_it_pays_or_when_asked() {
     tiny.evaluate(&mut ws, &w1.batch).unwrap();
     assert!(!ws.w_in_folded(), "d_model 32 does not fold");
     let w3 = toylens::bench::W3::new(0).unwrap();
-    w3.model.evaluate(&mut ws, &w3.batch).unwrap();
+    let toylens::batch::Batch::Tokens(w3_batch) = &w3.batch else {
+        panic!("digits5 has token batches")
+    };
+    w3.model.evaluate(&mut ws, w3_batch).unwrap();
     assert!(!ws.w_in_folded(), "digits5 does not fold");
     // A model with a LayerNorm before its MLP has no fold to take, even when asked.
     ws.set_w_in_fold(Some(true));
@@ -851,4 +854,187 @@ fn the_mix_honours_weights_a_hook_wrote_after_the_query() {
     // The unhooked forward's mix reads rows up to the query only.
     attention::mix_causal(&g, &pattern, &v, &mut z);
     assert_eq!(&z[..6], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0]);
+}
+
+/// A vector-token model (in-context regression's): x·W_E embedding, squared error at some
+/// positions, every trainable tensor against finite differences; the forward's predictions at
+/// the loss positions are those the loss scored, and hook_embed is x·W_E.
+#[test]
+fn vector_token_model_gradients_match_finite_differences() {
+    use toylens::batch::{Input, SequenceBatch};
+    use toylens::models::Model;
+    let cfg = TransformerConfig {
+        vector_tokens: true,
+        d_vocab: 5,
+        d_vocab_out: 2,
+        n_ctx: 8,
+        init: InitScheme::Torch,
+        attn_bias: false,
+        ..ln_gelu_2l()
+    };
+    let mut model = Transformer::new(cfg).unwrap();
+    let mut rng = Rng::new(5);
+    for s in model.layout.specs.clone() {
+        if s.trainable && !s.name.contains(".W_") {
+            for x in &mut model.params[s.range()] {
+                *x += (rng.normal() * 0.3) as f32;
+            }
+        }
+    }
+    let (b, p, loss_pos) = (3, 7, vec![0, 2, 4, 6]);
+    let x = ndarray::Array3::from_shape_fn((b, p, 5), |_| rng.normal() as f32);
+    let y = ndarray::Array3::from_shape_fn((b, loss_pos.len(), 2), |_| rng.normal() as f32);
+    let batch = SequenceBatch {
+        x: x.clone(),
+        loss_pos: loss_pos.clone(),
+        y: y.clone(),
+    };
+    let mut ws = Workspace::new();
+    let mut grads = vec![0.0; model.layout.total];
+    let stats = model
+        .squared_error(&mut ws, &batch, Some(&mut grads))
+        .unwrap();
+    // The loss is the mean of (ŷ − y)² over the forward's predictions at the loss positions.
+    let out = (&model as &dyn Model)
+        .forward(Input::Sequences(x.view()))
+        .unwrap();
+    let mut sq = 0.0f64;
+    for e in 0..b {
+        for (j, &q) in loss_pos.iter().enumerate() {
+            for o in 0..2 {
+                sq += f64::from(out[[e, q, o]] - y[[e, j, o]]).powi(2);
+            }
+        }
+    }
+    let mean = sq / (b * loss_pos.len() * 2) as f64;
+    assert!(
+        (stats.loss - mean).abs() < 1e-5 * mean,
+        "{} vs {mean}",
+        stats.loss
+    );
+    for s in &model.layout.specs {
+        let g = &grads[s.range()];
+        if s.trainable {
+            assert!(g.iter().any(|&v| v != 0.0), "{} got no gradient", s.name);
+        } else {
+            assert!(g.iter().all(|&v| v == 0.0), "frozen {} moved", s.name);
+        }
+    }
+    let (_, cache) = model
+        .run_input(
+            toylens::models::transformer::SeqInput::Vectors(x.view()),
+            toylens::hooks::Hooks::new(),
+            Some(toylens::hooks::CacheFilter::All),
+        )
+        .unwrap();
+    let embed = cache.get("hook_embed").unwrap();
+    let w_e = model.param("embed.W_E").unwrap();
+    for (e, q, c) in [(0, 0, 0), (2, 6, 11), (1, 3, 5)] {
+        let want: f32 = (0..5).map(|i| x[[e, q, i]] * w_e[[i, c]]).sum();
+        assert!(
+            (embed[[e, q, c]] - want).abs() < 1e-5,
+            "hook_embed[{e},{q},{c}]"
+        );
+    }
+    let specs = model.layout.specs.clone();
+    let mut params = model.params.clone();
+    for s in specs.iter().filter(|s| s.trainable) {
+        let n = s.len();
+        check_fd(
+            &format!("vector tokens {}", s.name),
+            &mut params,
+            &grads,
+            (0..n).step_by((n / 12).max(1)).map(|i| s.offset + i),
+            1e-2,
+            |p| {
+                model.params.copy_from_slice(p);
+                model
+                    .squared_error(&mut Workspace::new(), &batch, None)
+                    .unwrap()
+                    .loss
+            },
+        );
+    }
+}
+
+/// PyTorch's nn.Linear start: every weight within ±1/√fan_in and filling it; LN gains 1, frozen
+/// biases 0.
+#[test]
+fn torch_init_draws_within_each_layers_bound() {
+    let cfg = TransformerConfig {
+        init: InitScheme::Torch,
+        attn_bias: false,
+        d_model: 64,
+        n_heads: 4,
+        d_head: 16,
+        d_mlp: Some(128),
+        d_vocab: 5,
+        n_ctx: 32,
+        ..ln_gelu_2l()
+    };
+    let m = Transformer::new(cfg).unwrap();
+    for (name, fan_in) in [
+        ("embed.W_E", 5.0),
+        ("pos_embed.W_pos", 32.0),
+        ("blocks.0.attn.W_Q", 64.0),
+        ("blocks.1.attn.W_O", 64.0),
+        ("blocks.0.mlp.W_in", 64.0),
+        ("blocks.0.mlp.b_in", 64.0),
+        ("blocks.1.mlp.W_out", 128.0),
+        ("blocks.1.mlp.b_out", 128.0),
+        ("unembed.W_U", 64.0),
+    ] {
+        let w = m.param(name).unwrap();
+        let bound = 1.0 / f32::sqrt(fan_in);
+        let max = w.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
+        assert!(
+            max <= bound && max > 0.8 * bound,
+            "{name}: max |w| {max}, bound {bound}"
+        );
+    }
+    assert!(m
+        .param("blocks.0.attn.b_Q")
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0));
+    assert!(m.param("blocks.0.ln1.w").unwrap().iter().all(|&x| x == 1.0));
+}
+
+/// A backward asked for block 1's gradient only stops above block 0: block 1's entries are the
+/// full backward's bits, block 0's and the embeddings' are zero (what a weight-restricted λ̂ of a
+/// layer-1 head skips).
+#[test]
+fn a_backward_for_an_upper_block_gives_its_bits_and_skips_the_rest() {
+    use toylens::models::{Model, Scratch};
+    let cfg = ln_gelu_2l();
+    let model = Transformer::new(cfg.clone()).unwrap();
+    let b = toylens::Batch::Tokens(batch(&cfg, 4, 6, vec![3, 5], 2));
+    let n = model.layout.total;
+    let (mut full, mut part) = (vec![0.0f32; n], vec![1.0f32; n]);
+    Model::loss_and_grad(&model, &mut Scratch::new(), &b, &mut full).unwrap();
+    let upper: Vec<std::ops::Range<usize>> = model
+        .layout
+        .specs
+        .iter()
+        .filter(|s| s.name.starts_with("blocks.1.attn"))
+        .map(|s| s.range())
+        .collect();
+    let mut scratch = Scratch::new();
+    model
+        .loss_and_grad_of(&mut scratch, &b, &mut part, &upper)
+        .unwrap();
+    for s in &model.layout.specs {
+        let (f, p) = (&full[s.range()], &part[s.range()]);
+        if s.name.starts_with("blocks.0")
+            || s.name.starts_with("embed.")
+            || s.name.starts_with("pos_embed.")
+        {
+            assert!(p.iter().all(|&x| x == 0.0), "{} was computed", s.name);
+        } else {
+            assert_eq!(f, p, "{} differs", s.name);
+        }
+    }
+    // The next plain call computes everything again.
+    Model::loss_and_grad(&model, &mut scratch, &b, &mut part).unwrap();
+    assert_eq!(full, part);
 }

@@ -21,10 +21,12 @@ pub struct PyModel {
     task: Option<toylens::tasks::TaskInfo>,
 }
 
-/// What a model runs on: tokens (`[batch, pos]` integers) or dense inputs (`[batch, features]`).
+/// What a model runs on: tokens (`[batch, pos]` integers), dense inputs (`[batch, features]`) or
+/// vector tokens (`[batch, pos, width]` floats).
 enum OwnedInput {
     Tokens(Array2<u32>),
     Dense(Array2<f32>),
+    Sequences(ndarray::Array3<f32>),
 }
 
 impl OwnedInput {
@@ -32,6 +34,7 @@ impl OwnedInput {
         match self {
             OwnedInput::Tokens(t) => Input::Tokens(t.view()),
             OwnedInput::Dense(x) => Input::Dense(x.view()),
+            OwnedInput::Sequences(x) => Input::Sequences(x.view()),
         }
     }
 }
@@ -42,10 +45,20 @@ fn input_of(x: &Bound<'_, PyAny>) -> PyResult<OwnedInput> {
     let a = np.call_method1("asarray", (x,))?;
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
     let ndim: usize = a.getattr("ndim")?.extract()?;
+    if ndim == 3 && kind == "f" {
+        let a = a.call_method1("astype", ("float32",))?;
+        let d: PyReadonlyArrayDyn<f32> = a.extract()?;
+        let x = d
+            .as_array()
+            .to_owned()
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        return Ok(OwnedInput::Sequences(x));
+    }
     if ndim == 0 || ndim > 2 {
         let shape: Vec<usize> = a.getattr("shape")?.extract()?;
         return Err(PyValueError::new_err(format!(
-            "the input has shape {shape:?}; the model takes [batch, pos] tokens or [batch, features] values (or one example, 1-D)"
+            "the input has shape {shape:?}; the model takes [batch, pos] tokens, [batch, features] values (or one example, 1-D) or [batch, pos, width] vector tokens"
         )));
     }
     match kind.as_str() {

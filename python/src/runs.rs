@@ -413,6 +413,7 @@ fn _llc<'py>(
     let init_loss: InitLoss = toylens::error::choice("init_loss", init_loss).map_err(py_err)?;
     let sampler: Sampler = toylens::error::choice("sampler", sampler).map_err(py_err)?;
     let cfg = LlcConfig {
+        at_steps: Vec::new(),
         sampler,
         rmsprop_alpha,
         rmsprop_eps,
@@ -469,7 +470,8 @@ fn _llc_sets(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<Vec<(String,
 }
 
 /// One named set of a checkpoint's task as arrays: tokens, loss positions, targets and the
-/// positions that count (token tasks), or x and y (dense ones).
+/// positions that count (token tasks), x, loss positions and y (vector sequences), or x and y
+/// (dense ones).
 #[pyfunction]
 fn _named_set<'py>(
     py: Python<'py>,
@@ -498,6 +500,11 @@ fn _named_set<'py>(
                 Some(y) => d.set_item("y", y.into_pyarray(py))?,
                 None => d.set_item("y", py.None())?,
             }
+        }
+        Batch::Sequences(b) => {
+            d.set_item("x", b.x.into_pyarray(py))?;
+            d.set_item("loss_pos", b.loss_pos)?;
+            d.set_item("y", b.y.into_pyarray(py))?;
         }
     }
     Ok(d)

@@ -155,3 +155,29 @@ def test_dense_models_take_float_inputs(tmp_path):
     np.testing.assert_array_equal(m(x), out)
     analysis = toylens.analyze(run.dir / "final.safetensors")
     assert analysis["kind"] == "superposition" and len(analysis["instances"]) == m.cfg["n_instances"]
+
+
+def test_in_context_regression_takes_vector_tokens(tmp_path):
+    # The icl-regression preset, briefly: its model reads [batch, pos, D + 1] floats, the loss
+    # is the mean squared error of its predictions at the x tokens, and its named set hands the
+    # same sequences to numpy.
+    run = toylens.train(
+        "icl-regression",
+        {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
+         "train.log_checkpoints": 0, "data.n_eval": 32, "train.batch_size": 16},
+        out=tmp_path / "icl",
+        progress=False,
+    )
+    final = run.dir / "final.safetensors"
+    test = toylens.named_set(final, "test")
+    x, y, pos = test["x"], test["y"], test["loss_pos"]
+    assert x.shape == (32, 32, 5) and y.shape == (32, 16, 1) and pos == list(range(0, 32, 2))
+    model = run.load()
+    out = model(x)
+    assert out.shape == (32, 32, 1)
+    mse = float(np.mean((out[:, pos] - y) ** 2))
+    assert mse == pytest.approx(run.metrics["test_loss"][-1], rel=1e-4)
+    logits, cache = model.run_with_cache(x)
+    assert cache["hook_embed"].shape == (32, 32, 64)
+    with pytest.raises(ValueError, match="reads vectors"):
+        model(np.zeros((2, 32), dtype=np.int64))

@@ -112,9 +112,20 @@ pub struct Dynamics {
 }
 
 /// `model`'s outputs on `set` as one vector: log-probabilities at every loss position the set
-/// counts for token batches (the same positions at every checkpoint), the outputs for dense ones.
+/// counts for token batches (the same positions at every checkpoint), the predictions at the loss
+/// positions for vector sequences (in-context regression's ŷ, as Hoogland et al. take them), the
+/// outputs for dense ones.
 pub fn outputs(model: &dyn Model, set: &NamedSet) -> Result<Vec<f32>> {
     let out = model.forward(set.batch.input())?;
+    if let (Batch::Sequences(b), 3) = (&set.batch, out.ndim()) {
+        let mut v = Vec::with_capacity(b.x.dim().0 * b.loss_pos.len() * out.shape()[2]);
+        for e in 0..b.x.dim().0 {
+            for &p in &b.loss_pos {
+                v.extend(out.slice(ndarray::s![e, p, ..]).iter());
+            }
+        }
+        return Ok(v);
+    }
     let Batch::Tokens(b) = &set.batch else {
         return Ok(out.iter().copied().collect());
     };

@@ -312,6 +312,9 @@ enum Cmd {
         /// Examples of each observed set evaluated at a draw (default: the minibatch size).
         #[arg(long)]
         observe_examples: Option<usize>,
+        /// For a run: only the checkpoints at these steps (comma-separated; default every one).
+        #[arg(long, value_delimiter = ',')]
+        at_steps: Vec<u64>,
         #[arg(long)]
         json: bool,
         /// Write traces and pictures here (for a run directory: default RUN/analysis/).
@@ -401,7 +404,7 @@ enum Cmd {
     /// List a checkpoint's hook points (TransformerLens names) with their shapes per example.
     Hooks { checkpoint: PathBuf },
     /// Time training steps of a benchmark workload (W1: Nanda's grokking step, full batch; W2: a
-    /// ToyMLP step at batch 64; W3: a digits5 step; W4: an induction step).
+    /// ToyMLP step at batch 64; W3: a digits5 step; W4: an induction step; W5: an in-context regression step).
     Bench {
         /// `w1`, `w2`, `w3` (one step of the digits5 preset: batch 64, 18 tokens, d_model 512) or
         /// `w4` (one step of the induction preset: batch 64, 32 tokens, 2 attention-only layers).
@@ -1376,6 +1379,7 @@ fn run(cmd: Cmd) -> Result<()> {
             sample_on,
             observe,
             observe_examples,
+            at_steps,
             json,
             out,
         } => {
@@ -1387,6 +1391,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 return Ok(());
             }
             let cfg = LlcConfig {
+                at_steps,
                 restrict,
                 mask,
                 sampler,

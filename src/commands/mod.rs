@@ -782,7 +782,7 @@ fn llc_into(
     use crate::analysis::llc;
     let out = files.flatten();
     if target.is_dir() {
-        let r = run::Run::open(target)?;
+        let r = run::Run::open(target)?.only_steps(&cfg.at_steps)?;
         let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
         let steps = r.steps.clone();
         let (data, observed) = llc_sets(&loaded[0], cfg)?;
@@ -960,7 +960,7 @@ fn llc_heads_into(
 ) -> Result<LlcReport> {
     use crate::analysis::{components, llc};
     let (steps, loaded) = if target.is_dir() {
-        let r = run::Run::open(target)?;
+        let r = run::Run::open(target)?.only_steps(&cfg.at_steps)?;
         let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
         (r.steps.clone(), loaded)
     } else {

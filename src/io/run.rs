@@ -425,6 +425,23 @@ impl Run {
         })
     }
 
+    /// The run with only the checkpoints of `steps` (all of them when `steps` is empty); a step
+    /// without a checkpoint is an error that lists the ones there are.
+    pub fn only_steps(mut self, steps: &[u64]) -> Result<Run> {
+        if steps.is_empty() {
+            return Ok(self);
+        }
+        if let Some(s) = steps.iter().find(|s| !self.steps.contains(s)) {
+            return Err(Error::Input(format!(
+                "{}: no checkpoint at step {s}; the run has {:?}",
+                self.dir.display(),
+                self.steps
+            )));
+        }
+        self.steps.retain(|s| steps.contains(s));
+        Ok(self)
+    }
+
     /// The checkpoint of `step`.
     pub fn checkpoint(&self, step: u64) -> PathBuf {
         checkpoint_path(&self.dir, step)

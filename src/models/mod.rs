@@ -98,6 +98,20 @@ pub trait Model: Send + Sync {
         batch: &Batch,
         grads: &mut [f32],
     ) -> Result<LossStats>;
+    /// [`Model::loss_and_grad`] when only the gradient's entries in `wanted` (ranges of the flat
+    /// buffer) are read: a kind may skip the work that only the others need (a transformer's
+    /// backward stops above the lowest block `wanted` touches), and those others are then zero.
+    /// The entries in `wanted` are exactly `loss_and_grad`'s.
+    fn loss_and_grad_of(
+        &self,
+        scratch: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+        wanted: &[std::ops::Range<usize>],
+    ) -> Result<LossStats> {
+        let _ = wanted;
+        self.loss_and_grad(scratch, batch, grads)
+    }
     /// The general forward pass: output (logits, or the reconstruction) with hooks and, optionally,
     /// a cache of the activations the filter keeps. Hooks and the cache see full tensors.
     fn run(
@@ -359,7 +373,7 @@ pub fn trained_tensors(specs: Vec<(&'static str, Vec<usize>, Range<usize>)>) -> 
 pub fn token_batch<'a>(batch: &'a Batch, arch: &str) -> Result<&'a crate::batch::TokenBatch> {
     match batch {
         Batch::Tokens(b) => Ok(b),
-        Batch::Dense(_) => Err(batch_mismatch(arch, "token batches")),
+        _ => Err(batch_mismatch(arch, "token batches")),
     }
 }
 

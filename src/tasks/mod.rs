@@ -6,6 +6,7 @@
 
 pub mod digits;
 pub mod files;
+pub mod icl_regression;
 pub mod induction;
 pub mod modular;
 pub mod regression;
@@ -41,6 +42,7 @@ pub const TASKS: &[TaskKind] = &[
     TaskKind::of::<files::FilesSection>(),
     TaskKind::of::<induction::InductionSection>(),
     TaskKind::of::<triggers::TriggersSection>(),
+    TaskKind::of::<icl_regression::IclRegressionSection>(),
 ];
 
 /// A task's config section (`data:` without its `task` tag), as YAML holds it: a serde struct
@@ -318,7 +320,7 @@ impl TaskData for FixedSets {
     fn columns(&self) -> Vec<String> {
         match self.train {
             Batch::Tokens(_) => LOSS_ACC_COLUMNS.map(String::from).to_vec(),
-            Batch::Dense(_) => vec!["train_loss".into(), "test_loss".into()],
+            Batch::Dense(_) | Batch::Sequences(_) => vec!["train_loss".into(), "test_loss".into()],
         }
     }
     fn train_batch(&mut self, step: u64) -> Cow<'_, Batch> {
@@ -337,7 +339,7 @@ impl TaskData for FixedSets {
         let te = model.evaluate(scratch, &self.test)?;
         Ok(match self.train {
             Batch::Tokens(_) => loss_acc(&tr, &te),
-            Batch::Dense(_) => vec![tr.loss, te.loss],
+            Batch::Dense(_) | Batch::Sequences(_) => vec![tr.loss, te.loss],
         })
     }
     fn train_set(&self) -> Option<Batch> {

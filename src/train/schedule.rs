@@ -14,6 +14,7 @@ pub struct Schedule {
     pub early_stop_test_loss: Option<f64>,
     pub lr: f64,
     pub warmup_steps: u64,
+    pub one_cycle: Option<crate::config::OneCycle>,
     /// The pruning mask's file, if any.
     pub mask: Option<std::path::PathBuf>,
     /// The checkpoint whose weights the run starts from, if not the seed's initialisation.
@@ -22,8 +23,11 @@ pub struct Schedule {
 
 impl Schedule {
     /// Learning rate of update `t` (1-based): linear warm-up as the original code's
-    /// `LambdaLR(lambda s: min(s / warmup, 1))`.
+    /// `LambdaLR(lambda s: min(s / warmup, 1))`, or the one-cycle schedule.
     pub fn lr_at(&self, t: u64) -> f64 {
+        if let Some(c) = &self.one_cycle {
+            return c.lr_at(self.lr, t);
+        }
         let w = self.warmup_steps;
         if w == 0 {
             self.lr
@@ -64,6 +68,7 @@ impl Schedule {
             init_from: t.init_from.as_ref().map(std::path::PathBuf::from),
             lr: cfg.optim.lr,
             warmup_steps: cfg.optim.warmup_steps,
+            one_cycle: cfg.optim.one_cycle.clone(),
         }
     }
 }
@@ -83,6 +88,7 @@ mod tests {
             early_stop_test_loss: None,
             lr: 1e-3,
             warmup_steps: 0,
+            one_cycle: None,
             mask: None,
             init_from: None,
         };
@@ -95,5 +101,26 @@ mod tests {
         };
         let due: Vec<u64> = (0..=2500).filter(|&s| none.checkpoint_due(s)).collect();
         assert_eq!(due, [0, 1000, 2000, 2500]);
+    }
+
+    #[test]
+    fn one_cycle_is_pytorchs_linear_one_cycle() {
+        // torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.003, total_steps=10, pct_start=0.5,
+        // div_factor=4, final_div_factor=10, anneal_strategy="linear", cycle_momentum=False):
+        // get_last_lr() before each of the ten optimizer steps.
+        let torch = [
+            0.00075, 0.0013125, 0.001875, 0.0024375, 0.003, 0.002415, 0.00183, 0.001245, 0.00066,
+            7.5e-05,
+        ];
+        let c = crate::config::OneCycle {
+            total_steps: 10,
+            pct_start: 0.5,
+            div_factor: 4.0,
+            final_div_factor: 10.0,
+        };
+        for (t, want) in (1..=10).zip(torch) {
+            let got = c.lr_at(0.003, t);
+            assert!((got - want).abs() < 1e-12, "update {t}: {got} vs {want}");
+        }
     }
 }

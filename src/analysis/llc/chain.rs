@@ -202,7 +202,9 @@ pub(super) fn run_chain(
     let steps = cfg.burnin + cfg.draws * cfg.steps_between_draws;
     for i in 0..steps {
         let batch = data.select(order.batch(i as u64 + 1));
-        let loss = m.loss_and_grad(&mut scratch, &batch, &mut grads)?.loss;
+        let loss = m
+            .loss_and_grad_of(&mut scratch, &batch, &mut grads, sampled)?
+            .loss;
         let drawn = i >= cfg.burnin && (i + 1 - cfg.burnin) % cfg.steps_between_draws == 0;
         if drawn {
             if let State::Sgld = state {

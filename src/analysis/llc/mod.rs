@@ -119,6 +119,9 @@ pub struct LlcConfig {
     /// Examples of each observed set evaluated at a draw (the first ones, the same every draw);
     /// None: the minibatch size m.
     pub observe_examples: Option<usize>,
+    /// A run's estimates at the checkpoints of these steps only (empty: every checkpoint). Read by
+    /// the commands that open runs.
+    pub at_steps: Vec<u64>,
 }
 
 impl Default for LlcConfig {
@@ -143,6 +146,7 @@ impl Default for LlcConfig {
             sample_on: None,
             observe: Vec::new(),
             observe_examples: None,
+            at_steps: Vec::new(),
         }
     }
 }

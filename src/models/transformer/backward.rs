@@ -99,7 +99,8 @@ impl Transformer {
         self.unembed_backward(ws, &mut dres, grads);
         let (b_n, p_n) = (ws.batch, ws.n_pos);
         let bp = b_n * p_n;
-        for l in (0..self.cfg.n_layers).rev() {
+        let floor = ws.backward_floor.unwrap_or(0);
+        for l in (floor..self.cfg.n_layers).rev() {
             let last = l + 1 == self.cfg.n_layers;
             let rows = BlockRows {
                 b: b_n,
@@ -125,7 +126,9 @@ impl Transformer {
             std::mem::swap(&mut dres, &mut dres_next);
             keep(Site::ResidPre(l), &dres, bp * d);
         }
-        self.embed_backward(ws, &dres, grads);
+        if floor == 0 {
+            self.embed_backward(ws, &dres, grads);
+        }
         ws.dres_a = dres;
         ws.dres_b = dres_next;
     }
@@ -665,7 +668,18 @@ impl Transformer {
         let lay = &self.layout;
         let d = self.cfg.d_model;
         let ge = &mut grads[lay.specs[lay.w_e].range()];
-        scatter_add_rows(ge, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].0 as usize);
+        if self.cfg.vector_tokens {
+            // dW_E += xᵀ·dres over every row (vector tokens are embedded linearly).
+            let (rows, d_in) = (ws.uniq.len(), self.cfg.d_vocab);
+            matmul(
+                &mut view_mut(ge, d_in, d),
+                &view(&ws.x_in, rows, d_in).t(),
+                &view(dres, rows, d),
+                true,
+            );
+        } else {
+            scatter_add_rows(ge, &dres[..ws.uniq.len() * d], d, |r| ws.uniq[r].0 as usize);
+        }
         // Only standard models' W_pos is in the residual stream (shortformer's: attention_backward).
         if let (true, Some(w_pos)) = (self.cfg.pos_in_resid(), lay.w_pos) {
             let gp = &mut grads[lay.specs[w_pos].range()];

@@ -44,6 +44,11 @@ pub enum InitScheme {
     TransformerLens,
     /// The original grokking code: randn/sqrt(d_model) everywhere, `W_U` randn/sqrt(d_vocab), biases 0.
     Nanda,
+    /// PyTorch's `nn.Linear` defaults, as models written with it start (the in-context regression
+    /// code's, say): each weight and its trainable bias U(±1/√fan_in), fan_in being the width the
+    /// layer reads (d_vocab for `W_E`, n_ctx for `W_pos` as a linear map of one-hot positions,
+    /// d_model for Q/K/V, W_in and W_U, n_heads·d_head for W_O, d_mlp for W_out); LN w=1 b=0.
+    Torch,
 }
 
 fn default_eps() -> f64 {
@@ -114,6 +119,11 @@ pub struct TransformerConfig {
     /// `blocks.L.attn.smear_alpha [n_heads]`. TransformerLens has no such field.
     #[serde(default, skip_serializing_if = "is_false")]
     pub smear_keys: bool,
+    /// toylens's own: every input position is a real vector of width `d_vocab`, embedded as
+    /// x·W_E, and the `d_vocab_out` outputs at a loss position are real values scored by squared
+    /// error (in-context regression). TransformerLens has no such field.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vector_tokens: bool,
 }
 
 impl TransformerConfig {
@@ -144,6 +154,7 @@ impl TransformerConfig {
             rotary_base: None,
             rotary_adjacent_pairs: false,
             smear_keys: false,
+            vector_tokens: false,
         }
     }
 
@@ -179,7 +190,9 @@ impl TransformerConfig {
     /// queries, keys and values are functions of its token and position alone, computed from
     /// the residual row (standard positions, no smearing).
     pub fn rows_by_token_and_position(&self) -> bool {
-        self.positional_embedding_type == PositionalEmbedding::Standard && !self.smear_keys
+        self.positional_embedding_type == PositionalEmbedding::Standard
+            && !self.smear_keys
+            && !self.vector_tokens
     }
 
     pub fn d_vocab_out(&self) -> usize {
@@ -367,6 +380,27 @@ pub struct TransformerSection {
     pub smear_keys: bool,
 }
 
+/// The transformer's sizes from a task: vocabularies (or vector widths), context, and whether the
+/// tokens are vectors.
+fn sizes_from(io: &crate::batch::TaskIo) -> Result<(usize, usize, usize, bool)> {
+    match *io {
+        crate::batch::TaskIo::Tokens {
+            d_vocab,
+            d_vocab_out,
+            n_ctx,
+            ..
+        } => Ok((d_vocab, d_vocab_out, n_ctx, false)),
+        crate::batch::TaskIo::VectorSequences { d_in, d_out, n_ctx } => {
+            Ok((d_in, d_out, n_ctx, true))
+        }
+        _ => Err(crate::models::wrong_io(
+            "transformer",
+            "token sequences or sequences of vectors",
+            io,
+        )),
+    }
+}
+
 impl crate::models::ModelSection for TransformerSection {
     const NAME: &'static str = "transformer";
     fn configure(
@@ -374,19 +408,7 @@ impl crate::models::ModelSection for TransformerSection {
         io: &crate::batch::TaskIo,
         seed: u64,
     ) -> Result<std::sync::Arc<dyn crate::models::ModelPlan>> {
-        let crate::batch::TaskIo::Tokens {
-            d_vocab,
-            d_vocab_out,
-            n_ctx,
-            ..
-        } = *io
-        else {
-            return Err(crate::models::wrong_io(
-                "transformer",
-                "token sequences",
-                io,
-            ));
-        };
+        let (d_vocab, d_vocab_out, n_ctx, vector_tokens) = sizes_from(io)?;
         let d_head = match self.d_head {
             Some(d) => d,
             None if self.n_heads > 0 && self.d_model % self.n_heads == 0 => {
@@ -429,6 +451,7 @@ impl crate::models::ModelSection for TransformerSection {
             rotary_base: self.rotary_base,
             rotary_adjacent_pairs: self.rotary_adjacent_pairs,
             smear_keys: self.smear_keys,
+            vector_tokens,
         };
         cfg.validate("model.")?;
         Ok(std::sync::Arc::new(cfg))

@@ -12,10 +12,33 @@ use crate::engine::attention::{self, Geometry};
 use crate::engine::matmul::{linear, matmul, matmul_threads, view, view_mut};
 use crate::engine::{activation, fold, layernorm, simd};
 use crate::hooks::{write_floats, HookRunner};
-use ndarray::ArrayView2;
+use ndarray::{ArrayView2, ArrayView3};
 use rayon::prelude::*;
 
 pub(super) type Interceptor<'h, 'c> = HookRunner<'h, 'c>;
+
+/// What a forward reads: token ids `[b, p]`, or (`vector_tokens` models) vectors `[b, p, d_vocab]`.
+#[derive(Clone, Copy, Debug)]
+pub enum SeqInput<'a> {
+    Tokens(ArrayView2<'a, u32>),
+    Vectors(ArrayView3<'a, f32>),
+}
+
+impl SeqInput<'_> {
+    /// (batch, positions).
+    pub fn dim(&self) -> (usize, usize) {
+        match self {
+            SeqInput::Tokens(t) => t.dim(),
+            SeqInput::Vectors(x) => (x.dim().0, x.dim().1),
+        }
+    }
+}
+
+impl<'a> From<ArrayView2<'a, u32>> for SeqInput<'a> {
+    fn from(t: ArrayView2<'a, u32>) -> Self {
+        SeqInput::Tokens(t)
+    }
+}
 
 /// Run the hooks at `site` on `data` viewed with `shape` (no copy).
 fn intercept(hk: &mut Option<&mut Interceptor>, site: Site, data: &mut [f32], shape: &[usize]) {
@@ -190,15 +213,16 @@ impl Transformer {
     /// hooks `last_q` must be all positions, and nothing is deduplicated or folded (see
     /// [`Plan::choose`]); a cache pass restricts it only when it keeps none of the last block's
     /// query-side entries (`prefix.rs` assembles those).
-    pub(super) fn forward_impl(
+    pub(super) fn forward_impl<'x>(
         &self,
         ws: &mut Workspace,
-        tokens: ArrayView2<u32>,
+        input: impl Into<SeqInput<'x>>,
         last_q: &[usize],
         mut hk: Option<&mut Interceptor>,
     ) {
         let cfg = &self.cfg;
-        let (b_n, p_n) = tokens.dim();
+        let input = input.into();
+        let (b_n, p_n) = input.dim();
         ws.plan = Plan::choose(cfg, hk.as_deref(), ws.w_in_fold, ws.plain);
         ws.batch = b_n;
         ws.n_pos = p_n;
@@ -211,7 +235,10 @@ impl Transformer {
         for (i, x) in ident.iter_mut().enumerate() {
             *x = i as u32;
         }
-        self.embed_forward(ws, tokens, &mut hk);
+        match input {
+            SeqInput::Tokens(tokens) => self.embed_forward(ws, tokens, &mut hk),
+            SeqInput::Vectors(x) => self.embed_vectors_forward(ws, x, &mut hk),
+        }
         if ws.plan.differentiable && ws.w_in_fold.is_none() {
             // Training and evaluation: the fold where its cost model says it pays for this
             // batch's shapes (never from the machine: the same choice, and bits, everywhere).
@@ -354,6 +381,44 @@ impl Transformer {
                         }
                     }
                     None => o.copy_from_slice(e),
+                }
+            }
+        }
+    }
+
+    /// Vector tokens' embedding: `x [b, p, d_vocab]`·W_E (+ W_pos) into `resid[0] [b·p, d]`, one
+    /// row per input (nothing repeats); `x` is kept in `ws.x_in` for W_E's gradient.
+    fn embed_vectors_forward(
+        &self,
+        ws: &mut Workspace,
+        x: ArrayView3<f32>,
+        hk: &mut Option<&mut Interceptor>,
+    ) {
+        let (cfg, lay, w) = (&self.cfg, &self.layout, &self.params[..]);
+        let (b_n, p_n, d_in) = x.dim();
+        let (d, rows) = (cfg.d_model, b_n * p_n);
+        let map0 = buf(&mut ws.map0, rows);
+        ws.uniq.clear();
+        for (r, m) in map0.iter_mut().enumerate() {
+            *m = r as u32;
+            ws.uniq.push((0, (r % p_n) as u32));
+        }
+        ws.x_in.clear();
+        ws.x_in.extend(x.iter());
+        let emb = buf(&mut ws.embed, rows * d);
+        linear(emb, &ws.x_in, lay.get(w, lay.w_e), None, rows, d_in, d);
+        intercept(hk, Site::Embed, emb, &[b_n, p_n, d]);
+        let resid0 = buf(&mut ws.resid[0], rows * d);
+        resid0.copy_from_slice(&ws.embed);
+        if let Some(w_pos) = lay.w_pos.map(|id| lay.get(w, id)) {
+            let pos = buf(&mut ws.pos, rows * d);
+            for (r, row) in pos.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&w_pos[(r % p_n) * d..][..d]);
+            }
+            intercept(hk, Site::PosEmbed, pos, &[b_n, p_n, d]);
+            if cfg.pos_in_resid() {
+                for (o, p) in resid0.iter_mut().zip(&ws.pos) {
+                    *o += p;
                 }
             }
         }

@@ -26,15 +26,16 @@ mod sites;
 pub use config::{
     InitScheme, Normalization, PositionalEmbedding, TransformerConfig, TransformerSection,
 };
+pub use forward::SeqInput;
 pub use params::{BlockIds, Layout, LnIds, MlpIds, ParamSpec};
 pub use sites::{patch_axes, Site};
 
-use crate::batch::{Batch, Input, LossStats, TokenBatch};
+use crate::batch::{Batch, Input, LossStats, SequenceBatch, TokenBatch};
 use crate::engine::loss::{self, RowLoss};
 use crate::error::{Error, Result};
 use crate::hooks::{ActivationCache, CacheFilter, HookRunner, Hooks};
 use crate::models::{batch_mismatch, Buffer, Kind, Model, Scratch, TensorSpec};
-use ndarray::{Array3, ArrayView2, IxDyn};
+use ndarray::{Array3, ArrayView2, ArrayView3, IxDyn};
 
 /// The buffers of the last [`Transformer::run`], kept for the next (one set, for any model).
 static RUN_WORKSPACE: std::sync::Mutex<Option<Workspace>> = std::sync::Mutex::new(None);
@@ -165,8 +166,10 @@ pub struct Workspace {
     /// `resid[l]`: input of block l (`[r, d]` for l = 0, `[b·p, d]` after); `resid[n_layers]`: the
     /// last block's output, `[b·q, d]`.
     resid: Vec<Vec<f32>>,
-    /// `[r, d]` each (only when a hook wants them).
+    /// `[r, d]` each (only when a hook wants them, or vector tokens).
     embed: Vec<f32>,
+    /// Vector tokens: the input `[b·p, d_vocab]` (for W_E's gradient).
+    x_in: Vec<f32>,
     pos: Vec<f32>,
     /// `[b·p·h·d_head]`: q/k/v in TransformerLens' order for their hooks.
     head_tmp: Vec<f32>,
@@ -217,6 +220,9 @@ pub struct Workspace {
     /// The next forward starts at this block with this residual stream `[b·p, d]` (hooked passes:
     /// `run_with_hooks_at`).
     start_at: Option<(usize, Vec<f32>)>,
+    /// The next backward stops above this block: the blocks below it and the embeddings get no
+    /// gradient (`loss_and_grad_of`, when nothing there is wanted).
+    backward_floor: Option<usize>,
 }
 
 impl Workspace {
@@ -294,6 +300,12 @@ impl Transformer {
     }
 
     pub fn check_tokens(&self, tokens: ArrayView2<u32>) -> Result<()> {
+        if self.cfg.vector_tokens {
+            return Err(Error::Input(format!(
+                "this model reads vectors [batch, pos, {}], not token ids",
+                self.cfg.d_vocab
+            )));
+        }
         let (b, p) = tokens.dim();
         if b == 0 || p == 0 {
             return Err(Error::Input(format!(
@@ -313,6 +325,85 @@ impl Transformer {
             return Err(Error::Input(format!(
                 "token {t} at [batch {bi}, position {pi}] is outside the vocabulary (d_vocab = {})",
                 self.cfg.d_vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// Vector tokens `[batch, pos, d_vocab]`: a `vector_tokens` model's input, finite.
+    pub fn check_vectors(&self, x: ArrayView3<f32>) -> Result<()> {
+        let (b, p, d_in) = x.dim();
+        if !self.cfg.vector_tokens {
+            return Err(Error::Input(format!(
+                "this model reads token ids [batch, pos]; got vectors of shape [{b}, {p}, {d_in}]"
+            )));
+        }
+        if b == 0 || p == 0 || d_in != self.cfg.d_vocab {
+            return Err(Error::Input(format!(
+                "vector tokens have shape [{b}, {p}, {d_in}]; the model takes [batch, pos, {}]",
+                self.cfg.d_vocab
+            )));
+        }
+        if p > self.cfg.n_ctx {
+            return Err(Error::Input(format!(
+                "input has {p} positions but the model's n_ctx is {}",
+                self.cfg.n_ctx
+            )));
+        }
+        if let Some(((bi, pi, _), _)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::Input(format!(
+                "vector token at [batch {bi}, position {pi}] is not finite"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_input(&self, input: SeqInput) -> Result<()> {
+        match input {
+            SeqInput::Tokens(t) => self.check_tokens(t),
+            SeqInput::Vectors(x) => self.check_vectors(x),
+        }
+    }
+
+    /// The lowest block whose parameters `wanted` touches (0 when it touches an embedding, the
+    /// number of blocks when it touches only the final LayerNorm and the unembedding): where a
+    /// backward that fills `wanted` may stop.
+    fn lowest_block_wanted(&self, wanted: &[std::ops::Range<usize>]) -> usize {
+        let touches =
+            |r: std::ops::Range<usize>| wanted.iter().any(|w| w.start < r.end && r.start < w.end);
+        let mut lowest = self.cfg.n_layers;
+        for s in &self.layout.specs {
+            if !touches(s.range()) {
+                continue;
+            }
+            match s.name.strip_prefix("blocks.") {
+                Some(rest) => {
+                    let l = rest.split('.').next().and_then(|l| l.parse().ok());
+                    lowest = lowest.min(l.unwrap_or(0));
+                }
+                None if s.name.starts_with("ln_final") || s.name.starts_with("unembed") => {}
+                None => return 0,
+            }
+        }
+        lowest
+    }
+
+    /// A vector batch: its inputs, loss positions and targets `[batch, loss positions, d_vocab_out]`.
+    fn check_sequence_batch(&self, batch: &SequenceBatch) -> Result<()> {
+        self.check_vectors(batch.x.view())?;
+        check_positions(&batch.loss_pos, batch.x.dim().1)?;
+        let want = (
+            batch.x.dim().0,
+            batch.loss_pos.len(),
+            self.cfg.d_vocab_out(),
+        );
+        if batch.y.dim() != want {
+            return Err(Error::Input(format!(
+                "targets have shape {:?}, expected [{}, {}, {}]",
+                batch.y.shape(),
+                want.0,
+                want.1,
+                want.2
             )));
         }
         Ok(())
@@ -372,9 +463,21 @@ impl Transformer {
         hooks: Hooks,
         filter: Option<CacheFilter>,
     ) -> Result<(Array3<f32>, ActivationCache)> {
-        self.check_tokens(tokens)?;
+        self.run_input(tokens.into(), hooks, filter)
+    }
+
+    /// [`Transformer::run`] of token ids or vector tokens.
+    pub fn run_input(
+        &self,
+        input: SeqInput,
+        hooks: Hooks,
+        filter: Option<CacheFilter>,
+    ) -> Result<(Array3<f32>, ActivationCache)> {
+        self.check_input(input)?;
         let names: Vec<String> = Site::all(&self.cfg).iter().map(Site::name).collect();
-        if let (true, Some(filter)) = (hooks.is_empty(), filter.as_ref()) {
+        if let (true, Some(filter), SeqInput::Tokens(tokens)) =
+            (hooks.is_empty(), filter.as_ref(), input)
+        {
             if let Some(split) = prefix::PrefixSplit::find(tokens) {
                 // Check the filter's names first (the split passes filter by predicate).
                 HookRunner::new(
@@ -391,10 +494,10 @@ impl Transformer {
         let mut cache = ActivationCache::default();
         let mut icpt: forward::Interceptor =
             HookRunner::new(&names, hooks, filter.as_ref().map(|f| (&mut cache, f)))?;
-        let (b, p) = tokens.dim();
+        let (b, p) = input.dim();
         let mut ws = take_run_workspace();
         let all_pos: Vec<usize> = (0..p).collect();
-        self.forward_impl(&mut ws, tokens, &all_pos, Some(&mut icpt));
+        self.forward_impl(&mut ws, input, &all_pos, Some(&mut icpt));
         let finished = icpt.finish();
         let v = self.cfg.d_vocab_out();
         let logits = Array3::from_shape_vec((b, p, v), ws.logits[..b * p * v].to_vec())
@@ -673,6 +776,59 @@ impl Transformer {
         Ok(stats)
     }
 
+    /// Mean squared error on a vector batch and, with `grads`, its gradient (overwritten): the
+    /// mean over examples, loss positions and outputs of (ŷ − y)², as PyTorch's `mse_loss`.
+    pub fn squared_error(
+        &self,
+        ws: &mut Workspace,
+        batch: &SequenceBatch,
+        grads: Option<&mut [f32]>,
+    ) -> Result<LossStats> {
+        self.check_sequence_batch(batch)?;
+        if let Some(g) = &grads {
+            if g.len() != self.layout.total {
+                return Err(Error::Input(format!(
+                    "gradient buffer has {} entries, the model {}",
+                    g.len(),
+                    self.layout.total
+                )));
+            }
+        }
+        self.forward_impl(ws, SeqInput::Vectors(batch.x.view()), &batch.loss_pos, None);
+        let (b, nl, v) = batch.y.dim();
+        let n = (b * nl * v) as f64;
+        let mut per_position = vec![0.0f64; nl];
+        let y = batch.y.as_slice().expect("contiguous targets");
+        for (i, (pred, target)) in ws.logits[..b * nl * v]
+            .chunks_exact(v)
+            .zip(y.chunks_exact(v))
+            .enumerate()
+        {
+            per_position[i % nl] += pred
+                .iter()
+                .zip(target)
+                .map(|(p, t)| f64::from(p - t).powi(2))
+                .sum::<f64>();
+        }
+        if let Some(grads) = grads {
+            let scale = (2.0 / n) as f32;
+            let dl = buf(&mut ws.dlogits, b * nl * v);
+            for ((d, p), t) in dl.iter_mut().zip(&ws.logits).zip(y) {
+                *d = scale * (p - t);
+            }
+            grads.fill(0.0);
+            self.backward_impl(ws, grads);
+        }
+        let loss = per_position.iter().sum::<f64>() / n;
+        Ok(LossStats {
+            loss,
+            accuracy: f64::NAN,
+            per_position_loss: per_position.iter().map(|x| x / (b * v) as f64).collect(),
+            per_position_accuracy: vec![f64::NAN; nl],
+            exact_match: f64::NAN,
+        })
+    }
+
     fn loss_stats(&self, ws: &mut Workspace, batch: &TokenBatch, with_grad: bool) -> LossStats {
         let v = self.cfg.d_vocab_out();
         let nl = batch.loss_pos.len();
@@ -784,6 +940,13 @@ impl Model for Transformer {
         same
     }
     fn example_input(&self) -> Batch {
+        if self.cfg.vector_tokens {
+            return Batch::Sequences(SequenceBatch {
+                x: Array3::zeros((1, self.cfg.n_ctx, self.cfg.d_vocab)),
+                loss_pos: vec![self.cfg.n_ctx - 1],
+                y: Array3::zeros((1, 1, self.cfg.d_vocab_out())),
+            });
+        }
         Batch::Tokens(TokenBatch {
             tokens: ndarray::Array2::zeros((1, self.cfg.n_ctx)),
             loss_pos: vec![self.cfg.n_ctx - 1],
@@ -791,6 +954,9 @@ impl Model for Transformer {
         })
     }
     fn evaluate(&self, scratch: &mut Scratch, batch: &Batch) -> Result<LossStats> {
+        if let Batch::Sequences(b) = batch {
+            return self.squared_error(scratch.get::<Workspace>(), b, None);
+        }
         Transformer::evaluate(
             self,
             scratch.get::<Workspace>(),
@@ -803,6 +969,9 @@ impl Model for Transformer {
         batch: &Batch,
         grads: &mut [f32],
     ) -> Result<LossStats> {
+        if let Batch::Sequences(b) = batch {
+            return self.squared_error(scratch.get::<Workspace>(), b, Some(grads));
+        }
         Transformer::loss_and_grad(
             self,
             scratch.get::<Workspace>(),
@@ -810,16 +979,33 @@ impl Model for Transformer {
             grads,
         )
     }
+    fn loss_and_grad_of(
+        &self,
+        scratch: &mut Scratch,
+        batch: &Batch,
+        grads: &mut [f32],
+        wanted: &[std::ops::Range<usize>],
+    ) -> Result<LossStats> {
+        let floor = self.lowest_block_wanted(wanted);
+        scratch.get::<Workspace>().backward_floor = (floor > 0).then_some(floor);
+        let out = Model::loss_and_grad(self, scratch, batch, grads);
+        scratch.get::<Workspace>().backward_floor = None;
+        out
+    }
     fn run(
         &self,
         input: Input,
         hooks: Hooks,
         filter: Option<CacheFilter>,
     ) -> Result<(ndarray::ArrayD<f32>, ActivationCache)> {
-        let Input::Tokens(tokens) = input else {
-            return Err(batch_mismatch("transformer", "tokens"));
+        let input = match input {
+            Input::Tokens(tokens) => SeqInput::Tokens(tokens),
+            Input::Sequences(x) => SeqInput::Vectors(x),
+            Input::Dense(_) => {
+                return Err(batch_mismatch("transformer", "tokens or vector tokens"))
+            }
         };
-        let (logits, cache) = Transformer::run(self, tokens, hooks, filter)?;
+        let (logits, cache) = Transformer::run_input(self, input, hooks, filter)?;
         Ok((logits.into_dyn(), cache))
     }
 }

@@ -198,16 +198,28 @@ impl Layout {
         let mut rng = Rng::new(cfg.seed.unwrap_or(0));
         for s in &self.specs {
             let leaf = s.name.rsplit('.').next().unwrap_or("");
+            let dst = &mut data[s.range()];
+            if cfg.init == InitScheme::Torch {
+                if let Some(fan_in) = torch_fan_in(cfg, leaf).filter(|_| s.trainable) {
+                    let bound = 1.0 / (fan_in as f64).sqrt();
+                    for x in dst.iter_mut() {
+                        *x = ((2.0 * rng.uniform() - 1.0) * bound) as f32;
+                    }
+                } else if s.name.ends_with(".w") {
+                    dst.fill(1.0);
+                }
+                continue;
+            }
             let std = if leaf.starts_with("W_") {
                 match cfg.init {
                     InitScheme::TransformerLens => cfg.initializer_range(),
                     InitScheme::Nanda if leaf == "W_U" => 1.0 / (cfg.d_vocab as f64).sqrt(),
                     InitScheme::Nanda => 1.0 / (cfg.d_model as f64).sqrt(),
+                    InitScheme::Torch => unreachable!("handled above"),
                 }
             } else {
                 0.0
             };
-            let dst = &mut data[s.range()];
             if std > 0.0 {
                 for x in dst.iter_mut() {
                     *x = (rng.normal() * std) as f32;
@@ -218,4 +230,19 @@ impl Layout {
         }
         data
     }
+}
+
+/// The width PyTorch's `nn.Linear` would read for parameter `leaf` (its bound is 1/√fan_in), or
+/// None for LayerNorm's and the smearing's (which keep their own starts).
+fn torch_fan_in(cfg: &TransformerConfig, leaf: &str) -> Option<usize> {
+    Some(match leaf {
+        "W_E" => cfg.d_vocab,
+        "W_pos" => cfg.n_ctx,
+        "W_Q" | "W_K" | "W_V" | "b_Q" | "b_K" | "b_V" | "W_in" | "b_in" | "W_U" | "b_U" => {
+            cfg.d_model
+        }
+        "W_O" | "b_O" => cfg.n_heads * cfg.d_head,
+        "W_out" | "b_out" => cfg.d_mlp(),
+        _ => return None,
+    })
 }
