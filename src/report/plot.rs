@@ -87,7 +87,7 @@ where
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    let (y0, y1) = (y0 / 2.0, y1 * 2.0);
+    let (y0, y1) = log_bounds(y0 / 2.0, y1 * 2.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -101,7 +101,7 @@ where
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .y_label_formatter(&log_tick)
         .draw()
         .map_err(|e| e.to_string())?;
     for s in series {
@@ -128,6 +128,25 @@ where
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// A log axis's range, widened down to the power of ten below its top: plotters puts a log axis's
+/// ticks at powers of ten and their multiples, and a range with none inside (2 to 9) gets no tick.
+fn log_bounds(lo: f64, hi: f64) -> (f64, f64) {
+    (lo.min(libm::pow(10.0, libm::floor(libm::log10(hi)))), hi)
+}
+
+/// A log axis's tick: plain decimals between 0.01 and 1000 (a loss that spans less than a decade
+/// gets ticks such as 2 and 3, which `1e0`-style labels would all round to one), powers of ten
+/// beyond.
+fn log_tick(v: &f64) -> String {
+    let a = v.abs();
+    if (0.01..1000.0).contains(&a) {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
 }
 
 /// Log-y line plot to `path` (PNG or SVG by extension), written atomically.
@@ -271,12 +290,15 @@ where
         .margin_right(30)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, (lo / 2.0..hi * 2.0).log_scale())
+        .build_cartesian_2d(0.0..x_max, {
+            let (y0, y1) = log_bounds(lo / 2.0, hi * 2.0);
+            (y0..y1).log_scale()
+        })
         .map_err(|e| e.to_string())?;
     c.configure_mesh()
         .y_desc("loss")
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .y_label_formatter(&log_tick)
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| e.to_string())?;
