@@ -25,6 +25,7 @@ RUNS = [
     ("digits3", 300),
     ("linear", 400),
     ("induction", 300), ("induction-smeared", 300),
+    ("icl-regression", 200),
 ]
 # (name, command and arguments; RUN stands for a run's directory). Each prints JSON.
 COMMANDS = [
@@ -49,6 +50,13 @@ COMMANDS = [
                                 "--observe", "test_first,test_repeat", "--observe-examples", "32"]),
     ("dynamics induction", ["dynamics", "RUN:induction", "--json", "--examples", "16",
                             "--out", "TMP:dyn-ind"]),
+    ("llc induction restricted", ["llc", "RUN:induction/final.safetensors", "--json", "--chains", "2",
+                                  "--draws", "10", "--burnin", "5", "--batch-size", "64",
+                                  "--restrict", "blocks.1.attn.head.0"]),
+    ("llc icl-regression", ["llc", "RUN:icl-regression/final.safetensors", "--json", "--chains", "2",
+                            "--draws", "10", "--burnin", "5", "--batch-size", "64"]),
+    ("dynamics icl-regression", ["dynamics", "RUN:icl-regression", "--json", "--examples", "16",
+                                 "--out", "TMP:dyn-icl"]),
     ("circuits grokking-tiny", ["circuits", "RUN:grokking-tiny/final.safetensors", "--json",
                                 "--examples", "16"]),
     ("circuits digits3", ["circuits", "RUN:digits3/final.safetensors", "--json", "--examples", "16"]),
