@@ -343,11 +343,6 @@ impl IclRegressionRun {
             pretrain_eval,
         }
     }
-
-    /// The ridge (Bayes-optimal) loss on the evaluation set.
-    pub fn ridge_loss(&self) -> f64 {
-        self.ridge_loss
-    }
 }
 
 impl TaskData for IclRegressionRun {
