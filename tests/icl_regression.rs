@@ -63,6 +63,11 @@ fn the_preset_trains_a_vector_token_transformer_that_dynamics_and_llc_read() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     // The predictions ŷ at the 16 x tokens of 32 sequences.
     assert_eq!(v["dims"], 32 * 16);
+    // The report leaves out what reads tokens (circuits) and shows the rest.
+    let (code, _, err) = toylens_cmd(&["report", r]);
+    assert_eq!(code, 0, "{err}");
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(page.contains("Essential dynamics"), "no dynamics figure");
 
     let (code, out, err) = toylens_cmd(&[
         "llc",

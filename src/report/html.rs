@@ -124,7 +124,10 @@ pub fn run_report(run_dir: &Path) -> Result<PathBuf> {
                 page.figs
                     .extend(super::induction::figures(t, &metrics, phase.clone())?);
             }
-            page.figs.extend(super::circuits::figures(t, &cfg)?);
+            // Circuits read token inputs; a vector-token model (in-context regression) has none.
+            if !t.cfg.vector_tokens {
+                page.figs.extend(super::circuits::figures(t, &cfg)?);
+            }
         }
     }
     page.figs
