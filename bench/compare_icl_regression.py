@@ -1,9 +1,10 @@
 """W5 side by side: one training step of the `icl-regression` preset (batch 128 of 16 (x, y) pairs
 as 32 vector tokens of width 5, squared error at the 16 x tokens; 2 pre-LayerNorm layers with
 MLPs, d_model 64, 4 heads x 16, d_mlp 64, no Q/K/V/O biases; Adam lr 0.003, betas 0.9/0.999) in
-toylens and in PyTorch eager written as timaeus-research/icl's DTransformer computes it (one packed
-Q/K/V linear, a causal mask added to the scores, an output linear, ReLU MLP, LayerNorm and linear
-unembedding), from the same initial weights, on the same batch, with the same thread count. Rounds
+toylens and in PyTorch eager written with timaeus-research/icl's DTransformer's operations (one
+packed Q/K/V linear, a causal mask added to the scores, an output linear, ReLU MLP, LayerNorm and
+linear unembedding; its blocks' input added once, as toylens's, where the DTransformer adds it
+twice), from the same initial weights, on the same batch, with the same thread count. Rounds
 interleave the two.
 
     python bench/compare_icl_regression.py [--rounds 7] [--steps 40] [--threads 2] \

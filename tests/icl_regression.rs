@@ -102,6 +102,21 @@ fn the_preset_trains_a_vector_token_transformer_that_dynamics_and_llc_read() {
 
 #[test]
 fn bad_settings_name_their_keys() {
+    // Monitors that read tokens refuse a vector-token run before it trains.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("mon");
+    let (code, _, err) = toylens_cmd(&[
+        "train",
+        "icl-regression",
+        "train.monitors=[heads]",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("train.monitors") && err.contains("reads vectors"),
+        "{err}"
+    );
     for (args, key) in [
         (
             vec!["optim.one_cycle.total_steps=1000"],

@@ -371,7 +371,7 @@ fn _spikes<'py>(
 
 /// λ̂ by SGLD (`toylens llc`), of one checkpoint or of every checkpoint of a run.
 #[pyfunction]
-#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss, restrict, per_head, mask, sampler, rmsprop_alpha, rmsprop_eps, diffusion, sample_on, observe, observe_examples))]
+#[pyo3(signature = (target, lr, localization, nbeta, chains, draws, burnin, steps_between_draws, batch_size, seed, init_loss, restrict, per_head, mask, sampler, rmsprop_alpha, rmsprop_eps, diffusion, sample_on, observe, observe_examples, at_steps))]
 #[allow(clippy::too_many_arguments)]
 fn _llc<'py>(
     py: Python<'py>,
@@ -396,6 +396,7 @@ fn _llc<'py>(
     sample_on: Option<String>,
     observe: Vec<String>,
     observe_examples: Option<usize>,
+    at_steps: Vec<u64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use toylens::analysis::llc::{InitLoss, LlcConfig, NBeta, Sampler};
     if per_head && !restrict.is_empty() {
@@ -413,7 +414,7 @@ fn _llc<'py>(
     let init_loss: InitLoss = toylens::error::choice("init_loss", init_loss).map_err(py_err)?;
     let sampler: Sampler = toylens::error::choice("sampler", sampler).map_err(py_err)?;
     let cfg = LlcConfig {
-        at_steps: Vec::new(),
+        at_steps,
         sampler,
         rmsprop_alpha,
         rmsprop_eps,

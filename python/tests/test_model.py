@@ -181,3 +181,7 @@ def test_in_context_regression_takes_vector_tokens(tmp_path):
     assert cache["hook_embed"].shape == (32, 32, 64)
     with pytest.raises(ValueError, match="reads vectors"):
         model(np.zeros((2, 32), dtype=np.int64))
+    with pytest.raises(ValueError, match="reads vectors"):
+        model.to_transformer_lens()
+    r = toylens.llc(run.dir, chains=2, draws=5, burnin=2, batch_size=16, at_steps=[0, 20])
+    assert list(r["steps"]) == [0, 20]

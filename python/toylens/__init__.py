@@ -319,6 +319,7 @@ def llc(
     sample_on: Optional[str] = None,
     observe: Iterable[str] = (),
     observe_examples: Optional[int] = None,
+    at_steps: Iterable[int] = (),
 ) -> Dict[str, Any]:
     """The local learning coefficient λ̂ by SGLD (``toylens llc``, devinterp's estimator), of one
     checkpoint (``kind`` ``checkpoint``: ``estimate`` with ``llc_mean``, ``llc_std``, the chains'
@@ -334,6 +335,7 @@ def llc(
     chain's ``norms`` hold every step's norms of the update's terms. sample_on: a named set of the
     task to sample on instead of the training set; observe: named sets whose loss is recorded at
     every draw, giving ``estimate["observed"]`` (one λ̂ per set; ``llc_sets`` lists them).
+    at_steps: for a run, only the checkpoints at these steps (default every one).
     """
     return _arrays(
         _toylens._llc(
@@ -342,7 +344,7 @@ def llc(
             [restrict] if isinstance(restrict, str) else list(restrict), per_head,
             None if mask is None else _path(mask), sampler, rmsprop_alpha, rmsprop_eps,
             diffusion, sample_on, [observe] if isinstance(observe, str) else list(observe),
-            observe_examples,
+            observe_examples, list(at_steps),
         )
     )
 
@@ -357,7 +359,9 @@ def llc_sets(target: Any) -> List[Tuple[str, str]]:
 def named_set(target: Any, name: str) -> Dict[str, Any]:
     """One of ``llc_sets``'s named sets as toylens builds it: for token tasks ``tokens``
     [examples, context], ``loss_pos``, ``targets`` [examples, loss positions] (the answer at each)
-    and ``positions`` (the positions that count, or None for all); for dense tasks ``x`` and ``y``.
+    and ``positions`` (the positions that count, or None for all); for vector sequences (in-context
+    regression) ``x`` [examples, context, width], ``loss_pos`` and ``y`` [examples, loss positions,
+    outputs]; for dense tasks ``x`` and ``y``.
     The same examples ``llc`` samples on or observes, to hand to another tool."""
     return _toylens._named_set(_path(target), name)
 

@@ -47,6 +47,12 @@ def to_transformer_lens(model: Any) -> Any:
             "blocks.L.attn.smear_alpha): no TransformerLens version has them, so it cannot be "
             "exported; toylens's own run_with_cache, hooks and analyses take it"
         )
+    if model.cfg.get("vector_tokens"):
+        raise ValueError(
+            "this model reads vectors (model.vector_tokens, toylens's own option: x·W_E in, "
+            "real outputs): TransformerLens's models read token ids, so it cannot be exported; "
+            "toylens's own run_with_cache, hooks and analyses take it"
+        )
     torch, tl = _import()
     cfg = tl_config(model)
     state = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}

@@ -853,6 +853,7 @@ fn llc_into(
             files,
         });
     }
+    refuse_at_steps(target, cfg)?;
     let l = load_any(target)?;
     let (data, observed) = llc_sets(&l, cfg)?;
     let mask = llc_mask(target, cfg, l.model.as_ref())?;
@@ -887,6 +888,17 @@ fn llc_into(
         n_train: data.len(),
         files,
     })
+}
+
+/// `--at-steps` picks a run's checkpoints; given with one checkpoint it would be ignored.
+fn refuse_at_steps(target: &Path, cfg: &crate::analysis::llc::LlcConfig) -> Result<()> {
+    if cfg.at_steps.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "--at-steps picks checkpoints of a run directory; {} is one checkpoint",
+        target.display()
+    )))
 }
 
 /// The file stem of a run's estimates: `llc` for the model's λ̂ by SGLD on its training set (the
@@ -964,6 +976,7 @@ fn llc_heads_into(
         let loaded: Vec<Loaded> = r.map_checkpoints(|_, path| load_any(path))?;
         (r.steps.clone(), loaded)
     } else {
+        refuse_at_steps(target, cfg)?;
         (vec![0], vec![load_any(target)?])
     };
     refuse_observe(cfg, "--per-head")?;
@@ -1042,6 +1055,7 @@ pub fn llc_calibrate(
     out: Option<&Path>,
 ) -> Result<LlcReport> {
     refuse_observe(base, "--calibrate")?;
+    refuse_at_steps(target, base)?;
     let l = load_any(target)?;
     let (data, _) = llc_sets(&l, base)?;
     let mask = llc_mask(target, base, l.model.as_ref())?;

@@ -100,8 +100,9 @@ pub trait Model: Send + Sync {
     ) -> Result<LossStats>;
     /// [`Model::loss_and_grad`] when only the gradient's entries in `wanted` (ranges of the flat
     /// buffer) are read: a kind may skip the work that only the others need (a transformer's
-    /// backward stops above the lowest block `wanted` touches), and those others are then zero.
-    /// The entries in `wanted` are exactly `loss_and_grad`'s.
+    /// backward stops above the lowest block `wanted` touches), and those others are then
+    /// unspecified (zero where skipped, computed where not). The entries in `wanted` are exactly
+    /// `loss_and_grad`'s.
     fn loss_and_grad_of(
         &self,
         scratch: &mut Scratch,

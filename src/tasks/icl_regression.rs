@@ -192,10 +192,12 @@ impl IclRegressionTask {
 }
 
 /// The ridge predictions of every y from the pairs before it (penalty σ², so the posterior mean
-/// under a N(0, I) prior on w), `[n, K]`, in f64.
+/// under a N(0, I) prior on w), `[n, K]`, in f64. Without noise the penalty is σ²'s limit, a
+/// vanishing one: the minimum-norm fit while fewer than D pairs pin w down.
 pub fn ridge_predictions(batch: &SequenceBatch, noise_variance: f64) -> ndarray::Array2<f64> {
     let (n, p, width) = batch.x.dim();
     let (d, k) = (width - 1, p / 2);
+    let noise_variance = noise_variance.max(1e-9);
     let mut out = ndarray::Array2::<f64>::zeros((n, k));
     for e in 0..n {
         // Running XᵀX + σ²I and Xᵀy over the context.
@@ -280,13 +282,16 @@ impl Task for IclRegressionTask {
     }
     fn footprint(&self, batch_size: Option<usize>) -> Footprint {
         let sets = if self.num_tasks.is_some() { 2.0 } else { 1.0 };
+        // The evaluation sets' vectors and targets, and the training tasks.
+        let tasks = self.num_tasks.unwrap_or(0) as f64 * self.task_size as f64 * 4.0;
         Footprint {
             examples_at_once: batch_size.unwrap_or(0).max(self.n_eval) as f64,
             data_bytes: sets
                 * self.n_eval as f64
                 * self.n_ctx() as f64
                 * 4.0
-                * (self.task_size as f64 + 2.0),
+                * (self.task_size as f64 + 2.0)
+                + tasks,
         }
     }
     fn describe(&self) -> String {
@@ -479,6 +484,19 @@ mod tests {
         assert!((pl[0] - 4.125).abs() < 0.25, "first {}", pl[0]);
         assert!(pl[15] < 0.2 && pl[15] > 0.125, "last {}", pl[15]);
         assert!(pl.windows(2).all(|w| w[1] < w[0] + 0.05), "{pl:?}");
+    }
+
+    #[test]
+    fn without_noise_ridge_is_exact_once_d_pairs_are_seen() {
+        let t = IclRegressionTask {
+            noise_variance: 0.0,
+            ..task(None)
+        };
+        let b = t.eval_set(0, None).batch;
+        let pl = squared_errors(&ridge_predictions(&b, 0.0), &b);
+        assert!(pl.iter().all(|l| l.is_finite()), "{pl:?}");
+        // With 4 or more pairs w is determined: the prediction is exact.
+        assert!(pl[4..].iter().all(|&l| l < 1e-6), "{pl:?}");
     }
 
     #[test]

@@ -68,12 +68,14 @@ fn three_mut(
 }
 
 impl Transformer {
-    /// Backward of the last forward; `ws.dlogits` holds d loss / d logits. Adds into `grads`.
-    pub(super) fn backward_impl(&self, ws: &mut Workspace, grads: &mut [f32]) {
-        self.backward_recording(ws, grads, None);
+    /// Backward of the last forward, `ws.dlogits` holding d loss / d logits, adding into `grads`,
+    /// stopping above block `floor` (0: the whole model): the blocks below it and the embeddings
+    /// get no gradient (what a chain that samples none of them skips).
+    pub(super) fn backward_above(&self, ws: &mut Workspace, grads: &mut [f32], floor: usize) {
+        self.backward_recording(ws, grads, None, floor);
     }
 
-    /// [`Self::backward_impl`], copying d loss / d each activation into `record` as it passes
+    /// [`Self::backward_above`], copying d loss / d each activation into `record` as it passes
     /// (a pass without shortcuts: [`Workspace::plain`]): the residual points `[b·p, d]`, z `[b·p,
     /// h·d_head]` and q, k, v head-major `[h, b·p, d_head]`.
     pub(super) fn backward_recording(
@@ -81,6 +83,7 @@ impl Transformer {
         ws: &mut Workspace,
         grads: &mut [f32],
         mut record: Option<&mut Vec<(Site, Vec<f32>)>>,
+        floor: usize,
     ) {
         let recording = record.is_some();
         let d = self.cfg.d_model;
@@ -99,7 +102,6 @@ impl Transformer {
         self.unembed_backward(ws, &mut dres, grads);
         let (b_n, p_n) = (ws.batch, ws.n_pos);
         let bp = b_n * p_n;
-        let floor = ws.backward_floor.unwrap_or(0);
         for l in (floor..self.cfg.n_layers).rev() {
             let last = l + 1 == self.cfg.n_layers;
             let rows = BlockRows {

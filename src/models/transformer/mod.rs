@@ -220,9 +220,6 @@ pub struct Workspace {
     /// The next forward starts at this block with this residual stream `[b·p, d]` (hooked passes:
     /// `run_with_hooks_at`).
     start_at: Option<(usize, Vec<f32>)>,
-    /// The next backward stops above this block: the blocks below it and the embeddings get no
-    /// gradient (`loss_and_grad_of`, when nothing there is wanted).
-    backward_floor: Option<usize>,
 }
 
 impl Workspace {
@@ -559,7 +556,7 @@ impl Transformer {
         ws.dlogits.extend(dlogits.iter());
         let mut record = Vec::new();
         let mut sink = vec![0.0f32; self.layout.total];
-        self.backward_recording(&mut ws, &mut sink, Some(&mut record));
+        self.backward_recording(&mut ws, &mut sink, Some(&mut record), 0);
         let mut grads = ActivationCache::default();
         let put = |g: &mut ActivationCache, site: Site, shape: &[usize], data: Vec<f32>| {
             g.map.insert(
@@ -761,6 +758,17 @@ impl Transformer {
         batch: &TokenBatch,
         grads: &mut [f32],
     ) -> Result<LossStats> {
+        self.loss_and_grad_above(ws, batch, grads, 0)
+    }
+
+    /// [`Transformer::loss_and_grad`] with the backward stopping above block `floor`.
+    fn loss_and_grad_above(
+        &self,
+        ws: &mut Workspace,
+        batch: &TokenBatch,
+        grads: &mut [f32],
+        floor: usize,
+    ) -> Result<LossStats> {
         self.check_batch(batch)?;
         if grads.len() != self.layout.total {
             return Err(Error::Input(format!(
@@ -772,7 +780,7 @@ impl Transformer {
         self.forward_impl(ws, batch.tokens.view(), &batch.loss_pos, None);
         let stats = self.loss_stats(ws, batch, true);
         grads.fill(0.0);
-        self.backward_impl(ws, grads);
+        self.backward_above(ws, grads, floor);
         Ok(stats)
     }
 
@@ -783,6 +791,17 @@ impl Transformer {
         ws: &mut Workspace,
         batch: &SequenceBatch,
         grads: Option<&mut [f32]>,
+    ) -> Result<LossStats> {
+        self.squared_error_above(ws, batch, grads, 0)
+    }
+
+    /// [`Transformer::squared_error`] with the backward stopping above block `floor`.
+    fn squared_error_above(
+        &self,
+        ws: &mut Workspace,
+        batch: &SequenceBatch,
+        grads: Option<&mut [f32]>,
+        floor: usize,
     ) -> Result<LossStats> {
         self.check_sequence_batch(batch)?;
         if let Some(g) = &grads {
@@ -817,7 +836,7 @@ impl Transformer {
                 *d = scale * (p - t);
             }
             grads.fill(0.0);
-            self.backward_impl(ws, grads);
+            self.backward_above(ws, grads, floor);
         }
         let loss = per_position.iter().sum::<f64>() / n;
         Ok(LossStats {
@@ -987,10 +1006,16 @@ impl Model for Transformer {
         wanted: &[std::ops::Range<usize>],
     ) -> Result<LossStats> {
         let floor = self.lowest_block_wanted(wanted);
-        scratch.get::<Workspace>().backward_floor = (floor > 0).then_some(floor);
-        let out = Model::loss_and_grad(self, scratch, batch, grads);
-        scratch.get::<Workspace>().backward_floor = None;
-        out
+        let ws = scratch.get::<Workspace>();
+        match batch {
+            Batch::Sequences(b) => self.squared_error_above(ws, b, Some(grads), floor),
+            _ => self.loss_and_grad_above(
+                ws,
+                crate::models::token_batch(batch, "transformer")?,
+                grads,
+                floor,
+            ),
+        }
     }
     fn run(
         &self,

@@ -82,10 +82,14 @@ fn transformer(model: &dyn Model) -> Result<&Transformer> {
 /// The transformer `exp` builds, or why a monitor needing one does not apply to it.
 fn transformer_config(exp: &Experiment) -> std::result::Result<&TransformerConfig, String> {
     match exp.config.arch_name() {
-        "transformer" => exp
-            .model
-            .downcast::<TransformerConfig>()
-            .ok_or_else(|| "the model plan is not a transformer's".into()),
+        "transformer" => match exp.model.downcast::<TransformerConfig>() {
+            Some(cfg) if cfg.vector_tokens => Err(
+                "it reads token inputs, and this run's transformer reads vectors (vector_tokens)"
+                    .into(),
+            ),
+            Some(cfg) => Ok(cfg),
+            None => Err("the model plan is not a transformer's".into()),
+        },
         other => Err(format!(
             "it reads a transformer, and this run's model.arch is `{other}`"
         )),
