@@ -817,7 +817,8 @@ impl Transformer {
         let (b, nl, v) = batch.y.dim();
         let n = (b * nl * v) as f64;
         let mut per_position = vec![0.0f64; nl];
-        let y = batch.y.as_slice().expect("contiguous targets");
+        let y = batch.y.as_standard_layout();
+        let y = y.as_slice().expect("standard layout is contiguous");
         for (i, (pred, target)) in ws.logits[..b * nl * v]
             .chunks_exact(v)
             .zip(y.chunks_exact(v))
