@@ -387,7 +387,7 @@ impl ExperimentConfig {
             let steps = self.train.steps;
             let bad = if c.total_steps < steps.max(2) {
                 Some((
-                    "total_steps",
+                    "optim.one_cycle.total_steps",
                     format!(
                         "must be at least 2 and train.steps {steps} (got {})",
                         c.total_steps
@@ -398,7 +398,7 @@ impl ExperimentConfig {
                 || c.pct_start * (c.total_steps as f64) > c.total_steps as f64 - 1.0
             {
                 Some((
-                    "pct_start",
+                    "optim.one_cycle.pct_start",
                     format!(
                         "must be in (0, 1), with both phases at least a step long (got {})",
                         c.pct_start
@@ -406,28 +406,23 @@ impl ExperimentConfig {
                 ))
             } else if !(c.div_factor > 0.0 && c.div_factor.is_finite()) {
                 Some((
-                    "div_factor",
+                    "optim.one_cycle.div_factor",
                     format!("must be a positive number (got {})", c.div_factor),
                 ))
             } else if !(c.final_div_factor > 0.0 && c.final_div_factor.is_finite()) {
                 Some((
-                    "final_div_factor",
+                    "optim.one_cycle.final_div_factor",
                     format!("must be a positive number (got {})", c.final_div_factor),
                 ))
             } else if o.warmup_steps > 0 {
                 Some((
-                    "warmup_steps",
+                    "optim.warmup_steps",
                     "must be 0 with optim.one_cycle, which has its own warm-up".into(),
                 ))
             } else {
                 None
             };
-            if let Some((k, msg)) = bad {
-                let key = if k == "warmup_steps" {
-                    "optim.warmup_steps".to_string()
-                } else {
-                    format!("optim.one_cycle.{k}")
-                };
+            if let Some((key, msg)) = bad {
                 return Err(Error::config(key, msg));
             }
         }

@@ -324,26 +324,26 @@ pub struct IclRegressionRun {
     task: IclRegressionTask,
     batch_size: Option<usize>,
     tasks: Option<Vec<f32>>,
-    eval: RegressionSequences,
+    /// The evaluation sets as batches, built once (measured at every evaluation).
+    eval: Batch,
     ridge_loss: f64,
-    pretrain_eval: Option<RegressionSequences>,
+    pretrain_eval: Option<Batch>,
 }
 
 impl IclRegressionRun {
     pub fn new(task: IclRegressionTask, batch_size: Option<usize>) -> Self {
         let tasks = task.task_set();
-        let eval = task.eval_set(0, None);
-        let per_position = squared_errors(
-            &ridge_predictions(&eval.batch, task.noise_variance),
-            &eval.batch,
-        );
+        let eval = task.eval_set(0, None).batch;
+        let per_position = squared_errors(&ridge_predictions(&eval, task.noise_variance), &eval);
         let ridge_loss = per_position.iter().sum::<f64>() / per_position.len() as f64;
-        let pretrain_eval = tasks.as_deref().map(|t| task.eval_set(1, Some(t)));
+        let pretrain_eval = tasks
+            .as_deref()
+            .map(|t| Batch::Sequences(task.eval_set(1, Some(t)).batch));
         IclRegressionRun {
             task,
             batch_size,
             tasks,
-            eval,
+            eval: Batch::Sequences(eval),
             ridge_loss,
             pretrain_eval,
         }
@@ -374,7 +374,7 @@ impl TaskData for IclRegressionRun {
         scratch: &mut Scratch,
         last: Option<&LossStats>,
     ) -> Result<Vec<f64>> {
-        let s = model.evaluate(scratch, &Batch::Sequences(self.eval.batch.clone()))?;
+        let s = model.evaluate(scratch, &self.eval)?;
         let pl = &s.per_position_loss;
         // "train" is the last step's batch (before its update); at step 0 the evaluation set.
         let mut row = vec![
@@ -385,11 +385,7 @@ impl TaskData for IclRegressionRun {
             s.loss - self.ridge_loss,
         ];
         if let Some(p) = &self.pretrain_eval {
-            row.push(
-                model
-                    .evaluate(scratch, &Batch::Sequences(p.batch.clone()))?
-                    .loss,
-            );
+            row.push(model.evaluate(scratch, p)?.loss);
         }
         Ok(row)
     }
@@ -397,19 +393,19 @@ impl TaskData for IclRegressionRun {
         None
     }
     fn test_set(&self) -> Option<Batch> {
-        Some(Batch::Sequences(self.eval.batch.clone()))
+        Some(self.eval.clone())
     }
     fn named_sets(&self) -> Vec<NamedSet> {
         let mut sets = vec![NamedSet::whole(
             "test",
             "the evaluation set (Gaussian tasks)",
-            Batch::Sequences(self.eval.batch.clone()),
+            self.eval.clone(),
         )];
         if let Some(p) = &self.pretrain_eval {
             sets.push(NamedSet::whole(
                 "test_pretrain",
                 "sequences of the training tasks",
-                Batch::Sequences(p.batch.clone()),
+                p.clone(),
             ));
         }
         sets

@@ -385,6 +385,18 @@ impl Transformer {
         lowest
     }
 
+    /// A gradient buffer of one entry per parameter.
+    fn check_grads(&self, grads: &[f32]) -> Result<()> {
+        if grads.len() != self.layout.total {
+            return Err(Error::Input(format!(
+                "gradient buffer has {} entries, the model {}",
+                grads.len(),
+                self.layout.total
+            )));
+        }
+        Ok(())
+    }
+
     /// A vector batch: its inputs, loss positions and targets `[batch, loss positions, d_vocab_out]`.
     fn check_sequence_batch(&self, batch: &SequenceBatch) -> Result<()> {
         self.check_vectors(batch.x.view())?;
@@ -770,13 +782,7 @@ impl Transformer {
         floor: usize,
     ) -> Result<LossStats> {
         self.check_batch(batch)?;
-        if grads.len() != self.layout.total {
-            return Err(Error::Input(format!(
-                "gradient buffer has {} entries, the model {}",
-                grads.len(),
-                self.layout.total
-            )));
-        }
+        self.check_grads(grads)?;
         self.forward_impl(ws, batch.tokens.view(), &batch.loss_pos, None);
         let stats = self.loss_stats(ws, batch, true);
         grads.fill(0.0);
@@ -805,13 +811,7 @@ impl Transformer {
     ) -> Result<LossStats> {
         self.check_sequence_batch(batch)?;
         if let Some(g) = &grads {
-            if g.len() != self.layout.total {
-                return Err(Error::Input(format!(
-                    "gradient buffer has {} entries, the model {}",
-                    g.len(),
-                    self.layout.total
-                )));
-            }
+            self.check_grads(g)?;
         }
         self.forward_impl(ws, SeqInput::Vectors(batch.x.view()), &batch.loss_pos, None);
         let (b, nl, v) = batch.y.dim();
